@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make run    runs every notebook in order (papermill) on DATASET (default: the offline sample);
+#               executed copies, with their outputs, land in outputs/
+#   make test   runs the test suite, which also executes every notebook on the sample dataset
+# Both create the virtual environment .venv/ from the requirements files when needed.
+PYTHON ?= python3
+DATASET ?= sample
+BIN := .venv/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+
+.PHONY: run test clean
+
+.venv/.run-deps: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv .venv
+	$(PIP) -r requirements.txt
+	touch $@
+
+.venv/.test-deps: .venv/.run-deps requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
+	touch $@
+
+run: .venv/.run-deps
+	mkdir -p outputs
+	for nb in notebooks/[0-9]*.ipynb; do \
+		$(BIN)/papermill "$$nb" "outputs/$$(basename $$nb)" -p DATASET $(DATASET) || exit 1; \
+	done
+
+test: .venv/.test-deps
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf outputs data/sample models/sample-*

@@ -1,0 +1,21 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "flickr8k"
+
+
+@pytest.fixture(scope="session")
+def shared_flickr8k():
+    """The real Flickr8k files beside the checkout (../shared/flickr8k); CI always has them."""
+    assert SHARED.is_dir(), f"{SHARED} is missing: the real-data tests need ../shared/flickr8k"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory):
+    import utils
+    return utils.make_sample_dataset(tmp_path_factory.mktemp("data") / "sample")

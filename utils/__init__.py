@@ -1,0 +1,11 @@
+"""Shared code of the notebooks, one module per stage; `import utils` gives all of it.
+
+    files     atomic writes, JSON, the repository's folders
+    captions  stage 1: reading caption files, splits, cleaning, vocabulary
+    sample    the embedded synthetic dataset
+    download  resumable downloads, Flickr8k
+"""
+from .captions import *  # noqa: F401,F403
+from .download import *  # noqa: F401,F403
+from .files import *  # noqa: F401,F403
+from .sample import *  # noqa: F401,F403

@@ -1,0 +1,376 @@
+"""Stage 1: captions and vocabulary.
+
+Every common distribution of Flickr8k, Flickr30k and COCO captions is read into one form,
+`{image name: [caption, ...]}`; images are split, captions cleaned for training, references kept
+for evaluation, and the training vocabulary built and saved as JSON.
+"""
+import csv
+import io
+import json
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .files import REPO_ROOT, read_json, write_json
+
+
+class CaptionFileError(ValueError):
+    """A caption or split file that cannot be read; the message names the file and line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading caption files
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class CaptionFile:
+    path: str
+    format: str
+    captions: dict                                # image name -> raw captions, in file order
+    splits: dict = None                           # split -> names; only Karpathy's JSON has them
+    malformed: list = field(default_factory=list) # "file:line: why", for lines that were skipped
+
+
+def read_text(path):
+    """A whole text file as str, with errors that name the file (and line, for bad bytes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CaptionFileError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x})") from None
+
+
+def detect_format(text, path="<text>"):
+    """Recognise a caption file by its content, so a renamed file still reads."""
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        return "karpathy_json"
+    first = stripped.splitlines()[0] if stripped else ""
+    header = first.lower().replace(" ", "")
+    if re.match(r"[^\t]+#\d+\t", first):
+        return "flickr_token"
+    if header.startswith("image_name|"):
+        return "flickr30k_csv"
+    if header.startswith("image,caption"):
+        return "kaggle_csv"
+    raise CaptionFileError(
+        f"{path}:1: not a caption file this project knows (Flickr8k.token.txt, Kaggle captions.txt, "
+        f"Flickr30k results.csv or Karpathy's dataset_*.json); first line: {first[:80]!r}")
+
+
+def _token_lines(text):
+    """`NAME.jpg#N<TAB>caption`, the original Flickr8k/Flickr30k token files."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, tab, caption = line.partition("\t")
+        name, hash_, number = key.rpartition("#")
+        if not tab or not hash_ or not number.strip().isdigit() or not caption.strip():
+            yield lineno, None, "expected NAME#N<TAB>caption"
+        else:
+            yield lineno, name.strip(), caption.strip()
+
+
+def _kaggle_lines(text):
+    """`image,caption` CSV with a header; captions holding commas are quoted."""
+    reader = csv.reader(io.StringIO(text))
+    next(reader)
+    for row in reader:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        # An unquoted comma splits the caption in more cells: join them back.
+        if len(row) < 2 or not row[0].strip() or not ",".join(row[1:]).strip():
+            yield reader.line_num, None, "expected image,caption"
+        else:
+            yield reader.line_num, row[0].strip(), ",".join(row[1:]).strip()
+
+
+_FLICKR30K_LINE = re.compile(r"\s*([^|]+?)\s*\|\s*(\d+)\s*\|?\s*(.*)")
+
+
+def _flickr30k_lines(text):
+    """`image_name| comment_number| comment`; one line of the real file lacks its second `|`."""
+    for lineno, line in enumerate(text.splitlines()[1:], 2):
+        if not line.strip():
+            continue
+        match = _FLICKR30K_LINE.fullmatch(line)
+        if not match or not match.group(3).strip():
+            yield lineno, None, "expected image_name| comment_number| comment"
+        else:
+            yield lineno, match.group(1), match.group(3).strip()
+
+
+def _read_karpathy(text, path):
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CaptionFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise CaptionFileError(f"{path}:1: expected Karpathy's format, {{'images': [...]}}")
+    captions, splits, malformed = {}, {}, []
+    for i, image in enumerate(data["images"]):
+        try:
+            name = str(Path(image.get("filepath", "")) / image["filename"])
+            sentences = [s["raw"].strip() for s in image["sentences"] if s["raw"].strip()]
+            split = {"restval": "train"}.get(image["split"], image["split"])  # Karpathy's usage
+        except (KeyError, TypeError, AttributeError):
+            malformed.append(f"{path}: images[{i}]: expected filename, split and sentences")
+            continue
+        captions.setdefault(name, []).extend(sentences)
+        splits.setdefault(split, []).append(name)
+    return captions, splits, malformed
+
+
+_LINE_READERS = {"flickr_token": _token_lines, "kaggle_csv": _kaggle_lines,
+                 "flickr30k_csv": _flickr30k_lines}
+
+
+def read_captions(path):
+    """Read any supported caption file into a `CaptionFile`; malformed lines are skipped and listed."""
+    text = read_text(path)
+    fmt = detect_format(text, path)
+    if fmt == "karpathy_json":
+        captions, splits, malformed = _read_karpathy(text, path)
+    else:
+        captions, splits, malformed = {}, None, []
+        for lineno, name, caption in _LINE_READERS[fmt](text):
+            if name is None:
+                malformed.append(f"{path}:{lineno}: {caption}")
+            else:
+                captions.setdefault(name, []).append(caption)
+    if not captions:
+        raise CaptionFileError(f"{path}: no caption could be read" +
+                               (f"; first problem: {malformed[0]}" if malformed else ""))
+    if malformed:
+        warnings.warn(f"{path}: skipped {len(malformed)} malformed line(s), first: {malformed[0]}",
+                      stacklevel=2)
+    return CaptionFile(str(path), fmt, captions, splits, malformed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+
+def read_split_file(path):
+    """Image names, one a line, as in Flickr_8k.trainImages.txt."""
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+
+
+def seeded_split(names, val_size, test_size, seed=0):
+    """Deterministic train/val/test split; sizes are counts, or fractions when below 1."""
+    names = sorted(names)
+    n_val, n_test = (round(s * len(names)) if 0 < s < 1 else int(s) for s in (val_size, test_size))
+    if n_val + n_test >= len(names):
+        raise ValueError(f"val ({n_val}) + test ({n_test}) leave no training images of {len(names)}")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    return {"train": sorted(order[n_val + n_test:]), "val": sorted(order[:n_val]),
+            "test": sorted(order[n_val:n_val + n_test])}
+
+
+def keep_existing(names, images_dir):
+    """Split names into those whose image is on disk and those that are not (reported, not fatal)."""
+    images_dir = Path(images_dir)
+    kept = [n for n in names if (images_dir / n).is_file()]
+    dropped = sorted(set(names) - set(kept))
+    return kept, dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning
+# ---------------------------------------------------------------------------------------------
+
+_APOSTROPHES = re.compile(r"['\u2019`]")
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+
+
+def tokenize(text):
+    """Lowercase words with punctuation removed: how references are tokenised for BLEU and CIDEr.
+
+    Apostrophes are deleted ("man's" -> "mans") and other punctuation splits words
+    ("black-and-white" -> "black and white").
+    """
+    return _PUNCTUATION.sub(" ", _APOSTROPHES.sub("", text.lower())).split()
+
+
+def clean_caption(text, drop_one_letter=False):
+    """The training form of a caption: `tokenize`, then no token holding a digit.
+
+    Dropping one-letter words ("a") is the seed tutorials' habit; it is off by default because
+    captions without articles read badly and score lower against references that have them.
+    """
+    words = [w for w in tokenize(text) if w.isalpha()]
+    if drop_one_letter:
+        words = [w for w in words if len(w) > 1]
+    return " ".join(words)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary
+# ---------------------------------------------------------------------------------------------
+
+PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
+SPECIAL_TOKENS = (PAD, UNK, START, END)
+
+
+class Vocabulary:
+    """Word <-> id mapping with padding at id 0, plus the maximum caption length in words."""
+
+    def __init__(self, words, max_length):
+        if tuple(words[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"a vocabulary starts with {SPECIAL_TOKENS}")
+        self.words = list(words)
+        self.max_length = int(max_length)
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.pad_id, self.unk_id, self.start_id, self.end_id = range(len(SPECIAL_TOKENS))
+
+    def __len__(self):
+        return len(self.words)
+
+    def __eq__(self, other):
+        return isinstance(other, Vocabulary) and (self.words, self.max_length) == (
+            other.words, other.max_length)
+
+    @property
+    def sequence_length(self):
+        """Length of an encoded caption: the words plus <start> and <end>."""
+        return self.max_length + 2
+
+    def encode(self, caption):
+        """`<start> w1 ... wn <end>` as ids, cut to `max_length` words, unknown words as <unk>."""
+        ids = [self.index.get(w, self.unk_id) for w in caption.split()[:self.max_length]]
+        return [self.start_id, *ids, self.end_id]
+
+    def decode(self, ids):
+        """Words up to the first <end>, without <start> and padding."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == self.end_id:
+                break
+            if i not in (self.pad_id, self.start_id):
+                words.append(self.words[i])
+        return " ".join(words)
+
+    def save(self, path):
+        write_json(path, {"words": self.words, "max_length": self.max_length})
+
+    @classmethod
+    def load(cls, path):
+        data = read_json(path)
+        return cls(data["words"], data["max_length"])
+
+
+def build_vocabulary(captions, min_count=10, max_length_cap=None):
+    """Words seen at least `min_count` times in `captions` (cleaned training captions).
+
+    Ordered by frequency (ties alphabetically) so ids are stable from run to run.
+    """
+    counts = Counter(w for c in captions for w in c.split())
+    kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+    longest = max((len(c.split()) for c in captions), default=0)
+    max_length = min(longest, max_length_cap) if max_length_cap else longest
+    return Vocabulary([*SPECIAL_TOKENS, *kept], max_length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a dataset on disk and saving what later stages read
+# ---------------------------------------------------------------------------------------------
+
+IMAGE_DIR_NAMES = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images")
+CAPTION_FILE_NAMES = ("Flickr8k.token.txt", "captions.txt", "results.csv", "results_20130124.token",
+                      "dataset_flickr8k.json", "dataset_flickr30k.json", "dataset_coco.json")
+SPLIT_FILE_NAMES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
+                    "test": "Flickr_8k.testImages.txt"}
+
+
+def find_dataset_files(root):
+    """Images folder, caption file and official split files (if any) under a dataset folder."""
+    root = Path(root)
+    candidates = [p for name in IMAGE_DIR_NAMES for p in (root / name, root / name / name)]
+    images_dir = next((p for p in candidates if p.is_dir()), None)
+    captions_file = next((root / n for n in CAPTION_FILE_NAMES if (root / n).is_file()), None)
+    if images_dir is None or captions_file is None:
+        raise FileNotFoundError(
+            f"{root}: expected an images folder (one of {', '.join(IMAGE_DIR_NAMES)}) and a caption "
+            f"file (one of {', '.join(CAPTION_FILE_NAMES)}); pass their paths explicitly otherwise")
+    splits = {s: root / n for s, n in SPLIT_FILE_NAMES.items() if (root / n).is_file()}
+    return images_dir, captions_file, splits
+
+
+def portable_path(path):
+    """Paths inside the repository are stored relative to it, so artefacts survive a move."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def resolve_path(path):
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+@dataclass
+class PreparedDataset:
+    """What stage 1 saves: every kept image with its split, training captions and references."""
+    images_dir: str
+    images: dict        # name -> {"split": ..., "captions": [clean], "references": [[tokens]]}
+    options: dict
+
+    def names(self, split):
+        return sorted(n for n, info in self.images.items() if info["split"] == split)
+
+    def save(self, path):
+        write_json(path, {"images_dir": portable_path(self.images_dir), "options": self.options,
+                          "images": self.images})
+
+    @classmethod
+    def load(cls, path):
+        data = read_json(path)
+        return cls(str(resolve_path(data["images_dir"])), data["images"], data["options"])
+
+
+def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, test_size=0.1,
+                    seed=0, drop_one_letter=False):
+    """Read, split, keep images that exist, clean: returns (PreparedDataset, report).
+
+    Splits come from the official split files when given, else from the caption file (Karpathy's
+    JSON), else from a seeded split of the images on disk.
+    """
+    caption_file = read_captions(captions_file)
+    on_disk, missing = keep_existing(list(caption_file.captions), images_dir)
+    if split_files:
+        splits = {split: read_split_file(path) for split, path in split_files.items()}
+    else:
+        splits = caption_file.splits or seeded_split(on_disk, val_size, test_size, seed)
+    if missing:
+        warnings.warn(f"{len(missing)} image(s) named in {captions_file} are not in {images_dir}, "
+                      f"dropped (first: {missing[0]})", stacklevel=2)
+    on_disk = set(on_disk)
+    images, without_captions = {}, []
+    for split, names in splits.items():
+        without_captions += [n for n in names if n not in caption_file.captions]
+        for name in (n for n in names if n in on_disk):
+            raw = caption_file.captions[name]
+            cleaned = [clean_caption(c, drop_one_letter) for c in raw]
+            images[name] = {"split": split, "captions": [c for c in cleaned if c],
+                            "references": [tokenize(c) for c in raw]}
+    options = {"captions_file": portable_path(captions_file), "format": caption_file.format,
+               "split_source": ("split files" if split_files else "caption file"
+                                if caption_file.splits else f"seeded (seed {seed})"),
+               "drop_one_letter": drop_one_letter}
+    report = {"format": caption_file.format, "malformed_lines": caption_file.malformed,
+              "missing_images": missing, "split_names_without_captions": without_captions,
+              "images_per_split": {s: sum(i["split"] == s for i in images.values()) for s in splits}}
+    return PreparedDataset(str(images_dir), images, options), report
+
+
+def split_captions(prepared, split):
+    """All cleaned captions of one split, flat."""
+    return [c for name in prepared.names(split) for c in prepared.images[name]["captions"]]

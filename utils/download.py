@@ -1,0 +1,101 @@
+"""Downloads: resumable, with a progress bar, checked, and fast to fail without a network.
+
+A partial download is kept as `NAME.part` and resumed with an HTTP Range request on the next call;
+the final file appears (atomically, by rename) only when every byte has arrived.
+"""
+import http.client
+import os
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .files import DATA_DIR
+
+FLICKR8K_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
+FLICKR8K_ZIPS = ("Flickr8k_Dataset.zip", "Flickr8k_text.zip")
+FLICKR8K_IMAGE_COUNT = 8091
+
+
+class DownloadError(RuntimeError):
+    """A download that failed; the message says what to fetch by hand and where to put it."""
+
+
+def download_file(url, dest, timeout=15, chunk_size=1 << 20):
+    """Fetch `url` to `dest`, resuming a previous partial download; returns `dest`."""
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    hint = f"run again to resume, or download {url} yourself and save it as {dest}"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if response.status != 206:  # the server ignored the Range header: start over
+                start = 0
+            length = response.headers.get("Content-Length")
+            total = start + int(length) if length else None
+            with open(part, "ab" if start else "wb") as f, tqdm(
+                    total=total, initial=start, unit="B", unit_scale=True, desc=dest.name) as bar:
+                while chunk := response.read(chunk_size):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        if e.code != 416:  # 416: nothing left to send, the part file is already whole
+            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; {hint}") from None
+        total = start
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadError(f"could not download {url} ({reason}); {hint}") from None
+    received = part.stat().st_size
+    if total is not None and received != total:
+        raise DownloadError(f"{url}: connection closed after {received} of {total} bytes "
+                            f"(kept in {part}); {hint}")
+    os.replace(part, dest)
+    return dest
+
+
+def check_zip(path):
+    """Refuse a file that is not a whole zip archive, deleting it so the next try downloads anew."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        bad = "(not a zip archive)"
+    if bad is not None:
+        Path(path).unlink()
+        raise DownloadError(f"{path}: corrupt archive, first bad member {bad}; deleted, run again")
+
+
+def extract_zip(path, dest):
+    """Extract `path` into `dest`, leaving out macOS resource forks; returns the member names."""
+    with zipfile.ZipFile(path) as archive:
+        members = [m for m in archive.namelist() if not m.startswith("__MACOSX/")]
+        archive.extractall(dest, members=members)
+    return members
+
+
+def download_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL,
+                      expected_images=FLICKR8K_IMAGE_COUNT):
+    """Download and extract Flickr8k into `root` (images and text files); nothing twice.
+
+    Zips already in `root/downloads/` (fetched by hand on a machine with internet) are used as is.
+    """
+    root = Path(root)
+    done = root / ".extracted"
+    if done.is_file():
+        return root
+    for name in FLICKR8K_ZIPS:
+        zip_path = download_file(base_url + name, root / "downloads" / name)
+        check_zip(zip_path)
+        members = extract_zip(zip_path, root)
+        images = [m for m in members if m.lower().endswith(".jpg")]
+        if name == "Flickr8k_Dataset.zip" and len(images) != expected_images:
+            raise DownloadError(f"{zip_path}: {len(images)} images, expected {expected_images}; "
+                                f"delete it and run again")
+    done.write_text("ok\n")
+    return root

@@ -1,0 +1,57 @@
+"""Small file helpers shared by every stage: atomic writes, JSON, the repository's folders.
+
+Every artefact a later stage reads is written atomically (to a temporary file in the same folder,
+then renamed), so an interrupted kernel never leaves a half-written file behind.
+"""
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+GLOVE_DIR = REPO_ROOT / "glove"
+MODELS_DIR = REPO_ROOT / "models"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_npy(path, array):
+    # np.save appends ".npy" to names without it, so hand it an open file instead of the temp name.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def dataset_paths(dataset, data_dir=DATA_DIR):
+    """Where each stage reads and writes a dataset's artefacts: one place, so stages agree."""
+    root = Path(data_dir) / dataset
+    prepared = root / "prepared"
+    return {"root": root, "captions": prepared / "captions.json",
+            "vocabulary": prepared / "vocabulary.json", "features": root / "features",
+            "embedding": prepared / "embedding.npy"}
