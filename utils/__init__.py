@@ -4,8 +4,10 @@
     captions  stage 1: reading caption files, splits, cleaning, vocabulary
     sample    the embedded synthetic dataset
     download  resumable downloads, Flickr8k
+    features  stage 2: CNN encoders, image loading, the resumable feature cache
 """
 from .captions import *  # noqa: F401,F403
 from .download import *  # noqa: F401,F403
 from .files import *  # noqa: F401,F403
 from .sample import *  # noqa: F401,F403
+from .features import *  # noqa: F401,F403

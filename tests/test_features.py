@@ -1,0 +1,191 @@
+"""Stage 2 with random weights (no download) and small images written by the tests."""
+import json
+import socket
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import utils
+
+SIZE = 75  # InceptionV3's smallest input: the same network, fast enough for CI
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return utils.build_encoder("inceptionv3", None, SIZE)
+
+
+def two_colour_image(mode="RGB", size=(40, 30)):
+    """Left half red, right half blue: orientation and colour are visible in the pixels."""
+    image = Image.new("RGB", size, (255, 0, 0))
+    image.paste((0, 0, 255), (size[0] // 2, 0, size[0], size[1]))
+    return image.convert(mode)
+
+
+def write_formats(folder):
+    folder.mkdir(exist_ok=True)
+    image = two_colour_image()
+    image.save(folder / "rgb.jpg")
+    image.convert("CMYK").save(folder / "cmyk.jpg")
+    image.save(folder / "progressive.jpg", progressive=True)
+    rgba = image.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "alpha.png")
+    image.convert("L").save(folder / "gray.png")
+    image.convert("P").save(folder / "palette.png")
+    image.save(folder / "photo.webp")
+    image.save(folder / "photo.bmp")
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_every_format_loads_as_rgb(tmp_path):
+    for name in write_formats(tmp_path):
+        array = utils.load_image(tmp_path / name, 32)
+        assert array.shape == (32, 32, 3) and array.dtype == np.float32, name
+        left, right = array[:, :8].mean((0, 1)), array[:, -8:].mean((0, 1))
+        if name == "gray.png":
+            assert np.allclose(array[..., 0], array[..., 2]), name
+        elif name == "alpha.png":  # half-transparent red over white is pink
+            assert left[0] > 240 and 100 < left[1] < 160, (name, left)
+        else:
+            assert left[0] > 200 and left[2] < 60 and right[2] > 200 and right[0] < 60, (name, left)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = two_colour_image(size=(40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    array = utils.load_image(tmp_path / "rotated.jpg", 32)
+    top, bottom = array[:8].mean((0, 1)), array[-8:].mean((0, 1))
+    assert top[0] > 200 and bottom[2] > 200  # red (left) ends up on top
+
+
+def test_bad_files_raise_image_error_naming_them(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    two_colour_image().save(tmp_path / "whole.jpg")
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:300])
+    Image.new("1", (10_000, 7_000)).save(tmp_path / "bomb.png")
+    for name in ("empty.jpg", "text.jpg", "truncated.jpg", "missing.jpg"):
+        with pytest.raises(utils.ImageError, match=name):
+            utils.load_image(tmp_path / name, 32)
+    with pytest.raises(utils.ImageError, match="bomb.png: 10000x7000 pixels"):
+        utils.load_image(tmp_path / "bomb.png", 32)
+
+
+def test_extraction_skips_and_reports_corrupt_images(tmp_path, encoder):
+    names = write_formats(tmp_path / "img")
+    (tmp_path / "img" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    names.insert(3, "corrupt.jpg")
+    with pytest.warns(UserWarning, match="corrupt.jpg: cannot read"):
+        meta = utils.extract_features(tmp_path / "img", names, tmp_path / "cache", weights=None,
+                                      input_size=SIZE, batch_size=3, model=encoder)
+    kept, features = utils.load_features(tmp_path / "cache")
+    assert kept == [n for n in names if n != "corrupt.jpg"]
+    assert features.shape == (len(names) - 1, 2048) and features.dtype == np.float16
+    assert meta["skipped"] == 1 and meta["weights"] == "random"
+    assert list(json.loads((tmp_path / "cache" / "skipped.json").read_text())) == ["corrupt.jpg"]
+    assert not (tmp_path / "cache" / "chunks").exists()
+
+
+def test_features_do_not_depend_on_the_batch(sample_root, tmp_path, encoder):
+    names = [f"shapes_{i:05d}.jpg" for i in range(7)]
+    runs = []
+    for batch_size in (1, 4):
+        utils.extract_features(sample_root / "Images", names, tmp_path / str(batch_size), weights=None,
+                               input_size=SIZE, batch_size=batch_size, dtype="float32", model=encoder)
+        runs.append(utils.load_features(tmp_path / str(batch_size))[1])
+    assert np.allclose(runs[0], runs[1], rtol=1e-4, atol=1e-7)
+    assert not np.allclose(runs[0][0], runs[0][1])  # different images, different features
+
+
+class CountingEncoder:
+    """A Keras model that counts the images it encodes and can fail after a number of batches."""
+
+    def __init__(self, model, fail_after=None):
+        self.model, self.fail_after, self.images, self.batches = model, fail_after, 0, 0
+        self.output_shape = model.output_shape
+
+    def predict_on_batch(self, x):
+        if self.fail_after is not None and self.batches == self.fail_after:
+            raise KeyboardInterrupt("simulated kernel interrupt")
+        self.batches += 1
+        self.images += len(x)
+        return self.model.predict_on_batch(x)
+
+
+def test_interrupted_extraction_resumes_without_recomputing(sample_root, tmp_path, encoder):
+    names = [f"shapes_{i:05d}.jpg" for i in range(20)]
+    args = dict(weights=None, input_size=SIZE, batch_size=2, chunk_size=6, dtype="float32")
+    first = CountingEncoder(encoder, fail_after=7)  # dies in the third chunk (batches 7-9)
+    with pytest.raises(KeyboardInterrupt):
+        utils.extract_features(sample_root / "Images", names, tmp_path / "c", model=first, **args)
+    assert not (tmp_path / "c" / "features.npy").exists()
+    assert sorted(p.name for p in (tmp_path / "c" / "chunks").glob("*.npy")) == [
+        "00000000.npy", "00000006.npy"]
+    second = CountingEncoder(encoder)
+    utils.extract_features(sample_root / "Images", names, tmp_path / "c", model=second, **args)
+    assert second.images == 20 - 12  # only the two chunks that were not finished
+    resumed = utils.load_features(tmp_path / "c")
+    utils.extract_features(sample_root / "Images", names, tmp_path / "fresh", model=encoder, **args)
+    fresh = utils.load_features(tmp_path / "fresh")
+    assert resumed[0] == fresh[0] == names
+    assert np.allclose(resumed[1], fresh[1], rtol=1e-4, atol=1e-7)
+    third = CountingEncoder(encoder)
+    utils.extract_features(sample_root / "Images", names, tmp_path / "c", model=third, **args)
+    assert third.images == 0  # finished cache: nothing recomputed
+
+
+def test_cache_is_keyed_by_encoder_weights_and_size(tmp_path):
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"pretend weights")
+    dirs = {utils.cache_dir(tmp_path, "inceptionv3", None), utils.cache_dir(tmp_path, "vgg16", None),
+            utils.cache_dir(tmp_path, "inceptionv3", "imagenet"),
+            utils.cache_dir(tmp_path, "inceptionv3", None, 150),
+            utils.cache_dir(tmp_path, "inceptionv3", weights)}
+    assert len(dirs) == 5
+    assert utils.cache_dir(tmp_path, "inceptionv3", None).name == "inceptionv3-random-299"
+
+
+def test_changing_the_encoder_gives_new_features(sample_root, tmp_path, encoder):
+    names = ["shapes_00000.jpg", "shapes_00001.jpg"]
+    inception = utils.cache_dir(tmp_path, "inceptionv3", None, SIZE)
+    vgg = utils.cache_dir(tmp_path, "vgg16", None, 32)
+    utils.extract_features(sample_root / "Images", names, inception, "inceptionv3", None, SIZE,
+                           model=encoder)
+    meta = utils.extract_features(sample_root / "Images", names, vgg, "vgg16", None, 32)
+    assert meta["encoder"] == "vgg16" and meta["dim"] == 512
+    assert utils.load_features(inception)[1].shape == (2, 2048)
+
+
+def test_local_weights_file(tmp_path):
+    model = utils.build_encoder("vgg16", None, 32, seed=1)
+    model.save_weights(tmp_path / "vgg.weights.h5")
+    loaded = utils.build_encoder("vgg16", tmp_path / "vgg.weights.h5", 32, seed=2)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    assert np.allclose(model.predict_on_batch(x), loaded.predict_on_batch(x))
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        utils.build_encoder("vgg16", tmp_path / "nope.h5", 32)
+    with pytest.raises(ValueError, match="unknown encoder 'alexnet'"):
+        utils.build_encoder("alexnet", None)
+
+
+def online():
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_imagenet_weights_offline_say_what_to_do():
+    if online():  # with internet the real download must work
+        assert utils.build_encoder("vgg16", "imagenet", 32).output_shape == (None, 512)
+    else:
+        with pytest.raises(RuntimeError, match="could not download the ImageNet weights of VGG16"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                utils.build_encoder("vgg16", "imagenet", 32)

@@ -1,0 +1,250 @@
+"""Stage 2: image features from a pretrained CNN, extracted once and cached.
+
+Each image becomes the global-average-pooled output of a Keras application. The cache is one
+`.npy` (float16, memory-mappable) with a JSON list of names, keyed by encoder, weights and input
+size so that changing any of them never reuses stale features. Extraction writes chunks as it
+goes: an interrupted run resumes from the last finished chunk.
+"""
+import hashlib
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from .files import read_json, save_npy, write_json
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders: adding one is one entry in this table
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    application: str   # the constructor's name in keras.applications
+    module: str        # the keras.applications module holding its preprocess_input
+    input_size: int
+
+
+ENCODERS = {
+    "inceptionv3": EncoderSpec("InceptionV3", "inception_v3", 299),
+    "xception": EncoderSpec("Xception", "xception", 299),
+    "resnet50": EncoderSpec("ResNet50", "resnet50", 224),
+    "vgg16": EncoderSpec("VGG16", "vgg16", 224),
+}
+
+
+def encoder_spec(name):
+    try:
+        return ENCODERS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}") from None
+
+
+def weights_tag(weights):
+    """Short, stable name of a weights choice, used in cache keys and run records."""
+    if weights is None:
+        return "random"
+    if weights == "imagenet":
+        return "imagenet"
+    digest = hashlib.sha1(Path(weights).read_bytes()).hexdigest()[:10]
+    return f"file-{digest}"
+
+
+def build_encoder(name, weights="imagenet", input_size=None, seed=0):
+    """The CNN without its classifier, average-pooled to one vector per image.
+
+    `weights`: "imagenet" (downloaded once by Keras), a path to a no-top weights file, or None for
+    random weights (seeded; for tests and the offline sample dataset only).
+    """
+    import keras
+
+    spec = encoder_spec(name)
+    size = input_size or spec.input_size
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: no such weights file")
+    keras.utils.set_random_seed(seed)
+    constructor = getattr(keras.applications, spec.application)
+    try:
+        return constructor(include_top=False, weights=weights, pooling="avg",
+                           input_shape=(size, size, 3))
+    except Exception as e:  # Keras raises a bare Exception when the download fails
+        if weights != "imagenet":
+            raise
+        raise RuntimeError(
+            f"could not download the ImageNet weights of {spec.application} ({e}). Without "
+            f"internet, download the no-top weights file (keras.applications.{spec.application}, "
+            f"'..._notop.h5') on another machine and pass its path as the weights") from None
+
+
+def preprocess(name, images):
+    """The encoder's own input scaling, applied to a batch of RGB images in [0, 255]."""
+    import keras
+
+    module = getattr(keras.applications, encoder_spec(name).module)
+    return module.preprocess_input(np.array(images, dtype="float32"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading images: one function, used for the cached features and for captioning new photos
+# ---------------------------------------------------------------------------------------------
+
+MAX_IMAGE_PIXELS = 60_000_000  # far above any photo; refuses decompression bombs
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file."""
+
+
+def load_image(path, size):
+    """An image file as a `size` x `size` RGB float32 array in [0, 255].
+
+    Any format Pillow reads (JPEG incl. CMYK and progressive, PNG with alpha, grayscale, WebP,
+    BMP); EXIF orientation is applied and transparency is composited on white.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageError(f"{path}: {image.width}x{image.height} pixels is more than the "
+                                 f"{MAX_IMAGE_PIXELS:,} allowed (a decompression bomb?)")
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "P", "PA"):
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image)
+            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(image, dtype="float32")
+    except ImageError:
+        raise
+    except Exception as e:  # Pillow raises many types for bad files; all mean "unusable"
+        raise ImageError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
+
+
+def image_batches(paths, size, batch_size):
+    """Batches of decoded images, read in parallel by tf.data; unreadable files flagged, not fatal.
+
+    Yields (images [b, size, size, 3], ok [b] bool, errors {index: message}).
+    """
+    import tensorflow as tf
+
+    errors = {}
+
+    def read(index):
+        index = int(index)
+        try:
+            return load_image(paths[index], size), True
+        except ImageError as e:
+            errors[index] = str(e)
+            return np.zeros((size, size, 3), "float32"), False
+
+    def read_tf(index):
+        image, ok = tf.numpy_function(read, [index], (tf.float32, tf.bool))
+        return tf.ensure_shape(image, (size, size, 3)), tf.ensure_shape(ok, ())
+
+    dataset = (tf.data.Dataset.range(len(paths))
+               .map(read_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    for images, ok in dataset.as_numpy_iterator():
+        yield images, ok, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The feature cache
+# ---------------------------------------------------------------------------------------------
+
+def cache_dir(features_root, encoder, weights, input_size=None):
+    """Features of one (encoder, weights, input size) live in their own folder."""
+    size = input_size or encoder_spec(encoder).input_size
+    return Path(features_root) / f"{encoder.lower()}-{weights_tag(weights)}-{size}"
+
+
+def load_features(directory):
+    """(names, features) of a finished cache; features are memory-mapped, not read into RAM."""
+    directory = Path(directory)
+    if not (directory / "meta.json").is_file():
+        raise FileNotFoundError(f"{directory}: no finished feature cache (run notebook 02)")
+    names = read_json(directory / "names.json")
+    return names, np.load(directory / "features.npy", mmap_mode="r")
+
+
+def extract_features(images_dir, names, directory, encoder="inceptionv3", weights="imagenet",
+                     input_size=None, batch_size=32, chunk_size=512, dtype="float16",
+                     model=None):
+    """Extract and cache features of the images `names` (relative to `images_dir`) in `directory`.
+
+    Resumes an interrupted run from its finished chunks; returns the cache's meta record.
+    Unreadable images are skipped, warned about and listed in `skipped.json`. `model` lets a
+    caller pass an already built encoder.
+    """
+    directory, names = Path(directory), list(names)
+    paths = [str(Path(images_dir) / n) for n in names]
+    if (directory / "meta.json").is_file():
+        meta = read_json(directory / "meta.json")
+        if meta["requested"] == names:
+            return meta
+    size = input_size or encoder_spec(encoder).input_size
+    chunks = directory / "chunks"
+    chunks.mkdir(parents=True, exist_ok=True)
+    starts = range(0, len(paths), chunk_size)
+    todo = [s for s in starts if not _chunk_done(chunks, s, names[s:s + chunk_size])]
+    model = model or (build_encoder(encoder, weights, size) if todo else None)
+    started, n_done = time.time(), 0
+    with tqdm(total=len(paths), initial=len(paths) - sum(len(names[s:s + chunk_size]) for s in todo),
+              unit="img", desc=f"{encoder} features") as bar:
+        for start in todo:
+            requested = names[start:start + chunk_size]
+            feats, errors = _extract_chunk(model, encoder, paths[start:start + chunk_size], size,
+                                           batch_size, bar)
+            kept = [n for i, n in enumerate(requested) if i not in errors]
+            skipped = {requested[i]: message for i, message in errors.items()}
+            save_npy(chunks / f"{start:08d}.npy", feats.astype(dtype))
+            write_json(chunks / f"{start:08d}.json",
+                       {"requested": requested, "names": kept, "skipped": skipped})
+            n_done += len(kept) + len(skipped)
+    elapsed = time.time() - started
+    return _finish_cache(directory, chunks, starts, names, {
+        "encoder": encoder.lower(), "weights": weights_tag(weights), "input_size": size,
+        "dtype": dtype, "seconds": round(elapsed, 2),
+        "images_per_second": round(n_done / elapsed, 2) if n_done else None})
+
+
+def _chunk_done(chunks, start, requested):
+    record = chunks / f"{start:08d}.json"
+    return record.is_file() and read_json(record)["requested"] == requested
+
+
+def _extract_chunk(model, encoder, paths, size, batch_size, bar):
+    """Features of the readable images among `paths`, and {index: why} for the others."""
+    features, errors = [], {}
+    for images, ok, errors in image_batches(paths, size, batch_size):
+        if ok.any():
+            features.append(np.asarray(model.predict_on_batch(preprocess(encoder, images[ok]))))
+        bar.update(len(ok))
+    for message in errors.values():
+        warnings.warn(f"skipped {message}", stacklevel=3)
+    dim = features[0].shape[1] if features else model.output_shape[-1]
+    return (np.concatenate(features) if features else np.zeros((0, dim), "float32")), errors
+
+
+def _finish_cache(directory, chunks, starts, requested, meta):
+    """Join the chunks into the final files; meta.json, written last, marks the cache finished."""
+    arrays, names, skipped = [], [], {}
+    for start in starts:
+        record = read_json(chunks / f"{start:08d}.json")
+        arrays.append(np.load(chunks / f"{start:08d}.npy"))
+        names += record["names"]
+        skipped.update(record["skipped"])
+    features = np.concatenate(arrays)
+    save_npy(directory / "features.npy", features)
+    write_json(directory / "names.json", names)
+    write_json(directory / "skipped.json", skipped)
+    meta = {**meta, "count": len(names), "dim": int(features.shape[1]), "skipped": len(skipped),
+            "requested": requested}
+    write_json(directory / "meta.json", meta)
+    for path in chunks.iterdir():
+        path.unlink()
+    chunks.rmdir()
+    return meta
