@@ -5,9 +5,11 @@
     sample    the embedded synthetic dataset
     download  resumable downloads, Flickr8k
     features  stage 2: CNN encoders, image loading, the resumable feature cache
+    glove     stage 3: GloVe vectors from every source, the embedding matrix
 """
 from .captions import *  # noqa: F401,F403
 from .download import *  # noqa: F401,F403
 from .files import *  # noqa: F401,F403
 from .sample import *  # noqa: F401,F403
 from .features import *  # noqa: F401,F403
+from .glove import *  # noqa: F401,F403
