@@ -6,6 +6,7 @@
     download  resumable downloads, Flickr8k
     features  stage 2: CNN encoders, image loading, the resumable feature cache
     glove     stage 3: GloVe vectors from every source, the embedding matrix
+    model     stage 4: the merge model, tf.data input, resumable training runs
 """
 from .captions import *  # noqa: F401,F403
 from .download import *  # noqa: F401,F403
@@ -13,3 +14,4 @@ from .files import *  # noqa: F401,F403
 from .sample import *  # noqa: F401,F403
 from .features import *  # noqa: F401,F403
 from .glove import *  # noqa: F401,F403
+from .model import *  # noqa: F401,F403

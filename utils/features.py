@@ -162,8 +162,17 @@ def cache_dir(features_root, encoder, weights, input_size=None):
 
 
 def load_features(directory):
-    """(names, features) of a finished cache; features are memory-mapped, not read into RAM."""
+    """(names, features) of a finished cache, or of an external `.npz` with `names` and `features`.
+
+    A cache's features are memory-mapped, not read into RAM.
+    """
     directory = Path(directory)
+    if directory.suffix == ".npz":
+        with np.load(directory) as data:
+            names, features = [str(n) for n in data["names"]], data["features"]
+        if len(names) != len(features):
+            raise ValueError(f"{directory}: {len(names)} names but {len(features)} feature rows")
+        return names, features
     if not (directory / "meta.json").is_file():
         raise FileNotFoundError(f"{directory}: no finished feature cache (run notebook 02)")
     names = read_json(directory / "names.json")

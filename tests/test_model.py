@@ -1,0 +1,164 @@
+"""Stage 4: the merge model, its one-pass training, resumable runs, and that it learns."""
+import keras
+import numpy as np
+import pytest
+
+import utils
+
+V, F = 30, 12
+
+
+def random_captions(n, length, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros((n, length), "int32")
+    for i in range(n):
+        k = rng.integers(1, length - 1)
+        tokens[i, :k + 2] = [2, *rng.integers(4, V, k), 3]
+    return tokens
+
+
+def test_sequence_model_equals_prefix_expansion():
+    """For the same weights, the next-word probabilities of the seed projects' prefix model and of
+    the one-pass sequence model agree for every prefix of every caption."""
+    keras.utils.set_random_seed(0)
+    stats = (np.random.default_rng(1).normal(size=F), np.random.default_rng(2).uniform(0.5, 2, F))
+    model = utils.build_caption_model(V, F, np.random.default_rng(3).normal(0, 0.4, (V, 8)),
+                                      units=16, feature_stats=stats)
+    length = 9
+    prefix = utils.prefix_model(model, length)
+    features = np.random.default_rng(4).normal(size=(5, F)).astype("float32")
+    captions = random_captions(5, length + 1)
+    sequence_probs = model.predict([features, captions[:, :-1]], verbose=0)
+    compared = 0
+    for i, caption in enumerate(captions):
+        n = int((caption > 0).sum())
+        for t in range(1, n):  # prefix caption[:t] predicts caption[t]
+            padded = np.zeros((1, length), "int32")
+            padded[0, length - t:] = caption[:t]  # pre-padding, as the seed projects do
+            probs = prefix.predict([features[i:i + 1], padded], verbose=0)[0]
+            np.testing.assert_allclose(probs, sequence_probs[i, t - 1], rtol=1e-4, atol=1e-6)
+            compared += 1
+    assert compared >= 10
+
+
+def test_caption_dataset_batches():
+    tokens = random_captions(10, 8)
+    features = np.arange(4 * F, dtype="float32").reshape(4, F)
+    rows = np.arange(10, dtype="int32") % 4
+    batches = list(utils.caption_dataset(features, rows, tokens, batch_size=4, shuffle=False))
+    (image, inputs), targets = batches[0]
+    longest = int((tokens[:4] > 0).sum(1).max())
+    assert inputs.shape == targets.shape == (4, longest - 1)  # padded to the batch's longest only
+    np.testing.assert_array_equal(image.numpy(), features[rows[:4]])
+    np.testing.assert_array_equal(inputs.numpy(), tokens[:4, :longest - 1])
+    np.testing.assert_array_equal(targets.numpy(), tokens[:4, 1:longest])
+    assert sum(len(b[1]) for b in batches) == 10
+
+
+def test_loss_ignores_padding():
+    keras.utils.set_random_seed(0)
+    model = utils.compile_model(utils.build_caption_model(V, F, units=8))
+    features = np.ones((1, F), "float32")
+    short = np.array([[2, 5, 3]], "int32")
+    padded = np.array([[2, 5, 3, 0, 0]], "int32")
+    loss_short = model.evaluate([features, short[:, :-1]], short[:, 1:], verbose=0)
+    loss_padded = model.evaluate([features, padded[:, :-1]], padded[:, 1:], verbose=0)
+    assert loss_short == pytest.approx(loss_padded, rel=1e-5)
+
+
+def test_feature_statistics_floor_the_variance():
+    features = np.random.default_rng(0).normal(size=(50, 4))
+    features[:, 2] = 7.0
+    mean, variance = utils.feature_statistics(features)
+    assert mean[2] == pytest.approx(7.0) and variance[2] > 0
+
+
+@pytest.fixture(scope="module")
+def sample_training(sample_root, tmp_path_factory):
+    """The sample dataset prepared and encoded (random InceptionV3 at 75x75), ready to train."""
+    images_dir, captions_file, split_files = utils.find_dataset_files(sample_root)
+    prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
+    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"))
+    cache = tmp_path_factory.mktemp("features")
+    utils.extract_features(images_dir, sorted(prepared.images), cache, "inceptionv3", None, 75)
+    names, features = utils.load_features(cache)
+    return prepared, vocab, names, np.asarray(features, "float32")
+
+
+def fit(sample_training, run_dir, epochs, shuffle_images=False, seed=0, extra_callbacks=()):
+    prepared, vocab, names, features = sample_training
+    keras.utils.set_random_seed(seed)
+    if shuffle_images:  # every caption paired with some other image's features
+        features = features[np.random.default_rng(seed).permutation(len(features))]
+    train_rows, train_tokens = utils.encode_captions(prepared, vocab, "train", names)
+    val_rows, val_tokens = utils.encode_captions(prepared, vocab, "val", names)
+    model = utils.compile_model(utils.build_caption_model(
+        len(vocab), features.shape[1], units=128, dropout=0.2,
+        feature_stats=utils.feature_statistics(features[np.unique(train_rows)])), 3e-3)
+    history = utils.train_caption_model(
+        model, utils.caption_dataset(features, train_rows, train_tokens, 64, seed=seed),
+        utils.caption_dataset(sample_training[3], val_rows, val_tokens, 64, shuffle=False),
+        run_dir, epochs, patience=epochs, extra_callbacks=extra_callbacks, verbose=0)
+    return model, history
+
+
+def test_model_learns_from_the_images(sample_training, tmp_path):
+    _, real = fit(sample_training, tmp_path / "real", 12)
+    _, shuffled = fit(sample_training, tmp_path / "shuffled", 12, shuffle_images=True)
+    best_real = min(h["val_loss"] for h in real)
+    best_shuffled = min(h["val_loss"] for h in shuffled)
+    assert best_real < 0.75 * best_shuffled, (best_real, best_shuffled)
+
+
+def test_training_is_reproducible(sample_training, tmp_path):
+    a, _ = fit(sample_training, tmp_path / "a", 1, seed=3)
+    b, _ = fit(sample_training, tmp_path / "b", 1, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Interrupts training like a kernel restart at the end of an epoch, after the checkpoints."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs, self.started = epochs, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.started == self.epochs:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_interrupted_training_resumes(sample_training, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(sample_training, run, 4, extra_callbacks=[StopAfter(2)])
+    assert (run / "model.keras").is_file()
+    assert [h["epoch"] for h in utils.read_history(run)] == [0, 1]
+    counter = StopAfter(99)
+    _, history = fit(sample_training, run, 4, extra_callbacks=[counter])
+    assert counter.started == 2  # epochs 3 and 4 only
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert (run / "model.keras").is_file() and not (run / "backup").exists()
+    best = keras.models.load_model(run / "model.keras")
+    prepared, vocab, names, features = sample_training
+    rows, tokens = utils.encode_captions(prepared, vocab, "val", names)
+    best = utils.compile_model(best)
+    val_loss = best.evaluate(utils.caption_dataset(features, rows, tokens, 64, shuffle=False), verbose=0)
+    assert val_loss == pytest.approx(min(h["val_loss"] for h in history), rel=1e-3)
+
+
+def test_run_directory_is_self_contained(sample_training, tmp_path):
+    prepared, vocab, names, features = sample_training
+    model, _ = fit(sample_training, tmp_path / "run", 1)
+    utils.save_run_config(tmp_path / "run", vocab, {"encoder": "inceptionv3", "feature_dim": 2048})
+    loaded, loaded_vocab, config = utils.load_run(tmp_path / "run")
+    assert loaded_vocab == vocab and config["feature_dim"] == 2048
+    tokens = np.array([vocab.encode(prepared.images[names[0]]["captions"][0])])
+    x = [features[:1], tokens[:, :-1]]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), keras.models.load_model(
+        tmp_path / "run" / "model.keras").predict(x, verbose=0))
+    with pytest.raises(FileNotFoundError, match="no model.keras"):
+        utils.load_run(tmp_path / "nothing")

@@ -1,0 +1,199 @@
+"""Stage 4: the CNN-LSTM merge model and its training.
+
+The merge architecture (Tanti et al., "Where to put the image in an image caption generator"):
+the image never enters the LSTM; the LSTM reads the caption so far and its output is added to
+the projected image vector before the word classifier.
+
+    image features -> [Normalization] -> Dropout -> Dense(units, relu) ------------.
+                                                                                    + -> Dense(units, relu) -> Dense(vocab, softmax)
+    caption tokens -> Embedding (GloVe, padding masked) -> Dropout -> LSTM(units) --'
+
+The seed projects train it on one sample per caption prefix. Because the LSTM is causal and the
+image joins after it, running the LSTM once over the whole caption (`return_sequences=True`) and
+adding the image at every step gives the same next-word prediction for every prefix at once: one
+pass per caption instead of one per word. `prefix_model` builds the seed formulation from the same
+layers, for the equivalence test and the benchmarks.
+"""
+import csv
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from .captions import Vocabulary
+from .files import atomic_path, read_json, write_json
+
+LAYER_NAMES = ("feature_norm", "image_dropout", "image_dense", "embedding", "caption_dropout",
+               "lstm", "decoder", "next_word")
+
+
+def build_caption_model(vocab_size, feature_dim, embedding_matrix=None, embedding_dim=50,
+                        units=256, dropout=0.5, train_embedding=False, feature_stats=None):
+    """The merge model over whole captions: (features [B, F], tokens [B, T]) -> probs [B, T, V].
+
+    `feature_stats`: (mean, variance) of the training features, standardised inside the model so
+    that any encoder's features arrive on one scale, at training and at captioning time alike.
+    """
+    if embedding_matrix is not None:
+        embedding_dim = embedding_matrix.shape[1]
+        initializer = keras.initializers.Constant(embedding_matrix)
+    else:
+        initializer = "uniform"
+    mean, variance = feature_stats if feature_stats is not None else (0.0, 1.0)
+    parts = {
+        "feature_norm": layers.Normalization(mean=mean, variance=variance, name="feature_norm"),
+        "image_dropout": layers.Dropout(dropout, name="image_dropout"),
+        "image_dense": layers.Dense(units, activation="relu", name="image_dense"),
+        "embedding": layers.Embedding(vocab_size, embedding_dim, embeddings_initializer=initializer,
+                                      mask_zero=True, trainable=train_embedding, name="embedding"),
+        "caption_dropout": layers.Dropout(dropout, name="caption_dropout"),
+        "lstm": layers.LSTM(units, return_sequences=True, name="lstm"),
+        "decoder": layers.Dense(units, activation="relu", name="decoder"),
+        "next_word": layers.Dense(vocab_size, activation="softmax", name="next_word", dtype="float32"),
+    }
+    image = keras.Input((feature_dim,), name="image")
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    model = keras.Model([image, tokens], _merge(parts, image, tokens), name="merge_captioner")
+    return model
+
+
+def _merge(parts, image, tokens, last_step_only=False):
+    """The forward pass, shared by the sequence and the prefix formulations."""
+    projected = parts["image_dense"](parts["image_dropout"](parts["feature_norm"](image)))
+    hidden = parts["lstm"](parts["caption_dropout"](parts["embedding"](tokens)))
+    if last_step_only:  # prefixes are pre-padded, so the last step is the last word
+        merged = hidden[:, -1, :] + projected
+    else:
+        merged = hidden + ops.expand_dims(projected, 1)
+    return parts["next_word"](parts["decoder"](merged))
+
+
+def prefix_model(model, prefix_length):
+    """The seed projects' formulation with `model`'s layers and weights: (features, pre-padded
+    prefix [B, prefix_length]) -> next-word probabilities [B, V]."""
+    parts = {name: model.get_layer(name) for name in LAYER_NAMES}
+    image = keras.Input((model.input[0].shape[1],), name="image")
+    prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
+    return keras.Model([image, prefix], _merge(parts, image, prefix, last_step_only=True))
+
+
+def compile_model(model, learning_rate=1e-3, jit_compile=False):
+    """Adam and sparse cross-entropy over the real tokens only (padding targets, id 0, ignored)."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=0),
+                  jit_compile=jit_compile)
+    return model
+
+
+def feature_statistics(features):
+    """Mean and variance of training features for the model's Normalization layer. Variances are
+    floored so that a dimension constant in training cannot explode on a new image."""
+    features = np.asarray(features, dtype="float64")
+    variance = features.var(0)
+    return features.mean(0), np.maximum(variance, 0.01 * variance.mean() + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: tf.data from cached features and encoded captions
+# ---------------------------------------------------------------------------------------------
+
+def encode_captions(prepared, vocab, split, feature_names):
+    """(image row [M], tokens [M, vocab.sequence_length]) for every caption of `split` whose image
+    has features; captions of images without features (skipped as unreadable) are left out."""
+    row = {name: i for i, name in enumerate(feature_names)}
+    pairs = [(row[name], vocab.encode(caption)) for name in prepared.names(split) if name in row
+             for caption in prepared.images[name]["captions"]]
+    tokens = np.zeros((len(pairs), vocab.sequence_length), "int32")
+    for i, (_, ids) in enumerate(pairs):
+        tokens[i, :len(ids)] = ids
+    return np.array([r for r, _ in pairs], "int32"), tokens
+
+
+def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0):
+    """Batches of ((features, input tokens), target tokens), padded only to each batch's longest.
+
+    Inputs are a caption without its last token, targets the caption shifted by one: the model
+    predicts every next word at once.
+    """
+    import tensorflow as tf
+
+    table = tf.constant(np.asarray(features, dtype="float32"))
+    data = tf.data.Dataset.from_tensor_slices((rows, tokens))
+    if shuffle:
+        data = data.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+
+    def to_inputs(row, caption):
+        length = tf.reduce_max(tf.reduce_sum(tf.cast(caption > 0, tf.int32), axis=1))
+        caption = caption[:, :length]
+        return (tf.gather(table, row), caption[:, :-1]), caption[:, 1:]
+
+    return data.batch(batch_size).map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs: resumable, and saved with everything needed to caption a new photo later
+# ---------------------------------------------------------------------------------------------
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Keeps the model with the lowest validation loss in `path`, written atomically so that an
+    interruption during a save never leaves a broken file."""
+
+    def __init__(self, path, best=np.inf):
+        super().__init__()
+        self.path, self.best = Path(path), best
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs["val_loss"] < self.best:
+            self.best = logs["val_loss"]
+            with atomic_path(self.path) as tmp:
+                self.model.save(tmp)
+
+
+def read_history(run_dir):
+    """Per-epoch logs of a run, one dict per epoch (the last row wins if an epoch was logged twice)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = {int(r["epoch"]): {k: float(v) for k, v in r.items()} for r in csv.DictReader(f)}
+    return [rows[e] for e in sorted(rows)]
+
+
+def train_caption_model(model, train_data, val_data, run_dir, epochs, patience=3,
+                        extra_callbacks=(), verbose=1):
+    """Fit with the best checkpoint, early stopping, a plateau learning-rate schedule and a CSV
+    history; an interrupted run resumes from its last finished epoch (BackupAndRestore)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best_so_far = min((h["val_loss"] for h in read_history(run_dir)), default=np.inf)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        BestModelCheckpoint(run_dir / "model.keras", best_so_far),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=1e-5),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        *extra_callbacks,
+    ]
+    model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks,
+              shuffle=False, verbose=verbose)  # caption_dataset shuffles
+    history = read_history(run_dir)
+    write_json(run_dir / "history.json", history)
+    return history
+
+
+def save_run_config(run_dir, vocab, config):
+    """What a run needs besides its weights: the vocabulary (and so the maximum length), the
+    encoder and its weights, the feature size, the training settings and the data."""
+    vocab.save(Path(run_dir) / "vocabulary.json")
+    write_json(Path(run_dir) / "config.json", config)
+
+
+def load_run(run_dir):
+    """(model, vocabulary, config) of a finished run: no pickle, no code beyond this package."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").is_file():
+        raise FileNotFoundError(f"{run_dir}: no model.keras (train a model with notebook 04)")
+    model = keras.models.load_model(run_dir / "model.keras")
+    return model, Vocabulary.load(run_dir / "vocabulary.json"), read_json(run_dir / "config.json")
