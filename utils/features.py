@@ -54,6 +54,13 @@ def weights_tag(weights):
     return f"file-{digest}"
 
 
+def resolve_weights(weights, dataset):
+    """`"auto"`: random weights for the synthetic sample (offline, no download), ImageNet otherwise."""
+    if weights != "auto":
+        return weights
+    return None if dataset == "sample" else "imagenet"
+
+
 def build_encoder(name, weights="imagenet", input_size=None, seed=0):
     """The CNN without its classifier, average-pooled to one vector per image.
 
