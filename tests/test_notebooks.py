@@ -13,7 +13,7 @@ from conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Small settings that keep CI fast; the sample dataset is the default of every notebook.
-SMALL = {}
+SMALL = {"04_train_model": {"EPOCHS": 15}}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,133 @@
+"""Training speed: one pass per caption (ours) against one sample per caption prefix (the seeds').
+
+    python benchmarks/training.py [--quick]
+
+Both train the same merge model, from the same initial weights, on the same batches of captions
+of the shared Flickr8k subset (real ImageNet features from ../shared/flickr8k/features/, the
+official train and dev images among them). The prefix formulation expands each batch of captions
+into one pre-padded sample per prefix, as the seed projects do, and takes one step on all of them,
+so both follow the same mathematics and should reach the same validation loss after the same
+number of caption passes. Last line: one JSON object with `speedup` (captions per second, ours
+over theirs), seconds per epoch and validation loss per epoch for both.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import utils  # noqa: E402
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "flickr8k"
+
+
+def load_shared():
+    names, features = utils.load_features(SHARED / "features" / "efficientnet_lite0_imagenet.npz")
+    images_dir, captions_file, split_files = utils.find_dataset_files(SHARED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the token file names 8,090 images; 875 are here
+        prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
+    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"), min_count=5)
+    return prepared, vocab, names, np.asarray(features, "float32")
+
+
+def expand_prefixes(tokens, prefix_length):
+    """The seeds' samples: for each caption every prefix, pre-padded, and the word that follows."""
+    prefixes, targets, owners = [], [], []
+    for i, caption in enumerate(tokens):
+        ids = caption[caption > 0]
+        for t in range(1, len(ids)):
+            padded = np.zeros(prefix_length, "int32")
+            padded[prefix_length - t:] = ids[:t]
+            prefixes.append(padded)
+            targets.append(ids[t])
+            owners.append(i)
+    return np.array(prefixes), np.array(targets), np.array(owners)
+
+
+def train(model, step, batches, epochs, val):
+    times, losses = [], []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for batch in batches():
+            step(batch)
+        times.append(time.perf_counter() - start)
+        losses.append(float(model.evaluate(val, verbose=0)))
+    return times, losses
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 epoch on 200 images")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    epochs = 1 if args.quick else args.epochs
+    prepared, vocab, names, features = load_shared()
+    rows, tokens = utils.encode_captions(prepared, vocab, "train", names)
+    if args.quick:
+        keep = rows < np.sort(np.unique(rows))[200 if len(np.unique(rows)) > 200 else -1]
+        rows, tokens = rows[keep], tokens[keep]
+    val_rows, val_tokens = utils.encode_captions(prepared, vocab, "val", names)
+    val = utils.caption_dataset(features, val_rows, val_tokens, 256, shuffle=False)
+    stats = utils.feature_statistics(features[np.unique(rows)])
+
+    keras.utils.set_random_seed(0)
+    ours = utils.compile_model(utils.build_caption_model(len(vocab), features.shape[1],
+                                                         feature_stats=stats, dropout=0.0))
+    theirs_base = utils.compile_model(utils.build_caption_model(len(vocab), features.shape[1],
+                                                                feature_stats=stats, dropout=0.0))
+    theirs_base.set_weights(ours.get_weights())
+    prefix_length = vocab.sequence_length - 1
+    theirs = utils.prefix_model(theirs_base, prefix_length)
+    theirs.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=5.0),
+                   loss="sparse_categorical_crossentropy")
+    prefixes, targets, owners = expand_prefixes(tokens, prefix_length)
+    by_caption = np.split(np.arange(len(owners)), np.flatnonzero(np.diff(owners)) + 1)
+
+    order_rng = np.random.default_rng(0)
+    orders = [order_rng.permutation(len(rows)) for _ in range(epochs)]
+
+    def caption_batches(epoch_orders):
+        for order in epoch_orders:
+            yield from (order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size))
+
+    def our_batches():  # the training pipeline itself (tf.data, fit), in the benchmark's order
+        order = next(our_orders)
+        return utils.caption_dataset(features, rows[order], tokens[order], args.batch_size,
+                                     shuffle=False)
+
+    def their_step(batch):
+        samples = np.concatenate([by_caption[i] for i in batch])
+        theirs.train_on_batch([features[rows[owners[samples]]], prefixes[samples]], targets[samples])
+
+    our_orders, their_orders = iter(orders), iter(orders)
+    our_times, our_losses = train(ours, lambda data: ours.fit(data, verbose=0),
+                                  lambda: [our_batches()], epochs, val)
+    their_times, their_losses = train(theirs_base, their_step,
+                                      lambda: caption_batches([next(their_orders)]), epochs, val)
+    ours_rate = len(rows) * epochs / sum(our_times)
+    theirs_rate = len(rows) * epochs / sum(their_times)
+    print(json.dumps({
+        "speedup": round(ours_rate / theirs_rate, 2),
+        "speedup_after_first_epoch": (round(sum(their_times[1:]) / sum(our_times[1:]), 2)
+                                      if epochs > 1 else None),
+        "captions_per_second": {"sequence": round(ours_rate, 1), "prefix_expansion": round(theirs_rate, 1)},
+        "seconds_per_epoch": {"sequence": [round(t, 2) for t in our_times],
+                              "prefix_expansion": [round(t, 2) for t in their_times]},
+        "val_loss_per_epoch": {"sequence": [round(v, 4) for v in our_losses],
+                               "prefix_expansion": [round(v, 4) for v in their_losses]},
+        "train_captions": int(len(rows)), "prefix_samples_per_epoch": int(len(owners)),
+        "features": "efficientnet_lite0_imagenet (1280-d)", "vocabulary": len(vocab),
+        "batch_captions": args.batch_size, "epochs": epochs, "quick": args.quick}))
+
+
+if __name__ == "__main__":
+    main()
