@@ -12,8 +12,12 @@ SHARED = REPO.parent / "shared" / "flickr8k"
 
 @pytest.fixture(scope="session")
 def shared_flickr8k():
-    """The real Flickr8k files beside the checkout (../shared/flickr8k); CI always has them."""
-    assert SHARED.is_dir(), f"{SHARED} is missing: the real-data tests need ../shared/flickr8k"
+    """The real Flickr8k files beside the checkout (../shared/flickr8k). CI always has them and
+    fails without them; elsewhere the tests that need them are skipped, saying why."""
+    if not SHARED.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SHARED} is missing: CI's real-data tests need ../shared/flickr8k")
+        pytest.skip(f"{SHARED} is not here: real-data tests need Flickr8k files beside the checkout")
     return SHARED
 
 
