@@ -138,7 +138,7 @@ def encode_captions(prepared, vocab, split, feature_names):
 
 
 def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0):
-    """Batches of ((features, input tokens), target tokens), padded about to each batch's longest.
+    """Batches of ((features, input tokens), target tokens), padded only to each batch's longest.
 
     Inputs are a caption without its last token, targets the caption shifted by one: the model
     predicts every next word at once.
@@ -151,10 +151,8 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0)
         data = data.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
 
     def to_inputs(row, caption):
-        # Pad to the batch's longest caption, rounded up to a multiple of 8: few distinct shapes,
-        # so the training step is traced a few times, not once per length.
         length = tf.reduce_max(tf.reduce_sum(tf.cast(caption > 0, tf.int32), axis=1))
-        caption = caption[:, :tf.minimum((length + 7) // 8 * 8, tokens.shape[1])]
+        caption = caption[:, :length]
         return (tf.gather(table, row), caption[:, :-1]), caption[:, 1:]
 
     return data.batch(batch_size).map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
