@@ -11,7 +11,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
@@ -67,8 +69,6 @@ def build_encoder(name, weights="imagenet", input_size=None, seed=0):
     `weights`: "imagenet" (downloaded once by Keras), a path to a no-top weights file, or None for
     random weights (seeded; for tests and the offline sample dataset only).
     """
-    import keras
-
     spec = encoder_spec(name)
     size = input_size or spec.input_size
     if weights not in (None, "imagenet") and not Path(weights).is_file():
@@ -89,8 +89,6 @@ def build_encoder(name, weights="imagenet", input_size=None, seed=0):
 
 def preprocess(name, images):
     """The encoder's own input scaling, applied to a batch of RGB images in [0, 255]."""
-    import keras
-
     module = getattr(keras.applications, encoder_spec(name).module)
     return module.preprocess_input(np.array(images, dtype="float32"))
 
@@ -135,8 +133,6 @@ def image_batches(paths, size, batch_size):
 
     Yields (images [b, size, size, 3], ok [b] bool, errors {index: message}).
     """
-    import tensorflow as tf
-
     errors = {}
 
     def read(index):

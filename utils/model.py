@@ -19,6 +19,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers, ops
 
 from .captions import Vocabulary
@@ -143,8 +144,6 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0)
     Inputs are a caption without its last token, targets the caption shifted by one: the model
     predicts every next word at once.
     """
-    import tensorflow as tf
-
     table = tf.constant(np.asarray(features, dtype="float32"))
     data = tf.data.Dataset.from_tensor_slices((rows, tokens))
     if shuffle:
