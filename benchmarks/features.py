@@ -40,7 +40,7 @@ def main():
     model = utils.build_encoder("inceptionv3", None)
 
     start = time.perf_counter()
-    decoded = sum(len(batch) for batch, _, _ in utils.image_batches(paths, 299, 32))
+    decoded = sum(len(batch) for batch, _ in utils.image_batches(paths, 299, 32, errors={}))
     decode_rate = rate(decoded, time.perf_counter() - start)
 
     sweep = {}

@@ -39,26 +39,12 @@ def load_shared():
     return prepared, vocab, names, np.asarray(features, "float32")
 
 
-def expand_prefixes(tokens, prefix_length):
-    """The seeds' samples: for each caption every prefix, pre-padded, and the word that follows."""
-    prefixes, targets, owners = [], [], []
-    for i, caption in enumerate(tokens):
-        ids = caption[caption > 0]
-        for t in range(1, len(ids)):
-            padded = np.zeros(prefix_length, "int32")
-            padded[prefix_length - t:] = ids[:t]
-            prefixes.append(padded)
-            targets.append(ids[t])
-            owners.append(i)
-    return np.array(prefixes), np.array(targets), np.array(owners)
-
-
-def train(model, step, batches, epochs, val):
+def train(model, run_epoch, orders, val):
+    """Run one epoch per caption order; returns seconds and validation loss per epoch."""
     times, losses = [], []
-    for _ in range(epochs):
+    for order in orders:
         start = time.perf_counter()
-        for batch in batches():
-            step(batch)
+        run_epoch(order)
         times.append(time.perf_counter() - start)
         losses.append(float(model.evaluate(val, verbose=0)))
     return times, losses
@@ -74,7 +60,7 @@ def main():
     prepared, vocab, names, features = load_shared()
     rows, tokens = utils.encode_captions(prepared, vocab, "train", names)
     if args.quick:
-        keep = rows < np.sort(np.unique(rows))[200 if len(np.unique(rows)) > 200 else -1]
+        keep = np.isin(rows, np.unique(rows)[:200])
         rows, tokens = rows[keep], tokens[keep]
     val_rows, val_tokens = utils.encode_captions(prepared, vocab, "val", names)
     val = utils.caption_dataset(features, val_rows, val_tokens, 256, shuffle=False)
@@ -87,33 +73,25 @@ def main():
                                                                 feature_stats=stats, dropout=0.0))
     theirs_base.set_weights(ours.get_weights())
     prefix_length = vocab.sequence_length - 1
-    theirs = utils.prefix_model(theirs_base, prefix_length)
-    theirs.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=5.0),
-                   loss="sparse_categorical_crossentropy")
-    prefixes, targets, owners = expand_prefixes(tokens, prefix_length)
+    theirs = utils.compile_model(utils.prefix_model(theirs_base, prefix_length))
+    prefixes, targets, owners = utils.expand_prefixes(tokens, prefix_length)
     by_caption = np.split(np.arange(len(owners)), np.flatnonzero(np.diff(owners)) + 1)
 
     order_rng = np.random.default_rng(0)
     orders = [order_rng.permutation(len(rows)) for _ in range(epochs)]
 
-    def caption_batches(epoch_orders):
-        for order in epoch_orders:
-            yield from (order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size))
+    def our_epoch(order):  # the training pipeline itself (tf.data, fit), in the benchmark's order
+        ours.fit(utils.caption_dataset(features, rows[order], tokens[order], args.batch_size,
+                                       shuffle=False), verbose=0)
 
-    def our_batches():  # the training pipeline itself (tf.data, fit), in the benchmark's order
-        order = next(our_orders)
-        return utils.caption_dataset(features, rows[order], tokens[order], args.batch_size,
-                                     shuffle=False)
+    def their_epoch(order):  # the same caption batches, each expanded into its prefixes
+        for i in range(0, len(order), args.batch_size):
+            samples = np.concatenate([by_caption[c] for c in order[i:i + args.batch_size]])
+            theirs.train_on_batch([features[rows[owners[samples]]], prefixes[samples]],
+                                  targets[samples])
 
-    def their_step(batch):
-        samples = np.concatenate([by_caption[i] for i in batch])
-        theirs.train_on_batch([features[rows[owners[samples]]], prefixes[samples]], targets[samples])
-
-    our_orders, their_orders = iter(orders), iter(orders)
-    our_times, our_losses = train(ours, lambda data: ours.fit(data, verbose=0),
-                                  lambda: [our_batches()], epochs, val)
-    their_times, their_losses = train(theirs_base, their_step,
-                                      lambda: caption_batches([next(their_orders)]), epochs, val)
+    our_times, our_losses = train(ours, our_epoch, orders, val)
+    their_times, their_losses = train(theirs_base, their_epoch, orders, val)
     # The first epoch of each includes tracing the training step for its batch shapes: steady-state
     # figures leave it out (the usual warm-up), and the all-epochs ratio is reported beside them.
     steady = slice(1, None) if epochs > 1 else slice(None)

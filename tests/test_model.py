@@ -162,3 +162,11 @@ def test_run_directory_is_self_contained(sample_training, tmp_path):
         tmp_path / "run" / "model.keras").predict(x, verbose=0))
     with pytest.raises(FileNotFoundError, match="no model.keras"):
         utils.load_run(tmp_path / "nothing")
+
+
+def test_expand_prefixes_pre_pads_every_prefix():
+    tokens = np.array([[2, 5, 6, 3, 0], [2, 7, 3, 0, 0]], "int32")
+    prefixes, targets, owners = utils.expand_prefixes(tokens, 3)
+    np.testing.assert_array_equal(prefixes, [[0, 0, 2], [0, 2, 5], [2, 5, 6], [0, 0, 2], [0, 2, 7]])
+    np.testing.assert_array_equal(targets, [5, 6, 3, 7, 3])
+    np.testing.assert_array_equal(owners, [0, 0, 0, 1, 1])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import REPO_ROOT, read_json, write_json
+from .files import portable_path, read_json, resolve_path, write_json
 
 
 class CaptionFileError(ValueError):
@@ -303,17 +303,6 @@ def find_dataset_files(root):
             f"file (one of {', '.join(CAPTION_FILE_NAMES)}); pass their paths explicitly otherwise")
     splits = {s: root / n for s, n in SPLIT_FILE_NAMES.items() if (root / n).is_file()}
     return images_dir, captions_file, splits
-
-
-def portable_path(path):
-    """Paths inside the repository are stored relative to it, so artefacts survive a move."""
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def resolve_path(path):
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 @dataclass

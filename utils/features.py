@@ -128,13 +128,11 @@ def load_image(path, size):
         raise ImageError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
 
 
-def image_batches(paths, size, batch_size):
+def image_batches(paths, size, batch_size, errors):
     """Batches of decoded images, read in parallel by tf.data; unreadable files flagged, not fatal.
 
-    Yields (images [b, size, size, 3], ok [b] bool, errors {index: message}).
+    Yields (images [b, size, size, 3], ok [b] bool); `errors` receives {index in paths: why}.
     """
-    errors = {}
-
     def read(index):
         index = int(index)
         try:
@@ -150,8 +148,7 @@ def image_batches(paths, size, batch_size):
     dataset = (tf.data.Dataset.range(len(paths))
                .map(read_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    for images, ok in dataset.as_numpy_iterator():
-        yield images, ok, errors
+    yield from dataset.as_numpy_iterator()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,9 +200,10 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     starts = range(0, len(paths), chunk_size)
     todo = [s for s in starts if not _chunk_done(chunks, s, names[s:s + chunk_size])]
     model = model or (build_encoder(encoder, weights, size) if todo else None)
-    started, n_done = time.time(), 0
-    with tqdm(total=len(paths), initial=len(paths) - sum(len(names[s:s + chunk_size]) for s in todo),
-              unit="img", desc=f"{encoder} features") as bar:
+    pending = sum(len(names[s:s + chunk_size]) for s in todo)
+    started = time.time()
+    with tqdm(total=len(names), initial=len(names) - pending, unit="img",
+              desc=f"{encoder} features") as bar:
         for start in todo:
             requested = names[start:start + chunk_size]
             feats, errors = _extract_chunk(model, encoder, paths[start:start + chunk_size], size,
@@ -215,12 +213,11 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
             save_npy(chunks / f"{start:08d}.npy", feats.astype(dtype))
             write_json(chunks / f"{start:08d}.json",
                        {"requested": requested, "names": kept, "skipped": skipped})
-            n_done += len(kept) + len(skipped)
     elapsed = time.time() - started
     return _finish_cache(directory, chunks, starts, names, {
         "encoder": encoder.lower(), "weights": weights_tag(weights), "input_size": size,
         "dtype": dtype, "seconds": round(elapsed, 2),
-        "images_per_second": round(n_done / elapsed, 2) if n_done else None})
+        "images_per_second": round(pending / elapsed, 2) if pending else None})
 
 
 def _chunk_done(chunks, start, requested):
@@ -231,7 +228,7 @@ def _chunk_done(chunks, start, requested):
 def _extract_chunk(model, encoder, paths, size, batch_size, bar):
     """Features of the readable images among `paths`, and {index: why} for the others."""
     features, errors = [], {}
-    for images, ok, errors in image_batches(paths, size, batch_size):
+    for images, ok in image_batches(paths, size, batch_size, errors):
         if ok.any():
             features.append(np.asarray(model.predict_on_batch(preprocess(encoder, images[ok]))))
         bar.update(len(ok))

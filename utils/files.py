@@ -14,7 +14,6 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 GLOVE_DIR = REPO_ROOT / "glove"
-MODELS_DIR = REPO_ROOT / "models"
 
 
 @contextlib.contextmanager
@@ -41,6 +40,17 @@ def write_json(path, obj):
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def portable_path(path):
+    """Paths inside the repository are stored relative to it, so artefacts survive a move."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def resolve_path(path):
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def save_npy(path, array):

@@ -55,8 +55,7 @@ def build_caption_model(vocab_size, feature_dim, embedding_matrix=None, embeddin
     }
     image = keras.Input((feature_dim,), name="image")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
-    model = keras.Model([image, tokens], _merge(parts, image, tokens), name="merge_captioner")
-    return model
+    return keras.Model([image, tokens], _merge(parts, image, tokens), name="merge_captioner")
 
 
 def _merge(parts, image, tokens, last_step_only=False):
@@ -68,6 +67,30 @@ def _merge(parts, image, tokens, last_step_only=False):
     else:
         merged = hidden + ops.expand_dims(projected, 1)
     return parts["next_word"](parts["decoder"](merged))
+
+
+def prefix_model(model, prefix_length):
+    """The seed projects' formulation with `model`'s layers and weights: (features, pre-padded
+    prefix [B, prefix_length]) -> next-word probabilities [B, V]."""
+    parts = {name: model.get_layer(name) for name in LAYER_NAMES}
+    image = keras.Input((model.input[0].shape[1],), name="image")
+    prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
+    return keras.Model([image, prefix], _merge(parts, image, prefix, last_step_only=True))
+
+
+def expand_prefixes(tokens, prefix_length):
+    """The seed projects' training samples: for every caption each prefix, pre-padded to
+    `prefix_length`, and the word that follows it. Returns (prefixes, next words, caption index)."""
+    prefixes, targets, owners = [], [], []
+    for i, caption in enumerate(tokens):
+        ids = caption[caption > 0]
+        for t in range(1, len(ids)):
+            padded = np.zeros(prefix_length, "int32")
+            padded[prefix_length - t:] = ids[:t]
+            prefixes.append(padded)
+            targets.append(ids[t])
+            owners.append(i)
+    return np.array(prefixes, "int32"), np.array(targets, "int32"), np.array(owners)
 
 
 def draw_model(model):
@@ -95,15 +118,6 @@ def draw_model(model):
     ax.set(xlim=(-0.5, 1.5), ylim=(-4.8, 1))
     ax.axis("off")
     return fig
-
-
-def prefix_model(model, prefix_length):
-    """The seed projects' formulation with `model`'s layers and weights: (features, pre-padded
-    prefix [B, prefix_length]) -> next-word probabilities [B, V]."""
-    parts = {name: model.get_layer(name) for name in LAYER_NAMES}
-    image = keras.Input((model.input[0].shape[1],), name="image")
-    prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
-    return keras.Model([image, prefix], _merge(parts, image, prefix, last_step_only=True))
 
 
 def compile_model(model, learning_rate=1e-3, jit_compile=False):
