@@ -3,8 +3,8 @@
     python benchmarks/training.py [--quick]
 
 Both train the same merge model, from the same initial weights, on the same batches of captions
-of the shared Flickr8k subset (real ImageNet features from ../shared/flickr8k/features/, the
-official train and dev images among them). The prefix formulation expands each batch of captions
+of the shared Flickr8k subset, as our pipeline batches them (length buckets), with real ImageNet
+features from ../shared/flickr8k/features/ (the official train and dev images among them). The prefix formulation expands each batch of captions
 into one pre-padded sample per prefix, as the seed projects do, and takes one step on all of them,
 so both follow the same mathematics and should reach the same validation loss after the same
 number of caption passes. Last line: one JSON object with `speedup` (captions per second, ours
@@ -39,12 +39,12 @@ def load_shared():
     return prepared, vocab, names, np.asarray(features, "float32")
 
 
-def train(model, run_epoch, orders, val):
-    """Run one epoch per caption order; returns seconds and validation loss per epoch."""
+def train(model, run_epoch, epochs, val):
+    """Run each epoch's batches; returns seconds and validation loss per epoch."""
     times, losses = [], []
-    for order in orders:
+    for batches in epochs:
         start = time.perf_counter()
-        run_epoch(order)
+        run_epoch(batches)
         times.append(time.perf_counter() - start)
         losses.append(float(model.evaluate(val, verbose=0)))
     return times, losses
@@ -74,24 +74,26 @@ def main():
     theirs_base.set_weights(ours.get_weights())
     prefix_length = vocab.sequence_length - 1
     theirs = utils.compile_model(utils.prefix_model(theirs_base, prefix_length))
-    prefixes, targets, owners = utils.expand_prefixes(tokens, prefix_length)
-    by_caption = np.split(np.arange(len(owners)), np.flatnonzero(np.diff(owners)) + 1)
 
     order_rng = np.random.default_rng(0)
-    orders = [order_rng.permutation(len(rows)) for _ in range(epochs)]
+    epoch_data = [utils.caption_dataset(features, rows[order], tokens[order], args.batch_size,
+                                        shuffle=False)
+                  for order in (order_rng.permutation(len(rows)) for _ in range(epochs))]
+    # The seeds' side takes exactly the caption batches of our pipeline (length buckets included),
+    # each expanded into one pre-padded sample per prefix; the expansion is done before timing.
+    their_batches = [[(image.numpy(), *utils.expand_prefixes(
+                        np.concatenate([inputs.numpy()[:, :1], targets.numpy()], 1), prefix_length))
+                      for (image, inputs), targets in data] for data in epoch_data]
 
-    def our_epoch(order):  # the training pipeline itself (tf.data, fit), in the benchmark's order
-        ours.fit(utils.caption_dataset(features, rows[order], tokens[order], args.batch_size,
-                                       shuffle=False), verbose=0)
+    def our_epoch(data):  # the training pipeline itself: tf.data and fit
+        ours.fit(data, verbose=0)
 
-    def their_epoch(order):  # the same caption batches, each expanded into its prefixes
-        for i in range(0, len(order), args.batch_size):
-            samples = np.concatenate([by_caption[c] for c in order[i:i + args.batch_size]])
-            theirs.train_on_batch([features[rows[owners[samples]]], prefixes[samples]],
-                                  targets[samples])
+    def their_epoch(batches):
+        for image, prefixes, next_words, owners in batches:
+            theirs.train_on_batch([image[owners], prefixes], next_words)
 
-    our_times, our_losses = train(ours, our_epoch, orders, val)
-    their_times, their_losses = train(theirs_base, their_epoch, orders, val)
+    our_times, our_losses = train(ours, our_epoch, epoch_data, val)
+    their_times, their_losses = train(theirs_base, their_epoch, their_batches, val)
     # The first epoch of each includes tracing the training step for its batch shapes: steady-state
     # figures leave it out (the usual warm-up), and the all-epochs ratio is reported beside them.
     steady = slice(1, None) if epochs > 1 else slice(None)
@@ -105,7 +107,8 @@ def main():
                               "prefix_expansion": [round(t, 2) for t in their_times]},
         "val_loss_per_epoch": {"sequence": [round(v, 4) for v in our_losses],
                                "prefix_expansion": [round(v, 4) for v in their_losses]},
-        "train_captions": int(len(rows)), "prefix_samples_per_epoch": int(len(owners)),
+        "train_captions": int(len(rows)),
+        "prefix_samples_per_epoch": int(sum(len(b[1]) for b in their_batches[0])),
         "features": "efficientnet_lite0_imagenet (1280-d)", "vocabulary": len(vocab),
         "batch_captions": args.batch_size, "epochs": epochs, "quick": args.quick}))
 

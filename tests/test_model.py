@@ -45,7 +45,8 @@ def test_caption_dataset_batches():
     tokens = random_captions(10, 8)
     features = np.arange(4 * F, dtype="float32").reshape(4, F)
     rows = np.arange(10, dtype="int32") % 4
-    batches = list(utils.caption_dataset(features, rows, tokens, batch_size=4, shuffle=False))
+    batches = list(utils.caption_dataset(features, rows, tokens, batch_size=4, shuffle=False,
+                                         bucket_width=0))
     (image, inputs), targets = batches[0]
     longest = int((tokens[:4] > 0).sum(1).max())
     assert inputs.shape == targets.shape == (4, longest - 1)  # padded to the batch's longest only
@@ -53,6 +54,27 @@ def test_caption_dataset_batches():
     np.testing.assert_array_equal(inputs.numpy(), tokens[:4, :longest - 1])
     np.testing.assert_array_equal(targets.numpy(), tokens[:4, 1:longest])
     assert sum(len(b[1]) for b in batches) == 10
+
+
+def test_caption_dataset_buckets_by_length():
+    rng = np.random.default_rng(1)
+    tokens = np.zeros((200, 30), "int32")
+    for i, length in enumerate(rng.integers(4, 31, size=200)):
+        tokens[i, :length] = rng.integers(4, V, size=length)
+    features = rng.normal(size=(200, F)).astype("float32")
+    rows = np.arange(200, dtype="int32")
+    seen = []
+    for (image, inputs), targets in utils.caption_dataset(features, rows, tokens, batch_size=8,
+                                                          bucket_width=4, seed=3):
+        captions = np.concatenate([inputs.numpy()[:, :1], targets.numpy()], axis=1)
+        lengths = (captions > 0).sum(1)
+        assert lengths.max() == captions.shape[1]  # still padded only to the batch's longest
+        assert lengths.max() - lengths.min() < 4  # one bucket per batch
+        for feature, caption in zip(image.numpy(), captions):  # each pair stays together
+            row = int(np.flatnonzero((features == feature).all(1))[0])
+            np.testing.assert_array_equal(tokens[row, :captions.shape[1]], caption)
+            seen.append(row)
+    assert sorted(seen) == list(range(200))  # every caption once per epoch
 
 
 def test_loss_ignores_padding():

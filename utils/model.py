@@ -152,24 +152,32 @@ def encode_captions(prepared, vocab, split, feature_names):
     return np.array([r for r, _ in pairs], "int32"), tokens
 
 
-def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0):
+def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0, bucket_width=4):
     """Batches of ((features, input tokens), target tokens), padded only to each batch's longest.
 
     Inputs are a caption without its last token, targets the caption shifted by one: the model
-    predicts every next word at once.
+    predicts every next word at once. Captions of similar length are batched together (length
+    buckets `bucket_width` tokens wide; 0 turns this off) because the LSTM steps through every
+    padded position: on Flickr8k a random batch of 64 pads to about 25 tokens, a bucket to about 14.
     """
     table = tf.constant(np.asarray(features, dtype="float32"))
     data = tf.data.Dataset.from_tensor_slices((rows, tokens))
     if shuffle:
         data = data.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+    if bucket_width:
+        boundaries = list(range(bucket_width + 1, tokens.shape[1] + 1, bucket_width))
+        data = data.bucket_by_sequence_length(
+            lambda row, caption: tf.reduce_sum(tf.cast(caption > 0, tf.int32)),
+            boundaries, [batch_size] * (len(boundaries) + 1))
+    else:
+        data = data.batch(batch_size)
 
     def to_inputs(row, caption):
         length = tf.reduce_max(tf.reduce_sum(tf.cast(caption > 0, tf.int32), axis=1))
         caption = caption[:, :length]
         return (tf.gather(table, row), caption[:, :-1]), caption[:, 1:]
 
-    return data.batch(batch_size).map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE)
+    return data.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------------------------------------
