@@ -7,6 +7,7 @@
     features  stage 2: CNN encoders, image loading, the resumable feature cache
     glove     stage 3: GloVe vectors from every source, the embedding matrix
     model     stage 4: the merge model, tf.data input, resumable training runs
+    decoding  stage 5: incremental greedy and beam-search captioning
 """
 from .captions import *  # noqa: F401,F403
 from .download import *  # noqa: F401,F403
@@ -15,3 +16,4 @@ from .sample import *  # noqa: F401,F403
 from .features import *  # noqa: F401,F403
 from .glove import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
+from .decoding import *  # noqa: F401,F403

@@ -1,0 +1,101 @@
+"""Stage 5: incremental decoding agrees with the full model; greedy and beam search are right."""
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+import utils
+
+
+def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0):
+    """A decoder over a randomly initialised merge model, sharp enough that captions differ."""
+    keras.utils.set_random_seed(seed)
+    words = [*utils.SPECIAL_TOKENS, *(f"w{i}" for i in range(n_words))]
+    vocab = utils.Vocabulary(words, max_length)
+    model = utils.build_caption_model(len(vocab), feature_dim, embedding_dim=5, units=units)
+    for layer in ("decoder", "next_word"):  # larger logits than the initialisation gives
+        weights = model.get_layer(layer).get_weights()
+        model.get_layer(layer).set_weights([weights[0] * 4, weights[1]])
+    return model, utils.CaptionDecoder(model, vocab)
+
+
+def features(n, dim=6, seed=1):
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype("float32")
+
+
+def test_step_gives_the_full_models_probabilities():
+    model, decoder = random_decoder(20, 10)
+    images = features(3)
+    tokens = np.random.default_rng(2).integers(2, 24, size=(3, 7)).astype("int32")
+    full = np.log(model.predict([images, tokens], verbose=0))
+    projection, h, c = decoder.start(images)
+    for t in range(tokens.shape[1]):
+        log_probs, h, c = decoder.step(projection, tokens[:, t], h, c)
+        np.testing.assert_allclose(log_probs, full[:, t], atol=1e-4)
+
+
+def test_batched_greedy_equals_one_image_at_a_time():
+    _, decoder = random_decoder(30, 8)
+    images = features(12)
+    batched = utils.greedy_search(decoder, images, batch_size=5)
+    single = [utils.greedy_search(decoder, images[i:i + 1])[0] for i in range(12)]
+    assert batched == single
+    assert len({tuple(c) for c in batched}) > 1  # the check means something: captions differ
+
+
+def test_beam_width_one_is_greedy():
+    _, decoder = random_decoder(30, 8)
+    images = features(10)
+    assert utils.beam_search(decoder, images, beam_width=1) == utils.greedy_search(decoder, images)
+
+
+def test_batched_beam_equals_one_image_at_a_time():
+    _, decoder = random_decoder(30, 8)
+    images = features(7)
+    batched = utils.beam_search(decoder, images, beam_width=3, batch_size=4)
+    assert batched == [utils.beam_search(decoder, images[i:i + 1], beam_width=3)[0]
+                       for i in range(7)]
+
+
+def caption_log_probs(model, vocab, image, candidates):
+    """Log-probability of `<start> words <end>` for each candidate, from the full model."""
+    scores = {}
+    for n in {len(w) for w in candidates}:
+        same_length = [w for w in candidates if len(w) == n]
+        ids = np.array([[vocab.start_id, *w, vocab.end_id] for w in same_length], "int32")
+        images = np.repeat(image[None], len(ids), axis=0)
+        probs = model.predict([images, ids[:, :-1]], verbose=0)
+        picked = np.take_along_axis(probs, ids[:, 1:, None], axis=2)[..., 0]
+        scores.update(zip(map(tuple, same_length), np.log(picked).sum(1)))
+    return np.array([scores[tuple(w)] for w in candidates])
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_wide_beam_finds_the_exhaustive_best(length_penalty):
+    model, decoder = random_decoder(2, 3, seed=4)
+    vocab = decoder.vocab
+    tokens = [i for i in range(len(vocab)) if i not in (vocab.pad_id, vocab.end_id)]
+    candidates = [list(w) for n in range(vocab.max_length + 1)
+                  for w in itertools.product(tokens, repeat=n)]
+    lengths = np.array([len(w) + 1 for w in candidates])  # the words and <end>
+    images = features(6, seed=5)
+    found = utils.beam_search(decoder, images, beam_width=len(candidates),
+                              length_penalty=length_penalty)
+    greedy = utils.greedy_search(decoder, images)
+    for image, caption in zip(images, found):
+        scores = caption_log_probs(model, vocab, image, candidates) / lengths ** length_penalty
+        assert caption == candidates[int(np.argmax(scores))]
+    if not length_penalty:  # the search is not trivial: greedy misses the best caption somewhere
+        assert found != greedy
+
+
+def test_captions_end_at_max_length_when_the_model_never_says_end():
+    model, decoder = random_decoder(10, 4)
+    bias = model.get_layer("next_word").get_weights()
+    bias[1][decoder.vocab.end_id] = -50.0  # <end> practically impossible
+    model.get_layer("next_word").set_weights(bias)
+    images = features(3)
+    for captions in (utils.greedy_search(decoder, images),
+                     utils.beam_search(decoder, images, beam_width=3)):
+        assert [len(c) for c in captions] == [4, 4, 4]

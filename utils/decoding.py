@@ -1,0 +1,139 @@
+"""Stage 5: writing captions with a trained merge model, greedy and beam search.
+
+Decoding is incremental: the trained model is split into its two halves, which share its weights.
+`encode_image` projects an image once; `step` takes one word and the LSTM state and returns the
+next-word log-probabilities and the new state. A caption of L words costs L steps, where the seed
+projects re-run the LSTM over every padded prefix (1 + 2 + ... + L steps) and call `predict` once
+per word and image. Every image of a batch, and every beam of every image, goes through one step
+together.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .model import LAYER_NAMES
+
+
+class CaptionDecoder:
+    """A trained merge model as an image encoder and a one-word step, sharing its weights."""
+
+    def __init__(self, model, vocab):
+        self.vocab = vocab
+        parts = {name: model.get_layer(name) for name in LAYER_NAMES}
+        image = keras.Input((model.input[0].shape[1],), name="image")
+        projected = parts["image_dense"](parts["image_dropout"](parts["feature_norm"](image)))
+        self.encode_image = keras.Model(image, projected, name="encode_image")
+
+        units = parts["lstm"].units
+        projection = keras.Input((units,), name="projection")
+        word = keras.Input((), dtype="int32", name="word")
+        h, c = keras.Input((units,), name="h"), keras.Input((units,), name="c")
+        # The embedding's table looked up directly: a padding mask has no meaning for one word.
+        embedded = keras.ops.take(parts["embedding"].embeddings, word, axis=0)
+        output, (h_next, c_next) = parts["lstm"].cell(embedded, [h, c])
+        probs = parts["next_word"](parts["decoder"](output + projection))
+        log_probs = keras.ops.log(keras.ops.maximum(probs, 1e-12))
+        self.step_model = keras.Model([projection, word, h, c], [log_probs, h_next, c_next],
+                                      name="decode_step")
+        # One traced graph per batch shape, instead of `predict`'s per-call overhead.
+        self._step = tf.function(lambda *inputs: self.step_model(list(inputs), training=False),
+                                 reduce_retracing=True)
+        self._encode = tf.function(lambda x: self.encode_image(x, training=False),
+                                   reduce_retracing=True)
+
+    def start(self, features):
+        """Projected images and a zero LSTM state for a batch of feature vectors."""
+        projection = self._encode(tf.constant(features, tf.float32))
+        zeros = tf.zeros_like(projection)  # the LSTM and the image projection have one width
+        return projection, zeros, zeros
+
+    def step(self, projection, words, h, c):
+        """Log-probabilities of the next word [B, V] (numpy) and the new state."""
+        log_probs, h, c = self._step(projection, tf.constant(words, tf.int32), h, c)
+        return log_probs.numpy(), h, c
+
+
+def greedy_search(decoder, features, batch_size=256):
+    """The most likely next word at every step, for many images at once. Returns one list of
+    word ids per image (without <start> and <end>)."""
+    vocab = decoder.vocab
+    captions = []
+    for first in range(0, len(features), batch_size):
+        projection, h, c = decoder.start(features[first:first + batch_size])
+        n = projection.shape[0]
+        words = np.full(n, vocab.start_id, "int32")
+        out = np.zeros((n, vocab.max_length + 1), "int32")
+        done = np.zeros(n, bool)
+        for t in range(vocab.max_length + 1):
+            log_probs, h, c = decoder.step(projection, words, h, c)
+            _end_at_max_length(log_probs, t, vocab)
+            words = np.where(done, vocab.pad_id, log_probs.argmax(1)).astype("int32")
+            out[:, t] = words
+            done |= words == vocab.end_id
+            if done.all():
+                break
+        captions += [_words(row, vocab) for row in out]
+    return captions
+
+
+def beam_search(decoder, features, beam_width=3, length_penalty=0.0, batch_size=64):
+    """Beam search for many images at once: every beam of every image in one step.
+
+    Each image keeps `beam_width` partial captions ranked by their summed log-probability. A beam
+    that emits <end> is finished: it stays in the beam with its score frozen (it can only be
+    followed by padding, at no cost), so it competes with the open ones until a better caption
+    pushes it out. A caption still open after `max_length` words gets its <end> there, so a model
+    that never says <end> still gets a caption. The winner is the highest score divided by
+    length ** `length_penalty` (0 = raw log-probability, which favours short captions; 1 = mean
+    per word), where length counts the words and the <end> token. Returns one list of word ids
+    per image (without <start> and <end>).
+    """
+    vocab, k = decoder.vocab, beam_width
+    captions = []
+    for first in range(0, len(features), batch_size):
+        projection, h, c = decoder.start(features[first:first + batch_size])
+        n = projection.shape[0]
+        projection, h, c = (tf.repeat(x, k, axis=0) for x in (projection, h, c))
+        words = np.full(n * k, vocab.start_id, "int32")
+        sequences = np.zeros((n * k, 0), "int32")
+        scores = np.tile([0.0] + [-np.inf] * (k - 1), n)  # identical beams start as one
+        done = np.zeros(n * k, bool)
+        for t in range(vocab.max_length + 1):
+            log_probs, h, c = decoder.step(projection, words, h, c)
+            _end_at_max_length(log_probs, t, vocab)
+            log_probs[done] = -np.inf
+            log_probs[done, vocab.pad_id] = 0.0  # a finished beam carries over unchanged
+            log_probs[~done, vocab.pad_id] = -np.inf
+            total = (scores[:, None] + log_probs).reshape(n, -1)  # [images, beams x vocabulary]
+            best = np.argsort(-total, axis=1, kind="stable")[:, :k]
+            parents = (np.arange(n)[:, None] * k + best // len(vocab)).ravel()
+            words = (best % len(vocab)).ravel().astype("int32")
+            scores = np.take_along_axis(total, best, axis=1).ravel()
+            sequences = np.concatenate([sequences[parents], words[:, None]], axis=1)
+            done = done[parents] | (words == vocab.end_id)
+            h, c = tf.gather(h, parents), tf.gather(c, parents)
+            if done.all():
+                break
+        lengths = np.maximum((sequences != vocab.pad_id).sum(1), 1)
+        normalised = (scores / lengths ** length_penalty).reshape(n, k)
+        winners = np.arange(n) * k + normalised.argmax(1)
+        captions += [_words(sequences[i], vocab) for i in winners]
+    return captions
+
+
+def _end_at_max_length(log_probs, t, vocab):
+    """After `max_length` words the only next word is <end> (the vocabulary's longest caption)."""
+    if t == vocab.max_length:
+        end = log_probs[:, vocab.end_id].copy()
+        log_probs[:] = -np.inf
+        log_probs[:, vocab.end_id] = end
+
+
+def _words(ids, vocab):
+    """Word ids up to the first <end> or padding."""
+    out = []
+    for i in ids:
+        if i in (vocab.end_id, vocab.pad_id):
+            break
+        out.append(int(i))
+    return out
