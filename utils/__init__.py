@@ -8,6 +8,7 @@
     glove     stage 3: GloVe vectors from every source, the embedding matrix
     model     stage 4: the merge model, tf.data input, resumable training runs
     decoding  stage 5: incremental greedy and beam-search captioning
+    evaluation  stage 5: BLEU, CIDEr-D and diagnostics of the captions
 """
 from .captions import *  # noqa: F401,F403
 from .download import *  # noqa: F401,F403
@@ -17,3 +18,4 @@ from .features import *  # noqa: F401,F403
 from .glove import *  # noqa: F401,F403
 from .model import *  # noqa: F401,F403
 from .decoding import *  # noqa: F401,F403
+from .evaluation import *  # noqa: F401,F403

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .features import ImageError, build_encoder, load_image, preprocess
 from .model import LAYER_NAMES
 
 
@@ -137,3 +138,33 @@ def _words(ids, vocab):
             break
         out.append(int(i))
     return out
+
+
+def encoder_for_run(config, weights_file=None):
+    """The CNN that made a run's features, so a new photo is encoded exactly like the training
+    ones. Random weights are rebuilt from their seed; a weights file must be given again."""
+    tag = config["weights"]
+    if tag == "external":
+        raise ValueError(f"this run was trained on external features ({config['features']}): "
+                         "encode new images with the same encoder and pass their features")
+    if tag.startswith("file-") and weights_file is None:
+        raise ValueError(f"this run's encoder used a weights file ({tag}): pass its path")
+    weights = {"random": None, "imagenet": "imagenet"}.get(tag, weights_file)
+    return build_encoder(config["encoder"], weights, config["input_size"])
+
+
+def caption_image_files(decoder, encoder, config, paths, beam_width=3, length_penalty=0.0):
+    """Captions for image files (path or URL-downloaded file), read and scaled by the same
+    `load_image` and `preprocess` as the feature cache. Unreadable files get an error instead."""
+    results = {}
+    for path in paths:
+        try:
+            pixels = load_image(path, config["input_size"])
+        except ImageError as e:
+            results[str(path)] = f"error: {e}"
+            continue
+        batch = preprocess(config["encoder"], pixels[None])
+        features = encoder.predict(batch, verbose=0)
+        ids = beam_search(decoder, features, beam_width, length_penalty)[0]
+        results[str(path)] = decoder.vocab.decode(ids)
+    return results

@@ -1,0 +1,40 @@
+"""Stage 5: BLEU with the right weights, CIDEr-D, and the diagnostics of a broken model."""
+import math
+
+import pytest
+
+import utils
+
+REFS = [[["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"]],
+        [["a", "man", "rides", "a", "bike"], ["a", "cyclist", "on", "a", "road"]]]
+
+
+def test_bleu_uses_cumulative_weights_and_brevity_penalty():
+    hypotheses = [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]]
+    scores = utils.caption_scores(REFS, hypotheses)
+    # Every unigram matches; 8 hypothesis words against the closest reference lengths 5 + 5.
+    assert scores["bleu1"] == pytest.approx(math.exp(1 - 10 / 8))
+    # Bigrams: 2 of 2 and 4 of 4 match; BLEU-2 is the geometric mean of the two precisions.
+    assert scores["bleu2"] == pytest.approx(math.exp(1 - 10 / 8))
+    assert scores["bleu1"] >= scores["bleu2"] >= scores["bleu3"] >= scores["bleu4"] > 0
+
+
+def test_cider_rewards_agreement_with_the_references():
+    good = utils.caption_scores(REFS, [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]])
+    swapped = utils.caption_scores(REFS, [["a", "man", "rides", "a", "bike"], ["a", "dog", "runs"]])
+    assert good["cider_d"] > 1.0 > swapped["cider_d"]
+    assert utils.caption_scores(REFS, [["zebra"], ["zebra"]])["cider_d"] == 0.0
+
+
+def test_scores_refuse_mismatched_lists():
+    with pytest.raises(ValueError, match="1 captions for 2 images"):
+        utils.caption_scores(REFS, [["a"]])
+
+
+def test_diagnostics_catch_one_caption_for_every_image():
+    same = [["a", "dog", "runs"]] * 4
+    report = utils.caption_diagnostics(same, [["a", "dog", "runs"], ["a", "cat", "sits"]])
+    assert report == {"images": 4, "distinct_captions": 1, "most_common_caption": "a dog runs",
+                      "words_used": 3, "mean_length": 3.0, "copied_from_training": 1.0}
+    varied = utils.caption_diagnostics([["a", "dog"], ["a", "cat", "sits"]], [["a", "cat", "sits"]])
+    assert (varied["distinct_captions"], varied["copied_from_training"]) == (2, 0.5)
