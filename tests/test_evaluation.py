@@ -1,5 +1,6 @@
 """Stage 5: BLEU with the right weights, CIDEr-D, and the diagnostics of a broken model."""
 import math
+import shutil
 
 import pytest
 
@@ -24,6 +25,13 @@ def test_cider_rewards_agreement_with_the_references():
     swapped = utils.caption_scores(REFS, [["a", "man", "rides", "a", "bike"], ["a", "dog", "runs"]])
     assert good["cider_d"] > 1.0 > swapped["cider_d"]
     assert utils.caption_scores(REFS, [["zebra"], ["zebra"]])["cider_d"] == 0.0
+
+
+@pytest.mark.skipif(not shutil.which("java"), reason="METEOR runs pycocoevalcap's Java jar")
+def test_meteor_with_java():
+    good = utils.caption_scores(REFS, [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]])
+    swapped = utils.caption_scores(REFS, [["a", "man", "rides", "a", "bike"], ["a", "dog", "runs"]])
+    assert 1.0 >= good["meteor"] > swapped["meteor"] >= 0.0
 
 
 def test_scores_refuse_mismatched_lists():

@@ -1,31 +1,34 @@
 """Stage 5: scoring captions the standard way, and the numbers that catch a broken model.
 
 BLEU-1..4 are nltk's corpus BLEU (cumulative n-gram weights, all reference captions of an image,
-no smoothing), CIDEr-D is pycocoevalcap's, the COCO evaluation's own code. Both read captions
-tokenised by `captions.tokenize`, the same for references and model output.
+no smoothing); CIDEr-D and METEOR are pycocoevalcap's, the COCO evaluation's own code. All read
+captions tokenised by `captions.tokenize`, the same for references and model output.
 """
+import shutil
 import warnings
 from collections import Counter
 
 from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
 
 BLEU_WEIGHTS = {f"bleu{n}": tuple([1 / n] * n) for n in range(1, 5)}
 
 
 def caption_scores(references, hypotheses):
-    """Corpus BLEU-1..4 and CIDEr-D. `references`: per image, a list of reference captions, each a
-    list of words; `hypotheses`: per image, one caption as a list of words."""
+    """Corpus BLEU-1..4, CIDEr-D and METEOR (None without Java). `references`: per image, a list
+    of reference captions, each a list of words; `hypotheses`: per image, one caption as words."""
     if len(references) != len(hypotheses) or not hypotheses:
         raise ValueError(f"{len(hypotheses)} captions for {len(references)} images")
     with warnings.catch_warnings():  # nltk warns at every zero n-gram count; the score says it
         warnings.simplefilter("ignore", UserWarning)
         scores = {name: float(corpus_bleu(references, hypotheses, weights=weights))
                   for name, weights in BLEU_WEIGHTS.items()}
-    cider, _ = Cider().compute_score(
-        {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)},
-        {i: [" ".join(h)] for i, h in enumerate(hypotheses)})
-    scores["cider_d"] = float(cider)
+    gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join(h)] for i, h in enumerate(hypotheses)}
+    scores["cider_d"] = float(Cider().compute_score(gts, res)[0])
+    # METEOR is pycocoevalcap's Java jar: computed where Java is installed, None elsewhere.
+    scores["meteor"] = float(Meteor().compute_score(gts, res)[0]) if shutil.which("java") else None
     return scores
 
 
