@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from .features import ImageError, build_encoder, load_image, preprocess
-from .model import LAYER_NAMES
+from .model import model_parts, predict_word, project_image
 
 
 class CaptionDecoder:
@@ -20,10 +20,9 @@ class CaptionDecoder:
 
     def __init__(self, model, vocab):
         self.vocab = vocab
-        parts = {name: model.get_layer(name) for name in LAYER_NAMES}
+        parts = model_parts(model)
         image = keras.Input((model.input[0].shape[1],), name="image")
-        projected = parts["image_dense"](parts["image_dropout"](parts["feature_norm"](image)))
-        self.encode_image = keras.Model(image, projected, name="encode_image")
+        self.encode_image = keras.Model(image, project_image(parts, image), name="encode_image")
 
         units = parts["lstm"].units
         projection = keras.Input((units,), name="projection")
@@ -32,7 +31,7 @@ class CaptionDecoder:
         # The embedding's table looked up directly: a padding mask has no meaning for one word.
         embedded = keras.ops.take(parts["embedding"].embeddings, word, axis=0)
         output, (h_next, c_next) = parts["lstm"].cell(embedded, [h, c])
-        probs = parts["next_word"](parts["decoder"](output + projection))
+        probs = predict_word(parts, output + projection)
         log_probs = keras.ops.log(keras.ops.maximum(probs, 1e-12))
         self.step_model = keras.Model([projection, word, h, c], [log_probs, h_next, c_next],
                                       name="decode_step")

@@ -58,24 +58,39 @@ def build_caption_model(vocab_size, feature_dim, embedding_matrix=None, embeddin
     return keras.Model([image, tokens], _merge(parts, image, tokens), name="merge_captioner")
 
 
+def model_parts(model):
+    """The merge model's layers by name, to build other formulations sharing its weights."""
+    return {name: model.get_layer(name) for name in LAYER_NAMES}
+
+
+def project_image(parts, image):
+    """The image branch: standardised features -> Dropout -> Dense."""
+    return parts["image_dense"](parts["image_dropout"](parts["feature_norm"](image)))
+
+
+def predict_word(parts, merged):
+    """The head after the merge: Dense -> softmax over the vocabulary."""
+    return parts["next_word"](parts["decoder"](merged))
+
+
 def _merge(parts, image, tokens, last_step_only=False):
     """The forward pass, shared by the sequence and the prefix formulations."""
-    projected = parts["image_dense"](parts["image_dropout"](parts["feature_norm"](image)))
+    projected = project_image(parts, image)
     hidden = parts["lstm"](parts["caption_dropout"](parts["embedding"](tokens)))
     if last_step_only:  # prefixes are pre-padded, so the last step is the last word
         merged = hidden[:, -1, :] + projected
     else:
         merged = hidden + ops.expand_dims(projected, 1)
-    return parts["next_word"](parts["decoder"](merged))
+    return predict_word(parts, merged)
 
 
 def prefix_model(model, prefix_length):
     """The seed projects' formulation with `model`'s layers and weights: (features, pre-padded
     prefix [B, prefix_length]) -> next-word probabilities [B, V]."""
-    parts = {name: model.get_layer(name) for name in LAYER_NAMES}
     image = keras.Input((model.input[0].shape[1],), name="image")
     prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
-    return keras.Model([image, prefix], _merge(parts, image, prefix, last_step_only=True))
+    return keras.Model([image, prefix],
+                       _merge(model_parts(model), image, prefix, last_step_only=True))
 
 
 def expand_prefixes(tokens, prefix_length):
