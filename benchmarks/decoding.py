@@ -27,13 +27,18 @@ import utils  # noqa: E402
 from training import load_shared  # noqa: E402
 
 
+def seed_predict(prefix, image, ids):
+    """The seeds' step: `model.predict` on the whole caption so far, pre-padded, for one image."""
+    padded = np.zeros((1, prefix.input[1].shape[1]), "int32")
+    padded[0, -len(ids):] = ids[-padded.shape[1]:]
+    return prefix.predict([image[None], padded], verbose=0)[0]
+
+
 def seed_greedy(prefix, vocab, image):
     """The seed projects' decoding: re-run the model on the whole padded prefix for every word."""
     ids = [vocab.start_id]
     for _ in range(vocab.max_length + 1):
-        padded = np.zeros((1, prefix.input[1].shape[1]), "int32")
-        padded[0, -len(ids):] = ids[-padded.shape[1]:]
-        word = int(prefix.predict([image[None], padded], verbose=0)[0].argmax())
+        word = int(seed_predict(prefix, image, ids).argmax())
         if word == vocab.end_id:
             break
         ids.append(word)
@@ -49,9 +54,7 @@ def seed_beam(prefix, vocab, image, width):
             if ids[-1] == vocab.end_id:
                 candidates.append((ids, score))
                 continue
-            padded = np.zeros((1, prefix.input[1].shape[1]), "int32")
-            padded[0, -len(ids):] = ids[-padded.shape[1]:]
-            log_probs = np.log(prefix.predict([image[None], padded], verbose=0)[0] + 1e-12)
+            log_probs = np.log(seed_predict(prefix, image, ids) + 1e-12)
             candidates += [(ids + [int(w)], score + log_probs[w])
                            for w in np.argsort(-log_probs)[:width]]
         beams = sorted(candidates, key=lambda b: -b[1])[:width]
