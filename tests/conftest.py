@@ -1,5 +1,9 @@
+import http.server
+import io
 import os
 import sys
+import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,3 +29,53 @@ def shared_flickr8k():
 def sample_root(tmp_path_factory):
     import utils
     return utils.make_sample_dataset(tmp_path_factory.mktemp("data") / "sample")
+
+
+class Server:
+    """Serves `files` (name -> bytes); `cut_after` bytes makes the next response stop short."""
+
+    def __init__(self, files):
+        self.files, self.requests, self.cut_after = files, [], None
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = server.files.get(self.path.lstrip("/"))
+                server.requests.append((self.path, self.headers.get("Range")))
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = int(self.headers["Range"][6:].rstrip("-")) if self.headers["Range"] else 0
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                sent = body[start:]
+                if server.cut_after is not None:
+                    sent, server.cut_after = sent[:server.cut_after], None
+                self.wfile.write(sent)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server({})
+    yield s
+    s.close()
+
+
+def make_zip(members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .captions import SPLIT_FILE_NAMES, find_dataset_files, read_split_file
 from .files import DATA_DIR
 
 FLICKR8K_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
 FLICKR8K_ZIPS = ("Flickr8k_Dataset.zip", "Flickr8k_text.zip")
-FLICKR8K_IMAGE_COUNT = 8091
 
 
 class DownloadError(RuntimeError):
@@ -72,18 +72,18 @@ def check_zip(path):
 
 
 def extract_zip(path, dest):
-    """Extract `path` into `dest`, leaving out macOS resource forks; returns the member names."""
+    """Extract `path` into `dest`, leaving out macOS resource forks."""
     with zipfile.ZipFile(path) as archive:
-        members = [m for m in archive.namelist() if not m.startswith("__MACOSX/")]
-        archive.extractall(dest, members=members)
-    return members
+        archive.extractall(dest, members=[m for m in archive.namelist()
+                                          if not m.startswith("__MACOSX/")])
 
 
-def download_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL,
-                      expected_images=FLICKR8K_IMAGE_COUNT):
+def download_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL):
     """Download and extract Flickr8k into `root` (images and text files); nothing twice.
 
     Zips already in `root/downloads/` (fetched by hand on a machine with internet) are used as is.
+    `base_url` can point at a mirror holding the same two zips. The download counts as done only
+    when every image the official split files name has arrived.
     """
     root = Path(root)
     done = root / ".extracted"
@@ -92,10 +92,14 @@ def download_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL,
     for name in FLICKR8K_ZIPS:
         zip_path = download_file(base_url + name, root / "downloads" / name)
         check_zip(zip_path)
-        members = extract_zip(zip_path, root)
-        images = [m for m in members if m.lower().endswith(".jpg")]
-        if name == "Flickr8k_Dataset.zip" and len(images) != expected_images:
-            raise DownloadError(f"{zip_path}: {len(images)} images, expected {expected_images}; "
-                                f"delete it and run again")
+        extract_zip(zip_path, root)
+    images_dir, _, split_files = find_dataset_files(root)
+    named = [n for path in split_files.values() for n in read_split_file(path)]
+    missing = [n for n in named if not (images_dir / n).is_file()]
+    if not named or missing:
+        raise DownloadError(
+            f"{root}: {len(missing)} of the {len(named)} images named in the split files "
+            f"({', '.join(SPLIT_FILE_NAMES.values())}) are missing from {images_dir}"
+            f"{f' (first: {missing[0]})' if missing else ''}; delete {root} and run again")
     done.write_text("ok\n")
     return root

@@ -15,9 +15,10 @@ from pycocoevalcap.meteor.meteor import Meteor
 BLEU_WEIGHTS = {f"bleu{n}": tuple([1 / n] * n) for n in range(1, 5)}
 
 
-def caption_scores(references, hypotheses):
-    """Corpus BLEU-1..4, CIDEr-D and METEOR (None without Java). `references`: per image, a list
-    of reference captions, each a list of words; `hypotheses`: per image, one caption as words."""
+def caption_scores(references, hypotheses, meteor=True):
+    """Corpus BLEU-1..4, CIDEr-D and METEOR (None without Java, or with `meteor=False`: it takes
+    about 10 s to start). `references`: per image, a list of reference captions, each a list of
+    words; `hypotheses`: per image, one caption as words."""
     if len(references) != len(hypotheses) or not hypotheses:
         raise ValueError(f"{len(hypotheses)} captions for {len(references)} images")
     with warnings.catch_warnings():  # nltk warns at every zero n-gram count; the score says it
@@ -28,7 +29,8 @@ def caption_scores(references, hypotheses):
     res = {i: [" ".join(h)] for i, h in enumerate(hypotheses)}
     scores["cider_d"] = float(Cider().compute_score(gts, res)[0])
     # METEOR is pycocoevalcap's Java jar: computed where Java is installed, None elsewhere.
-    scores["meteor"] = float(Meteor().compute_score(gts, res)[0]) if shutil.which("java") else None
+    use_meteor = meteor and shutil.which("java")
+    scores["meteor"] = float(Meteor().compute_score(gts, res)[0]) if use_meteor else None
     return scores
 
 

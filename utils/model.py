@@ -135,10 +135,35 @@ def draw_model(model):
     return fig
 
 
-def compile_model(model, learning_rate=1e-3, jit_compile=False):
-    """Adam and sparse cross-entropy over the real tokens only (padding targets, id 0, ignored)."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(ignore_class=0),
+@keras.saving.register_keras_serializable(package="utils")
+class SmoothedCaptionLoss(keras.losses.Loss):
+    """Cross-entropy against sparse targets smoothed towards the uniform distribution (label
+    smoothing, as Keras's CategoricalCrossentropy does for one-hot targets), averaged over the
+    real tokens only: padding targets (id 0) count for nothing."""
+
+    def __init__(self, smoothing=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.smoothing = smoothing
+
+    def call(self, y_true, y_pred):
+        log_probs = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        target = ops.expand_dims(ops.cast(y_true, "int32"), -1)
+        nll = -ops.squeeze(ops.take_along_axis(log_probs, target, axis=-1), -1)
+        per_word = (1 - self.smoothing) * nll - self.smoothing * ops.mean(log_probs, axis=-1)
+        real = ops.cast(ops.not_equal(y_true, 0), per_word.dtype)
+        # Scaled so that Keras's mean over all positions is the mean over the real tokens.
+        return per_word * real * ops.cast(ops.size(real), real.dtype) / ops.maximum(ops.sum(real), 1)
+
+    def get_config(self):
+        return {**super().get_config(), "smoothing": self.smoothing}
+
+
+def compile_model(model, learning_rate=1e-3, label_smoothing=0.0, jit_compile=False):
+    """Adam and cross-entropy over the real tokens only (padding targets, id 0, ignored), with
+    sparse targets: never a one-hot matrix."""
+    loss = (SmoothedCaptionLoss(label_smoothing) if label_smoothing
+            else keras.losses.SparseCategoricalCrossentropy(ignore_class=0))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0), loss=loss,
                   jit_compile=jit_compile)
     return model
 
@@ -225,9 +250,10 @@ def read_history(run_dir):
 
 
 def train_caption_model(model, train_data, val_data, run_dir, epochs, patience=3,
-                        extra_callbacks=(), verbose=1):
-    """Fit with the best checkpoint, early stopping, a plateau learning-rate schedule and a CSV
-    history; an interrupted run resumes from its last finished epoch (BackupAndRestore)."""
+                        lr_plateau_factor=0.5, extra_callbacks=(), verbose=1):
+    """Fit with the best checkpoint, early stopping, a CSV history and, unless `lr_plateau_factor`
+    is None, the learning rate multiplied by it after each epoch without a better validation loss;
+    an interrupted run resumes from its last finished epoch (BackupAndRestore)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     best_so_far = min((h["val_loss"] for h in read_history(run_dir)), default=np.inf)
@@ -235,10 +261,12 @@ def train_caption_model(model, train_data, val_data, run_dir, epochs, patience=3
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         BestModelCheckpoint(run_dir / "model.keras", best_so_far),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=1e-5),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         *extra_callbacks,
     ]
+    if lr_plateau_factor is not None:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=lr_plateau_factor, patience=1, min_lr=1e-5))
     model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks,
               shuffle=False, verbose=verbose)  # caption_dataset shuffles
     history = read_history(run_dir)

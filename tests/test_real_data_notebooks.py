@@ -1,0 +1,98 @@
+"""The notebooks on real Flickr8k files: the full-dataset path (`DATASET = "flickr8k"`, downloaded
+from a mirror on loopback) and evaluation on an external features file and a split file of names."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill
+
+import utils
+from conftest import REPO, make_zip
+
+NOTEBOOKS = {p.stem[:2]: p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+
+
+def run_notebook(number, out_dir, **parameters):
+    """Execute one notebook with papermill; fail with the cell's error if it raised."""
+    out = Path(out_dir) / NOTEBOOKS[number].name
+    papermill.execute_notebook(str(NOTEBOOKS[number]), str(out), parameters=parameters,
+                               cwd=str(REPO), progress_bar=False)
+    return out
+
+
+def flickr8k_mirror(shared, n_train=16, n_val=4, n_test=6):
+    """Flickr8k's two zips as the GitHub release ships them, holding real images and captions of
+    the shared subset, with split files that give some of those images to dev and test."""
+    names = utils.read_split_file(shared / "Flickr_8k.trainImages.txt")
+    names = [n for n in names if (shared / "Images" / n).is_file()][:n_train + n_val + n_test]
+    splits = {"train": names[:n_train], "dev": names[n_train:n_train + n_val],
+              "test": names[n_train + n_val:]}
+    tokens = (shared / "Flickr8k.token.txt").read_text()
+    text = {"Flickr8k.token.txt": "".join(line + "\n" for line in tokens.splitlines()
+                                          if line.split("#")[0] in names),
+            **{f"Flickr_8k.{s}Images.txt": "\n".join(n) + "\n" for s, n in splits.items()}}
+    images = {f"Flicker8k_Dataset/{n}": (shared / "Images" / n).read_bytes() for n in names}
+    return {"Flickr8k_Dataset.zip": make_zip(images), "Flickr8k_text.zip": make_zip(text)}, splits
+
+
+def test_flickr8k_is_one_parameter_away(shared_flickr8k, server, tmp_path):
+    """DATASET="flickr8k": download, InceptionV3 features, GloVe, training and evaluation on the
+    official test split, in five notebooks. Two settings differ from a user's run, both for want of
+    internet here: the mirror's address, and InceptionV3 weights from a file (Keras cannot fetch
+    the ImageNet ones), which is how an offline user gives them too."""
+    server.files, splits = flickr8k_mirror(shared_flickr8k)
+    weights = tmp_path / "inception_v3_notop.weights.h5"
+    utils.build_encoder("inceptionv3", None).save_weights(weights)
+    common = {"DATASET": "flickr8k", "DATA_DIR": str(tmp_path / "data")}
+    run_notebook("01", tmp_path, **common, FLICKR8K_URL=server.url)
+    run_notebook("02", tmp_path, **common, WEIGHTS=str(weights), BATCH_SIZE=8)
+    run_notebook("03", tmp_path, **common)
+    run_notebook("04", tmp_path, **common, WEIGHTS=str(weights), EPOCHS=2,
+                 MODELS_DIR=str(tmp_path / "models"))
+    run_notebook("05", tmp_path, **common, MODELS_DIR=str(tmp_path / "models"))
+
+    assert {path for path, _ in server.requests} == {"/Flickr8k_Dataset.zip", "/Flickr8k_text.zip"}
+    run_dir = tmp_path / "models" / "flickr8k-inceptionv3"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["encoder"] == "inceptionv3" and config["weights"].startswith("file-")
+    assert config["feature_dim"] == 2048 and config["train"]["images"] == len(splits["train"])
+    results = json.loads((run_dir / "evaluation-test.json").read_text())
+    assert sorted(results["captions"]["greedy"]) == sorted(splits["test"])
+    assert 0 <= results["scores"]["beam 3"]["bleu4"] <= 1
+
+
+def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_path):
+    """A user's own features (.npz of names and features) and their own list of images, from the
+    command line: papermill's CLI runs notebooks 04 and 05 on them."""
+    features = shared_flickr8k / "features" / "efficientnet_lite0_imagenet.npz"
+    names_file = tmp_path / "my_images.txt"
+    dev = utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt")
+    chosen = [n for n in dev if (shared_flickr8k / "Images" / n).is_file()][:40]
+    names_file.write_text("\n".join(chosen) + "\n")
+    data, models = str(tmp_path / "data"), str(tmp_path / "models")
+    splits = {"train": str(shared_flickr8k / "Flickr_8k.trainImages.txt"),
+              "val": str(shared_flickr8k / "Flickr_8k.devImages.txt")}
+    common = ["-p", "DATASET", "shared8k", "-p", "DATA_DIR", data]
+    steps = [
+        ("01", common + ["-p", "IMAGES_DIR", str(shared_flickr8k / "Images"),
+                         "-p", "CAPTIONS_FILE", str(shared_flickr8k / "Flickr8k.token.txt"),
+                         "-y", json.dumps({"SPLIT_FILES": splits}), "-p", "MIN_COUNT", "5"]),
+        ("03", common),
+        ("04", common + ["-p", "FEATURES", str(features), "-p", "EPOCHS", "2",
+                         "-p", "MODELS_DIR", models, "-p", "RUN_NAME", "mine"]),
+        ("05", common + ["-p", "RUN_DIR", str(tmp_path / "models" / "mine"),
+                         "-p", "FEATURES", str(features), "-p", "SPLIT", str(names_file)]),
+    ]
+    for number, args in steps:
+        out = tmp_path / NOTEBOOKS[number].name
+        done = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOKS[number]), str(out),
+                               "--cwd", str(REPO), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    config = json.loads((tmp_path / "models" / "mine" / "config.json").read_text())
+    assert config["weights"] == "external" and config["feature_dim"] == 1280
+    results = json.loads((tmp_path / "models" / "mine" / "evaluation-my_images.json").read_text())
+    assert results["images"] == len(chosen) == 40
+    assert list(results["captions"]["greedy"]) == chosen
+    assert results["scores"]["greedy"]["bleu4"] > 0
