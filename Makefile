@@ -2,13 +2,14 @@
 #   make run    runs every notebook in order (papermill) on DATASET (default: the offline sample);
 #               executed copies, with their outputs, land in outputs/
 #   make test   runs the test suite, which also executes every notebook on the sample dataset
+#   make app    serves the web page (app.py) that captions uploaded photos with the runs in models/
 # Both create the virtual environment .venv/ from the requirements files when needed.
 PYTHON ?= python3
 DATASET ?= sample
 BIN := .venv/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: run test clean
+.PHONY: run test app clean
 
 .venv/.run-deps: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv .venv
@@ -27,6 +28,9 @@ run: .venv/.run-deps
 
 test: .venv/.test-deps
 	$(BIN)/python -m pytest
+
+app: .venv/.run-deps
+	$(BIN)/streamlit run app.py
 
 clean:
 	rm -rf outputs data/sample models/sample-*

@@ -30,6 +30,8 @@ def test_interrupted_download_resumes(server, tmp_path):
 
 
 def test_http_error_and_offline_fail_fast(server, tmp_path):
+    with pytest.raises(utils.DownloadError, match="'photo.jpg' is not a web address"):
+        utils.download_file("photo.jpg", tmp_path / "m.zip")
     with pytest.raises(utils.DownloadError, match="HTTP 404"):
         utils.download_file(server.url + "missing.zip", tmp_path / "m.zip")
     port = server.httpd.server_port

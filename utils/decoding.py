@@ -152,18 +152,22 @@ def encoder_for_run(config, weights_file=None):
     return build_encoder(config["encoder"], weights, config["input_size"])
 
 
+def caption_image(decoder, encoder, config, image, beam_width=3, length_penalty=0.0):
+    """The caption of one image (a path or an open file), read and scaled by the same
+    `load_image` and `preprocess` as the feature cache; beam width 1 is greedy search.
+    Raises ImageError, naming the image, for anything unusable."""
+    pixels = load_image(image, config["input_size"])
+    features = encoder.predict(preprocess(config["encoder"], pixels[None]), verbose=0)
+    return decoder.vocab.decode(beam_search(decoder, features, beam_width, length_penalty)[0])
+
+
 def caption_image_files(decoder, encoder, config, paths, beam_width=3, length_penalty=0.0):
-    """Captions for image files (path or URL-downloaded file), read and scaled by the same
-    `load_image` and `preprocess` as the feature cache. Unreadable files get an error instead."""
+    """Captions for image files by path; an unreadable file gets "error: ..." instead."""
     results = {}
     for path in paths:
         try:
-            pixels = load_image(path, config["input_size"])
+            results[str(path)] = caption_image(decoder, encoder, config, path, beam_width,
+                                               length_penalty)
         except ImageError as e:
             results[str(path)] = f"error: {e}"
-            continue
-        batch = preprocess(config["encoder"], pixels[None])
-        features = encoder.predict(batch, verbose=0)
-        ids = beam_search(decoder, features, beam_width, length_penalty)[0]
-        results[str(path)] = decoder.vocab.decode(ids)
     return results

@@ -31,7 +31,10 @@ def download_file(url, dest, timeout=15, chunk_size=1 << 20):
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     start = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    try:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    except ValueError:
+        raise DownloadError(f"{url!r} is not a web address (http://... or https://...)") from None
     hint = f"run again to resume, or download {url} yourself and save it as {dest}"
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -108,12 +108,14 @@ def load_image(path, size):
     """An image file as a `size` x `size` RGB float32 array in [0, 255].
 
     Any format Pillow reads (JPEG incl. CMYK and progressive, PNG with alpha, grayscale, WebP,
-    BMP); EXIF orientation is applied and transparency is composited on white.
+    BMP); EXIF orientation is applied and transparency is composited on white. `path` can also
+    be an open binary file; errors then name it by its `name` attribute.
     """
+    label = getattr(path, "name", "<file>") if hasattr(path, "read") else path
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ImageError(f"{path}: {image.width}x{image.height} pixels is more than the "
+                raise ImageError(f"{label}: {image.width}x{image.height} pixels is more than the "
                                  f"{MAX_IMAGE_PIXELS:,} allowed (a decompression bomb?)")
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "P", "PA"):
@@ -125,7 +127,7 @@ def load_image(path, size):
     except ImageError:
         raise
     except Exception as e:  # Pillow raises many types for bad files; all mean "unusable"
-        raise ImageError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
+        raise ImageError(f"{label}: cannot read as an image ({type(e).__name__}: {e})") from None
 
 
 def image_batches(paths, size, batch_size, errors):

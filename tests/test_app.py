@@ -1,0 +1,215 @@
+"""The Streamlit app: its logic through Streamlit's AppTest, and one upload in a real headless
+Chromium (Debian's chromium and chromedriver, driven by Selenium)."""
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import utils
+from conftest import REPO
+
+APP = str(REPO / "app.py")
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def train_run(run_dir, prepared, vocab, names, features, cache, seed, units):
+    """A small real run on the sample's shapes, saved as notebook 04 saves one."""
+    rows, tokens = utils.encode_captions(prepared, vocab, "train", names)
+    val_rows, val_tokens = utils.encode_captions(prepared, vocab, "val", names)
+    keras.utils.set_random_seed(seed)
+    model = utils.compile_model(utils.build_caption_model(
+        len(vocab), features.shape[1], units=units, dropout=0.2,
+        feature_stats=utils.feature_statistics(features[np.unique(rows)])), 3e-3)
+    utils.train_caption_model(model, utils.caption_dataset(features, rows, tokens, seed=seed),
+                              utils.caption_dataset(features, val_rows, val_tokens, shuffle=False),
+                              run_dir, epochs=8, patience=8, verbose=0)
+    utils.save_run_config(run_dir, vocab, {
+        "dataset": "sample", "encoder": "inceptionv3", "weights": "random", "input_size": 75,
+        "features": str(cache), "feature_dim": int(features.shape[1]), "vocab_size": len(vocab),
+        "train": {"images": int(len(np.unique(rows)))}})
+
+
+@pytest.fixture(scope="module")
+def models_dir(sample_root, tmp_path_factory):
+    """Two runs trained on the sample (random InceptionV3 at 75x75, so a photo can be encoded
+    again), one with test scores, and one trained on external features (it cannot caption)."""
+    images_dir, captions_file, split_files = utils.find_dataset_files(sample_root)
+    prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
+    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"))
+    cache = tmp_path_factory.mktemp("features")
+    utils.extract_features(images_dir, sorted(prepared.images), cache, "inceptionv3", None, 75)
+    names, features = utils.load_features(cache)
+    features = np.asarray(features, "float32")
+    root = tmp_path_factory.mktemp("models")
+    train_run(root / "shapes-small", prepared, vocab, names, features, cache, 0, 64)
+    train_run(root / "shapes-large", prepared, vocab, names, features, cache, 1, 128)
+    utils.write_json(root / "shapes-small" / "evaluation-test.json", {"scores": {
+        "greedy": {"bleu4": 0.4321, "cider_d": 1.234}, "beam 3": {"bleu4": 0.5432, "cider_d": 2.345}}})
+    shutil.copytree(root / "shapes-small", root / "theirs-external")
+    config = utils.read_json(root / "theirs-external" / "config.json")
+    utils.write_json(root / "theirs-external" / "config.json", config | {"weights": "external"})
+    return root
+
+
+def expected_caption(run_dir, image, beam_width):
+    model, vocab, config = utils.load_run(run_dir)
+    return utils.caption_image(utils.CaptionDecoder(model, vocab), utils.encoder_for_run(config),
+                               config, image, beam_width)
+
+
+def app(monkeypatch, models_dir):
+    monkeypatch.setenv("CAPTIONING_MODELS_DIR", str(models_dir))
+    return AppTest.from_file(APP, default_timeout=180).run()
+
+
+def png_bytes(size=(64, 64), colour="red"):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_no_run_says_what_to_run(monkeypatch, tmp_path):
+    at = app(monkeypatch, tmp_path / "empty")
+    assert not at.exception
+    assert "make run" in at.warning[0].value and not at.file_uploader
+
+
+def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, sample_root):
+    at = app(monkeypatch, models_dir)
+    assert at.sidebar.multiselect[0].value == ["shapes-large", "shapes-small"]
+    sidebar = " ".join(m.value for m in at.sidebar.markdown)
+    assert "sample dataset, inceptionv3 (random weights)" in sidebar
+    assert "beam 3 on the test split: BLEU-4 0.543, CIDEr-D 2.35" in sidebar
+    assert "shapes-large" in sidebar and "not evaluated yet" in sidebar
+
+    photo = sorted((sample_root / "Images").iterdir())[0]
+    at.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
+    assert not at.exception and not at.error
+    captions = [s.value for s in at.subheader]
+    assert captions == [expected_caption(models_dir / run, photo, 3)
+                        for run in ("shapes-large", "shapes-small")]
+    assert all(len(c.split()) >= 3 for c in captions)
+
+    at.sidebar.radio[0].set_value("greedy").run()
+    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, 1)
+                                               for run in ("shapes-large", "shapes-small")]
+
+
+def test_bad_inputs_are_reported_and_the_rest_captioned(monkeypatch, models_dir, sample_root):
+    at = app(monkeypatch, models_dir)
+    photo = sorted((sample_root / "Images").iterdir())[1]
+    huge = png_bytes((9000, 7000))  # 63 megapixels: refused before decoding
+    at.file_uploader[0].set_value([("notes.txt", b"hello, not an image", "text/plain"),
+                                   ("truncated.jpg", photo.read_bytes()[:200], "image/jpeg"),
+                                   ("huge.png", huge, "image/png"),
+                                   (photo.name, photo.read_bytes(), "image/png")]).run()
+    errors = [e.value for e in at.error]
+    assert not at.exception
+    assert errors[0].startswith("notes.txt: cannot read as an image")
+    assert errors[1].startswith("truncated.jpg: cannot read as an image")
+    assert errors[2].startswith("huge.png: 9000x7000 pixels is more than")
+    assert len(at.subheader) == 2  # the good photo, by both runs
+
+    at.sidebar.multiselect[0].set_value(["theirs-external", "shapes-small"]).run()
+    assert any(e.value.startswith("Run theirs-external cannot caption new photos: this run was "
+                                  "trained on external features") for e in at.error)
+    assert len(at.subheader) == 1
+
+
+def test_image_from_a_url(monkeypatch, models_dir, sample_root, server):
+    photo = sorted((sample_root / "Images").iterdir())[2]
+    server.files["photo.png"] = photo.read_bytes()
+    at = app(monkeypatch, models_dir)
+    at.text_input[0].set_value(server.url + "photo.png").run()
+    assert not at.error
+    assert at.subheader[0].value == expected_caption(models_dir / "shapes-large", photo, 3)
+
+    at.text_input[0].set_value(server.url + "missing.png").run()
+    assert at.error[0].value.startswith(f"{server.url}missing.png: HTTP 404")
+    port = server.httpd.server_port
+    server.close()
+    at.text_input[0].set_value(f"http://127.0.0.1:{port}/gone.png").run()
+    assert "could not download" in at.error[0].value
+    at.text_input[0].set_value("not a url").run()
+    assert at.error[0].value.startswith("'not a url' is not a web address")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def streamlit_server(models_dir):
+    port = free_port()
+    env = dict(os.environ, CAPTIONING_MODELS_DIR=str(models_dir))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", APP, "--server.headless=true",
+         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
+         "--server.fileWatcherType=none"], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("streamlit did not start")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def chromium():
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail("CI installs chromium and chromium-driver (.ci/run); they are missing")
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--disable-quic", "--window-size=1400,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample_root, tmp_path):
+    """Upload through the page's own file input, read the caption off the page, keep a
+    screenshot (APP_SCREENSHOT=path also saves it there, as for the README)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = sorted((sample_root / "Images").iterdir())[3]
+    expected = [expected_caption(models_dir / run, photo, 3) for run in ("shapes-large", "shapes-small")]
+    chromium.get(streamlit_server)
+    WebDriverWait(chromium, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+    chromium.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(photo))
+    WebDriverWait(chromium, 180).until(
+        lambda d: all(c in d.find_element(By.TAG_NAME, "body").text for c in expected))
+    time.sleep(1)  # let the image finish painting before the screenshot
+    shots = [tmp_path / "app.png"] + ([os.environ["APP_SCREENSHOT"]] if "APP_SCREENSHOT" in os.environ else [])
+    for shot in shots:
+        assert chromium.save_screenshot(str(shot))
+    assert Image.open(shots[0]).size[0] >= 1000
