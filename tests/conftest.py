@@ -31,6 +31,22 @@ def sample_root(tmp_path_factory):
     return utils.make_sample_dataset(tmp_path_factory.mktemp("data") / "sample")
 
 
+@pytest.fixture(scope="session")
+def sample_training(sample_root, tmp_path_factory):
+    """The sample dataset prepared and encoded (random InceptionV3 at 75x75), ready to train."""
+    import numpy as np
+
+    import utils
+
+    images_dir, captions_file, split_files = utils.find_dataset_files(sample_root)
+    prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
+    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"))
+    cache = tmp_path_factory.mktemp("features")
+    utils.extract_features(images_dir, sorted(prepared.images), cache, "inceptionv3", None, 75)
+    names, features = utils.load_features(cache)
+    return prepared, vocab, names, np.asarray(features, "float32")
+
+
 class Server:
     """Serves `files` (name -> bytes); `cut_after` bytes makes the next response stop short."""
 

@@ -40,16 +40,11 @@ def train_run(run_dir, prepared, vocab, names, features, cache, seed, units):
 
 
 @pytest.fixture(scope="module")
-def models_dir(sample_root, tmp_path_factory):
+def models_dir(sample_training, tmp_path_factory):
     """Two runs trained on the sample (random InceptionV3 at 75x75, so a photo can be encoded
     again), one with test scores, and one trained on external features (it cannot caption)."""
-    images_dir, captions_file, split_files = utils.find_dataset_files(sample_root)
-    prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
-    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"))
-    cache = tmp_path_factory.mktemp("features")
-    utils.extract_features(images_dir, sorted(prepared.images), cache, "inceptionv3", None, 75)
-    names, features = utils.load_features(cache)
-    features = np.asarray(features, "float32")
+    prepared, vocab, names, features = sample_training
+    cache = "sample features (random InceptionV3 at 75x75)"
     root = tmp_path_factory.mktemp("models")
     train_run(root / "shapes-small", prepared, vocab, names, features, cache, 0, 64)
     train_run(root / "shapes-large", prepared, vocab, names, features, cache, 1, 128)

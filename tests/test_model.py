@@ -118,18 +118,6 @@ def test_feature_statistics_floor_the_variance():
     assert mean[2] == pytest.approx(7.0) and variance[2] > 0
 
 
-@pytest.fixture(scope="module")
-def sample_training(sample_root, tmp_path_factory):
-    """The sample dataset prepared and encoded (random InceptionV3 at 75x75), ready to train."""
-    images_dir, captions_file, split_files = utils.find_dataset_files(sample_root)
-    prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
-    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"))
-    cache = tmp_path_factory.mktemp("features")
-    utils.extract_features(images_dir, sorted(prepared.images), cache, "inceptionv3", None, 75)
-    names, features = utils.load_features(cache)
-    return prepared, vocab, names, np.asarray(features, "float32")
-
-
 def fit(sample_training, run_dir, epochs, shuffle_images=False, seed=0, extra_callbacks=(),
         lr_plateau_factor=0.5):
     prepared, vocab, names, features = sample_training
@@ -188,6 +176,7 @@ def test_interrupted_training_resumes(sample_training, tmp_path):
     _, history = fit(sample_training, run, 4, extra_callbacks=[counter])
     assert counter.started == 2  # epochs 3 and 4 only
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert all(h["learning_rate"] > 0 for h in history)  # the schedule is logged
     assert (run / "model.keras").is_file() and not (run / "backup").exists()
     best = keras.models.load_model(run / "model.keras")
     prepared, vocab, names, features = sample_training

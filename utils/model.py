@@ -261,12 +261,12 @@ def train_caption_model(model, train_data, val_data, run_dir, epochs, patience=3
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         BestModelCheckpoint(run_dir / "model.keras", best_so_far),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        *extra_callbacks,
     ]
-    if lr_plateau_factor is not None:
+    if lr_plateau_factor is not None:  # before the CSV log, so that it logs the learning rate
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=lr_plateau_factor, patience=1, min_lr=1e-5))
+    callbacks += [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+                  *extra_callbacks]
     model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks,
               shuffle=False, verbose=verbose)  # caption_dataset shuffles
     history = read_history(run_dir)
