@@ -13,10 +13,16 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 import utils
 from conftest import REPO
+
+# Importing streamlit sets MPLBACKEND=Agg for the whole process; the notebook kernels that other
+# tests start inherit the environment and would then show no plots. Put it back as it was.
+_backend = os.environ.get("MPLBACKEND")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+os.environ.pop("MPLBACKEND") if _backend is None else os.environ.update(MPLBACKEND=_backend)
 
 APP = str(REPO / "app.py")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

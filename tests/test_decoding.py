@@ -75,7 +75,7 @@ def caption_log_probs(model, vocab, image, candidates):
 def test_wide_beam_finds_the_exhaustive_best(length_penalty):
     model, decoder = random_decoder(2, 3, seed=4)
     vocab = decoder.vocab
-    tokens = [i for i in range(len(vocab)) if i not in (vocab.pad_id, vocab.end_id)]
+    tokens = range(len(utils.SPECIAL_TOKENS), len(vocab))  # the words a caption can hold
     candidates = [list(w) for n in range(vocab.max_length + 1)
                   for w in itertools.product(tokens, repeat=n)]
     lengths = np.array([len(w) + 1 for w in candidates])  # the words and <end>
@@ -99,3 +99,17 @@ def test_captions_end_at_max_length_when_the_model_never_says_end():
     for captions in (utils.greedy_search(decoder, images),
                      utils.beam_search(decoder, images, beam_width=3)):
         assert [len(c) for c in captions] == [4, 4, 4]
+
+
+def test_captions_never_say_unknown_even_when_it_is_likeliest():
+    model, decoder = random_decoder(10, 4)
+    bias = model.get_layer("next_word").get_weights()
+    bias[1][decoder.vocab.unk_id] = 6.0  # <unk> the likeliest word
+    model.get_layer("next_word").set_weights(bias)
+    images = features(3)
+    projection, h, c = decoder.start(images)
+    first, _, _ = decoder.step(projection, np.full(3, decoder.vocab.start_id, "int32"), h, c)
+    assert (first.argmax(1) == decoder.vocab.unk_id).all()
+    for captions in (utils.greedy_search(decoder, images),
+                     utils.beam_search(decoder, images, beam_width=3)):
+        assert all(captions) and all(i >= len(utils.SPECIAL_TOKENS) for c in captions for i in c)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import utils
-from test_download import Server
+from conftest import Server
 
 VOCAB = utils.Vocabulary([*utils.SPECIAL_TOKENS, "dog", "cat", "zzyzx"], 5)
 

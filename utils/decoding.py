@@ -66,7 +66,7 @@ def greedy_search(decoder, features, batch_size=256):
         done = np.zeros(n, bool)
         for t in range(vocab.max_length + 1):
             log_probs, h, c = decoder.step(projection, words, h, c)
-            _end_at_max_length(log_probs, t, vocab)
+            _rule_out_impossible_words(log_probs, t, vocab)
             words = np.where(done, vocab.pad_id, log_probs.argmax(1)).astype("int32")
             out[:, t] = words
             done |= words == vocab.end_id
@@ -100,7 +100,7 @@ def beam_search(decoder, features, beam_width=3, length_penalty=0.0, batch_size=
         done = np.zeros(n * k, bool)
         for t in range(vocab.max_length + 1):
             log_probs, h, c = decoder.step(projection, words, h, c)
-            _end_at_max_length(log_probs, t, vocab)
+            _rule_out_impossible_words(log_probs, t, vocab)
             log_probs[done] = -np.inf
             log_probs[done, vocab.pad_id] = 0.0  # a finished beam carries over unchanged
             log_probs[~done, vocab.pad_id] = -np.inf
@@ -121,8 +121,11 @@ def beam_search(decoder, features, beam_width=3, length_penalty=0.0, batch_size=
     return captions
 
 
-def _end_at_max_length(log_probs, t, vocab):
-    """After `max_length` words the only next word is <end> (the vocabulary's longest caption)."""
+def _rule_out_impossible_words(log_probs, t, vocab):
+    """What a caption cannot say next: never <pad> or <start>, never <unk> (a rare word the model
+    cannot name, which matches no reference: the next likeliest word is said instead), and after
+    `max_length` words (the vocabulary's longest caption) anything but <end>."""
+    log_probs[:, [vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
     if t == vocab.max_length:
         end = log_probs[:, vocab.end_id].copy()
         log_probs[:] = -np.inf
