@@ -21,7 +21,8 @@ references. The official test images are not in the subset, so nothing here touc
 `--tune` also trains each variant of VARIANTS (one change to the default each) and writes every
 score to benchmarks/results/quality-tuning.json. Last line: one JSON object with, per
 configuration, the mean and standard deviation over seeds, and `bleu4_gain_over_baseline` /
-`cider_gain_over_baseline` (our default's greedy and beam means minus the baseline's).
+`cider_gain_over_baseline`: the means of our default, decoded as notebook 05 decodes by default
+(its first beam width), minus the baseline's; `gains_by_decoding` gives them for every decoding.
 """
 import argparse
 import ast
@@ -63,24 +64,36 @@ VARIANTS = {  # in the order they run: the likeliest gains first
     "learning rate 5e-4": {"learning_rate": 5e-4},
     "vocabulary threshold 3": {"min_count": 3},
     "batch 32": {"batch_size": 32},
+    "label smoothing 0.1, GloVe fine-tuned": {"label_smoothing": 0.1, "train_embedding": True},
 }
-DECODINGS = {"greedy": (1, 0.0), "beam 3": (3, 0.0), "beam 5": (5, 0.0),
-             "beam 3, length penalty 1": (3, 1.0), "beam 5, length penalty 1": (5, 1.0)}
+
+
+def decoding_label(width, length_penalty):
+    if width == 1:
+        return "greedy"
+    return f"beam {width}" + (f", length penalty {length_penalty:g}" if length_penalty else "")
+
+
+DECODINGS = {decoding_label(*d): d for d in ((1, 0.0), (3, 0.0), (5, 0.0), (3, 1.0), (5, 1.0))}
 
 
 def notebook_defaults():
-    """Our default: the `parameters` cells of notebooks 01, 03 and 04, as papermill reads them."""
+    """Our default training settings and decoding: the `parameters` cells of notebooks 01, 03, 04
+    and 05 (its first beam width, which also captions a user's own photos), as papermill reads them."""
     values = {}
-    for stem in ("01_prepare_captions", "03_glove_embeddings", "04_train_model"):
+    for stem in ("01_prepare_captions", "03_glove_embeddings", "04_train_model",
+                 "05_decode_and_evaluate"):
         for name, p in papermill.inspect_notebook(str(REPO / "notebooks" / f"{stem}.ipynb")).items():
             values[name] = ast.literal_eval(p["default"])
-    return {"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
-            "glove": True, "embedding_dim": values["DIM"], "train_embedding": values["TRAIN_EMBEDDING"],
-            "units": values["UNITS"], "dropout": values["DROPOUT"],
-            "learning_rate": values["LEARNING_RATE"], "lr_plateau_factor": values["LR_PLATEAU_FACTOR"],
-            "label_smoothing": values["LABEL_SMOOTHING"], "batch_size": values["BATCH_SIZE"],
-            "epochs": values["EPOCHS"], "patience": values["PATIENCE"]}
-
+    config = {"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
+              "glove": True, "embedding_dim": values["DIM"],
+              "train_embedding": values["TRAIN_EMBEDDING"], "units": values["UNITS"],
+              "dropout": values["DROPOUT"], "learning_rate": values["LEARNING_RATE"],
+              "lr_plateau_factor": values["LR_PLATEAU_FACTOR"],
+              "label_smoothing": values["LABEL_SMOOTHING"], "batch_size": values["BATCH_SIZE"],
+              "epochs": values["EPOCHS"], "patience": values["PATIENCE"]}
+    width = values["BEAM_WIDTHS"][0] if values["BEAM_WIDTHS"] else 1
+    return config, decoding_label(width, values["LENGTH_PENALTY"])
 
 class SharedData:
     """The shared subset's features and captions, prepared once per cleaning option."""
@@ -197,18 +210,21 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tune", action="store_true", help="also train every variant")
     parser.add_argument("--only", nargs="*", help="variants to tune (default: all)")
+    parser.add_argument("--variants-only", action="store_true",
+                        help="a further tuning round: no baseline, no default, no gains")
+    parser.add_argument("--out", default=str(RESULTS), help="where --tune writes every score")
     args = parser.parse_args()
     seeds = range(1 if args.quick else args.seeds)
     data = SharedData()
-    default = notebook_defaults()
-    configs = {"default": default}
+    default, decoding = notebook_defaults()
+    configs = {} if args.variants_only else {"default": default}
     if args.tune:
         configs |= {name: default | change for name, change in VARIANTS.items()
                     if not args.only or name in args.only}
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
     results = {"baseline": []}
-    for seed in seeds:
+    for seed in [] if args.variants_only else seeds:
         model, vocab, seconds, epochs = train_baseline(data, seed, 3 if args.quick else None)
         results["baseline"].append({"seed": seed, "train_seconds": seconds, "epochs": epochs,
                                     "scores": score(model, vocab, data, BASELINE,
@@ -224,27 +240,29 @@ def main():
             print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in
                                results[name][-1]["scores"].items()}, file=sys.stderr)
         if args.tune and not args.quick:  # kept as it grows: a long tuning run can be cut short
-            utils.write_json(RESULTS, make_report(results, configs, data, args) | {"runs": results})
-    print(json.dumps(make_report(results, configs, data, args)))
+            utils.write_json(args.out, make_report(results, configs, decoding, data, args) | {"runs": results})
+    print(json.dumps(make_report(results, configs, decoding, data, args)))
 
 
-def make_report(results, configs, data, args):
+def make_report(results, configs, decoding, data, args):
+    """Means and spreads per configuration; the gains of our default (with its default decoding,
+    and with every other) over the baseline's greedy captions."""
     summary = {name: summarise(runs) for name, runs in results.items() if runs}
-    base = summary["baseline"]["greedy"]
     gains = {label: {metric: round(summary["default"][label][metric]["mean"]
-                                   - base[metric]["mean"], 4) for metric in ("bleu4", "cider_d")}
-             for label in ("greedy", "beam 3", "beam 5")}
+                                   - summary["baseline"]["greedy"][metric]["mean"], 4)
+                     for metric in ("bleu4", "cider_d")}
+             for label in DECODINGS} if {"default", "baseline"} <= set(summary) else None
     return {
-        "bleu4_gain_over_baseline": gains["greedy"]["bleu4"],
-        "cider_gain_over_baseline": gains["greedy"]["cider_d"],
+        "bleu4_gain_over_baseline": gains and gains[decoding]["bleu4"],
+        "cider_gain_over_baseline": gains and gains[decoding]["cider_d"],
+        "default_decoding": decoding,
         "gains_by_decoding": gains,
         "summary": summary,
-        "settings": {"default": configs["default"], "baseline": BASELINE,
-                     "variants": {n: VARIANTS[n] for n in configs if n in VARIANTS}},
+        "settings": {"baseline": BASELINE, "configurations": configs},
         "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",
                  "train_images": len(data.prepared(False).names("train")),
                  "dev_images": len(data.prepared(False).names("val"))},
-        "seeds": len(results["baseline"]), "quick": args.quick}
+        "seeds": max(len(runs) for runs in results.values()), "quick": args.quick}
 
 
 if __name__ == "__main__":

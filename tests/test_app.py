@@ -62,10 +62,11 @@ def models_dir(sample_training, tmp_path_factory):
     return root
 
 
-def expected_caption(run_dir, image, beam_width):
+def expected_caption(run_dir, image, beam_width=5, length_penalty=1.0):
+    """The caption `utils` gives, by default with the app's default decoding."""
     model, vocab, config = utils.load_run(run_dir)
     return utils.caption_image(utils.CaptionDecoder(model, vocab), utils.encoder_for_run(config),
-                               config, image, beam_width)
+                               config, image, beam_width, length_penalty)
 
 
 def app(monkeypatch, models_dir):
@@ -97,12 +98,12 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
     at.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
     assert not at.exception and not at.error
     captions = [s.value for s in at.subheader]
-    assert captions == [expected_caption(models_dir / run, photo, 3)
+    assert captions == [expected_caption(models_dir / run, photo)
                         for run in ("shapes-large", "shapes-small")]
     assert all(len(c.split()) >= 3 for c in captions)
 
     at.sidebar.radio[0].set_value("greedy").run()
-    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, 1)
+    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, 1, 0.0)
                                                for run in ("shapes-large", "shapes-small")]
 
 
@@ -133,7 +134,7 @@ def test_image_from_a_url(monkeypatch, models_dir, sample_root, server):
     at = app(monkeypatch, models_dir)
     at.text_input[0].set_value(server.url + "photo.png").run()
     assert not at.error
-    assert at.subheader[0].value == expected_caption(models_dir / "shapes-large", photo, 3)
+    assert at.subheader[0].value == expected_caption(models_dir / "shapes-large", photo)
 
     at.text_input[0].set_value(server.url + "missing.png").run()
     assert at.error[0].value.startswith(f"{server.url}missing.png: HTTP 404")
@@ -203,7 +204,7 @@ def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample
     from selenium.webdriver.support.ui import WebDriverWait
 
     photo = sorted((sample_root / "Images").iterdir())[3]
-    expected = [expected_caption(models_dir / run, photo, 3) for run in ("shapes-large", "shapes-small")]
+    expected = [expected_caption(models_dir / run, photo) for run in ("shapes-large", "shapes-small")]
     chromium.get(streamlit_server)
     WebDriverWait(chromium, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))
     chromium.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(photo))
