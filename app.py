@@ -19,6 +19,8 @@ from PIL import Image
 import utils
 
 MODELS_DIR = Path(os.environ.get("CAPTIONING_MODELS_DIR", "models"))
+# Notebook 05's defaults, the best measured on Flickr8k's dev split (README).
+BEAM_WIDTH, LENGTH_PENALTY = 5, 1.0
 
 
 def find_runs(models_dir):
@@ -37,7 +39,7 @@ def load_captioner(run_dir):
     # as quick as every later one.
     blank = io.BytesIO()
     Image.new("RGB", (8, 8), "white").save(blank, "PNG")
-    utils.caption_image(decoder, encoder, config, blank)
+    utils.caption_image(decoder, encoder, config, blank, BEAM_WIDTH, LENGTH_PENALTY)
     return decoder, encoder, config
 
 
@@ -86,10 +88,9 @@ def main():
     with st.sidebar:
         chosen = st.multiselect("Runs (side by side)", runs, default=runs[:2])
         method = st.radio("Decoding", ["beam search", "greedy"])
-        # The defaults are notebook 05's, the best measured on Flickr8k's dev split (README).
-        width = st.slider("Beam width", 2, 10, 5) if method == "beam search" else 1
+        width = st.slider("Beam width", 2, 10, BEAM_WIDTH) if method == "beam search" else 1
         penalty = st.slider("Length penalty (0: total log-probability; 1: per word)", 0.0, 2.0,
-                            1.0, 0.25) if method == "beam search" else 0.0
+                            LENGTH_PENALTY, 0.25) if method == "beam search" else 0.0
         for name in chosen:
             st.markdown(describe_run(MODELS_DIR / name))
 
