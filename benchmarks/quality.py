@@ -120,16 +120,17 @@ class SharedData:
             self.glove = utils.load_glove(words, "pypi", 50)[0]
         return utils.embedding_matrix(vocab, self.glove, 50, seed=seed)
 
-    def captions(self, config, split):
+    def captions(self, config):
+        """The vocabulary of `config`, and (image rows, tokens) of the train and dev captions."""
         prepared = self.prepared(config["drop_one_letter"])
         vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"), config["min_count"])
-        return prepared, vocab, utils.encode_captions(prepared, vocab, split, self.names)
+        return vocab, *(utils.encode_captions(prepared, vocab, split, self.names)
+                        for split in ("train", "val"))
 
 
 def train_ours(data, config, seed, run_dir):
     """The notebook 04 path: returns (best model, vocabulary, training seconds, epochs run)."""
-    prepared, vocab, (rows, tokens) = data.captions(config, "train")
-    _, _, (val_rows, val_tokens) = data.captions(config, "val")
+    vocab, (rows, tokens), (val_rows, val_tokens) = data.captions(config)
     keras.utils.set_random_seed(seed)
     model = utils.build_caption_model(
         len(vocab), data.features.shape[1], data.embedding(vocab, seed) if config["glove"] else None,
@@ -148,8 +149,7 @@ def train_ours(data, config, seed, run_dir):
 def train_baseline(data, seed, epochs=None):
     """The seeds' recipe (module docstring): prefix samples, one-hot targets, raw features."""
     config = BASELINE | ({"epochs": epochs} if epochs else {})
-    prepared, vocab, (rows, tokens) = data.captions(config, "train")
-    _, _, (val_rows, val_tokens) = data.captions(config, "val")
+    vocab, (rows, tokens), (val_rows, val_tokens) = data.captions(config)
     keras.utils.set_random_seed(seed)
     model = utils.build_caption_model(len(vocab), data.features.shape[1], data.embedding(vocab, seed),
                                       units=config["units"], dropout=config["dropout"])
