@@ -20,7 +20,7 @@ import utils
 
 MODELS_DIR = Path(os.environ.get("CAPTIONING_MODELS_DIR", "models"))
 # Notebook 05's defaults, the best measured on Flickr8k's dev split (README).
-BEAM_WIDTH, LENGTH_PENALTY = 5, 1.0
+BEAM_WIDTH, LENGTH_PENALTY, NO_REPEAT_NGRAM = 5, 1.0, 2
 
 
 def find_runs(models_dir):
@@ -39,7 +39,8 @@ def load_captioner(run_dir):
     # as quick as every later one.
     blank = io.BytesIO()
     Image.new("RGB", (8, 8), "white").save(blank, "PNG")
-    utils.caption_image(decoder, encoder, config, blank, BEAM_WIDTH, LENGTH_PENALTY)
+    utils.caption_image(decoder, encoder, config, blank, BEAM_WIDTH, LENGTH_PENALTY,
+                        NO_REPEAT_NGRAM)
     return decoder, encoder, config
 
 
@@ -91,6 +92,8 @@ def main():
         width = st.slider("Beam width", 2, 10, BEAM_WIDTH) if method == "beam search" else 1
         penalty = st.slider("Length penalty (0: total log-probability; 1: per word)", 0.0, 2.0,
                             LENGTH_PENALTY, 0.25) if method == "beam search" else 0.0
+        no_repeat = NO_REPEAT_NGRAM if st.checkbox("No word pair twice in a caption",
+                                                   value=True) else 0
         for name in chosen:
             st.markdown(describe_run(MODELS_DIR / name))
 
@@ -124,7 +127,7 @@ def main():
         for column, (run, (decoder, encoder, config)) in zip(columns, captioners.items()):
             start = time.perf_counter()
             caption = utils.caption_image(decoder, encoder, config, as_file(image_name, data),
-                                          width, penalty)
+                                          width, penalty, no_repeat)
             column.markdown(f"**{run}**")
             column.subheader(caption)
             how = f"{method}, width {width}, length penalty {penalty:g}" if width > 1 else method

@@ -5,7 +5,7 @@
 Loads a trained run the way `app.py` does (model, vocabulary, the run's own encoder), captions one
 photo to trace the graphs, then times `utils.caption_image` (read, resize, encode, decode) on each
 further photo, one at a time, greedy and as the app does by default (beam 5, length
-penalty 1). `make run` leaves the default run and
+penalty 1), both without repeated word pairs, as in the app. `make run` leaves the default run and
 the sample images. Last line: one JSON object with the median and the slowest milliseconds.
 """
 import argparse
@@ -44,7 +44,7 @@ def main():
         times = []
         for photo in photos[1:]:
             start = time.perf_counter()
-            utils.caption_image(decoder, encoder, config, photo, width, penalty)
+            utils.caption_image(decoder, encoder, config, photo, width, penalty, no_repeat_ngram=2)
             times.append(1000 * (time.perf_counter() - start))
         milliseconds[label] = {"median": round(float(np.median(times)), 1),
                                "max": round(float(np.max(times)), 1)}

@@ -11,18 +11,22 @@ references. The official test images are not in the subset, so nothing here touc
 - Ours: the defaults of the notebooks' `parameters` cells (read from the notebooks by papermill, so
   the benchmark measures exactly what a user runs): cleaning, vocabulary threshold, GloVe 50d,
   training by whole captions with sparse targets, checkpoint, early stopping, learning-rate
-  schedule; decoded greedily and with beam search (widths 3 and 5).
+  schedule; decoded greedily and with beam search (widths 3 and 5), with and without length
+  normalisation and the rule against repeated word pairs (notebook 05's NO_REPEAT_NGRAM).
 - Baseline, the seed projects' recipe (the InceptionV3 + GloVe tutorials): one-letter words dropped
   from the training captions, words seen fewer than 10 times dropped, raw (unstandardised)
   features, one training sample per caption prefix with one-hot targets and categorical
-  cross-entropy, Adam 1e-3, greedy decoding. Same architecture, GloVe 50d (the only GloVe here;
+  cross-entropy, Adam 1e-3, greedy decoding (also scored with our repeat rule, reported beside).
+  Same architecture, GloVe 50d (the only GloVe here;
   the tutorials use 200d), and, more generous than the tutorials, its best epoch chosen on dev loss.
 
-`--tune` also trains each variant of VARIANTS (one change to the default each) and writes every
-score to benchmarks/results/quality-tuning.json. Last line: one JSON object with, per
+`--tune` also trains each variant of VARIANTS (one change to the default each). Every score is
+written to benchmarks/results/quality.json (`--out`), except with `--quick`. Last line: one JSON object with, per
 configuration, the mean and standard deviation over seeds, and `bleu4_gain_over_baseline` /
 `cider_gain_over_baseline`: the means of our default, decoded as notebook 05 decodes by default
-(its first beam width), minus the baseline's; `gains_by_decoding` gives them for every decoding.
+(its first beam width), minus the baseline's greedy ones; `gains_by_decoding` gives them for
+every decoding, `gains_over_baseline_with_repeat_rule` against the baseline's greedy captions under
+our repeat rule.
 """
 import argparse
 import ast
@@ -45,36 +49,43 @@ import utils  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "flickr8k"
 FEATURES = SHARED / "features" / "efficientnet_lite0_imagenet.npz"
-RESULTS = REPO / "benchmarks" / "results" / "quality-tuning.json"
+RESULTS = REPO / "benchmarks" / "results" / "quality.json"
 # The settings the tutorials use; see the module docstring.
 BASELINE = {"drop_one_letter": True, "min_count": 10, "learning_rate": 1e-3, "dropout": 0.5,
             "units": 256, "batch_size": 256, "epochs": 15, "patience": 2}
-# Each variant changes one setting of the default (tried on dev; see the README's tuning table).
-VARIANTS = {  # in the order they run: the likeliest gains first
-    "label smoothing 0.1": {"label_smoothing": 0.1},
-    "GloVe fine-tuned": {"train_embedding": True},
-    "vocabulary threshold 5": {"min_count": 5},
+# Each variant changes one setting of the current default. Earlier rounds, each against the
+# defaults of its day, are in benchmarks/results/quality-tuning*.json and the README's tuning table.
+VARIANTS = {
+    "GloVe frozen": {"train_embedding": False},
+    "no label smoothing": {"label_smoothing": 0.0},
+    "vocabulary threshold 10": {"min_count": 10},
+    "vocabulary threshold 3": {"min_count": 3},
     "dropout 0.3": {"dropout": 0.3},
+    "dropout 0.6": {"dropout": 0.6},
     "learning rate 2e-3": {"learning_rate": 2e-3},
+    "learning rate 5e-4": {"learning_rate": 5e-4},
     "constant learning rate": {"lr_plateau_factor": None},
     "LSTM 512": {"units": 512},
-    "random 200d embedding, trained": {"glove": False, "embedding_dim": 200, "train_embedding": True},
     "LSTM 128": {"units": 128},
-    "dropout 0.6": {"dropout": 0.6},
-    "learning rate 5e-4": {"learning_rate": 5e-4},
-    "vocabulary threshold 3": {"min_count": 3},
+    "random 200d embedding, trained": {"glove": False, "embedding_dim": 200},
     "batch 32": {"batch_size": 32},
-    "label smoothing 0.1, GloVe fine-tuned": {"label_smoothing": 0.1, "train_embedding": True},
 }
 
 
-def decoding_label(width, length_penalty):
-    if width == 1:
-        return "greedy"
-    return f"beam {width}" + (f", length penalty {length_penalty:g}" if length_penalty else "")
+def decoding_label(width, length_penalty, no_repeat_ngram):
+    label = "greedy" if width == 1 else f"beam {width}"
+    if width > 1 and length_penalty:
+        label += f", length penalty {length_penalty:g}"
+    return label + (f", no repeated {no_repeat_ngram}-gram" if no_repeat_ngram else "")
 
 
-DECODINGS = {decoding_label(*d): d for d in ((1, 0.0), (3, 0.0), (5, 0.0), (3, 1.0), (5, 1.0))}
+# (beam width, length penalty, no_repeat_ngram); width 1 is greedy search.
+DECODINGS = {decoding_label(*d): d for d in (
+    (1, 0.0, 0), (3, 0.0, 0), (5, 0.0, 0), (3, 1.0, 0), (5, 1.0, 0),
+    (1, 0.0, 2), (3, 1.0, 2), (5, 1.0, 2))}
+# The seeds decode greedily, with nothing ruled out but what every decoding here rules out
+# (stage 5: <unk>, <pad>, <start>); also scored with our repeat rule, to show what it adds.
+BASELINE_DECODINGS = {decoding_label(*d): d for d in ((1, 0.0, 0), (1, 0.0, 2))}
 
 
 def notebook_defaults():
@@ -93,7 +104,7 @@ def notebook_defaults():
               "label_smoothing": values["LABEL_SMOOTHING"], "batch_size": values["BATCH_SIZE"],
               "epochs": values["EPOCHS"], "patience": values["PATIENCE"]}
     width = values["BEAM_WIDTHS"][0] if values["BEAM_WIDTHS"] else 1
-    return config, decoding_label(width, values["LENGTH_PENALTY"])
+    return config, decoding_label(width, values["LENGTH_PENALTY"], values["NO_REPEAT_NGRAM"])
 
 class SharedData:
     """The shared subset's features and captions, prepared once per cleaning option."""
@@ -179,9 +190,9 @@ def score(model, vocab, data, config, decodings):
     references = [prepared.images[n]["references"] for n in dev]
     decoder = utils.CaptionDecoder(model, vocab)
     scores = {}
-    for label, (width, penalty) in decodings.items():
-        ids = (utils.greedy_search(decoder, features) if width == 1
-               else utils.beam_search(decoder, features, width, penalty))
+    for label, (width, penalty, no_repeat) in decodings.items():
+        ids = (utils.greedy_search(decoder, features, no_repeat) if width == 1
+               else utils.beam_search(decoder, features, width, penalty, no_repeat))
         hypotheses = [vocab.decode(c).split() for c in ids]
         s = utils.caption_scores(references, hypotheses, meteor=False)
         scores[label] = {k: round(v, 4) for k, v in s.items() if v is not None}
@@ -212,7 +223,7 @@ def main():
     parser.add_argument("--only", nargs="*", help="variants to tune (default: all)")
     parser.add_argument("--variants-only", action="store_true",
                         help="a further tuning round: no baseline, no default, no gains")
-    parser.add_argument("--out", default=str(RESULTS), help="where --tune writes every score")
+    parser.add_argument("--out", default=str(RESULTS), help="where every score is written")
     args = parser.parse_args()
     seeds = range(1 if args.quick else args.seeds)
     data = SharedData()
@@ -228,7 +239,7 @@ def main():
         model, vocab, seconds, epochs = train_baseline(data, seed, 3 if args.quick else None)
         results["baseline"].append({"seed": seed, "train_seconds": seconds, "epochs": epochs,
                                     "scores": score(model, vocab, data, BASELINE,
-                                                    {"greedy": (1, 0.0)})})
+                                                    BASELINE_DECODINGS)})
         print("baseline", seed, results["baseline"][-1]["scores"], file=sys.stderr)
     for name, config in configs.items():
         results[name] = []
@@ -239,7 +250,7 @@ def main():
                                   "scores": score(model, vocab, data, config, DECODINGS)})
             print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in
                                results[name][-1]["scores"].items()}, file=sys.stderr)
-        if args.tune and not args.quick:  # kept as it grows: a long tuning run can be cut short
+        if not args.quick:  # kept as it grows: a long run can be cut short
             utils.write_json(args.out, make_report(results, configs, decoding, data, args) | {"runs": results})
     print(json.dumps(make_report(results, configs, decoding, data, args)))
 
@@ -248,15 +259,20 @@ def make_report(results, configs, decoding, data, args):
     """Means and spreads per configuration; the gains of our default (with its default decoding,
     and with every other) over the baseline's greedy captions."""
     summary = {name: summarise(runs) for name, runs in results.items() if runs}
-    gains = {label: {metric: round(summary["default"][label][metric]["mean"]
-                                   - summary["baseline"]["greedy"][metric]["mean"], 4)
-                     for metric in ("bleu4", "cider_d")}
-             for label in DECODINGS} if {"default", "baseline"} <= set(summary) else None
+    def gains(baseline_decoding):
+        return {label: {metric: round(summary["default"][label][metric]["mean"]
+                                      - summary["baseline"][baseline_decoding][metric]["mean"], 4)
+                        for metric in ("bleu4", "cider_d")} for label in DECODINGS}
+
+    ours = {"default", "baseline"} <= set(summary)
+    over_greedy = gains("greedy") if ours else None
     return {
-        "bleu4_gain_over_baseline": gains and gains[decoding]["bleu4"],
-        "cider_gain_over_baseline": gains and gains[decoding]["cider_d"],
+        "bleu4_gain_over_baseline": over_greedy and over_greedy[decoding]["bleu4"],
+        "cider_gain_over_baseline": over_greedy and over_greedy[decoding]["cider_d"],
         "default_decoding": decoding,
-        "gains_by_decoding": gains,
+        "gains_by_decoding": over_greedy,
+        "gains_over_baseline_with_repeat_rule":
+            gains(decoding_label(1, 0.0, 2))[decoding] if ours else None,
         "summary": summary,
         "settings": {"baseline": BASELINE, "configurations": configs},
         "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",

@@ -62,11 +62,11 @@ def models_dir(sample_training, tmp_path_factory):
     return root
 
 
-def expected_caption(run_dir, image, beam_width=5, length_penalty=1.0):
+def expected_caption(run_dir, image, beam_width=5, length_penalty=1.0, no_repeat_ngram=2):
     """The caption `utils` gives, by default with the app's default decoding."""
     model, vocab, config = utils.load_run(run_dir)
     return utils.caption_image(utils.CaptionDecoder(model, vocab), utils.encoder_for_run(config),
-                               config, image, beam_width, length_penalty)
+                               config, image, beam_width, length_penalty, no_repeat_ngram)
 
 
 def app(monkeypatch, models_dir):
@@ -104,6 +104,9 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
 
     at.sidebar.radio[0].set_value("greedy").run()
     assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, 1, 0.0)
+                                               for run in ("shapes-large", "shapes-small")]
+    at.sidebar.checkbox[0].uncheck().run()
+    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, 1, 0.0, 0)
                                                for run in ("shapes-large", "shapes-small")]
 
 

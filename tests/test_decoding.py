@@ -44,10 +44,12 @@ def test_batched_greedy_equals_one_image_at_a_time():
     assert len({tuple(c) for c in batched}) > 1  # the check means something: captions differ
 
 
-def test_beam_width_one_is_greedy():
+@pytest.mark.parametrize("no_repeat_ngram", [0, 2])
+def test_beam_width_one_is_greedy(no_repeat_ngram):
     _, decoder = random_decoder(30, 8)
     images = features(10)
-    assert utils.beam_search(decoder, images, beam_width=1) == utils.greedy_search(decoder, images)
+    assert (utils.beam_search(decoder, images, beam_width=1, no_repeat_ngram=no_repeat_ngram)
+            == utils.greedy_search(decoder, images, no_repeat_ngram))
 
 
 def test_batched_beam_equals_one_image_at_a_time():
@@ -71,18 +73,25 @@ def caption_log_probs(model, vocab, image, candidates):
     return np.array([scores[tuple(w)] for w in candidates])
 
 
-@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_wide_beam_finds_the_exhaustive_best(length_penalty):
+def repeats_an_ngram(caption, n):
+    ngrams = [tuple(caption[i:i + n]) for i in range(len(caption) - n + 1)]
+    return len(ngrams) != len(set(ngrams))
+
+
+@pytest.mark.parametrize("length_penalty, no_repeat_ngram", [(0.0, 0), (1.0, 0), (0.0, 2)])
+def test_wide_beam_finds_the_exhaustive_best(length_penalty, no_repeat_ngram):
+    """Among every caption the rules allow (with `no_repeat_ngram`, those without a repeat)."""
     model, decoder = random_decoder(2, 3, seed=4)
     vocab = decoder.vocab
     tokens = range(len(utils.SPECIAL_TOKENS), len(vocab))  # the words a caption can hold
     candidates = [list(w) for n in range(vocab.max_length + 1)
-                  for w in itertools.product(tokens, repeat=n)]
+                  for w in itertools.product(tokens, repeat=n)
+                  if not (no_repeat_ngram and repeats_an_ngram(w, no_repeat_ngram))]
     lengths = np.array([len(w) + 1 for w in candidates])  # the words and <end>
     images = features(6, seed=5)
     found = utils.beam_search(decoder, images, beam_width=len(candidates),
-                              length_penalty=length_penalty)
-    greedy = utils.greedy_search(decoder, images)
+                              length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram)
+    greedy = utils.greedy_search(decoder, images, no_repeat_ngram)
     for image, caption in zip(images, found):
         scores = caption_log_probs(model, vocab, image, candidates) / lengths ** length_penalty
         assert caption == candidates[int(np.argmax(scores))]
@@ -113,3 +122,19 @@ def test_captions_never_say_unknown_even_when_it_is_likeliest():
     for captions in (utils.greedy_search(decoder, images),
                      utils.beam_search(decoder, images, beam_width=3)):
         assert all(captions) and all(i >= len(utils.SPECIAL_TOKENS) for c in captions for i in c)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_caption_repeats_an_ngram_under_the_rule_and_every_caption_ends(n):
+    model, decoder = random_decoder(4, 12)
+    bias = model.get_layer("next_word").get_weights()
+    bias[1][decoder.vocab.end_id] = -50.0  # long captions over 4 words: repeats are certain
+    model.get_layer("next_word").set_weights(bias)
+    images = features(5)
+    free = utils.greedy_search(decoder, images) + utils.beam_search(decoder, images, 3)
+    assert all(repeats_an_ngram(c, n) for c in free)  # what the rule must prevent
+    for captions in (utils.greedy_search(decoder, images, n),
+                     utils.beam_search(decoder, images, 3, no_repeat_ngram=n)):
+        assert all(c and not repeats_an_ngram(c, n) for c in captions)
+        if n == 1:  # four words said once each, then <end>, the only word left
+            assert [len(c) for c in captions] == [4] * 5

@@ -53,9 +53,10 @@ class CaptionDecoder:
         return log_probs.numpy(), h, c
 
 
-def greedy_search(decoder, features, batch_size=256):
-    """The most likely next word at every step, for many images at once. Returns one list of
-    word ids per image (without <start> and <end>)."""
+def greedy_search(decoder, features, no_repeat_ngram=0, batch_size=256):
+    """The most likely next word at every step, for many images at once; with `no_repeat_ngram`
+    n > 0, never a word that repeats an n-gram of the caption so far. Returns one list of word ids
+    per image (without <start> and <end>)."""
     vocab = decoder.vocab
     captions = []
     for first in range(0, len(features), batch_size):
@@ -67,6 +68,7 @@ def greedy_search(decoder, features, batch_size=256):
         for t in range(vocab.max_length + 1):
             log_probs, h, c = decoder.step(projection, words, h, c)
             _rule_out_impossible_words(log_probs, t, vocab)
+            _rule_out_repeated_ngrams(log_probs, out[:, :t], ~done, no_repeat_ngram)
             words = np.where(done, vocab.pad_id, log_probs.argmax(1)).astype("int32")
             out[:, t] = words
             done |= words == vocab.end_id
@@ -76,7 +78,8 @@ def greedy_search(decoder, features, batch_size=256):
     return captions
 
 
-def beam_search(decoder, features, beam_width=3, length_penalty=0.0, batch_size=64):
+def beam_search(decoder, features, beam_width=3, length_penalty=0.0, no_repeat_ngram=0,
+                batch_size=64):
     """Beam search for many images at once: every beam of every image in one step.
 
     Each image keeps `beam_width` partial captions ranked by their summed log-probability. A beam
@@ -85,8 +88,9 @@ def beam_search(decoder, features, beam_width=3, length_penalty=0.0, batch_size=
     pushes it out. A caption still open after `max_length` words gets its <end> there, so a model
     that never says <end> still gets a caption. The winner is the highest score divided by
     length ** `length_penalty` (0 = raw log-probability, which favours short captions; 1 = mean
-    per word), where length counts the words and the <end> token. Returns one list of word ids
-    per image (without <start> and <end>).
+    per word), where length counts the words and the <end> token. With `no_repeat_ngram` n > 0, no
+    beam repeats one of its own n-grams. Returns one list of word ids per image (without <start>
+    and <end>).
     """
     vocab, k = decoder.vocab, beam_width
     captions = []
@@ -101,6 +105,7 @@ def beam_search(decoder, features, beam_width=3, length_penalty=0.0, batch_size=
         for t in range(vocab.max_length + 1):
             log_probs, h, c = decoder.step(projection, words, h, c)
             _rule_out_impossible_words(log_probs, t, vocab)
+            _rule_out_repeated_ngrams(log_probs, sequences, ~done, no_repeat_ngram)
             log_probs[done] = -np.inf
             log_probs[done, vocab.pad_id] = 0.0  # a finished beam carries over unchanged
             log_probs[~done, vocab.pad_id] = -np.inf
@@ -132,6 +137,21 @@ def _rule_out_impossible_words(log_probs, t, vocab):
         log_probs[:, vocab.end_id] = end
 
 
+def _rule_out_repeated_ngrams(log_probs, sequences, live, n):
+    """No n-gram twice in one caption: the likeliest fault of a small model is to loop back on
+    itself ("a man in a boat and a boat"), which reads badly and matches no reference. A word that
+    would close an n-gram already in the caption is ruled out; <end> never is (a live caption has
+    not said it), so every caption can still finish. n = 0: no such rule."""
+    if not n or sequences.shape[1] < n - 1:
+        return
+    for b in np.flatnonzero(live):
+        caption = sequences[b]
+        tail = tuple(caption[len(caption) - n + 1:])
+        for i in range(len(caption) - n + 1):
+            if tuple(caption[i:i + n - 1]) == tail:
+                log_probs[b, caption[i + n - 1]] = -np.inf
+
+
 def _words(ids, vocab):
     """Word ids up to the first <end> or padding."""
     out = []
@@ -155,22 +175,25 @@ def encoder_for_run(config, weights_file=None):
     return build_encoder(config["encoder"], weights, config["input_size"])
 
 
-def caption_image(decoder, encoder, config, image, beam_width=3, length_penalty=0.0):
+def caption_image(decoder, encoder, config, image, beam_width=3, length_penalty=0.0,
+                  no_repeat_ngram=0):
     """The caption of one image (a path or an open file), read and scaled by the same
     `load_image` and `preprocess` as the feature cache; beam width 1 is greedy search.
     Raises ImageError, naming the image, for anything unusable."""
     pixels = load_image(image, config["input_size"])
     features = encoder.predict(preprocess(config["encoder"], pixels[None]), verbose=0)
-    return decoder.vocab.decode(beam_search(decoder, features, beam_width, length_penalty)[0])
+    return decoder.vocab.decode(
+        beam_search(decoder, features, beam_width, length_penalty, no_repeat_ngram)[0])
 
 
-def caption_image_files(decoder, encoder, config, paths, beam_width=3, length_penalty=0.0):
+def caption_image_files(decoder, encoder, config, paths, beam_width=3, length_penalty=0.0,
+                        no_repeat_ngram=0):
     """Captions for image files by path; an unreadable file gets "error: ..." instead."""
     results = {}
     for path in paths:
         try:
             results[str(path)] = caption_image(decoder, encoder, config, path, beam_width,
-                                               length_penalty)
+                                               length_penalty, no_repeat_ngram)
         except ImageError as e:
             results[str(path)] = f"error: {e}"
     return results
