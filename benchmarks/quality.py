@@ -17,16 +17,16 @@ references. The official test images are not in the subset, so nothing here touc
   from the training captions, words seen fewer than 10 times dropped, raw (unstandardised)
   features, one training sample per caption prefix with one-hot targets and categorical
   cross-entropy, Adam 1e-3, greedy decoding (also scored with our repeat rule, reported beside).
-  Same architecture, GloVe 50d (the only GloVe here;
-  the tutorials use 200d), and, more generous than the tutorials, its best epoch chosen on dev loss.
+  Same architecture, GloVe 50d (the only GloVe here; the tutorials use 200d), and, more generous
+  than the tutorials, its best epoch chosen on dev loss.
 
 `--tune` also trains each variant of VARIANTS (one change to the default each). Every score is
-written to benchmarks/results/quality.json (`--out`), except with `--quick`. Last line: one JSON object with, per
-configuration, the mean and standard deviation over seeds, and `bleu4_gain_over_baseline` /
-`cider_gain_over_baseline`: the means of our default, decoded as notebook 05 decodes by default
-(its first beam width), minus the baseline's greedy ones; `gains_by_decoding` gives them for
-every decoding, `gains_over_baseline_with_repeat_rule` against the baseline's greedy captions under
-our repeat rule.
+written to benchmarks/results/quality.json (`--out`), except with `--quick`. Last line: one JSON
+object with, per configuration, the mean and standard deviation over seeds, and
+`bleu4_gain_over_baseline` / `cider_gain_over_baseline`: the means of our default, decoded as
+notebook 05 decodes by default (its first beam width), minus the baseline's greedy ones;
+`gains_by_decoding` gives them for every decoding, `gains_over_baseline_with_repeat_rule` against
+the baseline's greedy captions under our repeat rule.
 """
 import argparse
 import ast
@@ -257,22 +257,25 @@ def main():
 
 def make_report(results, configs, decoding, data, args):
     """Means and spreads per configuration; the gains of our default (with its default decoding,
-    and with every other) over the baseline's greedy captions."""
+    and with every other) over the baseline's greedy captions, and over those under our repeat
+    rule."""
     summary = {name: summarise(runs) for name, runs in results.items() if runs}
+
     def gains(baseline_decoding):
         return {label: {metric: round(summary["default"][label][metric]["mean"]
                                       - summary["baseline"][baseline_decoding][metric]["mean"], 4)
                         for metric in ("bleu4", "cider_d")} for label in DECODINGS}
 
-    ours = {"default", "baseline"} <= set(summary)
-    over_greedy = gains("greedy") if ours else None
+    by_decoding = with_rule = None
+    if {"default", "baseline"} <= set(summary):
+        by_decoding = gains("greedy")
+        with_rule = gains(decoding_label(1, 0.0, 2))[decoding]
     return {
-        "bleu4_gain_over_baseline": over_greedy and over_greedy[decoding]["bleu4"],
-        "cider_gain_over_baseline": over_greedy and over_greedy[decoding]["cider_d"],
+        "bleu4_gain_over_baseline": by_decoding and by_decoding[decoding]["bleu4"],
+        "cider_gain_over_baseline": by_decoding and by_decoding[decoding]["cider_d"],
         "default_decoding": decoding,
-        "gains_by_decoding": over_greedy,
-        "gains_over_baseline_with_repeat_rule":
-            gains(decoding_label(1, 0.0, 2))[decoding] if ours else None,
+        "gains_by_decoding": by_decoding,
+        "gains_over_baseline_with_repeat_rule": with_rule,
         "summary": summary,
         "settings": {"baseline": BASELINE, "configurations": configs},
         "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",
