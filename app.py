@@ -19,8 +19,7 @@ from PIL import Image
 import utils
 
 MODELS_DIR = Path(os.environ.get("CAPTIONING_MODELS_DIR", "models"))
-# Notebook 05's defaults, the best measured on Flickr8k's dev split (README).
-BEAM_WIDTH, LENGTH_PENALTY, NO_REPEAT_NGRAM = 5, 1.0, 2
+DEFAULT = utils.DEFAULT_DECODING  # notebook 05's too: the best measured on Flickr8k's dev split
 
 
 def find_runs(models_dir):
@@ -32,33 +31,14 @@ def find_runs(models_dir):
 
 @st.cache_resource(show_spinner="Loading the run: model, vocabulary and encoder...")
 def load_captioner(run_dir):
-    """(decoder, encoder, config) of a run, built once per run folder and shared by every request."""
-    model, vocab, config = utils.load_run(run_dir)
-    decoder, encoder = utils.CaptionDecoder(model, vocab), utils.encoder_for_run(config)
+    """A run's `utils.Captioner`, built once per run folder and shared by every request."""
+    captioner = utils.Captioner.from_run(run_dir)
     # A first caption traces the encoder and the decoding step: the user's first photo is then
     # as quick as every later one.
     blank = io.BytesIO()
     Image.new("RGB", (8, 8), "white").save(blank, "PNG")
-    utils.caption_image(decoder, encoder, config, blank, BEAM_WIDTH, LENGTH_PENALTY,
-                        NO_REPEAT_NGRAM)
-    return decoder, encoder, config
-
-
-def describe_run(run_dir):
-    """A run's dataset, encoder and test-split scores (from notebook 05's evaluation JSON)."""
-    config = utils.read_json(run_dir / "config.json")
-    lines = [f"**{run_dir.name}**: {config['dataset']} dataset, {config['encoder']} "
-             f"({config['weights']} weights), {config['vocab_size']} words, trained on "
-             f"{config['train']['images']} images"]
-    evaluation = run_dir / "evaluation-test.json"
-    if evaluation.is_file():
-        scores = utils.read_json(evaluation)["scores"]
-        lines += [f"{label} on the test split: BLEU-4 {scores[label]['bleu4']:.3f}, "
-                  f"CIDEr-D {scores[label]['cider_d']:.2f}" for label in scores
-                  if "shuffled" not in label]  # the control is for notebook 05
-    else:
-        lines.append("not evaluated yet: run notebook 05 for its test scores")
-    return "  \n".join(lines)
+    utils.caption_image(captioner, blank, DEFAULT)
+    return captioner
 
 
 @st.cache_data(max_entries=32, show_spinner="Downloading the image...")
@@ -89,13 +69,14 @@ def main():
     with st.sidebar:
         chosen = st.multiselect("Runs (side by side)", runs, default=runs[:2])
         method = st.radio("Decoding", ["beam search", "greedy"])
-        width = st.slider("Beam width", 2, 10, BEAM_WIDTH) if method == "beam search" else 1
+        width = st.slider("Beam width", 2, 10, DEFAULT.beam_width) if method == "beam search" else 1
         penalty = st.slider("Length penalty (0: total log-probability; 1: per word)", 0.0, 2.0,
-                            LENGTH_PENALTY, 0.25) if method == "beam search" else 0.0
-        no_repeat = NO_REPEAT_NGRAM if st.checkbox("No word pair twice in a caption",
-                                                   value=True) else 0
+                            DEFAULT.length_penalty, 0.25) if method == "beam search" else 0.0
+        no_repeat = DEFAULT.no_repeat_ngram if st.checkbox(
+            f"No {DEFAULT.no_repeat_ngram} words in a row twice in a caption", value=True) else 0
+        setting = utils.DecodingSetting(width, penalty, no_repeat)
         for name in chosen:
-            st.markdown(describe_run(MODELS_DIR / name))
+            st.markdown(utils.describe_run(MODELS_DIR / name))
 
     uploads = st.file_uploader("Photos", accept_multiple_files=True)
     url = st.text_input("...or the address of an image on the web")
@@ -124,14 +105,12 @@ def main():
             continue
         picture, *columns = st.columns([1] + [1] * max(len(captioners), 1))
         picture.image(preview / 255.0, caption=image_name)
-        for column, (run, (decoder, encoder, config)) in zip(columns, captioners.items()):
+        for column, (run, captioner) in zip(columns, captioners.items()):
             start = time.perf_counter()
-            caption = utils.caption_image(decoder, encoder, config, as_file(image_name, data),
-                                          width, penalty, no_repeat)
+            caption = utils.caption_image(captioner, as_file(image_name, data), setting)
             column.markdown(f"**{run}**")
             column.subheader(caption)
-            how = f"{method}, width {width}, length penalty {penalty:g}" if width > 1 else method
-            column.caption(f"{how}; {1000 * (time.perf_counter() - start):.0f} ms")
+            column.caption(f"{setting.label}; {1000 * (time.perf_counter() - start):.0f} ms")
 
 
 main()

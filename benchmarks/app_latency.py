@@ -4,11 +4,12 @@
 
 Loads a trained run the way `app.py` does (model, vocabulary, the run's own encoder), captions one
 photo to trace the graphs, then times `utils.caption_image` (read, resize, encode, decode) on each
-further photo, one at a time, greedy and as the app does by default (beam 5, length
-penalty 1), both without repeated word pairs, as in the app. `make run` leaves the default run and
+further photo, one at a time, greedy and as the app does by default (utils.DEFAULT_DECODING:
+beam 5, length penalty 1), both without repeated word pairs, as in the app. `make run` leaves the default run and
 the sample images. Last line: one JSON object with the median and the slowest milliseconds.
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -34,24 +35,25 @@ def main():
     photos = sorted(Path(args.images).iterdir())[:11 if args.quick else 51]
 
     start = time.perf_counter()
-    model, vocab, config = utils.load_run(args.run)
-    decoder, encoder = utils.CaptionDecoder(model, vocab), utils.encoder_for_run(config)
-    utils.caption_image(decoder, encoder, config, photos[0])
+    captioner = utils.Captioner.from_run(args.run)
+    utils.caption_image(captioner, photos[0])
     load_seconds = time.perf_counter() - start
 
     milliseconds = {}
-    for label, width, penalty in (("greedy", 1, 0.0), ("beam5_length_penalty1", 5, 1.0)):
+    for setting in (dataclasses.replace(utils.DEFAULT_DECODING, beam_width=1),
+                    utils.DEFAULT_DECODING):
         times = []
         for photo in photos[1:]:
             start = time.perf_counter()
-            utils.caption_image(decoder, encoder, config, photo, width, penalty, no_repeat_ngram=2)
+            utils.caption_image(captioner, photo, setting)
             times.append(1000 * (time.perf_counter() - start))
-        milliseconds[label] = {"median": round(float(np.median(times)), 1),
-                               "max": round(float(np.max(times)), 1)}
+        milliseconds[setting.label] = {"median": round(float(np.median(times)), 1),
+                                       "max": round(float(np.max(times)), 1)}
+    source = captioner.config.features
     print(json.dumps({"milliseconds_per_photo": milliseconds,
                       "load_and_first_caption_seconds": round(load_seconds, 2),
                       "photos": len(photos) - 1, "run": Path(args.run).name,
-                      "encoder": f"{config['encoder']} at {config['input_size']}px",
+                      "encoder": f"{source.encoder} at {source.input_size}px",
                       "quick": args.quick}))
 
 

@@ -13,54 +13,14 @@ one JSON object with `greedy_speedup` and `beam3_speedup`.
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import seed_recipe  # noqa: E402
+from shared_data import SharedData  # noqa: E402
 import utils  # noqa: E402
-from training import load_shared  # noqa: E402
-
-
-def seed_predict(prefix, image, ids):
-    """The seeds' step: `model.predict` on the whole caption so far, pre-padded, for one image."""
-    padded = np.zeros((1, prefix.input[1].shape[1]), "int32")
-    padded[0, -len(ids):] = ids[-padded.shape[1]:]
-    return prefix.predict([image[None], padded], verbose=0)[0]
-
-
-def seed_greedy(prefix, vocab, image):
-    """The seed projects' decoding: re-run the model on the whole padded prefix for every word."""
-    ids = [vocab.start_id]
-    for _ in range(vocab.max_length + 1):
-        word = int(seed_predict(prefix, image, ids).argmax())
-        if word == vocab.end_id:
-            break
-        ids.append(word)
-    return ids[1:vocab.max_length + 1]
-
-
-def seed_beam(prefix, vocab, image, width):
-    """The seed projects' beam search: every beam of one image re-run from its full prefix."""
-    beams = [([vocab.start_id], 0.0)]
-    for _ in range(vocab.max_length + 1):
-        candidates = []
-        for ids, score in beams:
-            if ids[-1] == vocab.end_id:
-                candidates.append((ids, score))
-                continue
-            log_probs = np.log(seed_predict(prefix, image, ids) + 1e-12)
-            candidates += [(ids + [int(w)], score + log_probs[w])
-                           for w in np.argsort(-log_probs)[:width]]
-        beams = sorted(candidates, key=lambda b: -b[1])[:width]
-        if all(ids[-1] == vocab.end_id for ids, _ in beams):
-            break
-    return beams[0][0]
 
 
 def rate(function, n):
@@ -75,13 +35,14 @@ def main():
     args = parser.parse_args()
     n_images, n_baseline = (200, 5) if args.quick else (1000, 30)
 
-    prepared, vocab, names, features = load_shared()
-    rows, tokens = utils.encode_captions(prepared, vocab, "train", names)
-    keras.utils.set_random_seed(0)
-    model = utils.compile_model(utils.build_caption_model(
-        len(vocab), features.shape[1], feature_stats=utils.feature_statistics(features[rows])))
-    model.fit(utils.caption_dataset(features, rows, tokens), epochs=2, verbose=0)
-    images = features[np.arange(n_images) % len(features)]
+    vocab, data = SharedData().captions()
+    # Two epochs of plain training (no label smoothing, random embedding): realistic captions.
+    training = utils.TrainingConfig(label_smoothing=0.0)
+    model = utils.build_model(utils.ModelConfig(len(vocab), data.features.shape[1],
+                                                train_embedding=False),
+                              training, feature_stats=data.feature_statistics())
+    model.fit(data.datasets(training.batch_size, training.seed)[0], epochs=2, verbose=0)
+    images = data.features[np.arange(n_images) % len(data.features)]
 
     decoder = utils.CaptionDecoder(model, vocab)
     utils.greedy_search(decoder, images[:8])  # trace the step once, as any warm-up
@@ -90,11 +51,11 @@ def main():
     beam_rate, _ = rate(lambda: utils.beam_search(decoder, images, 3), n_images)
 
     prefix = utils.prefix_model(model, vocab.sequence_length - 1)
-    seed_greedy(prefix, vocab, images[0])
+    seed_recipe.greedy(prefix, vocab, images[0])
     seed_greedy_rate, seed_captions = rate(
-        lambda: [seed_greedy(prefix, vocab, im) for im in images[:n_baseline]], n_baseline)
+        lambda: [seed_recipe.greedy(prefix, vocab, im) for im in images[:n_baseline]], n_baseline)
     seed_beam_rate, _ = rate(
-        lambda: [seed_beam(prefix, vocab, im, 3) for im in images[:n_baseline]], n_baseline)
+        lambda: [seed_recipe.beam(prefix, vocab, im, 3) for im in images[:n_baseline]], n_baseline)
     same = sum(a == b for a, b in zip(seed_captions, greedy[:n_baseline]))
     print(json.dumps({
         "greedy_speedup": round(greedy_rate / seed_greedy_rate, 1),

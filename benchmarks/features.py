@@ -11,19 +11,16 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from shared_data import SHARED, shared_dir  # noqa: E402
 import utils  # noqa: E402
-
-IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "flickr8k" / "Images"
 
 
 def rate(n, seconds):
@@ -33,8 +30,10 @@ def rate(n, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 images, two batch sizes")
-    parser.add_argument("--images", type=Path, default=IMAGES)
+    parser.add_argument("--images", type=Path, default=SHARED / "Images")
     args = parser.parse_args()
+    if args.images == SHARED / "Images":
+        shared_dir()
     names = sorted(p.name for p in args.images.glob("*.jpg"))[:64 if args.quick else 320]
     paths = [str(args.images / n) for n in names]
     model = utils.build_encoder("inceptionv3", None)

@@ -9,17 +9,14 @@ of every word's vector). Last line: one JSON object with `seconds` and `naive_se
 """
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "flickr8k"
+from shared_data import shared_dir
+import utils
 
 
 def make_file(n_words, path):
@@ -55,8 +52,9 @@ def main():
     path = make_file(n_words, Path(tempfile.gettempdir()) / f"glove_bench_{n_words}_200d.txt")
 
     # Every word of the 6,000 official training images' captions: a larger vocabulary than any run's.
-    captions = utils.read_captions(SHARED / "Flickr8k.token.txt").captions
-    train = utils.read_split_file(SHARED / "Flickr_8k.trainImages.txt")
+    shared = shared_dir()
+    captions = utils.read_captions(shared / "Flickr8k.token.txt").captions
+    train = utils.read_split_file(shared / "Flickr_8k.trainImages.txt")
     vocab = utils.build_vocabulary([utils.clean_caption(c) for n in train for c in captions[n]], 1)
 
     start = time.perf_counter()

@@ -13,18 +13,15 @@ references. The official test images are not in the subset, so nothing here touc
   training by whole captions with sparse targets, checkpoint, early stopping, learning-rate
   schedule; decoded greedily and with beam search (widths 3 and 5), with and without length
   normalisation and the rule against repeated word pairs (notebook 05's NO_REPEAT_NGRAM).
-- Baseline, the seed projects' recipe (the InceptionV3 + GloVe tutorials): one-letter words dropped
-  from the training captions, words seen fewer than 10 times dropped, raw (unstandardised)
-  features, one training sample per caption prefix with one-hot targets and categorical
-  cross-entropy, Adam 1e-3, greedy decoding (also scored with our repeat rule, reported beside).
-  Same architecture, GloVe 50d (the only GloVe here; the tutorials use 200d), and, more generous
-  than the tutorials, its best epoch chosen on dev loss.
+- Baseline, the seed projects' recipe (seed_recipe.py: their cleaning, raw features, one-hot
+  prefix training, same architecture, best epoch on dev loss), decoded greedily (also scored with
+  our repeat rule, reported beside).
 
 `--tune` also trains each variant of VARIANTS (one change to the default each). Every score is
 written to benchmarks/results/quality.json (`--out`), except with `--quick`. Last line: one JSON
 object with, per configuration, the mean and standard deviation over seeds, and
 `bleu4_gain_over_baseline` / `cider_gain_over_baseline`: the means of our default, decoded as
-notebook 05 decodes by default (its first beam width), minus the baseline's greedy ones;
+notebook 05 and the app decode by default (utils.DEFAULT_DECODING), minus the baseline's greedy ones;
 `gains_by_decoding` gives them for every decoding, `gains_over_baseline_with_repeat_rule` against
 the baseline's greedy captions under our repeat rule.
 """
@@ -35,24 +32,18 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import papermill  # noqa: E402
 
+import seed_recipe  # noqa: E402
+from shared_data import FEATURES, REPO, SharedData  # noqa: E402
 import utils  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "flickr8k"
-FEATURES = SHARED / "features" / "efficientnet_lite0_imagenet.npz"
 RESULTS = REPO / "benchmarks" / "results" / "quality.json"
-# The settings the tutorials use; see the module docstring.
-BASELINE = {"drop_one_letter": True, "min_count": 10, "learning_rate": 1e-3, "dropout": 0.5,
-            "units": 256, "batch_size": 256, "epochs": 15, "patience": 2}
 # Each variant changes one setting of the current default. Earlier rounds, each against the
 # defaults of its day, are in benchmarks/results/quality-tuning*.json and the README's tuning table.
 VARIANTS = {
@@ -70,135 +61,53 @@ VARIANTS = {
     "random 200d embedding, trained": {"glove": False, "embedding_dim": 200},
     "batch 32": {"batch_size": 32},
 }
-
-
-def decoding_label(width, length_penalty, no_repeat_ngram):
-    label = "greedy" if width == 1 else f"beam {width}"
-    if width > 1 and length_penalty:
-        label += f", length penalty {length_penalty:g}"
-    return label + (f", no repeated {no_repeat_ngram}-gram" if no_repeat_ngram else "")
-
-
-# (beam width, length penalty, no_repeat_ngram); width 1 is greedy search.
-DECODINGS = {decoding_label(*d): d for d in (
+DECODINGS = [utils.DecodingSetting(*d) for d in (
     (1, 0.0, 0), (3, 0.0, 0), (5, 0.0, 0), (3, 1.0, 0), (5, 1.0, 0),
-    (1, 0.0, 2), (3, 1.0, 2), (5, 1.0, 2))}
+    (1, 0.0, 2), (3, 1.0, 2), (5, 1.0, 2))]
 # The seeds decode greedily, with nothing ruled out but what every decoding here rules out
 # (stage 5: <unk>, <pad>, <start>); also scored with our repeat rule, to show what it adds.
-BASELINE_DECODINGS = {decoding_label(*d): d for d in ((1, 0.0, 0), (1, 0.0, 2))}
+BASELINE_DECODINGS = [utils.DecodingSetting(1, 0.0, 0), utils.DecodingSetting(1, 0.0, 2)]
+MODEL_FIELDS = set(utils.ModelConfig.__dataclass_fields__) - {"vocab_size", "feature_dim"}
+TRAINING_FIELDS = set(utils.TrainingConfig.__dataclass_fields__) - {"seed"}
 
 
 def notebook_defaults():
-    """Our default training settings and decoding: the `parameters` cells of notebooks 01, 03, 04
-    and 05 (its first beam width, which also captions a user's own photos), as papermill reads them."""
+    """Our default settings: the `parameters` cells of notebooks 01, 03 and 04 as papermill reads
+    them (so the benchmark measures what a user runs), named as the records name them."""
     values = {}
-    for stem in ("01_prepare_captions", "03_glove_embeddings", "04_train_model",
-                 "05_decode_and_evaluate"):
+    for stem in ("01_prepare_captions", "03_glove_embeddings", "04_train_model"):
         for name, p in papermill.inspect_notebook(str(REPO / "notebooks" / f"{stem}.ipynb")).items():
             values[name] = ast.literal_eval(p["default"])
-    config = {"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
-              "glove": True, "embedding_dim": values["DIM"],
-              "train_embedding": values["TRAIN_EMBEDDING"], "units": values["UNITS"],
-              "dropout": values["DROPOUT"], "learning_rate": values["LEARNING_RATE"],
-              "lr_plateau_factor": values["LR_PLATEAU_FACTOR"],
-              "label_smoothing": values["LABEL_SMOOTHING"], "batch_size": values["BATCH_SIZE"],
-              "epochs": values["EPOCHS"], "patience": values["PATIENCE"]}
-    width = values["BEAM_WIDTHS"][0] if values["BEAM_WIDTHS"] else 1
-    return config, decoding_label(width, values["LENGTH_PENALTY"], values["NO_REPEAT_NGRAM"])
-
-class SharedData:
-    """The shared subset's features and captions, prepared once per cleaning option."""
-
-    def __init__(self):
-        self.names, features = utils.load_features(FEATURES)
-        self.features = np.asarray(features, "float32")
-        self.images_dir, self.captions_file, self.split_files = utils.find_dataset_files(SHARED)
-        self._prepared = {}
-        self.glove = None
-
-    def prepared(self, drop_one_letter):
-        if drop_one_letter not in self._prepared:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the token file names 8,090 images; 875 are here
-                self._prepared[drop_one_letter] = utils.prepare_dataset(
-                    self.captions_file, self.images_dir, self.split_files,
-                    drop_one_letter=drop_one_letter)[0]
-        return self._prepared[drop_one_letter]
-
-    def embedding(self, vocab, seed):
-        if self.glove is None:  # every training word's vector, read from the PyPI package once
-            words = {w for c in utils.split_captions(self.prepared(False), "train") for w in c.split()}
-            self.glove = utils.load_glove(words, "pypi", 50)[0]
-        return utils.embedding_matrix(vocab, self.glove, 50, seed=seed)
-
-    def captions(self, config):
-        """The vocabulary of `config`, and (image rows, tokens) of the train and dev captions."""
-        prepared = self.prepared(config["drop_one_letter"])
-        vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"), config["min_count"])
-        return vocab, *(utils.encode_captions(prepared, vocab, split, self.names)
-                        for split in ("train", "val"))
+    settings = {"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
+                "glove": True, "embedding_dim": values["DIM"]}
+    return settings | {field: values[field.upper()] for field in MODEL_FIELDS | TRAINING_FIELDS
+                       if field != "embedding_dim"}
 
 
-def train_ours(data, config, seed, run_dir):
+def train_ours(shared, config, seed, run_dir):
     """The notebook 04 path: returns (best model, vocabulary, training seconds, epochs run)."""
-    vocab, (rows, tokens), (val_rows, val_tokens) = data.captions(config)
-    keras.utils.set_random_seed(seed)
-    model = utils.build_caption_model(
-        len(vocab), data.features.shape[1], data.embedding(vocab, seed) if config["glove"] else None,
-        config["embedding_dim"], config["units"], config["dropout"], config["train_embedding"],
-        utils.feature_statistics(data.features[np.unique(rows)]))
-    utils.compile_model(model, config["learning_rate"], label_smoothing=config["label_smoothing"])
-    train = utils.caption_dataset(data.features, rows, tokens, config["batch_size"], seed=seed)
-    val = utils.caption_dataset(data.features, val_rows, val_tokens, 256, shuffle=False)
+    vocab, data = shared.captions(config["min_count"], config["drop_one_letter"])
+    model_config = utils.ModelConfig(len(vocab), data.features.shape[1],
+                                     **{f: config[f] for f in MODEL_FIELDS})
+    training = utils.TrainingConfig(seed=seed, **{f: config[f] for f in TRAINING_FIELDS})
+    embedding = shared.embedding(vocab, seed) if config["glove"] else None
+    model = utils.build_model(model_config, training, embedding, data.feature_statistics())
     start = time.perf_counter()
-    history = utils.train_caption_model(model, train, val, run_dir, config["epochs"],
-                                        config["patience"], config["lr_plateau_factor"], verbose=0)
+    history = utils.train_caption_model(model, data, run_dir, training, verbose=0)
     seconds = time.perf_counter() - start
     return keras.models.load_model(Path(run_dir) / "model.keras"), vocab, seconds, len(history)
 
 
-def train_baseline(data, seed, epochs=None):
-    """The seeds' recipe (module docstring): prefix samples, one-hot targets, raw features."""
-    config = BASELINE | ({"epochs": epochs} if epochs else {})
-    vocab, (rows, tokens), (val_rows, val_tokens) = data.captions(config)
-    keras.utils.set_random_seed(seed)
-    model = utils.build_caption_model(len(vocab), data.features.shape[1], data.embedding(vocab, seed),
-                                      units=config["units"], dropout=config["dropout"])
-    prefix_length = vocab.sequence_length - 1
-    prefixes = utils.prefix_model(model, prefix_length)
-    prefixes.compile(keras.optimizers.Adam(config["learning_rate"]), "categorical_crossentropy")
-
-    def samples(rows, tokens):
-        prefix, next_word, owner = utils.expand_prefixes(tokens, prefix_length)
-        return [data.features[rows[owner]], prefix], keras.utils.to_categorical(next_word, len(vocab))
-
-    x, y = samples(rows, tokens)
-    start = time.perf_counter()
-    fit = prefixes.fit(x, y, batch_size=config["batch_size"], epochs=config["epochs"], verbose=0,
-                       validation_data=samples(val_rows, val_tokens), callbacks=[
-                           keras.callbacks.EarlyStopping(patience=config["patience"],
-                                                         restore_best_weights=True)])
-    return model, vocab, time.perf_counter() - start, len(fit.history["loss"])
-
-
-def score(model, vocab, data, config, decodings):
-    """Dev-split scores of each decoding: BLEU-1..4, CIDEr-D and the distinct-caption count."""
-    prepared = data.prepared(config["drop_one_letter"])
-    row = {n: i for i, n in enumerate(data.names)}
-    dev = [n for n in prepared.names("val") if n in row]
-    features = data.features[[row[n] for n in dev]]
-    references = [prepared.images[n]["references"] for n in dev]
-    decoder = utils.CaptionDecoder(model, vocab)
-    scores = {}
-    for label, (width, penalty, no_repeat) in decodings.items():
-        ids = (utils.greedy_search(decoder, features, no_repeat) if width == 1
-               else utils.beam_search(decoder, features, width, penalty, no_repeat))
-        hypotheses = [vocab.decode(c).split() for c in ids]
-        s = utils.caption_scores(references, hypotheses, meteor=False)
-        scores[label] = {k: round(v, 4) for k, v in s.items() if v is not None}
-        scores[label]["distinct_captions"] = len({" ".join(h) for h in hypotheses})
-        scores[label]["example"] = " ".join(hypotheses[0])
-    return scores
+def score(model, vocab, shared, drop_one_letter, decodings):
+    """Dev-split scores of each decoding (utils.evaluate, without METEOR): BLEU-1..4, CIDEr-D,
+    the distinct-caption count and the first image's caption."""
+    names, features, references = shared.split("val", drop_one_letter)
+    training = [c.split() for c in utils.split_captions(shared.prepared(drop_one_letter), "train")]
+    results = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
+                             decodings, training, meteor=False)
+    return {entry["label"]: {k: round(v, 4) for k, v in entry["scores"].items() if v is not None}
+            | {"distinct_captions": entry["diagnostics"]["distinct_captions"],
+               "example": entry["captions"][names[0]]} for entry in results}
 
 
 def summarise(runs):
@@ -227,7 +136,7 @@ def main():
     args = parser.parse_args()
     seeds = range(1 if args.quick else args.seeds)
     data = SharedData()
-    default, decoding = notebook_defaults()
+    default, decoding = notebook_defaults(), utils.DEFAULT_DECODING.label
     configs = {} if args.variants_only else {"default": default}
     if args.tune:
         configs |= {name: default | change for name, change in VARIANTS.items()
@@ -236,10 +145,9 @@ def main():
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
     results = {"baseline": []}
     for seed in [] if args.variants_only else seeds:
-        model, vocab, seconds, epochs = train_baseline(data, seed, 3 if args.quick else None)
+        model, vocab, seconds, epochs = seed_recipe.train(data, seed, 3 if args.quick else None)
         results["baseline"].append({"seed": seed, "train_seconds": seconds, "epochs": epochs,
-                                    "scores": score(model, vocab, data, BASELINE,
-                                                    BASELINE_DECODINGS)})
+                                    "scores": score(model, vocab, data, True, BASELINE_DECODINGS)})
         print("baseline", seed, results["baseline"][-1]["scores"], file=sys.stderr)
     for name, config in configs.items():
         results[name] = []
@@ -247,7 +155,8 @@ def main():
             with tempfile.TemporaryDirectory() as run_dir:
                 model, vocab, seconds, epochs = train_ours(data, config, seed, run_dir)
             results[name].append({"seed": seed, "train_seconds": seconds, "epochs": epochs,
-                                  "scores": score(model, vocab, data, config, DECODINGS)})
+                                  "scores": score(model, vocab, data, config["drop_one_letter"],
+                                                  DECODINGS)})
             print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in
                                results[name][-1]["scores"].items()}, file=sys.stderr)
         if not args.quick:  # kept as it grows: a long run can be cut short
@@ -264,12 +173,12 @@ def make_report(results, configs, decoding, data, args):
     def gains(baseline_decoding):
         return {label: {metric: round(summary["default"][label][metric]["mean"]
                                       - summary["baseline"][baseline_decoding][metric]["mean"], 4)
-                        for metric in ("bleu4", "cider_d")} for label in DECODINGS}
+                        for metric in ("bleu4", "cider_d")} for label in [d.label for d in DECODINGS]}
 
     by_decoding = with_rule = None
     if {"default", "baseline"} <= set(summary):
         by_decoding = gains("greedy")
-        with_rule = gains(decoding_label(1, 0.0, 2))[decoding]
+        with_rule = gains(BASELINE_DECODINGS[1].label)[decoding]
     return {
         "bleu4_gain_over_baseline": by_decoding and by_decoding[decoding]["bleu4"],
         "cider_gain_over_baseline": by_decoding and by_decoding[decoding]["cider_d"],
@@ -277,7 +186,8 @@ def make_report(results, configs, decoding, data, args):
         "gains_by_decoding": by_decoding,
         "gains_over_baseline_with_repeat_rule": with_rule,
         "summary": summary,
-        "settings": {"baseline": BASELINE, "configurations": configs},
+        "settings": {"baseline": seed_recipe.CLEANING | seed_recipe.MODEL | seed_recipe.TRAINING,
+                     "configurations": configs},
         "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",
                  "train_images": len(data.prepared(False).names("train")),
                  "dev_images": len(data.prepared(False).names("val"))},

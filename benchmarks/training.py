@@ -14,29 +14,13 @@ seconds per epoch and validation loss per epoch for both.
 import argparse
 import json
 import os
-import sys
 import time
-import warnings
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from shared_data import SharedData  # noqa: E402
 import utils  # noqa: E402
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "flickr8k"
-
-
-def load_shared():
-    names, features = utils.load_features(SHARED / "features" / "efficientnet_lite0_imagenet.npz")
-    images_dir, captions_file, split_files = utils.find_dataset_files(SHARED)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the token file names 8,090 images; 875 are here
-        prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
-    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"), min_count=5)
-    return prepared, vocab, names, np.asarray(features, "float32")
 
 
 def train(model, run_epoch, epochs, val):
@@ -57,23 +41,23 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     epochs = 1 if args.quick else args.epochs
-    prepared, vocab, names, features = load_shared()
-    rows, tokens = utils.encode_captions(prepared, vocab, "train", names)
+    vocab, data = SharedData().captions()
+    features, (rows, tokens) = data.features, data.train
     if args.quick:
         keep = np.isin(rows, np.unique(rows)[:200])
         rows, tokens = rows[keep], tokens[keep]
-    val_rows, val_tokens = utils.encode_captions(prepared, vocab, "val", names)
-    val = utils.caption_dataset(features, val_rows, val_tokens, 256, shuffle=False)
-    stats = utils.feature_statistics(features[np.unique(rows)])
+    val = utils.caption_dataset(features, *data.val, 256, shuffle=False)
 
-    keras.utils.set_random_seed(0)
-    ours = utils.compile_model(utils.build_caption_model(len(vocab), features.shape[1],
-                                                         feature_stats=stats, dropout=0.0))
-    theirs_base = utils.compile_model(utils.build_caption_model(len(vocab), features.shape[1],
-                                                                feature_stats=stats, dropout=0.0))
+    # The same model twice, from the same initial weights; no dropout, so that both sides do the
+    # same arithmetic; plain cross-entropy.
+    config = utils.ModelConfig(len(vocab), features.shape[1], dropout=0.0, train_embedding=False)
+    training = utils.TrainingConfig(label_smoothing=0.0)
+    stats = utils.feature_statistics(features, rows)
+    ours = utils.build_model(config, training, feature_stats=stats)
+    theirs_base = utils.build_model(config, training, feature_stats=stats)
     theirs_base.set_weights(ours.get_weights())
     prefix_length = vocab.sequence_length - 1
-    theirs = utils.compile_model(utils.prefix_model(theirs_base, prefix_length))
+    theirs = utils.compile_model(utils.prefix_model(theirs_base, prefix_length), training)
 
     order_rng = np.random.default_rng(0)
     epoch_data = [utils.caption_dataset(features, rows[order], tokens[order], args.batch_size,

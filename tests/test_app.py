@@ -9,13 +9,11 @@ import sys
 import time
 import urllib.request
 
-import keras
-import numpy as np
 import pytest
 from PIL import Image
 
 import utils
-from conftest import REPO
+from conftest import REPO, train_sample_run
 
 # Importing streamlit sets MPLBACKEND=Agg for the whole process; the notebook kernels that other
 # tests start inherit the environment and would then show no plots. Put it back as it was.
@@ -28,45 +26,29 @@ APP = str(REPO / "app.py")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-def train_run(run_dir, prepared, vocab, names, features, cache, seed, units):
-    """A small real run on the sample's shapes, saved as notebook 04 saves one."""
-    rows, tokens = utils.encode_captions(prepared, vocab, "train", names)
-    val_rows, val_tokens = utils.encode_captions(prepared, vocab, "val", names)
-    keras.utils.set_random_seed(seed)
-    model = utils.compile_model(utils.build_caption_model(
-        len(vocab), features.shape[1], units=units, dropout=0.2,
-        feature_stats=utils.feature_statistics(features[np.unique(rows)])), 3e-3)
-    utils.train_caption_model(model, utils.caption_dataset(features, rows, tokens, seed=seed),
-                              utils.caption_dataset(features, val_rows, val_tokens, shuffle=False),
-                              run_dir, epochs=8, patience=8, verbose=0)
-    utils.save_run_config(run_dir, vocab, {
-        "dataset": "sample", "encoder": "inceptionv3", "weights": "random", "input_size": 75,
-        "features": str(cache), "feature_dim": int(features.shape[1]), "vocab_size": len(vocab),
-        "train": {"images": int(len(np.unique(rows)))}})
-
-
 @pytest.fixture(scope="module")
 def models_dir(sample_training, tmp_path_factory):
-    """Two runs trained on the sample (random InceptionV3 at 75x75, so a photo can be encoded
-    again), one with test scores, and one trained on external features (it cannot caption)."""
-    prepared, vocab, names, features = sample_training
-    cache = "sample features (random InceptionV3 at 75x75)"
+    """Two runs trained on the sample, one with test scores, and one trained on external
+    features (it cannot caption)."""
     root = tmp_path_factory.mktemp("models")
-    train_run(root / "shapes-small", prepared, vocab, names, features, cache, 0, 64)
-    train_run(root / "shapes-large", prepared, vocab, names, features, cache, 1, 128)
-    utils.write_json(root / "shapes-small" / "evaluation-test.json", {"scores": {
-        "greedy": {"bleu4": 0.4321, "cider_d": 1.234}, "beam 3": {"bleu4": 0.5432, "cider_d": 2.345}}})
+    train_sample_run(root / "shapes-small", sample_training, seed=0, units=64)
+    train_sample_run(root / "shapes-large", sample_training, seed=1, units=128)
+    utils.write_evaluation(root / "shapes-small", "test", [
+        {"label": "greedy", "shuffled_images": False, "scores": {"bleu4": 0.4321, "cider_d": 1.234}},
+        {"label": "beam 3", "shuffled_images": False, "scores": {"bleu4": 0.5432, "cider_d": 2.345}},
+        {"label": "greedy, shuffled images", "shuffled_images": True,
+         "scores": {"bleu4": 0.1111, "cider_d": 0.111}}], images=50)
     shutil.copytree(root / "shapes-small", root / "theirs-external")
     config = utils.read_json(root / "theirs-external" / "config.json")
-    utils.write_json(root / "theirs-external" / "config.json", config | {"weights": "external"})
+    config["features"] = {"kind": "external", "path": "mine.npz", "dim": config["features"]["dim"],
+                          "encoder": None, "weights": None, "input_size": None}
+    utils.write_json(root / "theirs-external" / "config.json", config)
     return root
 
 
-def expected_caption(run_dir, image, beam_width=5, length_penalty=1.0, no_repeat_ngram=2):
+def expected_caption(run_dir, image, setting=utils.DEFAULT_DECODING):
     """The caption `utils` gives, by default with the app's default decoding."""
-    model, vocab, config = utils.load_run(run_dir)
-    return utils.caption_image(utils.CaptionDecoder(model, vocab), utils.encoder_for_run(config),
-                               config, image, beam_width, length_penalty, no_repeat_ngram)
+    return utils.caption_image(utils.Captioner.from_run(run_dir), image, setting)
 
 
 def app(monkeypatch, models_dir):
@@ -92,6 +74,8 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
     sidebar = " ".join(m.value for m in at.sidebar.markdown)
     assert "sample dataset, inceptionv3 (random weights)" in sidebar
     assert "beam 3 on the test split: BLEU-4 0.543, CIDEr-D 2.35" in sidebar
+    assert "greedy on the test split: BLEU-4 0.432, CIDEr-D 1.23" in sidebar
+    assert "shuffled" not in sidebar and "0.111" not in sidebar  # the control is for notebook 05
     assert "shapes-large" in sidebar and "not evaluated yet" in sidebar
 
     photo = sorted((sample_root / "Images").iterdir())[0]
@@ -102,11 +86,13 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
                         for run in ("shapes-large", "shapes-small")]
     assert all(len(c.split()) >= 3 for c in captions)
 
+    greedy = utils.DecodingSetting(1, 0.0, utils.DEFAULT_DECODING.no_repeat_ngram)
     at.sidebar.radio[0].set_value("greedy").run()
-    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, 1, 0.0)
+    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, greedy)
                                                for run in ("shapes-large", "shapes-small")]
     at.sidebar.checkbox[0].uncheck().run()
-    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, 1, 0.0, 0)
+    free = utils.DecodingSetting(1, 0.0, 0)
+    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, free)
                                                for run in ("shapes-large", "shapes-small")]
 
 

@@ -13,7 +13,8 @@ def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0):
     keras.utils.set_random_seed(seed)
     words = [*utils.SPECIAL_TOKENS, *(f"w{i}" for i in range(n_words))]
     vocab = utils.Vocabulary(words, max_length)
-    model = utils.build_caption_model(len(vocab), feature_dim, embedding_dim=5, units=units)
+    model = utils.build_caption_model(utils.ModelConfig(len(vocab), feature_dim, embedding_dim=5,
+                                                        units=units))
     for layer in ("decoder", "next_word"):  # larger logits than the initialisation gives
         weights = model.get_layer(layer).get_weights()
         model.get_layer(layer).set_weights([weights[0] * 4, weights[1]])
@@ -138,3 +139,25 @@ def test_no_caption_repeats_an_ngram_under_the_rule_and_every_caption_ends(n):
         assert all(c and not repeats_an_ngram(c, n) for c in captions)
         if n == 1:  # four words said once each, then <end>, the only word left
             assert [len(c) for c in captions] == [4] * 5
+
+
+def test_decode_picks_the_search_of_its_setting():
+    _, decoder = random_decoder(30, 8)
+    images = features(6)
+    assert (utils.decode(decoder, images, utils.DecodingSetting(1, 0.0, 2))
+            == utils.greedy_search(decoder, images, 2))
+    assert (utils.decode(decoder, images, utils.DecodingSetting(3, 0.0, 0))
+            == utils.beam_search(decoder, images, 3, 0.0, 0))
+    assert (utils.decode(decoder, images)
+            == utils.beam_search(decoder, images, 5, 1.0, 2))  # DEFAULT_DECODING
+
+
+def test_decoding_settings_are_checked_and_labelled():
+    assert utils.DEFAULT_DECODING == utils.DecodingSetting(5, 1.0, 2)
+    assert utils.DEFAULT_DECODING.label == "beam 5, length penalty 1, no repeated 2-gram"
+    greedy = utils.DecodingSetting(1, 1.0, 0)
+    assert greedy.length_penalty == 0.0 and greedy == utils.DecodingSetting(1, 0.0, 0)
+    assert greedy.label == "greedy"
+    for bad in [(0, 0.0, 0), (3, -1.0, 0), (3, 0.0, -2)]:
+        with pytest.raises(ValueError, match="not a decoding setting"):
+            utils.DecodingSetting(*bad)

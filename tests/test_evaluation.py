@@ -46,3 +46,37 @@ def test_diagnostics_catch_one_caption_for_every_image():
                       "words_used": 3, "mean_length": 3.0, "copied_from_training": 1.0}
     varied = utils.caption_diagnostics([["a", "dog"], ["a", "cat", "sits"]], [["a", "cat", "sits"]])
     assert (varied["distinct_captions"], varied["copied_from_training"]) == (2, 0.5)
+
+
+def test_evaluate_scores_each_setting_and_the_shuffled_control(sample_training, tmp_path):
+    """On a trained run: one entry per setting with the scores of its own captions, the control
+    with the images shuffled, and the results file read back as written."""
+    from conftest import train_sample_run
+
+    prepared, vocab, names, features = sample_training
+    model, vocab, _ = utils.load_run(train_sample_run(tmp_path / "run", sample_training, epochs=6))
+    decoder = utils.CaptionDecoder(model, vocab)
+    row = {n: i for i, n in enumerate(names)}
+    test = prepared.names("test")[:20]
+    references = [prepared.images[n]["references"] for n in test]
+    greedy, beam = utils.DecodingSetting(1, 0.0, 2), utils.DecodingSetting(3, 1.0, 2)
+    results = utils.evaluate(decoder, test, features[[row[n] for n in test]], references,
+                             [greedy, beam], [c.split() for c in utils.split_captions(prepared, "train")],
+                             control=greedy, meteor=False)
+    assert [e["label"] for e in results] == [
+        "greedy, no repeated 2-gram", "beam 3, length penalty 1, no repeated 2-gram",
+        "greedy, no repeated 2-gram, shuffled images"]
+    for entry, setting in zip(results, [greedy, beam]):
+        assert entry is utils.find_result(results, setting)
+        hypotheses = [vocab.decode(ids).split()
+                      for ids in utils.decode(decoder, features[[row[n] for n in test]], setting)]
+        assert list(entry["captions"].values()) == [" ".join(h) for h in hypotheses]
+        assert entry["scores"] == utils.caption_scores(references, hypotheses, meteor=False)
+        assert entry["diagnostics"]["images"] == 20
+    control = utils.find_result(results, greedy, shuffled_images=True)
+    assert control["scores"]["bleu4"] < results[0]["scores"]["bleu4"]
+    with pytest.raises(KeyError, match="no result for beam 5"):
+        utils.find_result(results, utils.DEFAULT_DECODING)
+    utils.write_evaluation(tmp_path / "run", "test", results, len(test))
+    assert utils.read_evaluation(tmp_path / "run", "test")["results"] == results
+    assert utils.read_evaluation(tmp_path / "run", "val") is None

@@ -1,6 +1,7 @@
 """Stage 2 with random weights (no download) and small images written by the tests."""
 import json
 import socket
+import urllib.request
 import warnings
 
 import numpy as np
@@ -173,19 +174,39 @@ def test_local_weights_file(tmp_path):
         utils.build_encoder("alexnet", None)
 
 
-def online():
-    try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
+def test_imagenet_weights_offline_say_what_to_do(monkeypatch, tmp_path):
+    """Offline for certain, online or not: Keras's download goes through a proxy on a closed
+    loopback port, into an empty Keras folder (no cached weights)."""
+    import keras.src.backend.config
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(urllib.request, "_opener", urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": dead, "https": dead})))
+    monkeypatch.setattr(keras.src.backend.config, "_KERAS_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="could not download the ImageNet weights of VGG16"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            utils.build_encoder("vgg16", "imagenet", 32)
 
 
-def test_imagenet_weights_offline_say_what_to_do():
-    if online():  # with internet the real download must work
-        assert utils.build_encoder("vgg16", "imagenet", 32).output_shape == (None, 512)
-    else:
-        with pytest.raises(RuntimeError, match="could not download the ImageNet weights of VGG16"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                utils.build_encoder("vgg16", "imagenet", 32)
+def test_feature_source_of_a_cache_and_of_an_npz(sample_root, tmp_path, encoder):
+    names = ["shapes_00000.jpg", "shapes_00001.jpg"]
+    cache = utils.cache_dir(tmp_path / "features", "inceptionv3", None, SIZE)
+    with pytest.raises(FileNotFoundError, match="none finished feature caches of inceptionv3; run "
+                                                "notebook 02 first"):
+        utils.find_feature_cache(tmp_path / "features", "inceptionv3")
+    utils.extract_features(sample_root / "Images", names, cache, "inceptionv3", None, SIZE,
+                           model=encoder)
+    assert utils.find_feature_cache(tmp_path / "features", "InceptionV3") == cache
+    assert utils.feature_source(cache) == utils.FeatureSource(
+        "cache", str(cache), 2048, "inceptionv3", "random", SIZE)
+    npz = tmp_path / "mine.npz"
+    np.savez(npz, names=np.array(names), features=np.zeros((2, 7), "float16"))
+    assert utils.feature_source(npz) == utils.FeatureSource("external", str(npz), 7)
+    utils.extract_features(sample_root / "Images", names[:1],
+                           utils.cache_dir(tmp_path / "features", "inceptionv3", None, 80),
+                           "inceptionv3", None, 80)
+    with pytest.raises(FileNotFoundError, match="2 .*inceptionv3-random-75.*set FEATURES"):
+        utils.find_feature_cache(tmp_path / "features", "inceptionv3")

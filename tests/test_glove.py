@@ -95,8 +95,10 @@ def test_coverage_report():
 
 def test_saved_matrix_refuses_another_vocabulary(tmp_path):
     matrix = utils.embedding_matrix(VOCAB, {}, 8)
-    utils.save_embedding(tmp_path / "embedding.npy", matrix, VOCAB, {"source": "test"})
-    assert np.array_equal(utils.load_embedding(tmp_path / "embedding.npy", VOCAB), matrix)
+    info = {"source": "test", "dim": 8, "oov": "random"}
+    utils.save_embedding(tmp_path / "embedding.npy", matrix, VOCAB, info | {"coverage": {}})
+    loaded, loaded_info = utils.load_embedding(tmp_path / "embedding.npy", VOCAB)
+    assert np.array_equal(loaded, matrix) and loaded_info == info
     other = utils.Vocabulary([*utils.SPECIAL_TOKENS, "dog", "cat", "emu"], 5)
     with pytest.raises(ValueError, match="another vocabulary"):
         utils.load_embedding(tmp_path / "embedding.npy", other)

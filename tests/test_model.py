@@ -22,8 +22,8 @@ def test_sequence_model_equals_prefix_expansion():
     the one-pass sequence model agree for every prefix of every caption."""
     keras.utils.set_random_seed(0)
     stats = (np.random.default_rng(1).normal(size=F), np.random.default_rng(2).uniform(0.5, 2, F))
-    model = utils.build_caption_model(V, F, np.random.default_rng(3).normal(0, 0.4, (V, 8)),
-                                      units=16, feature_stats=stats)
+    model = utils.build_caption_model(utils.ModelConfig(V, F, embedding_dim=8, units=16),
+                                      np.random.default_rng(3).normal(0, 0.4, (V, 8)), stats)
     length = 9
     prefix = utils.prefix_model(model, length)
     features = np.random.default_rng(4).normal(size=(5, F)).astype("float32")
@@ -79,7 +79,8 @@ def test_caption_dataset_buckets_by_length():
 
 def test_loss_ignores_padding():
     keras.utils.set_random_seed(0)
-    model = utils.compile_model(utils.build_caption_model(V, F, units=8))
+    model = utils.build_model(utils.ModelConfig(V, F, units=8),
+                              utils.TrainingConfig(label_smoothing=0.0))
     features = np.ones((1, F), "float32")
     short = np.array([[2, 5, 3]], "int32")
     padded = np.array([[2, 5, 3, 0, 0]], "int32")
@@ -106,34 +107,43 @@ def test_label_smoothing_loss_matches_keras(tmp_path):
     assert smoothed == pytest.approx(float(np.mean(one_hot)), rel=1e-5)
     assert abs(smoothed - float(sparse)) > 0.01  # smoothing changes the loss: the test can fail
 
-    model = utils.compile_model(utils.build_caption_model(V, F, units=8), label_smoothing=0.1)
+    model = utils.build_model(utils.ModelConfig(V, F, units=8), utils.TrainingConfig())
+    assert utils.TrainingConfig().label_smoothing == 0.1
     model.save(tmp_path / "m.keras")
     assert keras.models.load_model(tmp_path / "m.keras").loss.smoothing == 0.1
 
 
-def test_feature_statistics_floor_the_variance():
+def test_feature_statistics_floor_the_variance_and_count_each_image_once():
     features = np.random.default_rng(0).normal(size=(50, 4))
     features[:, 2] = 7.0
-    mean, variance = utils.feature_statistics(features)
-    assert mean[2] == pytest.approx(7.0) and variance[2] > 0
+    rows = np.repeat(np.arange(50), 5)  # five captions per image
+    mean, variance = utils.feature_statistics(features, rows)
+    raw = features.var(0)
+    np.testing.assert_allclose(mean, features.mean(0))
+    np.testing.assert_allclose(variance[[0, 1, 3]], raw[[0, 1, 3]])
+    assert variance[2] == pytest.approx(0.01 * raw.mean() + 1e-12)  # the promised floor
+    assert variance[2] > 1e-3  # far above the constant column's own variance, 0
+    # An image with more captions than another weighs no more in the statistics.
+    uneven = np.concatenate([rows, np.zeros(100, int)])
+    np.testing.assert_allclose(utils.feature_statistics(features, uneven)[0], features.mean(0))
+
+
+SMALL_MODEL = dict(units=128, dropout=0.2)
+FAST_TRAINING = dict(learning_rate=3e-3, label_smoothing=0.0)
 
 
 def fit(sample_training, run_dir, epochs, shuffle_images=False, seed=0, extra_callbacks=(),
         lr_plateau_factor=0.5):
     prepared, vocab, names, features = sample_training
-    keras.utils.set_random_seed(seed)
-    if shuffle_images:  # every caption paired with some other image's features
-        features = features[np.random.default_rng(seed).permutation(len(features))]
-    train_rows, train_tokens = utils.encode_captions(prepared, vocab, "train", names)
-    val_rows, val_tokens = utils.encode_captions(prepared, vocab, "val", names)
-    model = utils.compile_model(utils.build_caption_model(
-        len(vocab), features.shape[1], units=128, dropout=0.2,
-        feature_stats=utils.feature_statistics(features[np.unique(train_rows)])), 3e-3)
-    history = utils.train_caption_model(
-        model, utils.caption_dataset(features, train_rows, train_tokens, 64, seed=seed),
-        utils.caption_dataset(sample_training[3], val_rows, val_tokens, 64, shuffle=False),
-        run_dir, epochs, patience=epochs, lr_plateau_factor=lr_plateau_factor,
-        extra_callbacks=extra_callbacks, verbose=0)
+    data = utils.CaptionData.encode(prepared, vocab, names, features)
+    if shuffle_images:  # every training caption paired with some other image's features
+        rows, tokens = data.train
+        data.train = (np.random.default_rng(seed).permutation(len(features))[rows], tokens)
+    training = utils.TrainingConfig(epochs=epochs, patience=epochs, seed=seed,
+                                    lr_plateau_factor=lr_plateau_factor, **FAST_TRAINING)
+    model = utils.build_model(utils.ModelConfig(len(vocab), features.shape[1], **SMALL_MODEL),
+                              training, feature_stats=data.feature_statistics())
+    history = utils.train_caption_model(model, data, run_dir, training, extra_callbacks, verbose=0)
     return model, history
 
 
@@ -178,26 +188,12 @@ def test_interrupted_training_resumes(sample_training, tmp_path):
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     assert all(h["learning_rate"] > 0 for h in history)  # the schedule is logged
     assert (run / "model.keras").is_file() and not (run / "backup").exists()
-    best = keras.models.load_model(run / "model.keras")
+    best = utils.compile_model(keras.models.load_model(run / "model.keras"),
+                               utils.TrainingConfig(**FAST_TRAINING))
     prepared, vocab, names, features = sample_training
-    rows, tokens = utils.encode_captions(prepared, vocab, "val", names)
-    best = utils.compile_model(best)
-    val_loss = best.evaluate(utils.caption_dataset(features, rows, tokens, 64, shuffle=False), verbose=0)
+    val_data = utils.CaptionData.encode(prepared, vocab, names, features).datasets(64)[1]
+    val_loss = best.evaluate(val_data, verbose=0)
     assert val_loss == pytest.approx(min(h["val_loss"] for h in history), rel=1e-3)
-
-
-def test_run_directory_is_self_contained(sample_training, tmp_path):
-    prepared, vocab, names, features = sample_training
-    model, _ = fit(sample_training, tmp_path / "run", 1)
-    utils.save_run_config(tmp_path / "run", vocab, {"encoder": "inceptionv3", "feature_dim": 2048})
-    loaded, loaded_vocab, config = utils.load_run(tmp_path / "run")
-    assert loaded_vocab == vocab and config["feature_dim"] == 2048
-    tokens = np.array([vocab.encode(prepared.images[names[0]]["captions"][0])])
-    x = [features[:1], tokens[:, :-1]]
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), keras.models.load_model(
-        tmp_path / "run" / "model.keras").predict(x, verbose=0))
-    with pytest.raises(FileNotFoundError, match="no model.keras"):
-        utils.load_run(tmp_path / "nothing")
 
 
 def test_expand_prefixes_pre_pads_every_prefix():

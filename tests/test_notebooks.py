@@ -1,15 +1,20 @@
-"""Every notebook, executed end to end with papermill on the sample dataset, in order.
+"""Every notebook, executed end to end with papermill on the sample dataset, in order, once.
 
 Each stage reads only the files the previous ones wrote (in a temporary data folder), so this also
-proves there is no hidden state between notebooks.
+proves there is no hidden state between notebooks. The executed notebooks are shared by every test
+here: each test asks for them, so any one of them runs alone as well as with the others.
 """
+import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
+import utils
 from conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -17,11 +22,39 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SMALL = {"04_train_model": {"EPOCHS": 15}}
 # Measured: greedy BLEU-4 0.713 on the sample test split after 15 epochs, 0.229 with shuffled features.
 BLEU4_BAR = 0.5
+# Appended to the notebooks that must not load TensorFlow, to look inside their kernels.
+TF_PROBE = 'import sys; print("tensorflow loaded:", "tensorflow" in sys.modules)'
+WITHOUT_TENSORFLOW = ("01_prepare_captions", "03_glove_embeddings")
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("pipeline")
+@pytest.fixture(scope="session")
+def executed(tmp_path_factory):
+    """{notebook stem: executed notebook}, all five run in order in one temporary folder."""
+    workdir = tmp_path_factory.mktemp("pipeline")
+    executed = {}
+    for notebook in NOTEBOOKS:
+        nb = nbformat.read(notebook, as_version=4)
+        if notebook.stem in WITHOUT_TENSORFLOW:
+            nb.cells.append(nbformat.v4.new_code_cell(TF_PROBE))
+        source = workdir / f"source-{notebook.name}"
+        nbformat.write(nb, source)
+        parameters = {"DATA_DIR": str(workdir / "data"), "MODELS_DIR": str(workdir / "models"),
+                      **SMALL.get(notebook.stem, {})}
+        out = workdir / notebook.name
+        papermill.execute_notebook(str(source), str(out), parameters=parameters, cwd=str(REPO),
+                                   progress_bar=False)
+        executed[notebook.stem] = json.loads(out.read_text())
+    executed["workdir"] = workdir
+    return executed
+
+
+def outputs(notebook):
+    return [o for c in notebook["cells"] for o in c.get("outputs", [])]
+
+
+def printed(notebook):
+    return "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                   for o in outputs(notebook) if o["output_type"] == "stream")
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -32,47 +65,86 @@ def test_notebook_is_committed_clean(notebook):
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
+def test_every_notebook_has_the_same_setup_cell():
+    setups = {p.stem: nbformat.read(p, as_version=4).cells[1].source for p in NOTEBOOKS}
+    assert setups["01_prepare_captions"].startswith("# Setup.")
+    assert len(set(setups.values())) == 1, "the setup cells differ"
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(notebook, workdir):
-    parameters = {"DATA_DIR": str(workdir / "data"), "MODELS_DIR": str(workdir / "models"),
-                  **SMALL.get(notebook.stem, {})}
-    out = workdir / notebook.name
-    papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(REPO),
-                               progress_bar=False)
-    executed = json.loads(out.read_text())
-    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert not errors
-    assert any("image/png" in o.get("data", {}) for c in executed["cells"]
-               for o in c.get("outputs", [])), "every notebook shows at least one plot"
+def test_notebook_runs_and_shows_a_plot(notebook, executed):
+    cells = executed[notebook.stem]
+    assert not [o for o in outputs(cells) if o["output_type"] == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs(cells)), \
+        "every notebook shows at least one plot"
 
 
-def test_captions_show_real_learning(workdir):
+@pytest.mark.parametrize("stem", WITHOUT_TENSORFLOW)
+def test_notebooks_without_a_model_never_load_tensorflow(stem, executed):
+    assert "tensorflow loaded: False" in printed(executed[stem])
+
+
+def test_importing_utils_does_not_load_tensorflow():
+    code = ("import sys, utils; utils.clean_caption('A dog.'); utils.Vocabulary; "
+            "assert 'tensorflow' not in sys.modules, 'loaded too early'; "
+            "utils.DecodingSetting; assert 'tensorflow' in sys.modules, 'loaded on first use'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_notebook_defaults_are_the_package_defaults():
+    """Notebook 04's training settings are TrainingConfig's and ModelConfig's defaults, and
+    notebook 05 decodes by default (its first beam width) as DEFAULT_DECODING says."""
+    values = {}
+    for stem in ("04_train_model", "05_decode_and_evaluate"):
+        for name, p in papermill.inspect_notebook(str(REPO / "notebooks" / f"{stem}.ipynb")).items():
+            values[name] = ast.literal_eval(p["default"])
+    training = utils.TrainingConfig(
+        values["EPOCHS"], values["BATCH_SIZE"], values["LEARNING_RATE"],
+        values["LR_PLATEAU_FACTOR"], values["LABEL_SMOOTHING"], values["PATIENCE"], values["SEED"],
+        values["MIXED_PRECISION"], values["XLA"])
+    assert training == utils.TrainingConfig()
+    model = utils.ModelConfig(1, 1, values["ARCHITECTURE"], 50, values["UNITS"], values["DROPOUT"],
+                              values["TRAIN_EMBEDDING"])
+    assert model == utils.ModelConfig(1, 1)
+    assert utils.DecodingSetting(values["BEAM_WIDTHS"][0], values["LENGTH_PENALTY"],
+                                 values["NO_REPEAT_NGRAM"]) == utils.DEFAULT_DECODING
+
+
+def test_notebook_05_shows_the_plain_greedy_loop_agreeing_with_the_fast_one(executed):
+    lines = printed(executed["05_decode_and_evaluate"]).splitlines()
+    plain = next(l for l in lines if l.startswith("one word at a time:")).split(":", 1)[1].strip()
+    fast = next(l for l in lines if l.startswith("utils.greedy_search:")).split(":", 1)[1].strip()
+    assert plain == fast and len(plain.split()) >= 3
+
+
+def test_captions_show_real_learning(executed):
     """Notebook 05's results on the sample's test split: the model trained by notebook 04 must
     caption the shapes far better than it does given other images' features."""
-    results = json.loads((workdir / "models" / "sample-inceptionv3" / "evaluation-test.json")
-                         .read_text())
-    scores = results["scores"]
-    print({label: round(s["bleu4"], 3) for label, s in scores.items()})
-    assert scores["greedy"]["bleu4"] >= BLEU4_BAR
-    assert scores["greedy"]["bleu4"] >= 2 * scores["greedy, shuffled images"]["bleu4"]
-    assert scores["greedy"]["distinct_captions"] >= 10
+    run_dir = executed["workdir"] / "models" / "sample-inceptionv3"
+    results = utils.read_evaluation(run_dir, "test")["results"]
+    greedy = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2))
+    control = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2), shuffled_images=True)
+    beam = utils.find_result(results, utils.DEFAULT_DECODING)
+    print({entry["label"]: round(entry["scores"]["bleu4"], 3) for entry in results})
+    assert greedy["scores"]["bleu4"] >= BLEU4_BAR
+    assert beam["scores"]["bleu4"] >= BLEU4_BAR
+    assert greedy["scores"]["bleu4"] >= 2 * control["scores"]["bleu4"]
+    assert greedy["diagnostics"]["distinct_captions"] >= 10
 
 
-def test_own_photo_is_captioned_like_its_cached_features(workdir, tmp_path):
+def test_own_photo_is_captioned_like_its_cached_features(executed, tmp_path):
     """A photo given by path goes through the run's encoder with the cache's preprocessing: its
     caption is the one notebook 05 wrote from the cached features. A broken file is reported."""
-    import utils
-
-    run_dir = workdir / "models" / "sample-inceptionv3"
-    model, vocab, config = utils.load_run(run_dir)
-    decoder = utils.CaptionDecoder(model, vocab)
-    results = json.loads((run_dir / "evaluation-test.json").read_text())
+    workdir = executed["workdir"]
+    captioner = utils.Captioner.from_run(workdir / "models" / "sample-inceptionv3")
+    evaluation = utils.read_evaluation(workdir / "models" / "sample-inceptionv3", "test")
+    beam = utils.find_result(evaluation["results"], utils.DEFAULT_DECODING)
     prepared = utils.PreparedDataset.load(utils.dataset_paths("sample", workdir / "data")["captions"])
-    names = list(results["captions"]["beam 3"])[:3]
+    names = list(beam["captions"])[:3]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     files = [Path(prepared.images_dir) / n for n in names] + [broken]
-    own = utils.caption_image_files(decoder, utils.encoder_for_run(config), config, files, 3,
-                                    results["length_penalty"], results["no_repeat_ngram"])
-    assert [own[str(f)] for f in files[:3]] == [results["captions"]["beam 3"][n] for n in names]
+    own = utils.caption_image_files(captioner, files, utils.DEFAULT_DECODING)
+    assert [own[str(f)] for f in files[:3]] == [beam["captions"][n] for n in names]
     assert own[str(broken)].startswith(f"error: {broken}: cannot read as an image")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import papermill
+import pytest
 
 import utils
 from conftest import REPO, make_zip
@@ -48,18 +49,36 @@ def test_flickr8k_is_one_parameter_away(shared_flickr8k, server, tmp_path):
     run_notebook("01", tmp_path, **common, FLICKR8K_URL=server.url)
     run_notebook("02", tmp_path, **common, WEIGHTS=str(weights), BATCH_SIZE=8)
     run_notebook("03", tmp_path, **common)
-    run_notebook("04", tmp_path, **common, WEIGHTS=str(weights), EPOCHS=2,
-                 MODELS_DIR=str(tmp_path / "models"))
+    run_notebook("04", tmp_path, **common, EPOCHS=2, MODELS_DIR=str(tmp_path / "models"))
     run_notebook("05", tmp_path, **common, MODELS_DIR=str(tmp_path / "models"))
 
     assert {path for path, _ in server.requests} == {"/Flickr8k_Dataset.zip", "/Flickr8k_text.zip"}
     run_dir = tmp_path / "models" / "flickr8k-inceptionv3"
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["encoder"] == "inceptionv3" and config["weights"].startswith("file-")
-    assert config["feature_dim"] == 2048 and config["train"]["images"] == len(splits["train"])
-    results = json.loads((run_dir / "evaluation-test.json").read_text())
-    assert sorted(results["captions"]["greedy"]) == sorted(splits["test"])
-    assert 0 <= results["scores"]["beam 3"]["bleu4"] <= 1
+    _, vocab, config = utils.load_run(run_dir)
+    # The encoder's record comes from notebook 02's cache, not from notebook 04's parameters.
+    assert config.features == utils.FeatureSource(
+        "cache", config.features.path, 2048, "inceptionv3", utils.weights_tag(weights), 299)
+    assert config.data["train"]["images"] == len(splits["train"])
+    assert config.model.vocab_size == len(vocab) and config.vocabulary == vocab.fingerprint
+    evaluation = utils.read_evaluation(run_dir, "test")
+    assert evaluation["images"] == len(splits["test"])
+    assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "flickr8k")
+
+
+def assert_scores_are_those_of_the_captions(evaluation, dataset_root):
+    """Every decoding's scores are the scores of the captions it saved (recomputed here), and
+    every image asked for has a caption."""
+    prepared = utils.PreparedDataset.load(dataset_root / "prepared" / "captions.json")
+    for entry in evaluation["results"]:
+        names = list(entry["captions"])
+        assert len(names) == evaluation["images"]
+        hypotheses = [entry["captions"][n].split() for n in names]
+        assert all(hypotheses), "every image gets a caption"
+        recomputed = utils.caption_scores([prepared.images[n]["references"] for n in names],
+                                          hypotheses, meteor=False)
+        for metric in ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d"):
+            assert entry["scores"][metric] == pytest.approx(recomputed[metric])
+        assert entry["scores"]["bleu1"] > 0  # "a", at least, matches
 
 
 def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_path):
@@ -90,9 +109,9 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
                                "--cwd", str(REPO), *args], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
 
-    config = json.loads((tmp_path / "models" / "mine" / "config.json").read_text())
-    assert config["weights"] == "external" and config["feature_dim"] == 1280
-    results = json.loads((tmp_path / "models" / "mine" / "evaluation-my_images.json").read_text())
-    assert results["images"] == len(chosen) == 40
-    assert list(results["captions"]["greedy"]) == chosen
-    assert results["scores"]["greedy"]["bleu4"] > 0
+    _, _, config = utils.load_run(tmp_path / "models" / "mine")
+    assert config.features == utils.FeatureSource("external", str(features), 1280)
+    evaluation = utils.read_evaluation(tmp_path / "models" / "mine", names_file)
+    assert evaluation["images"] == len(chosen) == 40
+    assert all(list(entry["captions"]) == chosen for entry in evaluation["results"])
+    assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "shared8k")

@@ -5,6 +5,7 @@ Every common distribution of Flickr8k, Flickr30k and COCO captions is read into 
 for evaluation, and the training vocabulary built and saved as JSON.
 """
 import csv
+import hashlib
 import io
 import json
 import re
@@ -16,6 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from .files import portable_path, read_json, resolve_path, write_json
+
+__all__ = ["CaptionFileError", "CaptionFile", "read_text", "detect_format", "read_captions",
+           "read_split_file", "seeded_split", "keep_existing", "tokenize", "clean_caption",
+           "PAD", "UNK", "START", "END", "SPECIAL_TOKENS", "Vocabulary", "build_vocabulary",
+           "IMAGE_DIR_NAMES", "CAPTION_FILE_NAMES", "SPLIT_FILE_NAMES", "find_dataset_files",
+           "PreparedDataset", "prepare_dataset", "split_captions"]
 
 
 class CaptionFileError(ValueError):
@@ -237,6 +244,12 @@ class Vocabulary:
     def __eq__(self, other):
         return isinstance(other, Vocabulary) and (self.words, self.max_length) == (
             other.words, other.max_length)
+
+    @property
+    def fingerprint(self):
+        """Identifies the vocabulary (its words in order), so that an embedding matrix or a trained
+        model is never used with another one."""
+        return hashlib.sha1("\n".join(self.words).encode()).hexdigest()[:16]
 
     @property
     def sequence_length(self):

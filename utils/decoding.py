@@ -6,13 +6,47 @@ next-word log-probabilities and the new state. A caption of L words costs L step
 projects re-run the LSTM over every padded prefix (1 + 2 + ... + L steps) and call `predict` once
 per word and image. Every image of a batch, and every beam of every image, goes through one step
 together.
+
+How to decode is one record, a `DecodingSetting` (beam width, length penalty, the rule against
+repeated n-grams); `DEFAULT_DECODING` is the one default of notebook 05, the app and the
+benchmarks, and `decode` picks greedy or beam search from it.
 """
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .features import ImageError, build_encoder, load_image, preprocess
 from .model import model_parts, predict_word, project_image
+
+__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "decode", "greedy_search",
+           "beam_search"]
+
+
+@dataclass(frozen=True)
+class DecodingSetting:
+    """How captions are written. Width 1 is greedy search (its length penalty is irrelevant, so
+    it is kept at 0). The defaults are the best measured on Flickr8k's dev split (README)."""
+    beam_width: int = 5           # partial captions kept per image; 1: greedy
+    length_penalty: float = 1.0   # 0: summed log-probability (favours short captions); 1: per word
+    no_repeat_ngram: int = 2      # no n-gram twice in one caption; 0: no such rule
+
+    def __post_init__(self):
+        if self.beam_width < 1 or self.length_penalty < 0 or self.no_repeat_ngram < 0:
+            raise ValueError(f"not a decoding setting: {self}")
+        if self.beam_width == 1:
+            object.__setattr__(self, "length_penalty", 0.0)
+
+    @property
+    def label(self):
+        """A name for tables and results files: "beam 5, length penalty 1, no repeated 2-gram"."""
+        label = "greedy" if self.beam_width == 1 else f"beam {self.beam_width}"
+        if self.length_penalty:
+            label += f", length penalty {self.length_penalty:g}"
+        return label + (f", no repeated {self.no_repeat_ngram}-gram" if self.no_repeat_ngram else "")
+
+
+DEFAULT_DECODING = DecodingSetting()
 
 
 class CaptionDecoder:
@@ -51,6 +85,14 @@ class CaptionDecoder:
         """Log-probabilities of the next word [B, V] (numpy) and the new state."""
         log_probs, h, c = self._step(projection, tf.constant(words, tf.int32), h, c)
         return log_probs.numpy(), h, c
+
+
+def decode(decoder, features, setting=DEFAULT_DECODING):
+    """Word ids of one caption per feature vector, as `setting` says."""
+    if setting.beam_width == 1:
+        return greedy_search(decoder, features, setting.no_repeat_ngram)
+    return beam_search(decoder, features, setting.beam_width, setting.length_penalty,
+                       setting.no_repeat_ngram)
 
 
 def greedy_search(decoder, features, no_repeat_ngram=0, batch_size=256):
@@ -95,33 +137,34 @@ def beam_search(decoder, features, beam_width=3, length_penalty=0.0, no_repeat_n
     vocab, k = decoder.vocab, beam_width
     captions = []
     for first in range(0, len(features), batch_size):
-        projection, h, c = decoder.start(features[first:first + batch_size])
+        projection, h, c = decoder.start(features[first:first + batch_size])  # (n, units) each
         n = projection.shape[0]
-        projection, h, c = (tf.repeat(x, k, axis=0) for x in (projection, h, c))
-        words = np.full(n * k, vocab.start_id, "int32")
-        sequences = np.zeros((n * k, 0), "int32")
+        # Every image's state repeated once per beam: beam b of image i is row i * k + b.
+        projection, h, c = (tf.repeat(x, k, axis=0) for x in (projection, h, c))  # (n * k, units)
+        words = np.full(n * k, vocab.start_id, "int32")                            # (n * k,)
+        sequences = np.zeros((n * k, 0), "int32")                                  # (n * k, t)
         scores = np.tile([0.0] + [-np.inf] * (k - 1), n)  # identical beams start as one
         done = np.zeros(n * k, bool)
         for t in range(vocab.max_length + 1):
-            log_probs, h, c = decoder.step(projection, words, h, c)
+            log_probs, h, c = decoder.step(projection, words, h, c)  # (n * k, vocab_size)
             _rule_out_impossible_words(log_probs, t, vocab)
             _rule_out_repeated_ngrams(log_probs, sequences, ~done, no_repeat_ngram)
             log_probs[done] = -np.inf
             log_probs[done, vocab.pad_id] = 0.0  # a finished beam carries over unchanged
             log_probs[~done, vocab.pad_id] = -np.inf
-            total = (scores[:, None] + log_probs).reshape(n, -1)  # [images, beams x vocabulary]
-            best = np.argsort(-total, axis=1, kind="stable")[:, :k]
-            parents = (np.arange(n)[:, None] * k + best // len(vocab)).ravel()
-            words = (best % len(vocab)).ravel().astype("int32")
-            scores = np.take_along_axis(total, best, axis=1).ravel()
-            sequences = np.concatenate([sequences[parents], words[:, None]], axis=1)
+            total = (scores[:, None] + log_probs).reshape(n, -1)  # (n, k * vocab_size)
+            best = np.argsort(-total, axis=1, kind="stable")[:, :k]  # (n, k) into k * vocab_size
+            parents = (np.arange(n)[:, None] * k + best // len(vocab)).ravel()  # (n * k,) rows
+            words = (best % len(vocab)).ravel().astype("int32")                 # (n * k,)
+            scores = np.take_along_axis(total, best, axis=1).ravel()            # (n * k,)
+            sequences = np.concatenate([sequences[parents], words[:, None]], 1)  # (n * k, t + 1)
             done = done[parents] | (words == vocab.end_id)
             h, c = tf.gather(h, parents), tf.gather(c, parents)
             if done.all():
                 break
         lengths = np.maximum((sequences != vocab.pad_id).sum(1), 1)
-        normalised = (scores / lengths ** length_penalty).reshape(n, k)
-        winners = np.arange(n) * k + normalised.argmax(1)
+        normalised = (scores / lengths ** length_penalty).reshape(n, k)  # (n, k)
+        winners = np.arange(n) * k + normalised.argmax(1)               # (n,) rows
         captions += [_words(sequences[i], vocab) for i in winners]
     return captions
 
@@ -160,40 +203,3 @@ def _words(ids, vocab):
             break
         out.append(int(i))
     return out
-
-
-def encoder_for_run(config, weights_file=None):
-    """The CNN that made a run's features, so a new photo is encoded exactly like the training
-    ones. Random weights are rebuilt from their seed; a weights file must be given again."""
-    tag = config["weights"]
-    if tag == "external":
-        raise ValueError(f"this run was trained on external features ({config['features']}): "
-                         "encode new images with the same encoder and pass their features")
-    if tag.startswith("file-") and weights_file is None:
-        raise ValueError(f"this run's encoder used a weights file ({tag}): pass its path")
-    weights = {"random": None, "imagenet": "imagenet"}.get(tag, weights_file)
-    return build_encoder(config["encoder"], weights, config["input_size"])
-
-
-def caption_image(decoder, encoder, config, image, beam_width=3, length_penalty=0.0,
-                  no_repeat_ngram=0):
-    """The caption of one image (a path or an open file), read and scaled by the same
-    `load_image` and `preprocess` as the feature cache; beam width 1 is greedy search.
-    Raises ImageError, naming the image, for anything unusable."""
-    pixels = load_image(image, config["input_size"])
-    features = encoder.predict(preprocess(config["encoder"], pixels[None]), verbose=0)
-    return decoder.vocab.decode(
-        beam_search(decoder, features, beam_width, length_penalty, no_repeat_ngram)[0])
-
-
-def caption_image_files(decoder, encoder, config, paths, beam_width=3, length_penalty=0.0,
-                        no_repeat_ngram=0):
-    """Captions for image files by path; an unreadable file gets "error: ..." instead."""
-    results = {}
-    for path in paths:
-        try:
-            results[str(path)] = caption_image(decoder, encoder, config, path, beam_width,
-                                               length_penalty, no_repeat_ngram)
-        except ImageError as e:
-            results[str(path)] = f"error: {e}"
-    return results

@@ -12,11 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .captions import SPLIT_FILE_NAMES, find_dataset_files, read_split_file
-from .files import DATA_DIR
-
-FLICKR8K_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
-FLICKR8K_ZIPS = ("Flickr8k_Dataset.zip", "Flickr8k_text.zip")
+__all__ = ["DownloadError", "download_file", "check_zip", "extract_zip"]
 
 
 class DownloadError(RuntimeError):
@@ -79,30 +75,3 @@ def extract_zip(path, dest):
     with zipfile.ZipFile(path) as archive:
         archive.extractall(dest, members=[m for m in archive.namelist()
                                           if not m.startswith("__MACOSX/")])
-
-
-def download_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL):
-    """Download and extract Flickr8k into `root` (images and text files); nothing twice.
-
-    Zips already in `root/downloads/` (fetched by hand on a machine with internet) are used as is.
-    `base_url` can point at a mirror holding the same two zips. The download counts as done only
-    when every image the official split files name has arrived.
-    """
-    root = Path(root)
-    done = root / ".extracted"
-    if done.is_file():
-        return root
-    for name in FLICKR8K_ZIPS:
-        zip_path = download_file(base_url + name, root / "downloads" / name)
-        check_zip(zip_path)
-        extract_zip(zip_path, root)
-    images_dir, _, split_files = find_dataset_files(root)
-    named = [n for path in split_files.values() for n in read_split_file(path)]
-    missing = [n for n in named if not (images_dir / n).is_file()]
-    if not named or missing:
-        raise DownloadError(
-            f"{root}: {len(missing)} of the {len(named)} images named in the split files "
-            f"({', '.join(SPLIT_FILE_NAMES.values())}) are missing from {images_dir}"
-            f"{f' (first: {missing[0]})' if missing else ''}; delete {root} and run again")
-    done.write_text("ok\n")
-    return root

@@ -3,14 +3,30 @@
 BLEU-1..4 are nltk's corpus BLEU (cumulative n-gram weights, all reference captions of an image,
 no smoothing); CIDEr-D and METEOR are pycocoevalcap's, the COCO evaluation's own code. All read
 captions tokenised by `captions.tokenize`, the same for references and model output.
+
+`evaluate` is the one evaluation of notebook 05 and the quality benchmark: decode a split with
+each decoding setting, score, diagnose, and decode it again with the images shuffled as a control.
+Its results file, `evaluation-<split>.json` in the run folder, is read back by field.
 """
+import dataclasses
 import shutil
 import warnings
 from collections import Counter
+from pathlib import Path
 
+import numpy as np
 from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
+from tqdm.auto import tqdm
+
+from .decoding import decode
+from .files import read_json, write_json
+
+__all__ = ["BLEU_WEIGHTS", "caption_scores", "caption_diagnostics", "evaluate", "find_result",
+           "EVALUATION_FORMAT", "evaluation_path", "write_evaluation", "read_evaluation"]
+
+EVALUATION_FORMAT = 1  # of evaluation-<split>.json
 
 BLEU_WEIGHTS = {f"bleu{n}": tuple([1 / n] * n) for n in range(1, 5)}
 
@@ -49,3 +65,57 @@ def caption_diagnostics(hypotheses, training_captions):
         "copied_from_training": sum(n for c, n in distinct.items() if c in training)
         / max(len(hypotheses), 1),
     }
+
+
+def evaluate(decoder, names, features, references, settings, training_captions, control=None,
+             meteor=True):
+    """Caption the images `names` (their feature vectors `features`) with each DecodingSetting,
+    score the captions against `references` (per image, a list of tokenised captions) and
+    diagnose them against `training_captions`. With `control`, a setting, the images are also
+    decoded with their feature vectors shuffled among them (seeded): a model that looks at the
+    images must score well above that. Returns one entry per decoding, control last."""
+    jobs = [(setting, features, False) for setting in settings]
+    if control is not None:
+        shuffled = features[np.random.default_rng(0).permutation(len(features))]
+        jobs.append((control, shuffled, True))
+    results = []
+    for setting, images, shuffled_images in tqdm(jobs, desc="decoding"):
+        hypotheses = [decoder.vocab.decode(ids).split() for ids in decode(decoder, images, setting)]
+        results.append({
+            "label": setting.label + (", shuffled images" if shuffled_images else ""),
+            "decoding": dataclasses.asdict(setting), "shuffled_images": shuffled_images,
+            "scores": caption_scores(references, hypotheses, meteor),
+            "diagnostics": caption_diagnostics(hypotheses, training_captions),
+            "captions": dict(zip(names, map(" ".join, hypotheses)))})
+    return results
+
+
+def find_result(results, setting, shuffled_images=False):
+    """The entry of `results` (from `evaluate`) for one DecodingSetting."""
+    wanted = dataclasses.asdict(setting)
+    for entry in results:
+        if entry["decoding"] == wanted and entry["shuffled_images"] == shuffled_images:
+            return entry
+    raise KeyError(f"no result for {setting.label}{', shuffled images' if shuffled_images else ''}")
+
+
+def evaluation_path(run_dir, split):
+    """Where notebook 05 keeps the evaluation of a split (a name, or a file of image names)."""
+    return Path(run_dir) / f"evaluation-{Path(str(split)).stem}.json"
+
+
+def write_evaluation(run_dir, split, results, images):
+    write_json(evaluation_path(run_dir, split), {
+        "format_version": EVALUATION_FORMAT, "run": str(run_dir), "split": str(split),
+        "images": images, "results": results})
+
+
+def read_evaluation(run_dir, split):
+    """The evaluation of a split written by notebook 05, or None if there is none."""
+    path = evaluation_path(run_dir, split)
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    if data.get("format_version") != EVALUATION_FORMAT:
+        raise ValueError(f"{path}: written by an older notebook 05; run notebook 05 again")
+    return data

@@ -17,7 +17,12 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from .files import read_json, save_npy, write_json
+from .files import portable_path, read_json, resolve_path, save_npy, write_json
+
+__all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
+           "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "ImageError", "load_image",
+           "image_batches", "cache_dir", "find_feature_cache", "FeatureSource", "feature_source",
+           "load_features", "extract_features"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,12 +168,49 @@ def cache_dir(features_root, encoder, weights, input_size=None):
     return Path(features_root) / f"{encoder.lower()}-{weights_tag(weights)}-{size}"
 
 
+def find_feature_cache(features_root, encoder):
+    """The one finished cache of `encoder` under `features_root` (notebook 02 writes it)."""
+    found = sorted(p.parent for p in Path(features_root).glob(f"{encoder.lower()}-*/meta.json"))
+    if len(found) != 1:
+        what = f"{len(found)} ({', '.join(p.name for p in found)})" if found else "none"
+        raise FileNotFoundError(
+            f"{features_root}: {what} finished feature caches of {encoder}; "
+            + ("run notebook 02 first" if not found else "set FEATURES to the one to use"))
+    return found[0]
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Where a run's features came from, as its record keeps it: enough to encode a new photo
+    exactly like the training ones, or to say why that cannot be done."""
+    kind: str                 # "cache": notebook 02's; "external": an .npz made elsewhere
+    path: str                 # the cache folder or the .npz, relative to the repository if inside
+    dim: int                  # feature size
+    encoder: str = None       # the rest only for a cache: ENCODERS key...
+    weights: str = None       # ...`weights_tag` of its weights...
+    input_size: int = None    # ...and the square input size it read images at
+
+
+def feature_source(path):
+    """The `FeatureSource` of a finished cache (from its meta.json) or of an external `.npz`."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            dim = int(data["features"].shape[1])
+        return FeatureSource("external", portable_path(path), dim)
+    meta = read_json(path / "meta.json") if (path / "meta.json").is_file() else None
+    if meta is None:
+        raise FileNotFoundError(f"{path}: no finished feature cache (run notebook 02)")
+    return FeatureSource("cache", portable_path(path), int(meta["dim"]), meta["encoder"],
+                         meta["weights"], int(meta["input_size"]))
+
+
 def load_features(directory):
     """(names, features) of a finished cache, or of an external `.npz` with `names` and `features`.
 
     A cache's features are memory-mapped, not read into RAM.
     """
-    directory = Path(directory)
+    directory = resolve_path(directory)
     if directory.suffix == ".npz":
         with np.load(directory) as data:
             names, features = [str(n) for n in data["names"]], data["features"]

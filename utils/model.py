@@ -13,8 +13,12 @@ image joins after it, running the LSTM once over the whole caption (`return_sequ
 adding the image at every step gives the same next-word prediction for every prefix at once: one
 pass per caption instead of one per word. `prefix_model` builds the seed formulation from the same
 layers, for the equivalence test and the benchmarks.
+
+A model is described by a `ModelConfig` and trained by a `TrainingConfig`: both are saved in the
+run's record (`utils.runs`) and a model is rebuilt from them, as nanoGPT rebuilds `GPTConfig`.
 """
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -22,40 +26,90 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from .captions import Vocabulary
-from .files import atomic_path, read_json, write_json
+from .files import atomic_path, write_json
+
+__all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "build_caption_model",
+           "build_model", "compile_model", "model_parts", "project_image", "predict_word",
+           "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
+           "feature_statistics", "encode_captions", "caption_dataset", "CaptionData",
+           "BestModelCheckpoint", "read_history", "train_caption_model"]
+
+ARCHITECTURES = ("merge",)  # where the image enters the caption model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model's shape: everything `build_caption_model` needs, kept in the run record."""
+    vocab_size: int               # words, special tokens included
+    feature_dim: int              # size of one image's feature vector
+    architecture: str = "merge"   # one of ARCHITECTURES
+    embedding_dim: int = 50       # word vector size (the GloVe matrix's, when one is given)
+    units: int = 256              # image projection, LSTM and decoder sizes
+    dropout: float = 0.5          # on the image features and on the embedded words
+    train_embedding: bool = True  # fine-tune the (GloVe) embedding too
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a model is trained, kept in the run record. The defaults are notebook 04's (tested)."""
+    epochs: int = 50                # at most: early stopping usually ends training first
+    batch_size: int = 64            # captions per batch
+    learning_rate: float = 1e-3     # Adam's
+    lr_plateau_factor: float = 0.5  # learning rate x this after an epoch without progress; None: constant
+    label_smoothing: float = 0.1    # share of each target spread over the whole vocabulary
+    patience: int = 4               # early stopping, in epochs without a better validation loss
+    seed: int = 0                   # initial weights, dropout and the order of batches
+    mixed_precision: bool = False   # float16 compute (GPU)
+    xla: bool = False               # compile the training step with XLA
+
 
 LAYER_NAMES = ("feature_norm", "image_dropout", "image_dense", "embedding", "caption_dropout",
                "lstm", "decoder", "next_word")
 
 
-def build_caption_model(vocab_size, feature_dim, embedding_matrix=None, embedding_dim=50,
-                        units=256, dropout=0.5, train_embedding=False, feature_stats=None):
-    """The merge model over whole captions: (features [B, F], tokens [B, T]) -> probs [B, T, V].
+def build_caption_model(config, embedding_matrix=None, feature_stats=None):
+    """The merge model of `config` (a ModelConfig) over whole captions:
+    (features [B, F], tokens [B, T]) -> next-word probabilities [B, T, V].
 
+    `embedding_matrix`: [V, embedding_dim] initial word vectors (GloVe), else uniform random.
     `feature_stats`: (mean, variance) of the training features, standardised inside the model so
     that any encoder's features arrive on one scale, at training and at captioning time alike.
     """
-    if embedding_matrix is not None:
-        embedding_dim = embedding_matrix.shape[1]
-        initializer = keras.initializers.Constant(embedding_matrix)
-    else:
-        initializer = "uniform"
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.architecture!r}; choose one of "
+                         f"{', '.join(ARCHITECTURES)}")
+    shape = (config.vocab_size, config.embedding_dim)
+    if embedding_matrix is not None and tuple(embedding_matrix.shape) != shape:
+        raise ValueError(f"the embedding matrix is {tuple(embedding_matrix.shape)}, the model "
+                         f"needs {shape} (vocabulary size, embedding_dim)")
+    initializer = ("uniform" if embedding_matrix is None
+                   else keras.initializers.Constant(embedding_matrix))
     mean, variance = feature_stats if feature_stats is not None else (0.0, 1.0)
+    units, dropout = config.units, config.dropout
     parts = {
         "feature_norm": layers.Normalization(mean=mean, variance=variance, name="feature_norm"),
         "image_dropout": layers.Dropout(dropout, name="image_dropout"),
         "image_dense": layers.Dense(units, activation="relu", name="image_dense"),
-        "embedding": layers.Embedding(vocab_size, embedding_dim, embeddings_initializer=initializer,
-                                      mask_zero=True, trainable=train_embedding, name="embedding"),
+        "embedding": layers.Embedding(*shape, embeddings_initializer=initializer, mask_zero=True,
+                                      trainable=config.train_embedding, name="embedding"),
         "caption_dropout": layers.Dropout(dropout, name="caption_dropout"),
         "lstm": layers.LSTM(units, return_sequences=True, name="lstm"),
         "decoder": layers.Dense(units, activation="relu", name="decoder"),
-        "next_word": layers.Dense(vocab_size, activation="softmax", name="next_word", dtype="float32"),
+        "next_word": layers.Dense(config.vocab_size, activation="softmax", name="next_word",
+                                  dtype="float32"),
     }
-    image = keras.Input((feature_dim,), name="image")
+    image = keras.Input((config.feature_dim,), name="image")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     return keras.Model([image, tokens], _merge(parts, image, tokens), name="merge_captioner")
+
+
+def build_model(config, training=TrainingConfig(), embedding_matrix=None, feature_stats=None):
+    """The one way a model is made for training: from its ModelConfig and TrainingConfig, seeded
+    (same seed, same initial weights), in the training's precision, and compiled."""
+    keras.utils.set_random_seed(training.seed)
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if training.mixed_precision else "float32")
+    return compile_model(build_caption_model(config, embedding_matrix, feature_stats), training)
 
 
 def model_parts(model):
@@ -158,20 +212,21 @@ class SmoothedCaptionLoss(keras.losses.Loss):
         return {**super().get_config(), "smoothing": self.smoothing}
 
 
-def compile_model(model, learning_rate=1e-3, label_smoothing=0.0, jit_compile=False):
+def compile_model(model, training=TrainingConfig()):
     """Adam and cross-entropy over the real tokens only (padding targets, id 0, ignored), with
-    sparse targets: never a one-hot matrix."""
-    loss = (SmoothedCaptionLoss(label_smoothing) if label_smoothing
+    sparse targets: never a one-hot matrix. Also compiles the prefix formulation."""
+    loss = (SmoothedCaptionLoss(training.label_smoothing) if training.label_smoothing
             else keras.losses.SparseCategoricalCrossentropy(ignore_class=0))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0), loss=loss,
-                  jit_compile=jit_compile)
+    model.compile(optimizer=keras.optimizers.Adam(training.learning_rate, clipnorm=5.0), loss=loss,
+                  jit_compile=training.xla)
     return model
 
 
-def feature_statistics(features):
-    """Mean and variance of training features for the model's Normalization layer. Variances are
-    floored so that a dimension constant in training cannot explode on a new image."""
-    features = np.asarray(features, dtype="float64")
+def feature_statistics(features, rows):
+    """Mean and variance of the feature vectors `rows` (each image counted once, however many
+    captions it has) for the model's Normalization layer. Variances are floored so that a
+    dimension constant in training cannot explode on a new image."""
+    features = np.asarray(features[np.unique(rows)], dtype="float64")
     variance = features.var(0)
     return features.mean(0), np.maximum(variance, 0.01 * variance.mean() + 1e-12)
 
@@ -220,6 +275,32 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
     return data.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+@dataclass
+class CaptionData:
+    """The train and val captions of a dataset, encoded, with the feature table they index."""
+    features: np.ndarray  # [images, F] float32
+    train: tuple          # (image rows [M], tokens [M, T])
+    val: tuple
+
+    @classmethod
+    def encode(cls, prepared, vocab, names, features):
+        return cls(np.asarray(features, "float32"),
+                   *(encode_captions(prepared, vocab, split, names) for split in ("train", "val")))
+
+    def counts(self):
+        """Images and captions per split, as the run record keeps them."""
+        return {split: {"images": int(len(np.unique(rows))), "captions": int(len(rows))}
+                for split, (rows, _) in (("train", self.train), ("val", self.val))}
+
+    def feature_statistics(self):
+        return feature_statistics(self.features, self.train[0])
+
+    def datasets(self, batch_size, seed=0):
+        """(shuffled training batches, validation batches in order)."""
+        return (caption_dataset(self.features, *self.train, batch_size, seed=seed),
+                caption_dataset(self.features, *self.val, batch_size, shuffle=False))
+
+
 # ---------------------------------------------------------------------------------------------
 # Training runs: resumable, and saved with everything needed to caption a new photo later
 # ---------------------------------------------------------------------------------------------
@@ -249,42 +330,28 @@ def read_history(run_dir):
     return [rows[e] for e in sorted(rows)]
 
 
-def train_caption_model(model, train_data, val_data, run_dir, epochs, patience=3,
-                        lr_plateau_factor=0.5, extra_callbacks=(), verbose=1):
-    """Fit with the best checkpoint, early stopping, a CSV history and, unless `lr_plateau_factor`
-    is None, the learning rate multiplied by it after each epoch without a better validation loss;
-    an interrupted run resumes from its last finished epoch (BackupAndRestore)."""
+def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_callbacks=(),
+                        verbose=1):
+    """Fit `model` on `data` (CaptionData) as `training` says, with the best checkpoint, early
+    stopping, a CSV history and, unless `training.lr_plateau_factor` is None, the learning rate
+    multiplied by it after each epoch without a better validation loss. An interrupted run resumes
+    from its last finished epoch (BackupAndRestore)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     best_so_far = min((h["val_loss"] for h in read_history(run_dir)), default=np.inf)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         BestModelCheckpoint(run_dir / "model.keras", best_so_far),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.patience),
     ]
-    if lr_plateau_factor is not None:  # before the CSV log, so that it logs the learning rate
+    if training.lr_plateau_factor is not None:  # before the CSV log, so that it logs the rate
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=lr_plateau_factor, patience=1, min_lr=1e-5))
+            monitor="val_loss", factor=training.lr_plateau_factor, patience=1, min_lr=1e-5))
     callbacks += [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
                   *extra_callbacks]
-    model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks,
+    train_data, val_data = data.datasets(training.batch_size, training.seed)
+    model.fit(train_data, validation_data=val_data, epochs=training.epochs, callbacks=callbacks,
               shuffle=False, verbose=verbose)  # caption_dataset shuffles
     history = read_history(run_dir)
     write_json(run_dir / "history.json", history)
     return history
-
-
-def save_run_config(run_dir, vocab, config):
-    """What a run needs besides its weights: the vocabulary (and so the maximum length), the
-    encoder and its weights, the feature size, the training settings and the data."""
-    vocab.save(Path(run_dir) / "vocabulary.json")
-    write_json(Path(run_dir) / "config.json", config)
-
-
-def load_run(run_dir):
-    """(model, vocabulary, config) of a finished run: no pickle, no code beyond this package."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").is_file():
-        raise FileNotFoundError(f"{run_dir}: no model.keras (train a model with notebook 04)")
-    model = keras.models.load_model(run_dir / "model.keras")
-    return model, Vocabulary.load(run_dir / "vocabulary.json"), read_json(run_dir / "config.json")

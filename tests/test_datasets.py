@@ -1,7 +1,40 @@
+"""Datasets by name: Flickr8k from a mirror on loopback, and the embedded sample dataset."""
 import numpy as np
+import pytest
 from PIL import Image
 
 import utils
+from conftest import make_zip
+
+
+def flickr8k_zips(n_images=3):
+    images = {f"Flicker8k_Dataset/{i}.jpg": b"jpeg" for i in range(n_images)}
+    images["__MACOSX/Flicker8k_Dataset/._0.jpg"] = b"junk"
+    text = {"Flickr8k.token.txt": "".join(f"{i}.jpg#0\tA photo .\n" for i in range(3)),
+            "Flickr_8k.trainImages.txt": "0.jpg\n1.jpg\n", "Flickr_8k.testImages.txt": "2.jpg\n"}
+    return {"Flickr8k_Dataset.zip": make_zip(images), "Flickr8k_text.zip": make_zip(text)}
+
+
+def test_download_flickr8k_extracts_once(server, tmp_path):
+    server.files.update(flickr8k_zips())
+    root = utils.download_flickr8k(tmp_path / "flickr8k", base_url=server.url)
+    images_dir, captions_file, splits = utils.find_dataset_files(root)
+    assert sorted(p.name for p in images_dir.iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
+    assert captions_file.name == "Flickr8k.token.txt" and list(splits) == ["train", "test"]
+    assert not (root / "__MACOSX").exists()
+    n_requests = len(server.requests)
+    utils.download_flickr8k(root, base_url=server.url)
+    assert len(server.requests) == n_requests
+
+
+def test_download_flickr8k_checks_what_arrived(server, tmp_path):
+    server.files.update(flickr8k_zips(n_images=2))
+    with pytest.raises(utils.DownloadError, match="1 of the 3 images named .* missing .*first: 2.jpg"):
+        utils.download_flickr8k(tmp_path / "a", base_url=server.url)
+    server.files["Flickr8k_Dataset.zip"] = b"<html>not a zip</html>"
+    with pytest.raises(utils.DownloadError, match="corrupt archive"):
+        utils.download_flickr8k(tmp_path / "b", base_url=server.url)
+    assert not (tmp_path / "b" / "downloads" / "Flickr8k_Dataset.zip").exists()
 
 
 def test_sample_dataset_is_deterministic(tmp_path):

@@ -1,0 +1,63 @@
+"""The real Flickr8k subset beside the checkout (../shared/flickr8k), read in one place for every
+benchmark: its captions and official splits, prepared as notebook 01 prepares them, and the
+ImageNet features of its 875 photos (an external .npz, as a user would bring)."""
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import utils  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "flickr8k"
+FEATURES = SHARED / "features" / "efficientnet_lite0_imagenet.npz"
+
+
+def shared_dir():
+    """../shared/flickr8k, or an exit with one line saying what it is."""
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED} is missing: the benchmarks (only they) need real Flickr8k files "
+                 "beside the checkout: captions, official splits, photos and their features")
+    return SHARED
+
+
+class SharedData:
+    """The shared subset's features and captions, each prepared once per cleaning option."""
+
+    def __init__(self):
+        self.names, features = utils.load_features(shared_dir() / "features" / FEATURES.name)
+        self.features = np.asarray(features, "float32")
+        self.images_dir, self.captions_file, self.split_files = utils.find_dataset_files(SHARED)
+        self._prepared, self._glove = {}, None
+
+    def prepared(self, drop_one_letter=False):
+        if drop_one_letter not in self._prepared:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the token file names 8,090 images; 875 are here
+                self._prepared[drop_one_letter] = utils.prepare_dataset(
+                    self.captions_file, self.images_dir, self.split_files,
+                    drop_one_letter=drop_one_letter)[0]
+        return self._prepared[drop_one_letter]
+
+    def captions(self, min_count=5, drop_one_letter=False):
+        """(vocabulary of the train captions, CaptionData of the train and dev captions)."""
+        prepared = self.prepared(drop_one_letter)
+        vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"), min_count)
+        return vocab, utils.CaptionData.encode(prepared, vocab, self.names, self.features)
+
+    def embedding(self, vocab, seed):
+        """The GloVe 50d matrix of `vocab` (vectors read from the PyPI package once)."""
+        if self._glove is None:
+            words = {w for c in utils.split_captions(self.prepared(), "train") for w in c.split()}
+            self._glove = utils.load_glove(words, "pypi", 50)[0]
+        return utils.embedding_matrix(vocab, self._glove, 50, seed=seed)
+
+    def split(self, split, drop_one_letter=False):
+        """(names, feature rows, references) of a split's images that have features."""
+        prepared = self.prepared(drop_one_letter)
+        row = {n: i for i, n in enumerate(self.names)}
+        names = [n for n in prepared.names(split) if n in row]
+        return (names, self.features[[row[n] for n in names]],
+                [prepared.images[n]["references"] for n in names])

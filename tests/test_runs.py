@@ -1,0 +1,141 @@
+"""A run's record (config.json): saved and rebuilt, strict about its fields, and older run folders
+still loading; what the app shows of a run; captioning new photos with a run."""
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import utils
+from conftest import train_sample_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(sample_training, tmp_path_factory):
+    return train_sample_run(tmp_path_factory.mktemp("runs") / "shapes", sample_training, epochs=2)
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path):
+    """A copy of the run that a test may damage."""
+    import shutil
+    return shutil.copytree(run_dir, tmp_path / "run")
+
+
+def test_run_folder_is_self_contained_and_rebuilds_its_record(run_dir, sample_training):
+    prepared, vocab, names, features = sample_training
+    model, loaded_vocab, config = utils.load_run(run_dir)
+    assert loaded_vocab == vocab and config.vocabulary == vocab.fingerprint
+    assert isinstance(config.model, utils.ModelConfig) and config.model.units == 64
+    assert isinstance(config.training, utils.TrainingConfig) and config.training.epochs == 2
+    assert config.features.encoder == "inceptionv3" and config.features.input_size == 75
+    assert config == utils.RunConfig.load(run_dir / "config.json")
+    assert json.loads((run_dir / "config.json").read_text())["format_version"] == 1
+    # The model rebuilt from the record has the saved model's shape: its weights fit (the
+    # feature statistics are constants of the model, not weights).
+    norm = model.get_layer("feature_norm")
+    rebuilt = utils.build_caption_model(config.model, feature_stats=(
+        np.asarray(norm.mean).ravel(), np.asarray(norm.variance).ravel()))
+    rebuilt.set_weights(model.get_weights())
+    tokens = np.array([vocab.encode(prepared.images[names[0]]["captions"][0])])
+    x = [features[:1], tokens[:, :-1]]
+    np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="no model.keras"):
+        utils.load_run(run_dir.parent / "nothing")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(colour="blue"), "unknown field 'colour'"),
+    (lambda c: c["model"].update(layers=3), "unknown field 'model.layers'"),
+    (lambda c: c["training"].pop("seed"), "missing field 'training.seed'"),
+    (lambda c: c["features"].pop("dim"), "missing field 'features.dim'"),
+    (lambda c: c.update(model=[1, 2]), "field 'model' should be an object"),
+    (lambda c: c.update(format_version=2), "format version 2, this code reads 1"),
+])
+def test_a_damaged_record_names_its_file_and_field(run_copy, change, message):
+    config = json.loads((run_copy / "config.json").read_text())
+    change(config)
+    (run_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(utils.RunConfigError, match=f"config.json: {message}"):
+        utils.load_run(run_copy)
+
+
+def test_a_vocabulary_that_is_not_the_runs_is_refused(run_copy):
+    vocab = utils.Vocabulary.load(run_copy / "vocabulary.json")
+    utils.Vocabulary(vocab.words[:-1], vocab.max_length).save(run_copy / "vocabulary.json")
+    with pytest.raises(utils.RunConfigError, match="not the vocabulary this run was trained with"):
+        utils.load_run(run_copy)
+    config = utils.RunConfig.load(run_copy / "config.json")
+    with pytest.raises(ValueError, match="another vocabulary"):
+        utils.save_run(run_copy, config, utils.Vocabulary(vocab.words[:-1], vocab.max_length))
+
+
+def old_config(config, weights="random"):
+    """config.json as notebook 04 wrote it before run records had a format (v0)."""
+    source, model, training = config.features, config.model, config.training
+    return {
+        "dataset": config.dataset, "encoder": source.encoder, "weights": weights,
+        "input_size": source.input_size, "features": source.path, "feature_dim": source.dim,
+        "max_length": 9, "vocab_size": model.vocab_size,
+        "embedding": {"source": "pypi", "dim": model.embedding_dim, "oov": "random"},
+        "train": config.data["train"], "val": config.data["val"],
+        "params": {"epochs": training.epochs, "batch_size": training.batch_size,
+                   "learning_rate": training.learning_rate, "lr_plateau_factor": 0.5,
+                   "label_smoothing": 0.1, "units": model.units, "dropout": model.dropout,
+                   "train_embedding": model.train_embedding, "patience": training.patience,
+                   "seed": training.seed, "mixed_precision": False, "xla": False}}
+
+
+def test_a_run_from_before_records_still_loads_and_captions(run_copy, sample_root):
+    _, _, config = utils.load_run(run_copy)
+    (run_copy / "config.json").write_text(json.dumps(old_config(config)))
+    model, vocab, upgraded = utils.load_run(run_copy)
+    assert upgraded.features == config.features and upgraded.model == config.model
+    assert upgraded.training == dataclasses.replace(config.training, lr_plateau_factor=0.5,
+                                                    label_smoothing=0.1)
+    assert upgraded.vocabulary == vocab.fingerprint and upgraded.data == config.data
+    photo = sorted((sample_root / "Images").iterdir())[0]
+    assert utils.caption_image(utils.Captioner.from_run(run_copy), photo)
+    assert "inceptionv3 (random weights)" in utils.describe_run(run_copy)
+
+    external = old_config(config, weights="external")
+    (run_copy / "config.json").write_text(json.dumps(external))
+    assert utils.load_run(run_copy)[2].features == utils.FeatureSource(
+        "external", config.features.path, config.features.dim)
+    del external["params"]
+    (run_copy / "config.json").write_text(json.dumps(external))
+    with pytest.raises(utils.RunConfigError, match="written before run records had a format "
+                                                   "version, and without the field 'params'"):
+        utils.load_run(run_copy)
+
+
+def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir):
+    config = utils.load_run(run_dir)[2]
+    assert utils.encoder_for_run(config).input_shape == (None, 75, 75, 3)
+    external = dataclasses.replace(config, features=utils.FeatureSource("external", "x.npz", 7))
+    with pytest.raises(ValueError, match="trained on external features \\(x.npz\\)"):
+        utils.encoder_for_run(external)
+    from_file = dataclasses.replace(config, features=dataclasses.replace(
+        config.features, weights="file-0123456789"))
+    with pytest.raises(ValueError, match="used a weights file \\(file-0123456789\\): pass its path"):
+        utils.encoder_for_run(from_file)
+
+
+def test_describe_run_reads_the_evaluation_by_field(run_copy):
+    assert "not evaluated yet" in utils.describe_run(run_copy)
+    (run_copy / "evaluation-test.json").write_text(json.dumps({"scores": {"greedy": {}}}))
+    assert "written by an older notebook 05; run notebook 05 again" in utils.describe_run(run_copy)
+    utils.write_evaluation(run_copy, "test", [
+        {"label": "beam 2", "shuffled_images": False, "scores": {"bleu4": 0.25, "cider_d": 1.5}},
+        {"label": "beam 2, shuffled images", "shuffled_images": True,
+         "scores": {"bleu4": 0.125, "cider_d": 0.5}}], images=3)
+    text = utils.describe_run(run_copy)
+    assert "beam 2 on the test split: BLEU-4 0.250, CIDEr-D 1.50" in text
+    assert "0.125" not in text
+
+
+def test_keras_loads_the_model_without_this_package_code_beyond_utils(run_dir):
+    model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
+    assert model.get_layer("next_word").units == utils.load_run(run_dir)[1].__len__()

@@ -1,0 +1,196 @@
+"""A training run: its record, and everything that reads a run folder back.
+
+A run folder (`models/<RUN_NAME>/`) holds `model.keras`, `vocabulary.json`, `history.*`, the
+evaluations of notebook 05 and `config.json`: the `RunConfig`, written when training starts and
+rebuilt from the file by `RunConfig.load`, as nanoGPT rebuilds `GPTConfig(**checkpoint[...])`. It
+says where the features came from (encoder, weights, input size: what a new photo must go through
+again), the model's shape, how it was trained, which vocabulary it speaks and on what data.
+"""
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from .captions import Vocabulary
+from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
+from .evaluation import read_evaluation
+from .features import FeatureSource, ImageError, build_encoder, load_image, preprocess
+from .files import read_json, write_json
+from .model import ModelConfig, TrainingConfig
+
+__all__ = ["FORMAT_VERSION", "RunConfigError", "RunConfig", "save_run", "load_run",
+           "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "describe_run"]
+
+FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
+
+
+class RunConfigError(ValueError):
+    """A config.json that cannot be read as a run record; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything about a run but its weights and its vocabulary (saved beside it)."""
+    dataset: str                # the DATASET its captions came from (data/<dataset>/)
+    features: FeatureSource     # what made its image features
+    vocabulary: str             # fingerprint of vocabulary.json, checked on loading
+    embedding: dict             # the initial word vectors: notebook 03's source, dim and oov rule
+    model: ModelConfig
+    training: TrainingConfig
+    data: dict                  # {"train": {"images": ..., "captions": ...}, "val": {...}}
+    format_version: int = FORMAT_VERSION
+
+    def save(self, path):
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path, vocab=None):
+        """The record in `path`; a file from before format 1 is upgraded (it needs the run's
+        `vocab` for the fingerprint it lacks)."""
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise RunConfigError(f"{path}: not a run record (a JSON object)")
+        version = data.get("format_version")
+        if version is None:
+            data = _upgrade_v0(data, vocab, path)
+        elif version != FORMAT_VERSION:
+            raise RunConfigError(f"{path}: format version {version}, this code reads "
+                                 f"{FORMAT_VERSION}; update the repository (git pull)")
+        return _record(cls, data, path)
+
+
+def _record(cls, data, path, where=""):
+    """A dataclass from its dict, refusing unknown and missing fields by name."""
+    if not isinstance(data, dict):
+        raise RunConfigError(f"{path}: field {where.rstrip('.')!r} should be an object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in fields:
+            raise RunConfigError(f"{path}: unknown field {where + name!r}")
+    values = {}
+    for name, field in fields.items():
+        if name not in data:
+            raise RunConfigError(f"{path}: missing field {where + name!r}")
+        values[name] = (_record(field.type, data[name], path, f"{where}{name}.")
+                        if dataclasses.is_dataclass(field.type) else data[name])
+    return cls(**values)
+
+
+def _upgrade_v0(old, vocab, path):
+    """A config.json as notebook 04 wrote it before run records: the same facts, flat."""
+    if vocab is None:
+        raise RunConfigError(f"{path}: written before run records; load it with its vocabulary")
+    try:
+        params, external = old["params"], old["weights"] == "external"
+        source = (["external", old["features"], old["feature_dim"]] if external else
+                  ["cache", old["features"], old["feature_dim"], old["encoder"], old["weights"],
+                   old["input_size"]])
+        return {
+            "dataset": old["dataset"], "features": dataclasses.asdict(FeatureSource(*source)),
+            "vocabulary": vocab.fingerprint, "embedding": old["embedding"],
+            "model": dataclasses.asdict(ModelConfig(
+                old["vocab_size"], old["feature_dim"], "merge", old["embedding"]["dim"],
+                params["units"], params["dropout"], params["train_embedding"])),
+            # Runs older than these two options trained without them.
+            "training": dataclasses.asdict(TrainingConfig(
+                params["epochs"], params["batch_size"], params["learning_rate"],
+                params.get("lr_plateau_factor"), params.get("label_smoothing", 0.0),
+                params["patience"], params["seed"], params["mixed_precision"], params["xla"])),
+            "data": {"train": old["train"], "val": old["val"]}, "format_version": FORMAT_VERSION}
+    except KeyError as e:
+        raise RunConfigError(
+            f"{path}: written before run records had a format version, and without the field "
+            f"{e.args[0]!r} that this code needs: train the run again with notebook 04") from None
+
+
+def save_run(run_dir, config, vocab):
+    """The record and the vocabulary of a run, written before training starts."""
+    if config.vocabulary != vocab.fingerprint:
+        raise ValueError("the run record names another vocabulary than the one given")
+    vocab.save(Path(run_dir) / "vocabulary.json")
+    config.save(Path(run_dir) / "config.json")
+
+
+def load_run(run_dir):
+    """(model, vocabulary, RunConfig) of a finished run: no pickle, no code beyond this package."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").is_file():
+        raise FileNotFoundError(f"{run_dir}: no model.keras (train a model with notebook 04)")
+    vocab = Vocabulary.load(run_dir / "vocabulary.json")
+    config = RunConfig.load(run_dir / "config.json", vocab)
+    if config.vocabulary != vocab.fingerprint:
+        raise RunConfigError(f"{run_dir / 'vocabulary.json'} is not the vocabulary this run was "
+                             "trained with: train the run again with notebook 04")
+    return keras.models.load_model(run_dir / "model.keras"), vocab, config
+
+
+def encoder_for_run(config, weights_file=None):
+    """The CNN that made a run's features, so a new photo is encoded exactly like the training
+    ones. Random weights are rebuilt from their seed; a weights file must be given again."""
+    source = config.features
+    if source.kind == "external":
+        raise ValueError(f"this run was trained on external features ({source.path}): "
+                         "encode new images with the same encoder and pass their features")
+    if source.weights.startswith("file-") and weights_file is None:
+        raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its path")
+    weights = {"random": None, "imagenet": "imagenet"}.get(source.weights, weights_file)
+    return build_encoder(source.encoder, weights, source.input_size)
+
+
+@dataclass
+class Captioner:
+    """A run ready to caption new photos: its decoder, and the encoder that made its features."""
+    decoder: CaptionDecoder
+    encoder: keras.Model
+    config: RunConfig
+
+    @classmethod
+    def from_run(cls, run_dir, weights_file=None):
+        model, vocab, config = load_run(run_dir)
+        return cls(CaptionDecoder(model, vocab), encoder_for_run(config, weights_file), config)
+
+
+def caption_image(captioner, image, setting=DEFAULT_DECODING):
+    """The caption of one image (a path or an open file), read and scaled by the same
+    `load_image` and `preprocess` as the feature cache. Raises ImageError, naming the image, for
+    anything unusable."""
+    source = captioner.config.features
+    pixels = load_image(image, source.input_size)
+    features = captioner.encoder.predict(preprocess(source.encoder, pixels[None]), verbose=0)
+    return captioner.decoder.vocab.decode(decode(captioner.decoder, features, setting)[0])
+
+
+def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):
+    """Captions for image files by path; an unreadable file gets "error: ..." instead."""
+    results = {}
+    for path in paths:
+        try:
+            results[str(path)] = caption_image(captioner, path, setting)
+        except ImageError as e:
+            results[str(path)] = f"error: {e}"
+    return results
+
+
+def describe_run(run_dir):
+    """What the app shows of a run, in Markdown: its data, encoder and vocabulary, and the test
+    scores of notebook 05 (the shuffled-image control left out: it is for the notebook)."""
+    run_dir = Path(run_dir)
+    vocab = Vocabulary.load(run_dir / "vocabulary.json")
+    config = RunConfig.load(run_dir / "config.json", vocab)
+    source = config.features
+    made_by = ("external features" if source.kind == "external"
+               else f"{source.encoder} ({source.weights} weights)")
+    lines = [f"**{run_dir.name}**: {config.dataset} dataset, {made_by}, "
+             f"{config.model.vocab_size} words, trained on {config.data['train']['images']} images"]
+    try:
+        evaluation = read_evaluation(run_dir, "test")
+    except ValueError as e:
+        return "  \n".join(lines + [str(e)])
+    if evaluation is None:
+        lines.append("not evaluated yet: run notebook 05 for its test scores")
+    else:
+        lines += [f"{entry['label']} on the test split: BLEU-4 {entry['scores']['bleu4']:.3f}, "
+                  f"CIDEr-D {entry['scores']['cider_d']:.2f}"
+                  for entry in evaluation["results"] if not entry["shuffled_images"]]
+    return "  \n".join(lines)
