@@ -10,11 +10,12 @@ import time
 import keras
 import numpy as np
 
+import shared_data  # noqa: F401  (it puts the repository on the path, for utils)
 import utils
 
 # The tutorials' settings.
 CLEANING = {"drop_one_letter": True, "min_count": 10}
-MODEL = {"units": 256, "dropout": 0.5}
+MODEL = {"units": 256, "dropout": 0.5, "train_embedding": False}  # GloVe frozen
 TRAINING = {"learning_rate": 1e-3, "batch_size": 256, "epochs": 15, "patience": 2}
 
 
