@@ -201,10 +201,10 @@ def test_feature_source_of_a_cache_and_of_an_npz(sample_root, tmp_path, encoder)
                            model=encoder)
     assert utils.find_feature_cache(tmp_path / "features", "InceptionV3") == cache
     assert utils.feature_source(cache) == utils.FeatureSource(
-        "cache", str(cache), 2048, "inceptionv3", "random", SIZE)
+        "cache", utils.portable_path(cache), 2048, "inceptionv3", "random", SIZE)
     npz = tmp_path / "mine.npz"
     np.savez(npz, names=np.array(names), features=np.zeros((2, 7), "float16"))
-    assert utils.feature_source(npz) == utils.FeatureSource("external", str(npz), 7)
+    assert utils.feature_source(npz) == utils.FeatureSource("external", utils.portable_path(npz), 7)
     utils.extract_features(sample_root / "Images", names[:1],
                            utils.cache_dir(tmp_path / "features", "inceptionv3", None, 80),
                            "inceptionv3", None, 80)

@@ -111,7 +111,7 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
         assert done.returncode == 0, done.stderr[-3000:]
 
     _, _, config = utils.load_run(tmp_path / "models" / "mine")
-    assert config.features == utils.FeatureSource("external", str(features), 1280)
+    assert config.features == utils.FeatureSource("external", utils.portable_path(features), 1280)
     evaluation = utils.read_evaluation(tmp_path / "models" / "mine", names_file)
     assert evaluation["images"] == len(chosen) == 40
     assert all(list(entry["captions"]) == chosen for entry in evaluation["results"])
