@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make run    runs every notebook in order (papermill) on DATASET (default: the offline sample);
-#               executed copies, with their outputs, land in outputs/
+#               executed copies, with their outputs, land in outputs/ (also as HTML)
 #   make test   runs the test suite, which also executes every notebook on the sample dataset
 #   make app    serves the web page (app.py) that captions uploaded photos with the runs in models/
 # Both create the virtual environment .venv/ from the requirements files when needed.
@@ -25,6 +25,9 @@ run: .venv/.run-deps
 	for nb in notebooks/[0-9]*.ipynb; do \
 		$(BIN)/papermill "$$nb" "outputs/$$(basename $$nb)" -p DATASET $(DATASET) || exit 1; \
 	done
+	$(BIN)/jupyter nbconvert --to html --log-level WARN outputs/[0-9]*.ipynb
+	@echo; echo "Done. The executed notebooks, with their captions, scores and plots, are in outputs/"
+	@echo "(open outputs/05_decode_and_evaluate.html in a browser); caption your own photos with: make app"
 
 test: .venv/.test-deps
 	$(BIN)/python -m pytest

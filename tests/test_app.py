@@ -73,9 +73,10 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
     assert at.sidebar.multiselect[0].value == ["shapes-large", "shapes-small"]
     sidebar = " ".join(m.value for m in at.sidebar.markdown)
     assert "sample dataset, inceptionv3 (random weights)" in sidebar
-    assert "beam 3 on the test split: BLEU-4 0.543, CIDEr-D 2.35" in sidebar
-    assert "greedy on the test split: BLEU-4 0.432, CIDEr-D 1.23" in sidebar
+    assert "beam 3 on the sample test split: BLEU-4 0.543, CIDEr-D 2.35" in sidebar
+    assert "greedy on the sample test split: BLEU-4 0.432, CIDEr-D 1.23" in sidebar
     assert "shuffled" not in sidebar and "0.111" not in sidebar  # the control is for notebook 05
+    assert sidebar.count(utils.SAMPLE_RUN_WARNING) == 2  # both runs know only shapes
     assert "shapes-large" in sidebar and "not evaluated yet" in sidebar
 
     photo = sorted((sample_root / "Images").iterdir())[0]
@@ -199,6 +200,7 @@ def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample
     chromium.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(photo))
     WebDriverWait(chromium, 180).until(
         lambda d: all(c in d.find_element(By.TAG_NAME, "body").text for c in expected))
+    assert "it knows only coloured shapes" in chromium.find_element(By.TAG_NAME, "body").text
     time.sleep(1)  # let the image finish painting before the screenshot
     shots = [tmp_path / "app.png"] + ([os.environ["APP_SCREENSHOT"]] if "APP_SCREENSHOT" in os.environ else [])
     for shot in shots:

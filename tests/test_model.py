@@ -77,6 +77,18 @@ def test_caption_dataset_buckets_by_length():
     assert sorted(seen) == list(range(200))  # every caption once per epoch
 
 
+@pytest.mark.parametrize("batch_size, bucket_width", [(8, 4), (7, 3), (16, 0), (200, 4)])
+def test_an_epoch_has_the_announced_number_of_batches(batch_size, bucket_width):
+    rng = np.random.default_rng(2)
+    tokens = np.zeros((150, 24), "int32")
+    for i, length in enumerate(rng.integers(3, 25, size=150)):
+        tokens[i, :length] = rng.integers(4, V, size=length)
+    data = utils.caption_dataset(np.zeros((150, F), "float32"), np.arange(150, dtype="int32"),
+                                 tokens, batch_size, seed=5, bucket_width=bucket_width)
+    assert int(data.cardinality()) == utils.batch_count(tokens, batch_size, bucket_width)
+    assert len(list(data)) == len(list(data)) == int(data.cardinality())  # two epochs alike
+
+
 def test_loss_ignores_padding():
     keras.utils.set_random_seed(0)
     model = utils.build_model(utils.ModelConfig(V, F, units=8),

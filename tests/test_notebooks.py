@@ -111,6 +111,19 @@ def test_notebook_defaults_are_the_package_defaults():
                                  values["NO_REPEAT_NGRAM"]) == utils.DEFAULT_DECODING
 
 
+def test_notebook_04_shows_one_line_and_captions_per_epoch(executed):
+    text = printed(executed["04_train_model"])
+    epochs = [l for l in text.splitlines() if l.startswith("epoch ")]
+    assert len(epochs) == len(utils.read_json(
+        executed["workdir"] / "models" / "sample-inceptionv3" / "history.json"))
+    assert all("validation loss" in l and "learning rate" in l for l in epochs)
+    captions = [l for l in text.splitlines() if l.startswith("    shapes_")]
+    assert len(captions) == 3 * len(epochs) and all(len(l.split(": ")[1].split()) >= 2
+                                                   for l in captions[-3:])
+    assert "\b" not in text  # no progress bar redrawn with backspaces
+    assert "ran out of data" not in text
+
+
 def test_notebook_05_shows_the_plain_greedy_loop_agreeing_with_the_fast_one(executed):
     lines = printed(executed["05_decode_and_evaluate"]).splitlines()
     plain = next(l for l in lines if l.startswith("one word at a time:")).split(":", 1)[1].strip()

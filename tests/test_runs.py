@@ -132,7 +132,7 @@ def test_describe_run_reads_the_evaluation_by_field(run_copy):
         {"label": "beam 2, shuffled images", "shuffled_images": True,
          "scores": {"bleu4": 0.125, "cider_d": 0.5}}], images=3)
     text = utils.describe_run(run_copy)
-    assert "beam 2 on the test split: BLEU-4 0.250, CIDEr-D 1.50" in text
+    assert "beam 2 on the sample test split: BLEU-4 0.250, CIDEr-D 1.50" in text
     assert "0.125" not in text
 
 

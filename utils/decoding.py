@@ -11,6 +11,7 @@ How to decode is one record, a `DecodingSetting` (beam width, length penalty, th
 repeated n-grams); `DEFAULT_DECODING` is the one default of notebook 05, the app and the
 benchmarks, and `decode` picks greedy or beam search from it.
 """
+import time
 from dataclasses import dataclass
 
 import keras
@@ -20,7 +21,7 @@ import tensorflow as tf
 from .model import model_parts, predict_word, project_image
 
 __all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "decode", "greedy_search",
-           "beam_search"]
+           "beam_search", "EpochReport"]
 
 
 @dataclass(frozen=True)
@@ -203,3 +204,28 @@ def _words(ids, vocab):
             break
         out.append(int(i))
     return out
+
+
+class EpochReport(keras.callbacks.Callback):
+    """What training shows: one line per epoch (loss, validation loss, the epoch's learning rate,
+    seconds), then the captions of a few fixed images, written by `decode` as notebook 05 writes
+    them, so that the reader watches them improve (the TensorFlow tutorial's GenerateText)."""
+
+    def __init__(self, vocab, names, features, setting=DEFAULT_DECODING):
+        super().__init__()
+        self.vocab, self.names, self.features, self.setting = vocab, names, features, setting
+
+    def on_train_begin(self, logs=None):
+        # Built on the model's own layers: it decodes with the weights of the moment.
+        self.decoder = CaptionDecoder(self.model, self.vocab)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+        self.learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        print(f"epoch {epoch + 1}: loss {logs['loss']:.3f}, validation loss {logs['val_loss']:.3f}, "
+              f"learning rate {self.learning_rate:.2g}, {seconds:.1f} s")
+        for name, ids in zip(self.names, decode(self.decoder, self.features, self.setting)):
+            print(f"    {name}: {self.vocab.decode(ids)}")

@@ -31,7 +31,7 @@ from .files import atomic_path, write_json
 __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "build_caption_model",
            "build_model", "compile_model", "model_parts", "project_image", "predict_word",
            "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
-           "feature_statistics", "encode_captions", "caption_dataset", "CaptionData",
+           "feature_statistics", "encode_captions", "caption_dataset", "batch_count", "CaptionData",
            "BestModelCheckpoint", "read_history", "train_caption_model"]
 
 ARCHITECTURES = ("merge",)  # where the image enters the caption model
@@ -260,7 +260,7 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
     if shuffle:
         data = data.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
     if bucket_width:
-        boundaries = list(range(bucket_width + 1, tokens.shape[1] + 1, bucket_width))
+        boundaries = _bucket_boundaries(tokens, bucket_width)
         data = data.bucket_by_sequence_length(
             lambda row, caption: tf.reduce_sum(tf.cast(caption > 0, tf.int32)),
             boundaries, [batch_size] * (len(boundaries) + 1))
@@ -272,7 +272,26 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
         caption = caption[:, :length]
         return (tf.gather(table, row), caption[:, :-1]), caption[:, 1:]
 
-    return data.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    batches = data.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    # Bucketing hides how many batches an epoch holds; it is fixed (each bucket's captions in
+    # full batches, then its remainder), and Keras, told it, shows a known number of steps.
+    return batches.apply(tf.data.experimental.assert_cardinality(
+        batch_count(tokens, batch_size, bucket_width))).prefetch(tf.data.AUTOTUNE)
+
+
+def _bucket_boundaries(tokens, bucket_width):
+    """Caption lengths (in tokens) where a new bucket starts."""
+    return list(range(bucket_width + 1, tokens.shape[1] + 1, bucket_width))
+
+
+def batch_count(tokens, batch_size, bucket_width=4):
+    """How many batches `caption_dataset` makes of `tokens` per epoch."""
+    if not bucket_width:
+        return -(-len(tokens) // batch_size)
+    # tf.data puts a caption of length L in the bucket of the boundaries <= L.
+    buckets = np.searchsorted(_bucket_boundaries(tokens, bucket_width), (tokens > 0).sum(1),
+                              side="right")
+    return int(sum(-(-n // batch_size) for n in np.bincount(buckets) if n))
 
 
 @dataclass

@@ -19,10 +19,13 @@ from .features import FeatureSource, ImageError, build_encoder, load_image, prep
 from .files import read_json, write_json
 from .model import ModelConfig, TrainingConfig
 
-__all__ = ["FORMAT_VERSION", "RunConfigError", "RunConfig", "save_run", "load_run",
+__all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RunConfigError", "RunConfig", "save_run", "load_run",
            "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
+# What the app says of a run trained on the synthetic sample, whose scores look excellent.
+SAMPLE_RUN_WARNING = ("Trained on the synthetic sample: it knows only coloured shapes, whatever "
+                      "the photo. For real photos, train on Flickr8k: `make run DATASET=flickr8k`.")
 
 
 class RunConfigError(ValueError):
@@ -183,6 +186,8 @@ def describe_run(run_dir):
                else f"{source.encoder} ({source.weights} weights)")
     lines = [f"**{run_dir.name}**: {config.dataset} dataset, {made_by}, "
              f"{config.model.vocab_size} words, trained on {config.data['train']['images']} images"]
+    if config.dataset == "sample":
+        lines.append(SAMPLE_RUN_WARNING)
     try:
         evaluation = read_evaluation(run_dir, "test")
     except ValueError as e:
@@ -190,7 +195,7 @@ def describe_run(run_dir):
     if evaluation is None:
         lines.append("not evaluated yet: run notebook 05 for its test scores")
     else:
-        lines += [f"{entry['label']} on the test split: BLEU-4 {entry['scores']['bleu4']:.3f}, "
+        lines += [f"{entry['label']} on the {config.dataset} test split: BLEU-4 {entry['scores']['bleu4']:.3f}, "
                   f"CIDEr-D {entry['scores']['cider_d']:.2f}"
                   for entry in evaluation["results"] if not entry["shuffled_images"]]
     return "  \n".join(lines)
