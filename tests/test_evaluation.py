@@ -2,6 +2,7 @@
 import math
 import shutil
 
+import numpy as np
 import pytest
 
 import utils
@@ -25,6 +26,10 @@ def test_cider_rewards_agreement_with_the_references():
     swapped = utils.caption_scores(REFS, [["a", "man", "rides", "a", "bike"], ["a", "dog", "runs"]])
     assert good["cider_d"] > 1.0 > swapped["cider_d"]
     assert utils.caption_scores(REFS, [["zebra"], ["zebra"]])["cider_d"] == 0.0
+    scores, each = utils.caption_scores(REFS, [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]],
+                                        meteor=False, per_image=True)
+    assert len(each) == 2 and sum(each) / 2 == pytest.approx(good["cider_d"]) == scores["cider_d"]
+    assert each[1] > each[0] > 0  # the second caption matches a reference word for word
 
 
 @pytest.mark.skipif(not shutil.which("java"), reason="METEOR runs pycocoevalcap's Java jar")
@@ -72,6 +77,9 @@ def test_evaluate_scores_each_setting_and_the_shuffled_control(sample_training, 
                       for ids in utils.decode(decoder, features[[row[n] for n in test]], setting)]
         assert list(entry["captions"].values()) == [" ".join(h) for h in hypotheses]
         assert entry["scores"] == utils.caption_scores(references, hypotheses, meteor=False)
+        assert list(entry["cider_d_per_image"]) == test
+        assert np.mean(list(entry["cider_d_per_image"].values())) == pytest.approx(
+            entry["scores"]["cider_d"])
         assert entry["diagnostics"]["images"] == 20
     control = utils.find_result(results, greedy, shuffled_images=True)
     assert control["scores"]["bleu4"] < results[0]["scores"]["bleu4"]

@@ -20,6 +20,8 @@ from conftest import REPO
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Small settings that keep CI fast; the sample dataset is the default of every notebook.
 SMALL = {"04_train_model": {"EPOCHS": 15}}
+# A photo of the sample for notebook 05's "caption your own photo" (written by notebook 01).
+OWN_PHOTO = "data/sample/Images/shapes_00007.jpg"
 # Measured: greedy BLEU-4 0.713 on the sample test split after 15 epochs, 0.229 with shuffled features.
 BLEU4_BAR = 0.5
 # Appended to the notebooks that must not load TensorFlow, to look inside their kernels.
@@ -40,6 +42,8 @@ def executed(tmp_path_factory):
         nbformat.write(nb, source)
         parameters = {"DATA_DIR": str(workdir / "data"), "MODELS_DIR": str(workdir / "models"),
                       **SMALL.get(notebook.stem, {})}
+        if notebook.stem.startswith("05"):
+            parameters["IMAGE"] = str(workdir / OWN_PHOTO)
         out = workdir / notebook.name
         papermill.execute_notebook(str(source), str(out), parameters=parameters, cwd=str(REPO),
                                    progress_bar=False)
@@ -122,6 +126,14 @@ def test_notebook_04_shows_one_line_and_captions_per_epoch(executed):
                                                    for l in captions[-3:])
     assert "\b" not in text  # no progress bar redrawn with backspaces
     assert "ran out of data" not in text
+
+
+def test_notebook_05_shows_examples_best_worst_and_your_own_photo(executed):
+    pictures = [o for o in outputs(executed["05_decode_and_evaluate"]) if "image/png" in o.get("data", {})]
+    assert len(pictures) == 5  # the scores, the first, best and worst captioned, your own photo
+    line = next(l for l in printed(executed["05_decode_and_evaluate"]).splitlines()
+                if l.startswith(str(executed["workdir"] / OWN_PHOTO)))
+    assert len(line.split(": ", 1)[1].split()) >= 3
 
 
 def test_notebook_05_shows_the_plain_greedy_loop_agreeing_with_the_fast_one(executed):

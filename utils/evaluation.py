@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from .decoding import decode
 from .files import read_json, write_json
 
-__all__ = ["BLEU_WEIGHTS", "caption_scores", "caption_diagnostics", "evaluate", "find_result",
+__all__ = ["BLEU_WEIGHTS", "caption_scores", "caption_diagnostics", "caption_grid", "evaluate",
+           "find_result",
            "EVALUATION_FORMAT", "evaluation_path", "write_evaluation", "read_evaluation"]
 
 EVALUATION_FORMAT = 1  # of evaluation-<split>.json
@@ -31,10 +32,11 @@ EVALUATION_FORMAT = 1  # of evaluation-<split>.json
 BLEU_WEIGHTS = {f"bleu{n}": tuple([1 / n] * n) for n in range(1, 5)}
 
 
-def caption_scores(references, hypotheses, meteor=True):
+def caption_scores(references, hypotheses, meteor=True, per_image=False):
     """Corpus BLEU-1..4, CIDEr-D and METEOR (None without Java, or with `meteor=False`: it takes
     about 10 s to start). `references`: per image, a list of reference captions, each a list of
-    words; `hypotheses`: per image, one caption as words."""
+    words; `hypotheses`: per image, one caption as words. With `per_image`, returns (scores,
+    each image's CIDEr-D): the corpus's CIDEr-D is their mean (IDF from all references)."""
     if len(references) != len(hypotheses) or not hypotheses:
         raise ValueError(f"{len(hypotheses)} captions for {len(references)} images")
     with warnings.catch_warnings():  # nltk warns at every zero n-gram count; the score says it
@@ -43,11 +45,12 @@ def caption_scores(references, hypotheses, meteor=True):
                   for name, weights in BLEU_WEIGHTS.items()}
     gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
     res = {i: [" ".join(h)] for i, h in enumerate(hypotheses)}
-    scores["cider_d"] = float(Cider().compute_score(gts, res)[0])
+    cider, each_cider = Cider().compute_score(gts, res)
+    scores["cider_d"] = float(cider)
     # METEOR is pycocoevalcap's Java jar: computed where Java is installed, None elsewhere.
     use_meteor = meteor and shutil.which("java")
     scores["meteor"] = float(Meteor().compute_score(gts, res)[0]) if use_meteor else None
-    return scores
+    return (scores, [float(x) for x in each_cider]) if per_image else scores
 
 
 def caption_diagnostics(hypotheses, training_captions):
@@ -67,13 +70,36 @@ def caption_diagnostics(hypotheses, training_captions):
     }
 
 
+def caption_grid(panels, columns=3, width=10):
+    """A figure of images, each with its lines of text below it, readable on a page 1,000 pixels
+    wide (11-point text in a 10-inch figure). `panels`: (RGB image, [line, ...]) pairs."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width, 5 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (image, lines) in zip(axes.ravel(), panels):
+        ax.imshow(image)
+        ax.set(xticks=[], yticks=[])
+        ax.spines[:].set_visible(False)
+        # Below the image as its x label, so that tight_layout makes room for every line.
+        ax.set_xlabel("\n".join(textwrap.fill(line, 30, subsequent_indent="  ") for line in lines),
+                      loc="left", fontsize=11, linespacing=1.3)
+    fig.tight_layout()
+    return fig
+
+
 def evaluate(decoder, names, features, references, settings, training_captions, control=None,
              meteor=True):
     """Caption the images `names` (their feature vectors `features`) with each DecodingSetting,
     score the captions against `references` (per image, a list of tokenised captions) and
     diagnose them against `training_captions`. With `control`, a setting, the images are also
     decoded with their feature vectors shuffled among them (seeded): a model that looks at the
-    images must score well above that. Returns one entry per decoding, control last."""
+    images must score well above that. Returns one entry per decoding, control last, each with
+    every caption and every image's CIDEr-D."""
     jobs = [(setting, features, False) for setting in settings]
     if control is not None:
         shuffled = features[np.random.default_rng(0).permutation(len(features))]
@@ -81,12 +107,13 @@ def evaluate(decoder, names, features, references, settings, training_captions, 
     results = []
     for setting, images, shuffled_images in tqdm(jobs, desc="decoding"):
         hypotheses = [decoder.vocab.decode(ids).split() for ids in decode(decoder, images, setting)]
+        scores, each_cider = caption_scores(references, hypotheses, meteor, per_image=True)
         results.append({
             "label": setting.label + (", shuffled images" if shuffled_images else ""),
             "decoding": dataclasses.asdict(setting), "shuffled_images": shuffled_images,
-            "scores": caption_scores(references, hypotheses, meteor),
-            "diagnostics": caption_diagnostics(hypotheses, training_captions),
-            "captions": dict(zip(names, map(" ".join, hypotheses)))})
+            "scores": scores, "diagnostics": caption_diagnostics(hypotheses, training_captions),
+            "captions": dict(zip(names, map(" ".join, hypotheses))),
+            "cider_d_per_image": dict(zip(names, each_cider))})
     return results
 
 
