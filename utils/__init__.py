@@ -5,6 +5,7 @@
     download    resumable downloads of any file
     datasets    Flickr8k by name, and the embedded sample dataset
     glove       stage 3: GloVe vectors from every source, the embedding matrix
+    plots       photos with their captions, as a figure
   loaded on first use (they import TensorFlow, or nltk and pycocoevalcap):
     features    stage 2: CNN encoders, image loading, the resumable feature cache
     model       stage 4: the merge model and its configs, tf.data input, resumable training
@@ -22,6 +23,7 @@ from .datasets import *  # noqa: F401,F403
 from .download import *  # noqa: F401,F403
 from .files import *  # noqa: F401,F403
 from .glove import *  # noqa: F401,F403
+from .plots import *  # noqa: F401,F403
 
 LAZY_MODULES = ("features", "model", "decoding", "evaluation", "runs")
 

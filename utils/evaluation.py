@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 from .decoding import decode
 from .files import read_json, write_json
 
-__all__ = ["BLEU_WEIGHTS", "caption_scores", "caption_diagnostics", "caption_grid", "evaluate",
-           "find_result",
+__all__ = ["BLEU_WEIGHTS", "caption_scores", "caption_diagnostics", "evaluate", "find_result",
            "EVALUATION_FORMAT", "evaluation_path", "write_evaluation", "read_evaluation"]
 
 EVALUATION_FORMAT = 1  # of evaluation-<split>.json
@@ -68,28 +67,6 @@ def caption_diagnostics(hypotheses, training_captions):
         "copied_from_training": sum(n for c, n in distinct.items() if c in training)
         / max(len(hypotheses), 1),
     }
-
-
-def caption_grid(panels, columns=3, width=10):
-    """A figure of images, each with its lines of text below it, readable on a page 1,000 pixels
-    wide (11-point text in a 10-inch figure). `panels`: (RGB image, [line, ...]) pairs."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-
-    rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(width, 5 * rows), squeeze=False)
-    for ax in axes.ravel()[len(panels):]:
-        ax.axis("off")
-    for ax, (image, lines) in zip(axes.ravel(), panels):
-        ax.imshow(image)
-        ax.set(xticks=[], yticks=[])
-        ax.spines[:].set_visible(False)
-        # Below the image as its x label, so that tight_layout makes room for every line.
-        ax.set_xlabel("\n".join(textwrap.fill(line, 30, subsequent_indent="  ") for line in lines),
-                      loc="left", fontsize=11, linespacing=1.3)
-    fig.tight_layout()
-    return fig
 
 
 def evaluate(decoder, names, features, references, settings, training_captions, control=None,

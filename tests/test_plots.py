@@ -1,0 +1,23 @@
+"""Figures: photos with their captions below them, wrapped and readable."""
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+
+import utils  # noqa: E402
+
+
+def test_caption_grid_puts_every_caption_under_its_photo():
+    photos = [np.full((20, 20, 3), v, "uint8") for v in (0, 120, 250, 60)]
+    long = "a man in a red jacket climbs a rock face above a river in the mountains"
+    fig = utils.caption_grid([(p, [f"greedy: photo {i}", long]) for i, p in enumerate(photos)])
+    axes = fig.get_axes()
+    assert len(axes) == 6 and fig.get_size_inches()[0] == 10  # three a row, two rows
+    shown = [ax for ax in axes if ax.get_images()]
+    assert len(shown) == 4 and not any(ax.axison for ax in axes[4:])
+    for i, ax in enumerate(shown):
+        label = ax.xaxis.label
+        assert label.get_text().startswith(f"greedy: photo {i}\n")
+        assert label.get_fontsize() >= 10
+        assert all(len(line) <= 30 for line in label.get_text().splitlines())  # wrapped
+        assert " ".join(label.get_text().replace("\n  ", " ").splitlines()[1:]) == long
