@@ -96,7 +96,8 @@ def main():
         try:
             images.append((url.strip(), fetch_image(url.strip())))
         except utils.DownloadError as e:
-            st.error(str(e))
+            st.error(f"{url.strip()}: could not fetch the image ({e.reason}). Check the address "
+                     "in your browser, or save the photo and upload it above.")
     for image_name, data in images:
         try:
             preview = utils.load_image(as_file(image_name, data), 384)

@@ -126,14 +126,20 @@ def test_image_from_a_url(monkeypatch, models_dir, sample_root, server):
     assert not at.error
     assert at.subheader[0].value == expected_caption(models_dir / "shapes-large", photo)
 
+    # Errors say what went wrong and what to do on a web page (no file paths, no "run again").
+    advice = "Check the address in your browser, or save the photo and upload it above."
     at.text_input[0].set_value(server.url + "missing.png").run()
-    assert at.error[0].value.startswith(f"{server.url}missing.png: HTTP 404")
+    assert at.error[0].value == (f"{server.url}missing.png: could not fetch the image (the server "
+                                 f"answered HTTP 404 Not Found). {advice}")
     port = server.httpd.server_port
     server.close()
     at.text_input[0].set_value(f"http://127.0.0.1:{port}/gone.png").run()
-    assert "could not download" in at.error[0].value
+    assert at.error[0].value.startswith(f"http://127.0.0.1:{port}/gone.png: could not fetch the "
+                                        "image (no answer from the server: ")
+    assert at.error[0].value.endswith(advice)
     at.text_input[0].set_value("not a url").run()
-    assert at.error[0].value.startswith("'not a url' is not a web address")
+    assert at.error[0].value == ("not a url: could not fetch the image (not a web address: it "
+                                 f"starts with http:// or https://). {advice}")
 
 
 def free_port():

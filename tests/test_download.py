@@ -19,8 +19,9 @@ def test_interrupted_download_resumes(server, tmp_path):
     body = bytes(range(256)) * 4000
     server.files["big.zip"] = body
     server.cut_after = 300_000
-    with pytest.raises(utils.DownloadError, match="after 300000 of 1024000 bytes"):
+    with pytest.raises(utils.DownloadError, match="after 300000 of 1024000 bytes") as info:
         utils.download_file(server.url + "big.zip", tmp_path / "big.zip", chunk_size=4096)
+    assert info.value.reason == "the connection closed after 300000 of 1024000 bytes"
     assert (tmp_path / "big.zip.part").stat().st_size == 300_000
     assert not (tmp_path / "big.zip").exists()
     utils.download_file(server.url + "big.zip", tmp_path / "big.zip")
@@ -31,8 +32,9 @@ def test_interrupted_download_resumes(server, tmp_path):
 def test_http_error_and_offline_fail_fast(server, tmp_path):
     with pytest.raises(utils.DownloadError, match="'photo.jpg' is not a web address"):
         utils.download_file("photo.jpg", tmp_path / "m.zip")
-    with pytest.raises(utils.DownloadError, match="HTTP 404"):
+    with pytest.raises(utils.DownloadError, match="HTTP 404.*save it as .*m.zip") as info:
         utils.download_file(server.url + "missing.zip", tmp_path / "m.zip")
+    assert info.value.reason == "the server answered HTTP 404 Not Found"  # no advice in it
     port = server.httpd.server_port
     server.close()
     start = time.time()

@@ -125,6 +125,7 @@ def test_notebook_04_shows_one_line_and_captions_per_epoch(executed):
     assert len(captions) == 3 * len(epochs) and all(len(l.split(": ")[1].split()) >= 2
                                                    for l in captions[-3:])
     assert "\b" not in text  # no progress bar redrawn with backspaces
+    assert len(text) < 30_000
     assert "ran out of data" not in text
 
 

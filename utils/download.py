@@ -16,7 +16,12 @@ __all__ = ["DownloadError", "download_file", "check_zip", "extract_zip"]
 
 
 class DownloadError(RuntimeError):
-    """A download that failed; the message says what to fetch by hand and where to put it."""
+    """A download that failed; the message says what to fetch by hand and where to put it, and
+    `reason` says only what went wrong (for a page, where that advice makes no sense)."""
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def download_file(url, dest, timeout=15, chunk_size=1 << 20):
@@ -30,7 +35,8 @@ def download_file(url, dest, timeout=15, chunk_size=1 << 20):
     try:
         request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
     except ValueError:
-        raise DownloadError(f"{url!r} is not a web address (http://... or https://...)") from None
+        raise DownloadError(f"{url!r} is not a web address (http://... or https://...)",
+                            "not a web address: it starts with http:// or https://") from None
     hint = f"run again to resume, or download {url} yourself and save it as {dest}"
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -45,15 +51,18 @@ def download_file(url, dest, timeout=15, chunk_size=1 << 20):
                     bar.update(len(chunk))
     except urllib.error.HTTPError as e:
         if e.code != 416:  # 416: nothing left to send, the part file is already whole
-            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; {hint}") from None
+            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}; {hint}",
+                                f"the server answered HTTP {e.code} {e.reason}") from None
         total = start
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise DownloadError(f"could not download {url} ({reason}); {hint}") from None
+        raise DownloadError(f"could not download {url} ({reason}); {hint}",
+                            f"no answer from the server: {reason}") from None
     received = part.stat().st_size
     if total is not None and received != total:
         raise DownloadError(f"{url}: connection closed after {received} of {total} bytes "
-                            f"(kept in {part}); {hint}")
+                            f"(kept in {part}); {hint}",
+                            f"the connection closed after {received} of {total} bytes")
     os.replace(part, dest)
     return dest
 
