@@ -45,7 +45,7 @@ import utils  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "quality.json"
 # Each variant changes one setting of the current default. Earlier rounds, each against the
-# defaults of its day, are in benchmarks/results/quality-tuning*.json and the README's tuning table.
+# defaults of its day, are in benchmarks/results/quality-tuning*.json and docs/results.md's tuning table.
 VARIANTS = {
     "GloVe frozen": {"train_embedding": False},
     "no label smoothing": {"label_smoothing": 0.0},

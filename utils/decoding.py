@@ -27,7 +27,7 @@ __all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "decode", "g
 @dataclass(frozen=True)
 class DecodingSetting:
     """How captions are written. Width 1 is greedy search (its length penalty is irrelevant, so
-    it is kept at 0). The defaults are the best measured on Flickr8k's dev split (README)."""
+    it is kept at 0). The defaults are the best measured on Flickr8k's dev split (docs/results.md)."""
     beam_width: int = 5           # partial captions kept per image; 1: greedy
     length_penalty: float = 1.0   # 0: summed log-probability (favours short captions); 1: per word
     no_repeat_ngram: int = 2      # no n-gram twice in one caption; 0: no such rule
