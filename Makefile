@@ -25,7 +25,7 @@ run: .venv/.run-deps
 	for nb in notebooks/[0-9]*.ipynb; do \
 		$(BIN)/papermill "$$nb" "outputs/$$(basename $$nb)" -p DATASET $(DATASET) || exit 1; \
 	done
-	$(BIN)/jupyter nbconvert --to html --log-level WARN outputs/[0-9]*.ipynb
+	$(BIN)/jupyter nbconvert --to html --log-level ERROR outputs/[0-9]*.ipynb
 	@echo; echo "Done. The executed notebooks, with their captions, scores and plots, are in outputs/"
 	@echo "(open outputs/05_decode_and_evaluate.html in a browser); caption your own photos with: make app"
 

@@ -104,7 +104,7 @@ def score(model, vocab, shared, drop_one_letter, decodings):
     names, features, references = shared.split("val", drop_one_letter)
     training = [c.split() for c in utils.split_captions(shared.prepared(drop_one_letter), "train")]
     results = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
-                             decodings, training, meteor=False)
+                             decodings, training, meteor=False, verbose=False)
     return {entry["label"]: {k: round(v, 4) for k, v in entry["scores"].items() if v is not None}
             | {"distinct_captions": entry["diagnostics"]["distinct_captions"],
                "example": entry["captions"][names[0]]} for entry in results}

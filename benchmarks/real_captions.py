@@ -52,7 +52,8 @@ def main():
     names, features, references = shared.split("val")
     training_captions = [c.split() for c in utils.split_captions(shared.prepared(), "train")]
     result, = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
-                             [utils.DEFAULT_DECODING], training_captions, meteor=False)
+                             [utils.DEFAULT_DECODING], training_captions, meteor=False,
+                             verbose=False)
     scores = {k: round(v, 3) for k, v in result["scores"].items() if v is not None}
     shown = names[:SHOWN]
     rows = [(n, result["captions"][n], " ".join(references[names.index(n)][0])) for n in shown]

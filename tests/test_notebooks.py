@@ -83,6 +83,13 @@ def test_notebook_runs_and_shows_a_plot(notebook, executed):
         "every notebook shows at least one plot"
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_shows_no_tensorflow_startup_lines(notebook, executed):
+    text = printed(executed[notebook.stem])
+    for noise in ("E0000", "I0000", "cuInit", "absl::", "oneDNN"):
+        assert noise not in text, noise
+
+
 @pytest.mark.parametrize("stem", WITHOUT_TENSORFLOW)
 def test_notebooks_without_a_model_never_load_tensorflow(stem, executed):
     assert "tensorflow loaded: False" in printed(executed[stem])

@@ -6,6 +6,7 @@
     datasets    Flickr8k by name, and the embedded sample dataset
     glove       stage 3: GloVe vectors from every source, the embedding matrix
     plots       photos with their captions, as a figure
+    startup     TensorFlow's start-up lines kept out of the notebooks
   loaded on first use (they import TensorFlow, or nltk and pycocoevalcap):
     features    stage 2: CNN encoders, image loading, the resumable feature cache
     model       stage 4: the merge model and its configs, tf.data input, resumable training
@@ -24,6 +25,7 @@ from .download import *  # noqa: F401,F403
 from .files import *  # noqa: F401,F403
 from .glove import *  # noqa: F401,F403
 from .plots import *  # noqa: F401,F403
+from .startup import *  # noqa: F401,F403
 
 LAZY_MODULES = ("features", "model", "decoding", "evaluation", "runs")
 

@@ -10,6 +10,7 @@ Its results file, `evaluation-<split>.json` in the run folder, is read back by f
 """
 import dataclasses
 import shutil
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,6 @@ import numpy as np
 from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
-from tqdm.auto import tqdm
 
 from .decoding import decode
 from .files import read_json, write_json
@@ -70,7 +70,7 @@ def caption_diagnostics(hypotheses, training_captions):
 
 
 def evaluate(decoder, names, features, references, settings, training_captions, control=None,
-             meteor=True):
+             meteor=True, verbose=True):
     """Caption the images `names` (their feature vectors `features`) with each DecodingSetting,
     score the captions against `references` (per image, a list of tokenised captions) and
     diagnose them against `training_captions`. With `control`, a setting, the images are also
@@ -82,8 +82,13 @@ def evaluate(decoder, names, features, references, settings, training_captions, 
         shuffled = features[np.random.default_rng(0).permutation(len(features))]
         jobs.append((control, shuffled, True))
     results = []
-    for setting, images, shuffled_images in tqdm(jobs, desc="decoding"):
+    for setting, images, shuffled_images in jobs:
+        started = time.perf_counter()
         hypotheses = [decoder.vocab.decode(ids).split() for ids in decode(decoder, images, setting)]
+        if verbose:  # progress that stays in a saved notebook, as a widget would not
+            print(f"decoded {len(images)} images, {setting.label}"
+                  f"{' (shuffled images)' if shuffled_images else ''}, in "
+                  f"{time.perf_counter() - started:.1f} s")
         scores, each_cider = caption_scores(references, hypotheses, meteor, per_image=True)
         results.append({
             "label": setting.label + (", shuffled images" if shuffled_images else ""),
