@@ -21,3 +21,19 @@ def test_caption_grid_puts_every_caption_under_its_photo():
         assert label.get_fontsize() >= 10
         assert all(len(line) <= 30 for line in label.get_text().splitlines())  # wrapped
         assert " ".join(label.get_text().replace("\n  ", " ").splitlines()[1:]) == long
+
+
+def test_notebook_figures_are_at_most_ten_inches_wide_with_readable_text():
+    import re
+
+    import matplotlib.pyplot as plt
+
+    from conftest import REPO
+
+    utils.readable_figures()
+    assert plt.figure().get_size_inches()[0] == 10 and matplotlib.rcParams["font.size"] >= 12
+    for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        text = notebook.read_text()
+        assert all(float(w) <= 10 for w in re.findall(r"figsize=\(([\d.]+)", text)), notebook.name
+        assert not re.search(r"(fontsize|labelsize)=[0-9]\b", text), notebook.name  # under 10 pt
+    plt.close("all")

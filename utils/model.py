@@ -170,18 +170,18 @@ def draw_model(model):
               "caption_dropout": 1, "lstm": 1, "decoder": 0.5, "next_word": 0.5}
     row = {"feature_norm": 0, "image_dropout": 1, "image_dense": 2, "embedding": 0,
            "caption_dropout": 1, "lstm": 2, "decoder": 3.3, "next_word": 4.3}
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6.5))
     for name in LAYER_NAMES:
         layer = model.get_layer(name)
         x, y = column[name], -row[name]
         label = f"{name} ({type(layer).__name__})\n{tuple(layer.output.shape)}"
-        ax.text(x, y, label, ha="center", va="center", fontsize=9,
+        ax.text(x, y, label, ha="center", va="center",
                 bbox={"boxstyle": "round", "facecolor": "#dbe9f6" if x != 0.5 else "#f6e3db"})
     for a, b in [("image_dense", "decoder"), ("lstm", "decoder")] + [
             (LAYER_NAMES[i], LAYER_NAMES[i + 1]) for i in (0, 1, 3, 4, 6)]:
         ax.annotate("", (column[b], -row[b] + 0.3), (column[a], -row[a] - 0.3),
                     arrowprops={"arrowstyle": "->"})
-    ax.text(0.5, -2.75, "+ (image added at every step)", ha="center", fontsize=9)
+    ax.text(0.5, -2.75, "+ (image added at every step)", ha="center")
     ax.text(0, 0.6, "image features", ha="center", weight="bold")
     ax.text(1, 0.6, "caption so far", ha="center", weight="bold")
     ax.set(xlim=(-0.5, 1.5), ylim=(-4.8, 1))
