@@ -112,6 +112,8 @@ def main():
             column.markdown(f"**{run}**")
             column.subheader(caption)
             column.caption(f"{setting.label}; {1000 * (time.perf_counter() - start):.0f} ms")
+            if captioner.config.dataset == "sample":
+                column.warning(utils.SAMPLE_RUN_WARNING)
 
 
 main()
