@@ -60,6 +60,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
            "yellow": (240, 210, 20)}
 BACKGROUNDS = {"white": (250, 250, 250), "black": (10, 10, 10)}
 SHAPES = ("circle", "square", "triangle")
+SAMPLE_CAPTIONS_VERSION = 2  # of the templates below: a new version makes the dataset anew
 
 ONE_SHAPE = ("a {c} {s} on a {bg} background", "a single {c} {s}",
              "one {c} {s} in the middle of a {bg} picture", "there is a {c} {s} on {bg}",
@@ -68,10 +69,10 @@ TWO_SAME = ("two {c} {s}s on a {bg} background", "a pair of {c} {s}s", "two {c} 
             "there are two {c} {s}s", "a {bg} image with two {c} {s}s")
 STACKED = ("a {c} {s} above a {c2} {s2}", "a {c2} {s2} below a {c} {s}",
            "a {c} {s} and a {c2} {s2} on a {bg} background", "a {c} {s} on top of a {c2} {s2}",
-           "two shapes a {c} {s} over a {c2} {s2}")
+           "one {c} {s} over one {c2} {s2}")
 BESIDE = ("a {c} {s} to the left of a {c2} {s2}", "a {c2} {s2} to the right of a {c} {s}",
           "a {c} {s} next to a {c2} {s2}", "a {c} {s} and a {c2} {s2} on a {bg} background",
-          "two shapes a {c} {s} beside a {c2} {s2}")
+          "one {c} {s} beside one {c2} {s2}")
 
 
 def draw_shape(draw, shape, centre, radius, colour):
@@ -121,7 +122,7 @@ def make_sample_dataset(root, n_images=400, val_size=50, test_size=50, seed=0, i
     root = Path(root)
     token_file, params_file = root / "Flickr8k.token.txt", root / "sample_params.json"
     params = {"n_images": n_images, "val_size": val_size, "test_size": test_size, "seed": seed,
-              "image_size": image_size}
+              "image_size": image_size, "captions": SAMPLE_CAPTIONS_VERSION}
     if token_file.is_file() and params_file.is_file() and read_json(params_file) == params:
         return root
     rng = np.random.default_rng(seed)
