@@ -55,8 +55,8 @@ def main():
                              [utils.DEFAULT_DECODING], training_captions, meteor=False,
                              verbose=False)
     scores = {k: round(v, 3) for k, v in result["scores"].items() if v is not None}
-    shown = names[:SHOWN]
-    rows = [(n, result["captions"][n], " ".join(references[names.index(n)][0])) for n in shown]
+    rows = [(name, result["captions"][name], " ".join(refs[0]))
+            for name, refs in zip(names[:SHOWN], references)]
     if not args.quick:
         figure = utils.caption_grid([(ImageOps.fit(Image.open(shared.images_dir / n), (320, 320)),
                                       [f"ours: {ours}", f"reference: {ref}"])

@@ -2,6 +2,7 @@
 still loading; what the app shows of a run; captioning new photos with a run."""
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -19,7 +20,6 @@ def run_dir(sample_training, tmp_path_factory):
 @pytest.fixture
 def run_copy(run_dir, tmp_path):
     """A copy of the run that a test may damage."""
-    import shutil
     return shutil.copytree(run_dir, tmp_path / "run")
 
 

@@ -19,8 +19,9 @@ from .features import FeatureSource, ImageError, build_encoder, load_image, prep
 from .files import read_json, write_json
 from .model import ModelConfig, TrainingConfig
 
-__all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RunConfigError", "RunConfig", "save_run", "load_run",
-           "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "describe_run"]
+__all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RunConfigError", "RunConfig", "save_run",
+           "read_run", "load_run", "encoder_for_run", "Captioner", "caption_image",
+           "caption_image_files", "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
 # What the app says of a run trained on the synthetic sample, whose scores look excellent.
@@ -115,16 +116,23 @@ def save_run(run_dir, config, vocab):
     config.save(Path(run_dir) / "config.json")
 
 
-def load_run(run_dir):
-    """(model, vocabulary, RunConfig) of a finished run: no pickle, no code beyond this package."""
+def read_run(run_dir):
+    """(vocabulary, RunConfig) of a run, checked to belong together; the model is not loaded."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").is_file():
-        raise FileNotFoundError(f"{run_dir}: no model.keras (train a model with notebook 04)")
     vocab = Vocabulary.load(run_dir / "vocabulary.json")
     config = RunConfig.load(run_dir / "config.json", vocab)
     if config.vocabulary != vocab.fingerprint:
         raise RunConfigError(f"{run_dir / 'vocabulary.json'} is not the vocabulary this run was "
                              "trained with: train the run again with notebook 04")
+    return vocab, config
+
+
+def load_run(run_dir):
+    """(model, vocabulary, RunConfig) of a finished run: no pickle, no code beyond this package."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").is_file():
+        raise FileNotFoundError(f"{run_dir}: no model.keras (train a model with notebook 04)")
+    vocab, config = read_run(run_dir)
     return keras.models.load_model(run_dir / "model.keras"), vocab, config
 
 
@@ -179,8 +187,7 @@ def describe_run(run_dir):
     """What the app shows of a run, in Markdown: its data, encoder and vocabulary, and the test
     scores of notebook 05 (the shuffled-image control left out: it is for the notebook)."""
     run_dir = Path(run_dir)
-    vocab = Vocabulary.load(run_dir / "vocabulary.json")
-    config = RunConfig.load(run_dir / "config.json", vocab)
+    config = read_run(run_dir)[1]
     source = config.features
     made_by = ("external features" if source.kind == "external"
                else f"{source.encoder} ({source.weights} weights)")
@@ -195,7 +202,7 @@ def describe_run(run_dir):
     if evaluation is None:
         lines.append("not evaluated yet: run notebook 05 for its test scores")
     else:
-        lines += [f"{entry['label']} on the {config.dataset} test split: BLEU-4 {entry['scores']['bleu4']:.3f}, "
-                  f"CIDEr-D {entry['scores']['cider_d']:.2f}"
+        lines += [f"{entry['label']} on the {config.dataset} test split: "
+                  f"BLEU-4 {entry['scores']['bleu4']:.3f}, CIDEr-D {entry['scores']['cider_d']:.2f}"
                   for entry in evaluation["results"] if not entry["shuffled_images"]]
     return "  \n".join(lines)
