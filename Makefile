@@ -3,15 +3,18 @@
 #               executed copies, with their outputs, land in outputs/ (also as HTML)
 #   make test   runs the test suite, which also executes every notebook on the sample dataset
 #   make app    serves the web page (app.py) that captions uploaded photos with the runs in models/
+#   make colab REPO_URL=https://github.com/OWNER/NAME
+#               writes your repository's address into utils/colab.py, every notebook's setup cell
+#               and the "Open in Colab" badges (README and notebooks); commit and push after it
 # Both create the virtual environment .venv/ from the requirements files when needed.
 PYTHON ?= python3
 DATASET ?= sample
 BIN := .venv/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: run test app clean
+.PHONY: run test app colab clean
 
-.venv/.run-deps: requirements.txt
+.venv/.run-deps: requirements.txt requirements-colab.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv .venv
 	$(PIP) -r requirements.txt
 	touch $@
@@ -34,6 +37,9 @@ test: .venv/.test-deps
 
 app: .venv/.run-deps
 	$(BIN)/streamlit run app.py
+
+colab: .venv/.run-deps
+	$(BIN)/python -m utils.colab $(REPO_URL)
 
 clean:
 	rm -rf outputs data/sample models/sample-*

@@ -1,4 +1,8 @@
-"""Datasets by name: Flickr8k from a mirror on loopback, and the embedded sample dataset."""
+"""Datasets by name: Flickr8k in each of its common forms (the original zips from a mirror on
+loopback, their extracted folders, Kaggle's copy and its zip), and the embedded sample dataset."""
+import shutil
+import zipfile
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,30 +15,134 @@ def flickr8k_zips(n_images=3):
     images = {f"Flicker8k_Dataset/{i}.jpg": b"jpeg" for i in range(n_images)}
     images["__MACOSX/Flicker8k_Dataset/._0.jpg"] = b"junk"
     text = {"Flickr8k.token.txt": "".join(f"{i}.jpg#0\tA photo .\n" for i in range(3)),
-            "Flickr_8k.trainImages.txt": "0.jpg\n1.jpg\n", "Flickr_8k.testImages.txt": "2.jpg\n"}
+            "Flickr_8k.trainImages.txt": "0.jpg\n1.jpg\n", "Flickr_8k.devImages.txt": "",
+            "Flickr_8k.testImages.txt": "2.jpg\n"}
     return {"Flickr8k_Dataset.zip": make_zip(images), "Flickr8k_text.zip": make_zip(text)}
 
 
-def test_download_flickr8k_extracts_once(server, tmp_path):
+def test_flickr8k_is_downloaded_once_and_extracted_where_asked(server, tmp_path, monkeypatch):
+    """The two zips are fetched into downloads/ once; the images go to the local folder named by
+    $IMAGE_CAPTIONING_LOCAL_DIR (Colab's own disk), and come back from the zip when it is wiped."""
+    monkeypatch.setenv(utils.LOCAL_DIR_VARIABLE, str(tmp_path / "local"))
     server.files.update(flickr8k_zips())
-    root = utils.download_flickr8k(tmp_path / "flickr8k", base_url=server.url)
-    images_dir, captions_file, splits = utils.find_dataset_files(root)
-    assert sorted(p.name for p in images_dir.iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
-    assert captions_file.name == "Flickr8k.token.txt" and list(splits) == ["train", "test"]
-    assert not (root / "__MACOSX").exists()
+    root = tmp_path / "drive" / "flickr8k"
+    found = utils.find_flickr8k(root, base_url=server.url)
+    assert found.images_dir.is_relative_to(tmp_path / "local")
+    assert sorted(p.name for p in found.images_dir.iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
+    assert found.captions_file == root / "Flickr8k.token.txt"
+    assert found.split_files["test"] == root / "Flickr_8k.testImages.txt"
+    assert not (found.images_dir.parent / "__MACOSX").exists()
     n_requests = len(server.requests)
-    utils.download_flickr8k(root, base_url=server.url)
+    assert utils.find_flickr8k(root, base_url=server.url) == found
     assert len(server.requests) == n_requests
 
+    prepared, _ = utils.prepare_dataset(found.captions_file, found.images_dir, found.split_files,
+                                        images_zip=found.images_zip)
+    prepared.save(tmp_path / "captions.json")
+    shutil.rmtree(tmp_path / "local")  # a new runtime
+    again = utils.images_folder(utils.PreparedDataset.load(tmp_path / "captions.json"))
+    assert sorted(p.name for p in again.iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
 
-def test_download_flickr8k_checks_what_arrived(server, tmp_path):
-    server.files.update(flickr8k_zips(n_images=2))
-    with pytest.raises(utils.DownloadError, match="1 of the 3 images named .* missing .*first: 2.jpg"):
-        utils.download_flickr8k(tmp_path / "a", base_url=server.url)
+
+def test_a_failed_download_says_what_to_put_where(server, tmp_path):
+    with pytest.raises(utils.DownloadError) as error:
+        utils.find_flickr8k(tmp_path / "flickr8k", base_url=server.url)
+    message = str(error.value)
+    assert "\n" not in message and "HTTP 404" in message
+    assert "Flickr8k_Dataset.zip and Flickr8k_text.zip" in message and "archive.zip" in message
+    assert str(tmp_path / "flickr8k") in message
     server.files["Flickr8k_Dataset.zip"] = b"<html>not a zip</html>"
+    server.files["Flickr8k_text.zip"] = flickr8k_zips()["Flickr8k_text.zip"]
     with pytest.raises(utils.DownloadError, match="corrupt archive"):
-        utils.download_flickr8k(tmp_path / "b", base_url=server.url)
+        utils.find_flickr8k(tmp_path / "b", base_url=server.url)
     assert not (tmp_path / "b" / "downloads" / "Flickr8k_Dataset.zip").exists()
+
+
+def shared_subset(shared, n=12):
+    """Names of shared images that have captions in Kaggle's captions.txt (its first 1,000)."""
+    kaggle = utils.read_captions(shared / "captions.txt").captions
+    return [n for n in sorted(kaggle) if (shared / "Images" / n).is_file()][:n]
+
+
+def layout_original_zips(shared, names, root):
+    text = {"Flickr8k.token.txt": (shared / "Flickr8k.token.txt").read_bytes(),
+            **{n: (shared / n).read_bytes() for n in utils.SPLIT_FILE_NAMES.values()}}
+    (root / "downloads").mkdir(parents=True)
+    (root / "downloads" / "Flickr8k_text.zip").write_bytes(make_zip(text))
+    (root / "downloads" / "Flickr8k_Dataset.zip").write_bytes(make_zip(
+        {f"Flicker8k_Dataset/{n}": (shared / "Images" / n).read_bytes() for n in names}))
+
+
+def layout_extracted(shared, names, root):
+    (root / "Flickr8k_text").mkdir(parents=True)
+    for name in ("Flickr8k.token.txt", *utils.SPLIT_FILE_NAMES.values()):
+        shutil.copy(shared / name, root / "Flickr8k_text" / name)
+    (root / "Flicker8k_Dataset").mkdir()
+    for n in names:
+        shutil.copy(shared / "Images" / n, root / "Flicker8k_Dataset" / n)
+
+
+def layout_kaggle(shared, names, root):
+    (root / "Images").mkdir(parents=True)
+    shutil.copy(shared / "captions.txt", root / "captions.txt")
+    for n in names:
+        shutil.copy(shared / "Images" / n, root / "Images" / n)
+
+
+def layout_kaggle_zip(shared, names, root):
+    root.mkdir(parents=True)
+    (root / "archive.zip").write_bytes(make_zip(
+        {"captions.txt": (shared / "captions.txt").read_bytes(),
+         **{f"Images/{n}": (shared / "Images" / n).read_bytes() for n in names}}))
+
+
+@pytest.mark.parametrize("layout", [layout_original_zips, layout_extracted, layout_kaggle,
+                                    layout_kaggle_zip], ids=lambda f: f.__name__[7:])
+def test_flickr8k_as_users_have_it(layout, shared_flickr8k, tmp_path):
+    """Each common form of Flickr8k, built from the real files, prepares the same images with the
+    same captions and the official splits (carried in the repository for Kaggle's copy)."""
+    names = shared_subset(shared_flickr8k)
+    root = tmp_path / "flickr8k"
+    layout(shared_flickr8k, names, root)
+    found = utils.find_flickr8k(root, base_url="http://127.0.0.1:9/")  # nothing is downloaded
+    with pytest.warns(UserWarning, match="are not in"):  # the caption files name 8,091 images
+        prepared, report = utils.prepare_dataset(found.captions_file, found.images_dir,
+                                                 found.split_files, images_zip=found.images_zip)
+    assert sorted(prepared.images) == names
+    official = {s: set(utils.read_split_file(utils.FLICKR8K_SPLITS / f))
+                for s, f in utils.SPLIT_FILE_NAMES.items()}
+    assert all(n in official[info["split"]] for n, info in prepared.images.items())
+    token = utils.read_captions(shared_flickr8k / "Flickr8k.token.txt").captions
+    for n in names:
+        assert [" ".join(r) for r in prepared.images[n]["references"]] == [
+            " ".join(utils.tokenize(c)) for c in token[n]]
+
+
+def test_official_splits_are_carried_whole(shared_flickr8k):
+    for name in utils.SPLIT_FILE_NAMES.values():
+        assert utils.read_split_file(utils.FLICKR8K_SPLITS / name) == utils.read_split_file(
+            shared_flickr8k / name)
+
+
+def test_a_users_zip_is_checked_before_extraction(tmp_path):
+    escaping = tmp_path / "escaping.zip"
+    escaping.write_bytes(make_zip({"Images/a.jpg": b"x", "../../outside.txt": b"x"}))
+    with pytest.raises(utils.DownloadError, match="outside the target folder"):
+        utils.check_zip(escaping)
+    big = tmp_path / "big.zip"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("Images/zeros.bin", bytes(10_000_000))  # 10 MB of zeros, 10 kB zipped
+    assert big.stat().st_size < 100_000
+    with pytest.raises(utils.DownloadError, match="10.0 MB extracted|0.0 GB extracted"):
+        utils.check_zip(big, max_bytes=1_000_000)
+    with pytest.raises(utils.DownloadError, match="1 members"):
+        utils.check_zip(big, max_members=0)
+    corrupt = tmp_path / "archive.zip"
+    corrupt.write_bytes(make_zip({"Images/a.jpg": b"x" * 100})[:-30])
+    with pytest.raises(utils.DownloadError, match="replace it"):
+        utils.check_zip(corrupt)
+    assert corrupt.is_file(), "a user's own file is never deleted"
+    assert not (tmp_path.parent / "outside.txt").exists()
 
 
 def test_sample_dataset_is_deterministic(tmp_path):

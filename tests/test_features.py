@@ -195,7 +195,7 @@ def test_feature_source_of_a_cache_and_of_an_npz(sample_root, tmp_path, encoder)
     names = ["shapes_00000.jpg", "shapes_00001.jpg"]
     cache = utils.cache_dir(tmp_path / "features", "inceptionv3", None, SIZE)
     with pytest.raises(FileNotFoundError, match="none finished feature caches of inceptionv3; run "
-                                                "notebook 02 first"):
+                                                "notebooks/02_extract_features.ipynb first"):
         utils.find_feature_cache(tmp_path / "features", "inceptionv3")
     utils.extract_features(sample_root / "Images", names, cache, "inceptionv3", None, SIZE,
                            model=encoder)

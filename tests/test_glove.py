@@ -102,6 +102,8 @@ def test_saved_matrix_refuses_another_vocabulary(tmp_path):
     other = utils.Vocabulary([*utils.SPECIAL_TOKENS, "dog", "cat", "emu"], 5)
     with pytest.raises(ValueError, match="another vocabulary"):
         utils.load_embedding(tmp_path / "embedding.npy", other)
+    with pytest.raises(FileNotFoundError, match="run notebooks/03_glove_embeddings.ipynb first"):
+        utils.load_embedding(tmp_path / "missing.npy", VOCAB)
 
 
 def test_malformed_lines_are_skipped_and_named(tmp_path):

@@ -71,7 +71,7 @@ def test_notebook_is_committed_clean(notebook):
 
 def test_every_notebook_has_the_same_setup_cell():
     setups = {p.stem: nbformat.read(p, as_version=4).cells[1].source for p in NOTEBOOKS}
-    assert setups["01_prepare_captions"].startswith("# Setup.")
+    assert setups["01_prepare_captions"].startswith("# Setup")
     assert len(set(setups.values())) == 1, "the setup cells differ"
 
 
@@ -181,3 +181,16 @@ def test_own_photo_is_captioned_like_its_cached_features(executed, tmp_path):
     own = utils.caption_image_files(captioner, files, utils.DEFAULT_DECODING)
     assert [own[str(f)] for f in files[:3]] == [beam["captions"][n] for n in names]
     assert own[str(broken)].startswith(f"error: {broken}: cannot read as an image")
+
+
+@pytest.mark.parametrize("notebook, first", [
+    ("02_extract_features", "01_prepare_captions"), ("03_glove_embeddings", "01_prepare_captions"),
+    ("04_train_model", "01_prepare_captions"), ("05_decode_and_evaluate", "04_train_model")])
+def test_a_notebook_without_its_input_says_which_to_run_first(notebook, first, tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        papermill.execute_notebook(
+            str(REPO / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
+            parameters={"DATA_DIR": str(tmp_path / "data"), "MODELS_DIR": str(tmp_path / "models")},
+            cwd=str(REPO), progress_bar=False)
+    assert error.value.ename == "FileNotFoundError"
+    assert f"not found: run notebooks/{first}.ipynb first" in error.value.evalue

@@ -1,6 +1,7 @@
 """The notebooks on real Flickr8k files: the full-dataset path (`DATASET = "flickr8k"`, downloaded
 from a mirror on loopback) and evaluation on an external features file and a split file of names."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,9 @@ def test_flickr8k_is_one_parameter_away(shared_flickr8k, server, tmp_path):
     utils.build_encoder("inceptionv3", None).save_weights(weights)
     common = {"DATASET": "flickr8k", "DATA_DIR": str(tmp_path / "data")}
     run_notebook("01", tmp_path, **common, FLICKR8K_URL=server.url)
-    run_notebook("02", tmp_path, **common, WEIGHTS=str(weights), BATCH_SIZE=8)
+    extracted = run_notebook("02", tmp_path, **common, WEIGHTS=str(weights), BATCH_SIZE=8)
+    assert re.search(r"NO GPU: 26 images at about [\d.]+ images/s on this CPU .* take about \d+ "
+                     r"minutes", extracted.read_text()), "the CPU's estimate, on a real dataset"
     run_notebook("03", tmp_path, **common)
     run_notebook("04", tmp_path, **common, EPOCHS=2, MODELS_DIR=str(tmp_path / "models"))
     run_notebook("05", tmp_path, **common, MODELS_DIR=str(tmp_path / "models"))

@@ -42,7 +42,7 @@ def test_run_folder_is_self_contained_and_rebuilds_its_record(run_dir, sample_tr
     x = [features[:1], tokens[:, :-1]]
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-5)
-    with pytest.raises(FileNotFoundError, match="no model.keras"):
+    with pytest.raises(FileNotFoundError, match="model.keras not found: run notebooks/04_train_model"):
         utils.load_run(run_dir.parent / "nothing")
 
 

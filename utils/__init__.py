@@ -7,6 +7,7 @@
     glove       stage 3: GloVe vectors from every source, the embedding matrix
     plots       photos with their captions, as a figure
     startup     TensorFlow's start-up lines kept out of the notebooks
+    colab       Google Colab: Drive for what must last, a light install, the repository's address
   loaded on first use (they import TensorFlow, or nltk and pycocoevalcap):
     features    stage 2: CNN encoders, image loading, the resumable feature cache
     model       stage 4: the merge model and its configs, tf.data input, resumable training
@@ -20,6 +21,7 @@ their names is first used (PEP 562).
 import importlib
 
 from .captions import *  # noqa: F401,F403
+from .colab import *  # noqa: F401,F403
 from .datasets import *  # noqa: F401,F403
 from .download import *  # noqa: F401,F403
 from .files import *  # noqa: F401,F403

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import portable_path, read_json, resolve_path, write_json
+from .files import portable_path, read_json, require, resolve_path, write_json
 
 __all__ = ["CaptionFileError", "CaptionFile", "read_text", "detect_format", "read_captions",
            "read_split_file", "seeded_split", "keep_existing", "tokenize", "clean_caption",
@@ -277,7 +277,7 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path):
-        data = read_json(path)
+        data = read_json(require(path, "01_prepare_captions"))
         return cls(data["words"], data["max_length"])
 
 
@@ -324,26 +324,30 @@ class PreparedDataset:
     images_dir: str
     images: dict        # name -> {"split": ..., "captions": [clean], "references": [[tokens]]}
     options: dict
+    images_zip: dict = None  # {"path", "folder"} when the images come out of a zip: see images_folder
 
     def names(self, split):
         return sorted(n for n, info in self.images.items() if info["split"] == split)
 
     def save(self, path):
-        write_json(path, {"images_dir": portable_path(self.images_dir), "options": self.options,
-                          "images": self.images})
+        write_json(path, {"images_dir": portable_path(self.images_dir), "images_zip": self.images_zip,
+                          "options": self.options, "images": self.images})
 
     @classmethod
     def load(cls, path):
-        data = read_json(path)
-        return cls(str(resolve_path(data["images_dir"])), data["images"], data["options"])
+        data = read_json(require(path, "01_prepare_captions"))
+        return cls(str(resolve_path(data["images_dir"])), data["images"], data["options"],
+                   data.get("images_zip"))
 
 
 def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, test_size=0.1,
-                    seed=0, drop_one_letter=False):
+                    seed=0, drop_one_letter=False, images_zip=None):
     """Read, split, keep images that exist, clean: returns (PreparedDataset, report).
 
     Splits come from the official split files when given, else from the caption file (Karpathy's
-    JSON), else from a seeded split of the images on disk.
+    JSON), else from a seeded split of the images on disk. `images_zip` ({"path", "folder"}) is
+    the zip the images were extracted from, recorded so that a later stage on another machine
+    can extract them again.
     """
     caption_file = read_captions(captions_file)
     on_disk, missing = keep_existing(list(caption_file.captions), images_dir)
@@ -370,7 +374,7 @@ def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, t
     report = {"format": caption_file.format, "malformed_lines": caption_file.malformed,
               "missing_images": missing, "split_names_without_captions": without_captions,
               "images_per_split": {s: sum(i["split"] == s for i in images.values()) for s in splits}}
-    return PreparedDataset(str(images_dir), images, options), report
+    return PreparedDataset(str(images_dir), images, options, images_zip), report
 
 
 def split_captions(prepared, split):

@@ -1,55 +1,144 @@
-"""Datasets by name: Flickr8k, downloaded once, and the embedded sample dataset, made offline.
+"""Datasets by name: Flickr8k as users have it (found, or downloaded once), and the embedded
+sample dataset, made offline.
 
 The sample dataset is coloured shapes with five captions each, in Flickr8k's layout. Made from a
 seed in seconds, so a newcomer without internet (and CI) runs the whole notebook sequence. The
 captions are learnable from the pixels, which lets the tests show that the pipeline really learns
 rather than memorising frequent words.
 """
+import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .captions import SPLIT_FILE_NAMES, find_dataset_files, read_split_file
+from .captions import IMAGE_DIR_NAMES, SPLIT_FILE_NAMES
 from .download import DownloadError, check_zip, download_file, extract_zip
-from .files import DATA_DIR, atomic_path, read_json, write_json
+from .files import DATA_DIR, atomic_path, portable_path, read_json, require, resolve_path, write_json
 
-__all__ = ["FLICKR8K_URL", "FLICKR8K_ZIPS", "download_flickr8k", "COLOURS", "BACKGROUNDS",
-           "SHAPES", "sample_scene", "make_sample_dataset"]
+__all__ = ["FLICKR8K_URL", "FLICKR8K_ZIPS", "KAGGLE_ZIPS", "FLICKR8K_SPLITS", "LOCAL_DIR_VARIABLE",
+           "DatasetFiles", "find_flickr8k", "extraction_dir", "extract_images", "images_folder",
+           "COLOURS", "BACKGROUNDS", "SHAPES", "sample_scene", "make_sample_dataset"]
 
 # ---------------------------------------------------------------------------------------------
-# Flickr8k
+# Flickr8k, in whichever form the user has it
 # ---------------------------------------------------------------------------------------------
 
 FLICKR8K_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
-FLICKR8K_ZIPS = ("Flickr8k_Dataset.zip", "Flickr8k_text.zip")
+FLICKR8K_ZIPS = ("Flickr8k_Dataset.zip", "Flickr8k_text.zip")  # the original distribution
+KAGGLE_ZIPS = ("archive.zip", "flickr8k.zip")  # Kaggle's copy, from its web page or its CLI
+# The official split files, for Kaggle's copy, which has none (scores stay comparable with the
+# papers'). As in the public text zip: 5,997 train names (three of 6,000 are absent), 1,000 dev,
+# 1,000 test.
+FLICKR8K_SPLITS = Path(__file__).parent / "flickr8k_splits"
+# Set (on Colab, by utils.colab) to a folder on the machine's own disk: zipped images are
+# extracted there rather than beside their zip, which lies on Google Drive, where reading
+# thousands of small files is slow.
+LOCAL_DIR_VARIABLE = "IMAGE_CAPTIONING_LOCAL_DIR"
 
 
-def download_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL):
-    """Download and extract Flickr8k into `root` (images and text files); nothing twice.
+class DatasetFiles(NamedTuple):
+    """What notebook 01 reads: the images, the caption file, the split files (split -> path), and
+    the zip the images came out of ({"path", "folder"}), if they did."""
+    images_dir: Path
+    captions_file: Path
+    split_files: dict
+    images_zip: dict = None
 
-    Zips already in `root/downloads/` (fetched by hand on a machine with internet) are used as is.
-    `base_url` can point at a mirror holding the same two zips. The download counts as done only
-    when every image the official split files name has arrived.
+
+def extraction_dir(zip_path):
+    """Where a zip's images are extracted: beside it, or under $IMAGE_CAPTIONING_LOCAL_DIR."""
+    zip_path = Path(os.path.abspath(zip_path))
+    local = os.environ.get(LOCAL_DIR_VARIABLE)
+    if not local:
+        return zip_path.parent / zip_path.stem
+    return Path(local) / portable_path(zip_path.parent).lstrip("/") / zip_path.stem
+
+
+def extract_images(zip_path, folder):
+    """The images folder `folder` of `zip_path`, checked and extracted once per machine."""
+    target = extraction_dir(zip_path)
+    done = target / f".{folder}.extracted"
+    if not done.is_file():
+        check_zip(zip_path)
+        print(f"extracting {folder}/ of {zip_path} into {target}", flush=True)
+        extract_zip(zip_path, target, f"{folder}/")
+        done.write_text("ok\n")
+    return target / folder
+
+
+def images_folder(prepared):
+    """The images of a prepared dataset. Those that came out of a zip are extracted again where
+    this machine lacks them: a new Colab runtime has an empty disk, but the zip is on Drive."""
+    if prepared.images_zip:
+        zipped = prepared.images_zip
+        return extract_images(resolve_path(zipped["path"]), zipped["folder"])
+    return require(prepared.images_dir, "01_prepare_captions")
+
+
+def _first(paths, kind):
+    return next((p for p in paths if (p.is_dir() if kind == "dir" else p.is_file())), None)
+
+
+def find_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL):
+    """Flickr8k under `root` in any of its common forms, as `DatasetFiles`:
+
+    - extracted: an images folder (`Flicker8k_Dataset/`, or Kaggle's `Images/`) and a caption
+      file (`Flickr8k.token.txt`, also inside `Flickr8k_text/`, or Kaggle's `captions.txt`);
+    - Kaggle's zip (`archive.zip` or `flickr8k.zip`), in `root` or `root/downloads`;
+    - the two original zips, in `root` or `root/downloads`; those missing are downloaded from
+      `base_url` (a mirror holding the same two zips, for instance) when nothing else is there.
+
+    A zip is checked before anything is extracted. Without split files (Kaggle's copy), the
+    official ones are used.
     """
     root = Path(root)
-    done = root / ".extracted"
-    if done.is_file():
-        return root
-    for name in FLICKR8K_ZIPS:
-        zip_path = download_file(base_url + name, root / "downloads" / name)
-        check_zip(zip_path)
-        extract_zip(zip_path, root)
-    images_dir, _, split_files = find_dataset_files(root)
-    named = [n for path in split_files.values() for n in read_split_file(path)]
-    missing = [n for n in named if not (images_dir / n).is_file()]
-    if not named or missing:
+    text_dirs = (root, root / "Flickr8k_text")
+    captions_file = _first([d / "Flickr8k.token.txt" for d in text_dirs] + [root / "captions.txt"],
+                           "file")
+    images_dir = _first([p for n in IMAGE_DIR_NAMES for p in (root / n, root / n / n)], "dir")
+    zips = {p.name: p for d in (root, root / "downloads") if d.is_dir() for p in d.glob("*.zip")}
+    kaggle = next((zips[n] for n in KAGGLE_ZIPS if n in zips), None)
+    images_zip = None
+    if images_dir is None and kaggle:
+        images_zip = {"path": portable_path(kaggle), "folder": "Images"}
+        if captions_file is None:
+            check_zip(kaggle)
+            extract_zip(kaggle, root, "captions.txt")
+            captions_file = root / "captions.txt"
+            if not captions_file.is_file():
+                raise DownloadError(f"{kaggle}: no captions.txt in it; is it Kaggle's Flickr8k?")
+    else:
+        for name, missing in zip(FLICKR8K_ZIPS, (images_dir is None, captions_file is None)):
+            if not missing:
+                continue
+            path = zips.get(name) or _download_flickr8k_zip(name, root, base_url)
+            if name == "Flickr8k_Dataset.zip":
+                images_zip = {"path": portable_path(path), "folder": "Flicker8k_Dataset"}
+            else:
+                check_zip(path, delete_if_bad=path.parent == root / "downloads")
+                extract_zip(path, root)
+                captions_file = root / "Flickr8k.token.txt"
+    if images_zip:
+        images_dir = extract_images(resolve_path(images_zip["path"]), images_zip["folder"])
+    split_dir = next((d for d in (captions_file.parent, root)
+                      if all((d / n).is_file() for n in SPLIT_FILE_NAMES.values())), FLICKR8K_SPLITS)
+    split_files = {split: split_dir / name for split, name in SPLIT_FILE_NAMES.items()}
+    return DatasetFiles(images_dir, captions_file, split_files, images_zip)
+
+
+def _download_flickr8k_zip(name, root, base_url):
+    """One of the two original zips, downloaded into `root/downloads` (resuming) and checked."""
+    try:
+        path = download_file(base_url + name, root / "downloads" / name)
+    except DownloadError as e:
         raise DownloadError(
-            f"{root}: {len(missing)} of the {len(named)} images named in the split files "
-            f"({', '.join(SPLIT_FILE_NAMES.values())}) are missing from {images_dir}"
-            f"{f' (first: {missing[0]})' if missing else ''}; delete {root} and run again")
-    done.write_text("ok\n")
-    return root
+            f"Flickr8k is not in {root} and {name} could not be downloaded ({e.reason}): put "
+            f"{' and '.join(FLICKR8K_ZIPS)} (from {base_url}), or Kaggle's archive.zip, or their "
+            f"extracted folders, into {root}, and run again", e.reason) from None
+    check_zip(path, delete_if_bad=True)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,20 +67,42 @@ def download_file(url, dest, timeout=15, chunk_size=1 << 20):
     return dest
 
 
-def check_zip(path):
-    """Refuse a file that is not a whole zip archive, deleting it so the next try downloads anew."""
+# A zip this project extracts is refused above these sizes: Flickr8k's images are 1.1 GB,
+# Flickr30k's 4.4 GB, COCO's 2014 train+val 19 GB in 123,287 files.
+MAX_ZIP_BYTES = 40 << 30      # uncompressed, all members together
+MAX_ZIP_MEMBERS = 1_000_000   # files and folders
+
+
+def check_zip(path, delete_if_bad=False, max_bytes=MAX_ZIP_BYTES, max_members=MAX_ZIP_MEMBERS):
+    """Refuse a zip that is not whole, is too large once extracted, or has a member that would
+    land outside the folder it is extracted into. Only a zip we downloaded is deleted when bad
+    (so the next try downloads it anew): a user's own file is never touched."""
+    path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            size = sum(m.file_size for m in members)
+            escaping = next((m.filename for m in members if Path(m.filename).is_absolute()
+                             or ".." in Path(m.filename).parts), None)
+            if len(members) > max_members or size > max_bytes or escaping:
+                raise DownloadError(
+                    f"{path}: refused, "
+                    + (f"member {escaping!r} would be written outside the target folder" if escaping
+                       else f"{len(members):,} members, {size / 1e9:.1f} GB extracted (the limits "
+                            f"are {max_members:,} and {max_bytes / 1e9:.0f} GB)"))
             bad = archive.testzip()
     except zipfile.BadZipFile:
         bad = "(not a zip archive)"
     if bad is not None:
-        Path(path).unlink()
-        raise DownloadError(f"{path}: corrupt archive, first bad member {bad}; deleted, run again")
+        if delete_if_bad:
+            path.unlink()
+        raise DownloadError(f"{path}: corrupt archive, first bad member {bad}; "
+                            + ("deleted, run again" if delete_if_bad else "replace it"))
 
 
-def extract_zip(path, dest):
-    """Extract `path` into `dest`, leaving out macOS resource forks."""
+def extract_zip(path, dest, prefix=""):
+    """Extract the members of `path` whose names start with `prefix` (all, by default) into
+    `dest`, leaving out macOS resource forks. Check the zip first with `check_zip`."""
     with zipfile.ZipFile(path) as archive:
         archive.extractall(dest, members=[m for m in archive.namelist()
-                                          if not m.startswith("__MACOSX/")])
+                                          if m.startswith(prefix) and not m.startswith("__MACOSX/")])

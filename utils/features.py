@@ -22,7 +22,8 @@ from .files import portable_path, read_json, resolve_path, save_npy, write_json
 __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
            "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "ImageError", "load_image",
            "image_batches", "cache_dir", "find_feature_cache", "FeatureSource", "feature_source",
-           "load_features", "extract_features"]
+           "load_features", "extract_features", "ExtractionSettings", "extraction_settings",
+           "encoder_speed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,13 +90,46 @@ def build_encoder(name, weights="imagenet", input_size=None, seed=0):
         raise RuntimeError(
             f"could not download the ImageNet weights of {spec.application} ({e}). Without "
             f"internet, download the no-top weights file (keras.applications.{spec.application}, "
-            f"'..._notop.h5') on another machine and pass its path as the weights") from None
+            f"'..._notop.h5') on another machine and set WEIGHTS in notebook 02 to its path") from None
 
 
 def preprocess(name, images):
     """The encoder's own input scaling, applied to a batch of RGB images in [0, 255]."""
     module = getattr(keras.applications, encoder_spec(name).module)
     return module.preprocess_input(np.array(images, dtype="float32"))
+
+
+# A GPU is fed larger batches, and computes in float16 where its tensor cores pay for it
+# (features then equal float32's to about 1e-3); a CPU gains from neither.
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 128, 32
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    device: str              # what extracts: "GPU: <name>" or "CPU"
+    batch_size: int
+    mixed_precision: bool
+
+
+def extraction_settings(batch_size=None, mixed_precision="auto"):
+    """Notebook 02's settings for this machine: None and "auto" pick by whether it has a GPU.
+    Sets Keras's float16 policy when mixed precision is on: call it before building the encoder."""
+    gpus = tf.config.list_physical_devices("GPU")
+    mixed = bool(gpus) if mixed_precision == "auto" else bool(mixed_precision)
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    return ExtractionSettings(f"GPU: {gpus[0].name}" if gpus else "CPU",
+                              batch_size or (GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE), mixed)
+
+
+def encoder_speed(model, encoder, batch_size):
+    """Images a second through the CNN alone on this machine: one batch timed after a warm-up."""
+    size = model.input_shape[1]
+    batch = preprocess(encoder, np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)))
+    model.predict_on_batch(batch)  # the first call traces the graph
+    started = time.perf_counter()
+    model.predict_on_batch(batch)
+    return batch_size / (time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +209,8 @@ def find_feature_cache(features_root, encoder):
         what = f"{len(found)} ({', '.join(p.name for p in found)})" if found else "none"
         raise FileNotFoundError(
             f"{features_root}: {what} finished feature caches of {encoder}; "
-            + ("run notebook 02 first" if not found else "set FEATURES to the one to use"))
+            + ("run notebooks/02_extract_features.ipynb first" if not found
+               else "set FEATURES to the one to use"))
     return found[0]
 
 
@@ -200,7 +235,8 @@ def feature_source(path):
         return FeatureSource("external", portable_path(path), dim)
     meta = read_json(path / "meta.json") if (path / "meta.json").is_file() else None
     if meta is None:
-        raise FileNotFoundError(f"{path}: no finished feature cache (run notebook 02)")
+        raise FileNotFoundError(f"{path}: no finished feature cache "
+                                "(run notebooks/02_extract_features.ipynb first)")
     return FeatureSource("cache", portable_path(path), int(meta["dim"]), meta["encoder"],
                          meta["weights"], int(meta["input_size"]))
 
@@ -218,7 +254,8 @@ def load_features(directory):
             raise ValueError(f"{directory}: {len(names)} names but {len(features)} feature rows")
         return names, features
     if not (directory / "meta.json").is_file():
-        raise FileNotFoundError(f"{directory}: no finished feature cache (run notebook 02)")
+        raise FileNotFoundError(f"{directory}: no finished feature cache "
+                                "(run notebooks/02_extract_features.ipynb first)")
     names = read_json(directory / "names.json")
     return names, np.load(directory / "features.npy", mmap_mode="r")
 

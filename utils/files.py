@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["REPO_ROOT", "DATA_DIR", "GLOVE_DIR", "atomic_path", "write_json", "read_json",
-           "portable_path", "resolve_path", "save_npy", "dataset_paths"]
+           "portable_path", "resolve_path", "save_npy", "dataset_paths", "require"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Not resolved: on Colab data/ and models/ are links to Google Drive, and the paths this package
+# stores must stay the repository's own (data/...), the same on every runtime.
+REPO_ROOT = Path(os.path.abspath(__file__)).parent.parent
 DATA_DIR = REPO_ROOT / "data"
 GLOVE_DIR = REPO_ROOT / "glove"
 
@@ -47,7 +49,7 @@ def read_json(path):
 
 def portable_path(path):
     """Paths inside the repository are stored relative to it, so artefacts survive a move."""
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # links are kept: see REPO_ROOT
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
@@ -69,3 +71,11 @@ def dataset_paths(dataset, data_dir=DATA_DIR):
     return {"root": root, "captions": prepared / "captions.json",
             "vocabulary": prepared / "vocabulary.json", "features": root / "features",
             "embedding": prepared / "embedding.npy"}
+
+
+def require(path, notebook):
+    """`path`, or, when a stage's input is missing, an error naming the notebook that writes it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} not found: run notebooks/{notebook}.ipynb first, "
+                                "with the same DATASET and DATA_DIR")
+    return Path(path)

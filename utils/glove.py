@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .download import download_file
-from .files import GLOVE_DIR, read_json, save_npy, write_json
+from .files import GLOVE_DIR, read_json, require, save_npy, write_json
 
 __all__ = ["GLOVE_URL", "GLOVE_DIMS", "GloveFileError", "read_glove_lines", "glove_member",
            "read_glove_file", "read_glove_package", "find_glove_source", "load_glove",
@@ -170,7 +170,7 @@ def save_embedding(path, matrix, vocab, info):
 def load_embedding(path, vocab):
     """(matrix, where it came from: source, dim, oov) as saved by `save_embedding`; refuses a
     matrix built for another vocabulary."""
-    info = read_json(Path(path).with_suffix(".json"))
+    info = read_json(require(Path(path).with_suffix(".json"), "03_glove_embeddings"))
     if info["vocabulary"] != vocab.fingerprint:
         raise ValueError(f"{path} was built for another vocabulary; run notebook 03 again")
     return np.load(path), {k: info[k] for k in ("source", "dim", "oov")}

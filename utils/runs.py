@@ -16,7 +16,7 @@ from .captions import Vocabulary
 from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
 from .evaluation import read_evaluation
 from .features import FeatureSource, ImageError, build_encoder, load_image, preprocess
-from .files import read_json, write_json
+from .files import read_json, require, write_json
 from .model import ModelConfig, TrainingConfig
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RunConfigError", "RunConfig", "save_run",
@@ -109,16 +109,40 @@ def _upgrade_v0(old, vocab, path):
 
 
 def save_run(run_dir, config, vocab):
-    """The record and the vocabulary of a run, written before training starts."""
+    """The record and the vocabulary of a run, written before training starts. Returns True when
+    `run_dir` already holds this very run, finished (nothing to train: on Colab, a second visit).
+    A folder holding a run with other settings is refused, never mixed with the new one."""
     if config.vocabulary != vocab.fingerprint:
         raise ValueError("the run record names another vocabulary than the one given")
-    vocab.save(Path(run_dir) / "vocabulary.json")
-    config.save(Path(run_dir) / "config.json")
+    run_dir = Path(run_dir)
+    if (run_dir / "config.json").is_file():
+        old = RunConfig.load(run_dir / "config.json", vocab)
+        changed = [f"{name}: {a!r} -> {b!r}" for name, a, b in _differences(old, config)]
+        if changed:
+            raise RunConfigError(
+                f"{run_dir} holds a run with other settings ({'; '.join(changed[:3])}): set "
+                "RUN_NAME to a new name, or delete the folder to train it anew")
+        return (run_dir / "history.json").is_file() and not (run_dir / "backup").exists()
+    vocab.save(run_dir / "vocabulary.json")
+    config.save(run_dir / "config.json")
+    return False
+
+
+def _differences(a, b, prefix=""):
+    """(field, a's value, b's value) for each field where two records differ, nested ones too."""
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(x) and dataclasses.is_dataclass(y):
+            yield from _differences(x, y, f"{prefix}{f.name}.")
+        elif x != y:
+            yield f"{prefix}{f.name}", x, y
 
 
 def read_run(run_dir):
     """(vocabulary, RunConfig) of a run, checked to belong together; the model is not loaded."""
     run_dir = Path(run_dir)
+    for name in ("config.json", "vocabulary.json"):  # written by notebook 04, not by notebook 01
+        require(run_dir / name, "04_train_model")
     vocab = Vocabulary.load(run_dir / "vocabulary.json")
     config = RunConfig.load(run_dir / "config.json", vocab)
     if config.vocabulary != vocab.fingerprint:
@@ -130,8 +154,7 @@ def read_run(run_dir):
 def load_run(run_dir):
     """(model, vocabulary, RunConfig) of a finished run: no pickle, no code beyond this package."""
     run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").is_file():
-        raise FileNotFoundError(f"{run_dir}: no model.keras (train a model with notebook 04)")
+    require(run_dir / "model.keras", "04_train_model")
     vocab, config = read_run(run_dir)
     return keras.models.load_model(run_dir / "model.keras"), vocab, config
 
