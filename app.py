@@ -4,8 +4,11 @@ Upload photos (or give a URL), choose one or more trained runs from models/ and 
 read each run's caption beside each photo. A run is loaded once (model, vocabulary and the encoder
 that made its training features) and kept for every later request; each photo goes through that
 encoder with the same `utils.load_image` and `utils.preprocess` as the training features.
-`CAPTIONING_MODELS_DIR` points the app at another folder of runs.
+`CAPTIONING_MODELS_DIR` points the app at another folder of runs. An image address is fetched
+with `utils.PUBLIC`: public addresses only, at most 20 MB, within 20 s; `CAPTIONING_ALLOW_NETWORKS`
+(comma-separated, e.g. "10.0.0.0/8") admits private networks too, for a page on a closed network.
 """
+import dataclasses
 import io
 import os
 import tempfile
@@ -20,6 +23,9 @@ import utils
 
 MODELS_DIR = Path(os.environ.get("CAPTIONING_MODELS_DIR", "models"))
 DEFAULT = utils.DEFAULT_DECODING  # notebook 05's too: the best measured on Flickr8k's dev split
+# What a visitor's address may reach: the server's own network is off limits unless admitted.
+FETCH = dataclasses.replace(utils.PUBLIC, allowed_networks=tuple(
+    n.strip() for n in os.environ.get("CAPTIONING_ALLOW_NETWORKS", "").split(",") if n.strip()))
 
 
 def find_runs(models_dir):
@@ -41,12 +47,13 @@ def load_captioner(run_dir):
     return captioner
 
 
-@st.cache_data(max_entries=32, show_spinner="Downloading the image...")
+@st.cache_data(max_entries=8, show_spinner="Downloading the image...")
 def fetch_image(url):
-    """The bytes at `url` (kept for later requests; a failure is not kept, so it is retried)."""
+    """The bytes at `url` (the last few kept for later requests, at most 8 x 20 MB; a failure is
+    not kept, so it is retried)."""
     with tempfile.TemporaryDirectory() as folder:
         name = Path(urlparse(url).path).name or "image"
-        return utils.download_file(url, Path(folder) / name).read_bytes()
+        return utils.download_file(url, Path(folder) / name, policy=FETCH).read_bytes()
 
 
 def as_file(name, data):
@@ -76,10 +83,14 @@ def main():
             f"No {DEFAULT.no_repeat_ngram} words in a row twice in a caption", value=True) else 0
         setting = utils.DecodingSetting(width, penalty, no_repeat)
         for name in chosen:
-            st.markdown(utils.describe_run(MODELS_DIR / name))
+            try:
+                st.markdown(utils.describe_run(MODELS_DIR / name))
+            except Exception as e:  # a broken folder must not take the page down with it
+                st.error(f"Run {name}: cannot read its record ({type(e).__name__}: {e})")
 
     uploads = st.file_uploader("Photos", accept_multiple_files=True)
-    url = st.text_input("...or the address of an image on the web")
+    url = st.text_input(f"...or the address of an image on the web (at most "
+                        f"{FETCH.max_bytes >> 20} MB)")
     if not chosen:
         st.info("Choose at least one run in the sidebar.")
         return
@@ -88,8 +99,8 @@ def main():
     for name in chosen:
         try:
             captioners[name] = load_captioner(str(MODELS_DIR / name))
-        except (ValueError, OSError) as e:
-            st.error(f"Run {name} cannot caption new photos: {e}")
+        except Exception as e:  # any failure of one run's files; the other runs still caption
+            st.error(f"Run {name} cannot caption new photos ({type(e).__name__}: {e})")
 
     images = [(u.name, u.getvalue()) for u in uploads or []]
     if url.strip():

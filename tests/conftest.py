@@ -70,7 +70,8 @@ def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8):
 
 
 class Server:
-    """Serves `files` (name -> bytes); `cut_after` bytes makes the next response stop short."""
+    """Serves `files` (name -> bytes, or a function answering the request itself); `cut_after`
+    bytes makes the next response stop short."""
 
     def __init__(self, files):
         self.files, self.requests, self.cut_after = files, [], None
@@ -82,6 +83,9 @@ class Server:
                 server.requests.append((self.path, self.headers.get("Range")))
                 if body is None:
                     self.send_error(404)
+                    return
+                if callable(body):  # a handler of its own: redirects, endless or slow bodies
+                    body(self)
                     return
                 start = int(self.headers["Range"][6:].rstrip("-")) if self.headers["Range"] else 0
                 self.send_response(206 if start else 200)

@@ -114,14 +114,25 @@ def test_bad_inputs_are_reported_and_the_rest_captioned(monkeypatch, models_dir,
     assert len(at.subheader) == 2  # the good photo, by both runs
 
     at.sidebar.multiselect[0].set_value(["theirs-external", "shapes-small"]).run()
-    assert any(e.value.startswith("Run theirs-external cannot caption new photos: this run was "
-                                  "trained on external features") for e in at.error)
+    assert any(e.value.startswith("Run theirs-external cannot caption new photos (ValueError: "
+                                  "this run was trained on external features") for e in at.error)
     assert len(at.subheader) == 1
 
 
 def test_image_from_a_url(monkeypatch, models_dir, sample_root, server):
     photo = sorted((sample_root / "Images").iterdir())[2]
     server.files["photo.png"] = photo.read_bytes()
+    at = app(monkeypatch, models_dir)
+    at.text_input[0].set_value(server.url + "photo.png").run()
+    assert at.error[0].value == (
+        f"{server.url}photo.png: could not fetch the image (refused: 127.0.0.1 is 127.0.0.1, a "
+        "loopback address: only public addresses are fetched). Check the address in your "
+        "browser, or save the photo and upload it above.")
+    assert "at most 20 MB" in at.text_input[0].label
+    assert server.requests == []
+
+    # An operator may admit a closed network, as this test admits loopback.
+    monkeypatch.setenv("CAPTIONING_ALLOW_NETWORKS", "127.0.0.0/8")
     at = app(monkeypatch, models_dir)
     at.text_input[0].set_value(server.url + "photo.png").run()
     assert not at.error
@@ -213,3 +224,24 @@ def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample
     for shot in shots:
         assert chromium.save_screenshot(str(shot))
     assert Image.open(shots[0]).size[0] >= 1000
+
+
+def test_a_broken_run_folder_does_not_take_the_page_down(monkeypatch, models_dir, sample_root,
+                                                          tmp_path):
+    shutil.copytree(models_dir / "shapes-small", tmp_path / "good")
+    shutil.copytree(models_dir / "shapes-small", tmp_path / "no-training")
+    config = utils.read_json(tmp_path / "no-training" / "config.json")
+    del config["training"]
+    utils.write_json(tmp_path / "no-training" / "config.json", config)
+    shutil.copytree(models_dir / "shapes-small", tmp_path / "garbage-model")
+    (tmp_path / "garbage-model" / "model.keras").write_bytes(b"PK\x03\x04 not a keras file")
+    at = app(monkeypatch, tmp_path)
+    at.sidebar.multiselect[0].set_value(["garbage-model", "good", "no-training"]).run()
+    photo = sorted((sample_root / "Images").iterdir())[1]
+    at.file_uploader[0].set_value([(photo.name, photo.read_bytes(), "image/jpeg")]).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Run no-training: cannot read its record (RunConfigError: ") and
+               "missing field 'training'" in e for e in errors)
+    assert any(e.startswith("Run garbage-model cannot caption new photos (") for e in errors)
+    assert [h.value for h in at.subheader] == [expected_caption(tmp_path / "good", photo)]

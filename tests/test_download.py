@@ -41,3 +41,106 @@ def test_http_error_and_offline_fail_fast(server, tmp_path):
     with pytest.raises(utils.DownloadError, match=r"could not download .* save it as .*m.zip"):
         utils.download_file(f"http://127.0.0.1:{port}/m.zip", tmp_path / "m.zip", timeout=5)
     assert time.time() - start < 5
+
+
+# What the app fetches for a visitor: public addresses only, 20 MB, 20 s (utils.PUBLIC).
+LOOPBACK_ADMITTED = utils.FetchPolicy(public_only=True, max_bytes=1 << 20, deadline_s=2,
+                                      allowed_networks=("127.0.0.0/8",))
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.jpg",
+                                 "data:image/png;base64,iVBORw0KGgo=", "/etc/passwd"])
+def test_only_web_addresses_are_fetched(url, tmp_path):
+    for policy in (utils.TRUSTED, utils.PUBLIC):
+        with pytest.raises(utils.DownloadError, match="not a web address"):
+            utils.download_file(url, tmp_path / "x", policy=policy)
+
+
+@pytest.mark.parametrize("url, kind", [
+    ("http://127.0.0.1:9/a.jpg", "loopback"), ("http://[::1]/a.jpg", "loopback"),
+    ("http://10.1.2.3/a.jpg", "private"), ("http://192.168.0.1/a.jpg", "private"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"), ("http://0.0.0.0/", "private"),
+    ("http://224.0.0.1/", "multicast"), ("http://[::ffff:127.0.0.1]/", "loopback")])
+def test_the_app_policy_refuses_addresses_that_are_not_public(url, kind, tmp_path):
+    """Literal addresses: checked before any connection, so this needs no network."""
+    with pytest.raises(utils.DownloadError) as error:
+        utils.download_file(url, tmp_path / "x", policy=utils.PUBLIC)
+    assert f"a {kind} address: only public addresses are fetched" in error.value.reason
+
+
+def test_the_app_policy_refuses_the_loopback_server(server, tmp_path):
+    server.files["a.jpg"] = b"jpeg"
+    with pytest.raises(utils.DownloadError, match="loopback address"):
+        utils.download_file(server.url + "a.jpg", tmp_path / "a.jpg", policy=utils.PUBLIC)
+    assert server.requests == [], "refused before connecting"
+
+
+def redirect(location):
+    def answer(handler):
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return answer
+
+
+def test_every_redirect_is_checked_again(server, tmp_path):
+    server.files["a.jpg"] = b"jpeg"
+    server.files["hop"] = redirect("/a.jpg")
+    assert utils.download_file(server.url + "hop", tmp_path / "a", policy=LOOPBACK_ADMITTED
+                               ).read_bytes() == b"jpeg"
+    server.files["to-private"] = redirect("http://10.1.2.3/secret")
+    with pytest.raises(utils.DownloadError, match="10.1.2.3 is 10.1.2.3, a private address"):
+        utils.download_file(server.url + "to-private", tmp_path / "b", policy=LOOPBACK_ADMITTED)
+    server.files["to-file"] = redirect("file:///etc/passwd")
+    with pytest.raises(utils.DownloadError, match="not a web address"):
+        utils.download_file(server.url + "to-file", tmp_path / "c", policy=LOOPBACK_ADMITTED)
+    server.files["loop"] = redirect("/loop")
+    with pytest.raises(utils.DownloadError, match="more than 5 redirects"):
+        utils.download_file(server.url + "loop", tmp_path / "d", policy=LOOPBACK_ADMITTED)
+
+
+def endless(content_length=None):
+    """2 GB of zeros, a megabyte at a time, for as long as the client reads."""
+    def answer(handler):
+        handler.send_response(200)
+        if content_length:
+            handler.send_header("Content-Length", str(content_length))
+        handler.end_headers()
+        try:
+            for _ in range(2048):
+                handler.wfile.write(bytes(1 << 20))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    return answer
+
+
+def test_a_body_over_the_size_cap_is_refused(server, tmp_path):
+    server.files["announced"] = endless(content_length=2 << 30)
+    with pytest.raises(utils.DownloadError, match="2,147,483,648 bytes, over the limit"):
+        utils.download_file(server.url + "announced", tmp_path / "a", policy=LOOPBACK_ADMITTED)
+    server.files["unannounced"] = endless()
+    started = time.time()
+    with pytest.raises(utils.DownloadError, match="over the limit of 1,048,576 bytes"):
+        utils.download_file(server.url + "unannounced", tmp_path / "b", policy=LOOPBACK_ADMITTED)
+    assert time.time() - started < 2
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.part").exists()
+
+
+def test_a_trickle_cannot_outlast_the_deadline(server, tmp_path):
+    def trickle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        try:
+            for _ in range(1000):
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+                time.sleep(0.5)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    server.files["slow"] = trickle
+    started = time.time()
+    with pytest.raises(utils.DownloadError, match="took longer than 2 s"):
+        utils.download_file(server.url + "slow", tmp_path / "slow", policy=LOOPBACK_ADMITTED)
+    assert time.time() - started < 3.5

@@ -1,4 +1,5 @@
 """Stage 2 with random weights (no download) and small images written by the tests."""
+import io
 import json
 import socket
 import urllib.request
@@ -210,3 +211,45 @@ def test_feature_source_of_a_cache_and_of_an_npz(sample_root, tmp_path, encoder)
                            "inceptionv3", None, 80)
     with pytest.raises(FileNotFoundError, match="2 .*inceptionv3-random-75.*set FEATURES"):
         utils.find_feature_cache(tmp_path / "features", "inceptionv3")
+
+
+def grey_file(array, fmt, name):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt)  # uint16: I;16, int32: I, float32: F
+    buffer.seek(0)
+    buffer.name = name
+    return buffer
+
+
+@pytest.mark.parametrize("array, fmt, scale", [
+    ((np.arange(4096).reshape(64, 64) * 16).astype("uint16"), "PNG", 1 / 257),
+    ((np.arange(4096).reshape(64, 64) * 16).astype("int32"), "TIFF", 1 / 257),
+    ((np.arange(4096).reshape(64, 64) / 4095).astype("float32"), "TIFF", 255)],
+    ids=["16-bit png", "int32 tiff", "float32 tiff"])
+def test_deep_images_are_scaled_to_8_bits_not_clipped(array, fmt, scale):
+    """A 16-bit PNG once loaded as pure white, a float TIFF as black: each pixel is now its value
+    scaled from the file's range to 0-255."""
+    loaded = utils.load_image(grey_file(array, fmt, f"deep.{fmt.lower()}"), 64)
+    assert np.array_equal(loaded[..., 0], loaded[..., 2])
+    np.testing.assert_allclose(loaded[..., 0], np.round(array.astype("float64") * scale), atol=1)
+    assert loaded.min() == 0 and loaded.max() >= 254
+
+
+def test_float_pixels_out_of_any_known_range_are_refused():
+    array = np.full((8, 8), -3.5, "float32")
+    with pytest.raises(utils.ImageError, match="odd.tiff: F pixels from -3.5 to"):
+        utils.load_image(grey_file(array, "TIFF", "odd.tiff"), 8)
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_to_the_same_picture(tmp_path):
+    rng = np.random.default_rng(0)
+    small = rng.uniform(0, 255, (30, 40, 3)).astype("uint8")
+    big = Image.fromarray(small).resize((4000, 3000), Image.BILINEAR)
+    big.save(tmp_path / "big.jpg", quality=90)
+    full = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((299, 299),
+                                                                            Image.BILINEAR))
+    loaded = utils.load_image(tmp_path / "big.jpg", 299)
+    assert np.abs(loaded - full).mean() < 3  # the same picture, not pixel for pixel
+    with Image.open(tmp_path / "big.jpg") as image:
+        image.draft("RGB", (299, 299))
+        assert image.size == (500, 375)  # decoded at 1/8 scale: 64 times fewer pixels

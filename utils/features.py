@@ -156,7 +156,11 @@ def load_image(path, size):
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{label}: {image.width}x{image.height} pixels is more than the "
                                  f"{MAX_IMAGE_PIXELS:,} allowed (a decompression bomb?)")
+            if image.format == "JPEG":  # decode at a reduced scale, still >= size: less memory
+                image.draft("RGB", (size, size))
             image = ImageOps.exif_transpose(image)
+            if image.mode.startswith(("I", "F")):
+                image = _to_8_bits(image, label)
             if image.mode in ("RGBA", "LA", "P", "PA"):
                 image = image.convert("RGBA")
                 background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -167,6 +171,21 @@ def load_image(path, size):
         raise
     except Exception as e:  # Pillow raises many types for bad files; all mean "unusable"
         raise ImageError(f"{label}: cannot read as an image ({type(e).__name__}: {e})") from None
+
+
+def _to_8_bits(image, label):
+    """A 16-bit, 32-bit integer or float grey image as 8 bits. Pillow's own conversion clips
+    (a 16-bit photo turns white); here the values are scaled from their evident range."""
+    pixels = np.asarray(image, dtype="float64")
+    high = pixels.max(initial=0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255 < high <= 65535):
+        pixels = pixels / 257  # 65535 -> 255
+    elif image.mode == "F" and pixels.min(initial=0) >= 0 and high <= 1:
+        pixels = pixels * 255
+    elif pixels.min(initial=0) < 0 or high > 255:
+        raise ImageError(f"{label}: {image.mode} pixels from {pixels.min():g} to {high:g}, "
+                         "outside the ranges this project knows (0-1, 0-255, 0-65535)")
+    return Image.fromarray(np.round(pixels).astype("uint8"), "L")
 
 
 def image_batches(paths, size, batch_size, errors):
