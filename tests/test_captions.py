@@ -71,7 +71,7 @@ def test_flickr30k_results_csv(tmp_path):
                     "1000092795.jpg| 1| Two young , White males are outside near many bushes .\n"
                     "2199200615.jpg| 4 A dog runs across the grass .\n"  # the real file's odd line
                     "garbage line without separators\n", encoding="utf-8")
-    with pytest.warns(UserWarning, match="results.csv: skipped 1 malformed"):
+    with pytest.warns(UserWarning, match="results.csv: skipped 1 of 4 captions"):
         cf = utils.read_captions(path)
     assert cf.format == "flickr30k_csv"
     assert cf.captions["1000092795.jpg"][1] == "Two young , White males are outside near many bushes ."
@@ -114,7 +114,7 @@ def test_non_utf8_names_file_and_line(tmp_path):
 def test_malformed_lines_are_reported_and_good_ones_kept(tmp_path):
     path = tmp_path / "tokens.txt"
     path.write_text("a.jpg#0\tA cat .\nb.jpg#0 no tab here\n\nc.jpg#x\tbad number\nd.jpg#1\tA dog .\n")
-    with pytest.warns(UserWarning, match="skipped 2 malformed"):
+    with pytest.warns(UserWarning, match="skipped 2 of 4 captions"):
         cf = utils.read_captions(path)
     assert cf.captions == {"a.jpg": ["A cat ."], "d.jpg": ["A dog ."]}
     assert [m.split(": ")[0] for m in cf.malformed] == [f"{path}:2", f"{path}:4"]
@@ -214,3 +214,65 @@ def test_vocabulary_saves_as_json(tmp_path):
     assert utils.Vocabulary.load(tmp_path / "vocabulary.json") == vocab
     with pytest.raises(ValueError, match="starts with"):
         utils.Vocabulary(["a", "b"], 3)
+
+
+def kaggle_file(tmp_path, lines):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for name in {line.split(",")[0] for line in lines}:
+        (tmp_path / "img" / name).write_bytes(b"x")
+    path = tmp_path / "captions.txt"
+    path.write_text("image,caption\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def test_an_unbalanced_quote_swallows_nothing(tmp_path):
+    """One open quote once turned the other 49 captions into one field of the first record."""
+    lines = [f"{i}.jpg,A dog number {i} runs ." for i in range(50)]
+    lines[1] = '1.jpg,"A dog number 1 runs .'
+    cf = utils.read_captions(kaggle_file(tmp_path, lines))
+    assert cf.records == 50 and sum(len(c) for c in cf.captions.values()) == 50
+    assert cf.captions["1.jpg"] == ["A dog number 1 runs ."] and cf.malformed == []
+    assert cf.notes == [f"{tmp_path / 'captions.txt'}:3: an unbalanced quote, read as this line alone"]
+
+
+def test_a_huge_caption_or_field_is_skipped_by_line_and_cannot_blow_max_length(tmp_path):
+    lines = [f"{i}.jpg,A dog number {i} runs ." for i in range(10)]
+    lines[3] = "3.jpg," + "dog " * 2_000_000  # once max_length 2,000,000
+    lines[4] = "4.jpg," + "a " * 2_000
+    lines[5] = '5.jpg,"' + "x" * 200_000 + '"'  # over the csv module's 131,072: once a raw error
+    path = kaggle_file(tmp_path, lines)
+    with pytest.warns(UserWarning, match="skipped 3 of 10 captions"):
+        cf = utils.read_captions(path)
+    assert cf.malformed == [f"{path}:5: a line of 8,000,006 characters, over 10,000",
+                            f"{path}:6: a caption of 2,000 words, over 100",
+                            f"{path}:7: a line of 200,008 characters, over 10,000"]
+    with pytest.warns(UserWarning):
+        prepared, report = utils.prepare_dataset(path, tmp_path / "img", val_size=2, test_size=2)
+    assert report["captions_read"] == 10 and report["captions_kept"] == 7
+    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"), min_count=1)
+    assert vocab.max_length == 4  # "a dog number runs": tokens with digits are cleaned away
+
+
+def test_empty_and_repeated_captions_are_reported(tmp_path):
+    lines = ["a.jpg,A cat .", "a.jpg,A cat .", "a.jpg,!!! ...", "b.jpg,Two dogs .",
+             "c.jpg,A bird .", "d.jpg,A fish ."]
+    path = kaggle_file(tmp_path, lines)
+    with pytest.warns(UserWarning, match="1 caption\\(s\\) empty after cleaning"):
+        prepared, report = utils.prepare_dataset(path, tmp_path / "img", val_size=1, test_size=1)
+    assert report["notes"] == [f"{path}:3: the same caption of a.jpg as line 2, kept"]
+    assert report["empty_after_cleaning"] == ["a.jpg: '!!! ...'"]
+    assert report["captions_read"] == 6 and report["captions_kept"] == 5
+
+
+def test_karpathy_unknown_split_and_repeated_entry_are_reported(tmp_path):
+    images = [{"filename": "a.jpg", "split": "train", "sentences": [{"raw": "A cat ."}]},
+              {"filename": "b.jpg", "split": "holdout", "sentences": [{"raw": "A dog ."}]},
+              {"filename": "a.jpg", "split": "test", "sentences": [{"raw": "A cat again ."}]},
+              {"filename": "c.jpg", "split": "restval", "sentences": [{"raw": "A bird ."}]}]
+    path = tmp_path / "dataset_flickr8k.json"
+    path.write_text(json.dumps({"images": images}))
+    with pytest.warns(UserWarning, match="skipped 2 of 4 captions"):
+        cf = utils.read_captions(path)
+    assert cf.malformed == [f"{path}: images[1]: unknown split 'holdout' (train, restval, val or test)",
+                            f"{path}: images[2]: a.jpg again (first at images[0])"]
+    assert cf.splits == {"train": ["a.jpg", "c.jpg"]}

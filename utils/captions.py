@@ -18,7 +18,7 @@ import numpy as np
 
 from .files import portable_path, read_json, require, resolve_path, write_json
 
-__all__ = ["CaptionFileError", "CaptionFile", "read_text", "detect_format", "read_captions",
+__all__ = ["CaptionFileError", "MAX_CAPTION_WORDS", "CaptionFile", "read_text", "detect_format", "read_captions",
            "read_split_file", "seeded_split", "keep_existing", "tokenize", "clean_caption",
            "PAD", "UNK", "START", "END", "SPECIAL_TOKENS", "Vocabulary", "build_vocabulary",
            "IMAGE_DIR_NAMES", "CAPTION_FILE_NAMES", "SPLIT_FILE_NAMES", "find_dataset_files",
@@ -27,6 +27,12 @@ __all__ = ["CaptionFileError", "CaptionFile", "read_text", "detect_format", "rea
 
 class CaptionFileError(ValueError):
     """A caption or split file that cannot be read; the message names the file and line."""
+
+
+# A caption longer than this is reported and left out, so no single line can blow the maximum
+# length (and with it the model's input and memory): Flickr8k's longest has 38 words.
+MAX_CAPTION_WORDS = 100
+MAX_LINE_CHARS = 10_000  # a longer line is not parsed at all (the csv module's own limit is 131,072)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +46,8 @@ class CaptionFile:
     captions: dict                                # image name -> raw captions, in file order
     splits: dict = None                           # split -> names; only Karpathy's JSON has them
     malformed: list = field(default_factory=list) # "file:line: why", for lines that were skipped
-
+    notes: list = field(default_factory=list)     # "file:line: what", for odd lines that were kept
+    records: int = 0                              # captions read: kept + skipped
 
 def read_text(path):
     """A whole text file as str, with errors that name the file (and line, for bad bytes)."""
@@ -87,17 +94,20 @@ def _token_lines(text):
 
 
 def _kaggle_lines(text):
-    """`image,caption` CSV with a header; captions holding commas are quoted."""
-    reader = csv.reader(io.StringIO(text))
-    next(reader)
-    for row in reader:
-        if not row or not any(cell.strip() for cell in row):
+    """`image,caption` CSV with a header; captions holding commas are quoted. Read line by line:
+    a quote left open must not swallow the lines after it, as one CSV record would."""
+    for lineno, line in enumerate(text.splitlines()[1:], 2):
+        if not line.strip():
             continue
+        if len(line) > MAX_LINE_CHARS:
+            yield lineno, None, f"a line of {len(line):,} characters, over {MAX_LINE_CHARS:,}"
+            continue
+        row = next(csv.reader([line]))
         # An unquoted comma splits the caption in more cells: join them back.
         if len(row) < 2 or not row[0].strip() or not ",".join(row[1:]).strip():
-            yield reader.line_num, None, "expected image,caption"
+            yield lineno, None, "expected image,caption"
         else:
-            yield reader.line_num, row[0].strip(), ",".join(row[1:]).strip()
+            yield lineno, row[0].strip(), ",".join(row[1:]).strip()
 
 
 _FLICKR30K_LINE = re.compile(r"\s*([^|]+?)\s*\|\s*(\d+)\s*\|?\s*(.*)")
@@ -115,6 +125,9 @@ def _flickr30k_lines(text):
             yield lineno, match.group(1), match.group(3).strip()
 
 
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+
+
 def _read_karpathy(text, path):
     try:
         data = json.loads(text)
@@ -122,18 +135,40 @@ def _read_karpathy(text, path):
         raise CaptionFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise CaptionFileError(f"{path}:1: expected Karpathy's format, {{'images': [...]}}")
-    captions, splits, malformed = {}, {}, []
+    captions, splits, malformed, first_seen = {}, {}, [], {}
     for i, image in enumerate(data["images"]):
+        where = f"{path}: images[{i}]"
         try:
             name = str(Path(image.get("filepath", "")) / image["filename"])
-            sentences = [s["raw"].strip() for s in image["sentences"] if s["raw"].strip()]
-            split = {"restval": "train"}.get(image["split"], image["split"])  # Karpathy's usage
+            sentences = [s["raw"].strip() for s in image["sentences"]]
+            split = image["split"]
         except (KeyError, TypeError, AttributeError):
-            malformed.append(f"{path}: images[{i}]: expected filename, split and sentences")
+            malformed.append(f"{where}: expected filename, split and sentences")
             continue
-        captions.setdefault(name, []).extend(sentences)
-        splits.setdefault(split, []).append(name)
+        if split not in KARPATHY_SPLITS:
+            malformed.append(f"{where}: unknown split {split!r} (train, restval, val or test)")
+        elif name in first_seen:
+            malformed.append(f"{where}: {name} again (first at images[{first_seen[name]}])")
+        else:
+            first_seen[name] = i
+            captions[name] = []
+            for k, sentence in enumerate(sentences):
+                problem = _caption_problem(sentence)
+                if problem:
+                    malformed.append(f"{where}.sentences[{k}]: {problem}")
+                else:
+                    captions[name].append(sentence)
+            splits.setdefault(KARPATHY_SPLITS[split], []).append(name)
     return captions, splits, malformed
+
+
+def _caption_problem(caption):
+    words = len(caption.split())
+    if not words:
+        return "empty caption"
+    if words > MAX_CAPTION_WORDS:
+        return f"a caption of {words:,} words, over {MAX_CAPTION_WORDS}"
+    return None
 
 
 _LINE_READERS = {"flickr_token": _token_lines, "kaggle_csv": _kaggle_lines,
@@ -141,25 +176,39 @@ _LINE_READERS = {"flickr_token": _token_lines, "kaggle_csv": _kaggle_lines,
 
 
 def read_captions(path):
-    """Read any supported caption file into a `CaptionFile`; malformed lines are skipped and listed."""
+    """Read any supported caption file into a `CaptionFile`. Every record is counted: malformed
+    lines and over-long captions are skipped, repeated captions and unbalanced quotes noted, each
+    listed with file and line."""
     text = read_text(path)
     fmt = detect_format(text, path)
+    notes = []
     if fmt == "karpathy_json":
         captions, splits, malformed = _read_karpathy(text, path)
+        records = sum(len(c) for c in captions.values()) + len(malformed)
     else:
-        captions, splits, malformed = {}, None, []
+        captions, splits, malformed, seen, records = {}, None, [], {}, 0
+        lines = text.splitlines()
         for lineno, name, caption in _LINE_READERS[fmt](text):
-            if name is None:
-                malformed.append(f"{path}:{lineno}: {caption}")
-            else:
-                captions.setdefault(name, []).append(caption)
+            records += 1
+            problem = caption if name is None else _caption_problem(caption)
+            if problem:
+                malformed.append(f"{path}:{lineno}: {problem}")
+                continue
+            # Kept, as the published references keep them (Flickr8k's token file repeats ten).
+            if (name, caption) in seen:
+                notes.append(f"{path}:{lineno}: the same caption of {name} as line "
+                             f"{seen[name, caption]}, kept")
+            if fmt == "kaggle_csv" and lines[lineno - 1].count('"') % 2:
+                notes.append(f"{path}:{lineno}: an unbalanced quote, read as this line alone")
+            seen.setdefault((name, caption), lineno)
+            captions.setdefault(name, []).append(caption)
     if not captions:
         raise CaptionFileError(f"{path}: no caption could be read" +
                                (f"; first problem: {malformed[0]}" if malformed else ""))
     if malformed:
-        warnings.warn(f"{path}: skipped {len(malformed)} malformed line(s), first: {malformed[0]}",
-                      stacklevel=2)
-    return CaptionFile(str(path), fmt, captions, splits, malformed)
+        warnings.warn(f"{path}: skipped {len(malformed)} of {records} captions, first: "
+                      f"{malformed[0]}", stacklevel=2)
+    return CaptionFile(str(path), fmt, captions, splits, malformed, notes, records)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,19 +408,26 @@ def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, t
         warnings.warn(f"{len(missing)} image(s) named in {captions_file} are not in {images_dir}, "
                       f"dropped (first: {missing[0]})", stacklevel=2)
     on_disk = set(on_disk)
-    images, without_captions = {}, []
+    images, without_captions, emptied = {}, [], []
     for split, names in splits.items():
         without_captions += [n for n in names if n not in caption_file.captions]
         for name in (n for n in names if n in on_disk):
             raw = caption_file.captions[name]
             cleaned = [clean_caption(c, drop_one_letter) for c in raw]
+            emptied += [f"{name}: {r!r}" for r, c in zip(raw, cleaned) if not c]
             images[name] = {"split": split, "captions": [c for c in cleaned if c],
                             "references": [tokenize(c) for c in raw]}
+    if emptied:
+        warnings.warn(f"{len(emptied)} caption(s) empty after cleaning, left out of training "
+                      f"(first: {emptied[0]})", stacklevel=2)
     options = {"captions_file": portable_path(captions_file), "format": caption_file.format,
                "split_source": ("split files" if split_files else "caption file"
                                 if caption_file.splits else f"seeded (seed {seed})"),
                "drop_one_letter": drop_one_letter}
-    report = {"format": caption_file.format, "malformed_lines": caption_file.malformed,
+    report = {"format": caption_file.format, "captions_read": caption_file.records,
+              "captions_kept": sum(len(i["captions"]) for i in images.values()),
+              "malformed_lines": caption_file.malformed, "notes": caption_file.notes,
+              "empty_after_cleaning": emptied,
               "missing_images": missing, "split_names_without_captions": without_captions,
               "images_per_split": {s: sum(i["split"] == s for i in images.values()) for s in splits}}
     return PreparedDataset(str(images_dir), images, options, images_zip), report
