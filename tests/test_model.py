@@ -1,4 +1,6 @@
 """Stage 4: the merge model, its one-pass training, resumable runs, and that it learns."""
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -214,3 +216,43 @@ def test_expand_prefixes_pre_pads_every_prefix():
     np.testing.assert_array_equal(prefixes, [[0, 0, 2], [0, 2, 5], [2, 5, 6], [0, 0, 2], [0, 2, 7]])
     np.testing.assert_array_equal(targets, [5, 6, 3, 7, 3])
     np.testing.assert_array_equal(owners, [0, 0, 0, 1, 1])
+
+
+def interrupted_run(sample_training, run, epochs=3):
+    with pytest.raises(KeyboardInterrupt):
+        fit(sample_training, run, 5, extra_callbacks=[StopAfter(epochs)])
+    return run / "backup" / "latest.weights.h5"
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(sample_training, tmp_path):
+    latest = interrupted_run(sample_training, tmp_path / "run")
+    truncate(latest)  # the interruption hit while it was written
+    counter = StopAfter(99)
+    _, history = fit(sample_training, tmp_path / "run", 5, extra_callbacks=[counter])
+    assert counter.started == 3  # epochs 3 (again), 4 and 5
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
+
+
+def test_with_no_whole_checkpoint_the_rerun_says_how_to_go_on(sample_training, tmp_path):
+    latest = interrupted_run(sample_training, tmp_path / "run")
+    truncate(latest)
+    truncate(Path(f"{latest}.bkp"))
+    with pytest.raises(RuntimeError, match=f"{latest} is damaged and no earlier checkpoint is "
+                                           f"whole: delete {latest.parent} to train this run"):
+        fit(sample_training, tmp_path / "run", 5)
+
+
+def test_a_history_row_cut_short_is_dropped(sample_training, tmp_path):
+    """A row cut inside a number ("2." for 2.536) was once believed as the epoch's loss."""
+    interrupted_run(sample_training, tmp_path / "run", epochs=2)
+    history = tmp_path / "run" / "history.csv"
+    text = history.read_text()
+    history.write_text(text + "2,2.")  # the next epoch's row, cut by the interruption
+    with pytest.warns(UserWarning, match="its last row was cut short \\('2,2.'\\), dropped"):
+        utils.check_training_state(tmp_path / "run")
+    assert history.read_text() == text

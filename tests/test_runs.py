@@ -139,3 +139,30 @@ def test_describe_run_reads_the_evaluation_by_field(run_copy):
 def test_keras_loads_the_model_without_this_package_code_beyond_utils(run_dir):
     model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
     assert model.get_layer("next_word").units == utils.load_run(run_dir)[1].__len__()
+
+
+def test_a_finished_run_folder_is_one_run(run_copy):
+    """Notebook 04 rerun into a finished run with other settings once mixed the two runs."""
+    vocab, config = utils.read_run(run_copy)
+    assert utils.save_run(run_copy, config, vocab) is True  # the same run: nothing to train
+    faster = dataclasses.replace(config, training=dataclasses.replace(config.training,
+                                                                      learning_rate=0.5))
+    with pytest.raises(utils.RunConfigError, match=r"holds a finished run with other settings "
+                                                   r"\(training.learning_rate: 0.003 -> 0.5\)"):
+        utils.save_run(run_copy, faster, vocab)
+    longer = dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=99))
+    with pytest.raises(utils.RunConfigError, match=r"training.epochs: \d+ -> 99"):
+        utils.save_run(run_copy, longer, vocab)
+    assert utils.read_run(run_copy)[1] == config, "the refused settings were not written"
+
+
+def test_an_unfinished_run_resumes_with_more_epochs_only(run_copy):
+    vocab, config = utils.read_run(run_copy)
+    (run_copy / "history.json").unlink()  # as after an interruption
+    longer = dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=99))
+    assert utils.save_run(run_copy, longer, vocab) is False
+    assert utils.read_run(run_copy)[1].training.epochs == 99
+    wider = dataclasses.replace(longer, model=dataclasses.replace(longer.model, units=512))
+    with pytest.raises(utils.RunConfigError, match=r"holds another run with other settings "
+                                                   r"\(model.units: \d+ -> 512\)"):
+        utils.save_run(run_copy, wider, vocab)

@@ -18,9 +18,11 @@ A model is described by a `ModelConfig` and trained by a `TrainingConfig`: both 
 run's record (`utils.runs`) and a model is rebuilt from them, as nanoGPT rebuilds `GPTConfig`.
 """
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import tensorflow as tf
@@ -32,7 +34,7 @@ __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "bui
            "build_model", "compile_model", "model_parts", "project_image", "predict_word",
            "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
            "feature_statistics", "encode_captions", "caption_dataset", "batch_count", "CaptionData",
-           "BestModelCheckpoint", "read_history", "train_caption_model"]
+           "BestModelCheckpoint", "read_history", "check_training_state", "train_caption_model"]
 
 ARCHITECTURES = ("merge",)  # where the image enters the caption model
 
@@ -349,6 +351,33 @@ def read_history(run_dir):
     return [rows[e] for e in sorted(rows)]
 
 
+def check_training_state(run_dir):
+    """Before a rerun resumes, drop or refuse what an interruption may have broken: a history row
+    cut short is dropped (with a warning), and a checkpoint that cannot be read falls back to the
+    one before it (Keras's double checkpoint); with neither whole, the error says how to go on."""
+    history = Path(run_dir) / "history.csv"
+    text = history.read_text() if history.is_file() else ""
+    if text and not text.endswith("\n"):
+        kept = text[:text.rfind("\n") + 1]
+        with atomic_path(history) as tmp:
+            tmp.write_text(kept)
+        warnings.warn(f"{history}: its last row was cut short ({text[len(kept):]!r}), dropped; "
+                      "that epoch is trained again", stacklevel=2)
+    latest = Path(run_dir) / "backup" / "latest.weights.h5"
+    if latest.exists() and not any(_whole_h5(p) for p in (latest, Path(f"{latest}.bkp"))):
+        raise RuntimeError(f"{latest} is damaged and no earlier checkpoint is whole: delete "
+                           f"{latest.parent} to train this run again from its first epoch")
+
+
+def _whole_h5(path):
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+        return True
+    except (OSError, KeyError, RuntimeError):
+        return False
+
+
 def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_callbacks=(),
                         verbose=1):
     """Fit `model` on `data` (CaptionData) as `training` says, with the best checkpoint, early
@@ -357,9 +386,10 @@ def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_c
     from its last finished epoch (BackupAndRestore)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_training_state(run_dir)
     best_so_far = min((h["val_loss"] for h in read_history(run_dir)), default=np.inf)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         BestModelCheckpoint(run_dir / "model.keras", best_so_far),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.patience),
     ]

@@ -108,22 +108,33 @@ def _upgrade_v0(old, vocab, path):
             f"{e.args[0]!r} that this code needs: train the run again with notebook 04") from None
 
 
+# Settings that change how long a run trains, not what it learns: an unfinished run resumes with
+# new values of these. Any other difference is another run, refused in the same folder.
+EXTENDING = ("training.epochs", "training.patience")
+
+
 def save_run(run_dir, config, vocab):
     """The record and the vocabulary of a run, written before training starts. Returns True when
     `run_dir` already holds this very run, finished (nothing to train: on Colab, a second visit).
-    A folder holding a run with other settings is refused, never mixed with the new one."""
+    A folder holding a run with other settings is refused, never mixed with the new one; an
+    unfinished run may resume with more epochs or more patience."""
     if config.vocabulary != vocab.fingerprint:
         raise ValueError("the run record names another vocabulary than the one given")
     run_dir = Path(run_dir)
     if (run_dir / "config.json").is_file():
         old = RunConfig.load(run_dir / "config.json", vocab)
         changed = [f"{name}: {a!r} -> {b!r}" for name, a, b in _differences(old, config)]
-        if changed:
+        learned = [c for c in changed if not c.startswith(EXTENDING)]
+        finished = (run_dir / "history.json").is_file() and not (run_dir / "backup").exists()
+        if learned or (changed and finished):
             raise RunConfigError(
-                f"{run_dir} holds a run with other settings ({'; '.join(changed[:3])}): set "
-                "RUN_NAME to a new name, or delete the folder to train it anew")
-        return (run_dir / "history.json").is_file() and not (run_dir / "backup").exists()
-    vocab.save(run_dir / "vocabulary.json")
+                f"{run_dir} holds {'a finished' if finished else 'another'} run with other "
+                f"settings ({'; '.join((learned or changed)[:3])}): set RUN_NAME to a new name, "
+                "or delete the folder to train it anew")
+        if not changed:
+            return finished
+    else:
+        vocab.save(run_dir / "vocabulary.json")
     config.save(run_dir / "config.json")
     return False
 
