@@ -111,7 +111,8 @@ def main():
                      "in your browser, or save the photo and upload it above.")
     for image_name, data in images:
         try:
-            preview = utils.load_image(as_file(image_name, data), 384)
+            decoded = utils.decode_image(as_file(image_name, data))  # once, for every run
+            preview = utils.load_image(decoded, 384)
         except utils.ImageError as e:
             st.error(str(e))
             continue
@@ -119,7 +120,7 @@ def main():
         picture.image(preview / 255.0, caption=image_name)
         for column, (run, captioner) in zip(columns, captioners.items()):
             start = time.perf_counter()
-            caption = utils.caption_image(captioner, as_file(image_name, data), setting)
+            caption = utils.caption_image(captioner, decoded, setting)
             column.markdown(f"**{run}**")
             column.subheader(caption)
             column.caption(f"{setting.label}; {1000 * (time.perf_counter() - start):.0f} ms")

@@ -1,5 +1,7 @@
 """Stage 2 with random weights (no download) and small images written by the tests."""
 import io
+import os
+import shutil
 import json
 import socket
 import urllib.request
@@ -251,5 +253,30 @@ def test_a_large_jpeg_decodes_at_reduced_scale_to_the_same_picture(tmp_path):
     loaded = utils.load_image(tmp_path / "big.jpg", 299)
     assert np.abs(loaded - full).mean() < 3  # the same picture, not pixel for pixel
     with Image.open(tmp_path / "big.jpg") as image:
-        image.draft("RGB", (299, 299))
-        assert image.size == (500, 375)  # decoded at 1/8 scale: 64 times fewer pixels
+        image.draft("RGB", (utils.DECODE_SIZE, utils.DECODE_SIZE))
+        assert image.size == (1000, 750)  # decoded at 1/4 scale: 16 times fewer pixels
+
+
+def test_a_changed_image_is_read_again(sample_root, tmp_path, encoder):
+    """A finished cache once never looked at its images again: a replaced photo kept the
+    features of the old one."""
+    images = tmp_path / "Images"
+    shutil.copytree(sample_root / "Images", images)
+    names = [f"shapes_{i:05d}.jpg" for i in range(8)]
+    args = dict(weights=None, input_size=SIZE, batch_size=4, dtype="float32")
+    utils.extract_features(images, names, tmp_path / "c", model=encoder, **args)
+    before = np.array(utils.load_features(tmp_path / "c")[1])
+    shutil.copy(sample_root / "Images" / "shapes_00100.jpg", images / "shapes_00003.jpg")
+    os.utime(images / "shapes_00003.jpg", ns=(1, 1))  # surely another modification time
+    counter = CountingEncoder(encoder)
+    utils.extract_features(images, names, tmp_path / "c", model=counter, **args)
+    assert counter.images == 1
+    after = np.array(utils.load_features(tmp_path / "c")[1])
+    utils.extract_features(sample_root / "Images", ["shapes_00100.jpg"], tmp_path / "one",
+                           model=encoder, **args)
+    np.testing.assert_allclose(after[3], utils.load_features(tmp_path / "one")[1][0], rtol=1e-4,
+                               atol=1e-6)
+    assert np.array_equal(np.delete(after, 3, 0), np.delete(before, 3, 0))
+    again = CountingEncoder(encoder)
+    utils.extract_features(images, names, tmp_path / "c", model=again, **args)
+    assert again.images == 0

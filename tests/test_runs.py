@@ -2,7 +2,9 @@
 still loading; what the app shows of a run; captioning new photos with a run."""
 import dataclasses
 import json
+import os
 import shutil
+import stat
 
 import keras
 import numpy as np
@@ -53,6 +55,9 @@ def test_run_folder_is_self_contained_and_rebuilds_its_record(run_dir, sample_tr
     (lambda c: c["features"].pop("dim"), "missing field 'features.dim'"),
     (lambda c: c.update(model=[1, 2]), "field 'model' should be an object"),
     (lambda c: c.update(format_version=2), "format version 2, this code reads 1"),
+    # Once silently random encoder weights for a new photo:
+    (lambda c: c["features"].update(weights="imagenet21k"),
+     "field 'features.weights' is 'imagenet21k', not random, imagenet or file-<digest>"),
 ])
 def test_a_damaged_record_names_its_file_and_field(run_copy, change, message):
     config = json.loads((run_copy / "config.json").read_text())
@@ -111,7 +116,7 @@ def test_a_run_from_before_records_still_loads_and_captions(run_copy, sample_roo
         utils.load_run(run_copy)
 
 
-def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir):
+def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir, tmp_path):
     config = utils.load_run(run_dir)[2]
     assert utils.encoder_for_run(config).input_shape == (None, 75, 75, 3)
     external = dataclasses.replace(config, features=utils.FeatureSource("external", "x.npz", 7))
@@ -121,6 +126,10 @@ def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir):
         config.features, weights="file-0123456789"))
     with pytest.raises(ValueError, match="used a weights file \\(file-0123456789\\): pass its path"):
         utils.encoder_for_run(from_file)
+    other = tmp_path / "other.weights.h5"
+    other.write_bytes(b"not the weights the run was trained with")
+    with pytest.raises(ValueError, match=f"pass its path; {other} is another file"):
+        utils.encoder_for_run(from_file, other)
 
 
 def test_describe_run_reads_the_evaluation_by_field(run_copy):
@@ -166,3 +175,11 @@ def test_an_unfinished_run_resumes_with_more_epochs_only(run_copy):
     with pytest.raises(utils.RunConfigError, match=r"holds another run with other settings "
                                                    r"\(model.units: \d+ -> 512\)"):
         utils.save_run(run_copy, wider, vocab)
+
+
+def test_what_a_run_writes_others_may_read(run_dir):
+    """Once mode 0600 (mkstemp's), so an app running as another user could not read a run."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "vocabulary.json", "history.json", "model.keras"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~umask, name

@@ -5,7 +5,10 @@ Each image becomes the global-average-pooled output of a Keras application. The 
 size so that changing any of them never reuses stale features. Extraction writes chunks as it
 goes: an interrupted run resumes from the last finished chunk.
 """
+import contextlib
 import hashlib
+import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,7 +23,8 @@ from tqdm.auto import tqdm
 from .files import portable_path, read_json, resolve_path, save_npy, write_json
 
 __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
-           "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "ImageError", "load_image",
+           "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "DECODE_SIZE", "ImageError", "decode_image",
+           "load_image",
            "image_batches", "cache_dir", "find_feature_cache", "FeatureSource", "feature_source",
            "load_features", "extract_features", "ExtractionSettings", "extraction_settings",
            "encoder_speed"]
@@ -143,34 +147,52 @@ class ImageError(ValueError):
     """An image that cannot be used; the message names the file."""
 
 
-def load_image(path, size):
-    """An image file as a `size` x `size` RGB float32 array in [0, 255].
+# JPEGs are decoded at the smallest of their built-in scales (1/2, 1/4, 1/8) that keeps both sides
+# at least this long: above every encoder's input and the app's preview, so a large photo costs a
+# fraction of its full decode, and every consumer decodes it the same way.
+DECODE_SIZE = 512
+# Images over this many pixels (after that reduction) are decoded one at a time, however many
+# cores tf.data decodes on: a 60-megapixel PNG takes about 1 GB while it decodes.
+LARGE_IMAGE_PIXELS = 16_000_000
+_ONE_LARGE_DECODE = threading.Lock()
 
-    Any format Pillow reads (JPEG incl. CMYK and progressive, PNG with alpha, grayscale, WebP,
-    BMP); EXIF orientation is applied and transparency is composited on white. `path` can also
-    be an open binary file; errors then name it by its `name` attribute.
-    """
+
+def decode_image(path):
+    """An image file as an 8-bit RGB Pillow image: any format Pillow reads (JPEG incl. CMYK and
+    progressive, PNG with alpha, grayscale, 16-bit and float, WebP, BMP), EXIF orientation applied,
+    transparency composited on white. `path` can also be an open binary file; errors then name it
+    by its `name` attribute. Raises ImageError for anything unusable."""
     label = getattr(path, "name", "<file>") if hasattr(path, "read") else path
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ImageError(f"{label}: {image.width}x{image.height} pixels is more than the "
                                  f"{MAX_IMAGE_PIXELS:,} allowed (a decompression bomb?)")
-            if image.format == "JPEG":  # decode at a reduced scale, still >= size: less memory
-                image.draft("RGB", (size, size))
-            image = ImageOps.exif_transpose(image)
-            if image.mode.startswith(("I", "F")):
-                image = _to_8_bits(image, label)
-            if image.mode in ("RGBA", "LA", "P", "PA"):
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image)
-            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
-            return np.asarray(image, dtype="float32")
+            if image.format == "JPEG":
+                image.draft("RGB", (DECODE_SIZE, DECODE_SIZE))
+            large = image.width * image.height > LARGE_IMAGE_PIXELS
+            with _ONE_LARGE_DECODE if large else contextlib.nullcontext():
+                image = ImageOps.exif_transpose(image)
+                if image.mode.startswith(("I", "F")):
+                    image = _to_8_bits(image, label)
+                if image.mode in ("RGBA", "LA", "P", "PA"):
+                    image = image.convert("RGBA")
+                    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                    image = Image.alpha_composite(background, image)
+                return image.convert("RGB")
     except ImageError:
         raise
     except Exception as e:  # Pillow raises many types for bad files; all mean "unusable"
         raise ImageError(f"{label}: cannot read as an image ({type(e).__name__}: {e})") from None
+
+
+def load_image(image, size):
+    """An image as a `size` x `size` RGB float32 array in [0, 255]: the one function that reads
+    images for the feature cache and for new photos alike. `image`: a path, an open binary file,
+    or what `decode_image` returned (to decode once for several sizes)."""
+    if not isinstance(image, Image.Image):
+        image = decode_image(image)
+    return np.asarray(image.resize((size, size), Image.BILINEAR), dtype="float32")
 
 
 def _to_8_bits(image, label):
@@ -280,21 +302,27 @@ def load_features(directory):
 
 
 def extract_features(images_dir, names, directory, encoder="inceptionv3", weights="imagenet",
-                     input_size=None, batch_size=32, chunk_size=512, dtype="float16",
+                     input_size=None, batch_size=32, chunk_size=256, dtype="float16",
                      model=None):
     """Extract and cache features of the images `names` (relative to `images_dir`) in `directory`.
 
-    Resumes an interrupted run from its finished chunks; returns the cache's meta record.
-    Unreadable images are skipped, warned about and listed in `skipped.json`. `model` lets a
-    caller pass an already built encoder.
+    Resumes an interrupted run from its finished chunks (of `chunk_size` images); returns the
+    cache's meta record. Unreadable images are skipped, warned about and listed in `skipped.json`.
+    A finished cache re-reads the images whose size or modification time changed since. `model`
+    lets a caller pass an already built encoder.
     """
     directory, names = Path(directory), list(names)
     paths = [str(Path(images_dir) / n) for n in names]
+    size = input_size or encoder_spec(encoder).input_size
     if (directory / "meta.json").is_file():
         meta = read_json(directory / "meta.json")
         if meta["requested"] == names:
-            return meta
-    size = input_size or encoder_spec(encoder).input_size
+            changed = _changed_images(directory, paths)
+            if not changed or _reread(directory, names, paths, changed, encoder,
+                                      model or build_encoder(encoder, weights, size), size,
+                                      batch_size):
+                return meta
+    stats = _image_stats(paths)  # before reading: a change while extracting is seen next time
     chunks = directory / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(paths), chunk_size)
@@ -314,7 +342,7 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
             write_json(chunks / f"{start:08d}.json",
                        {"requested": requested, "names": kept, "skipped": skipped})
     elapsed = time.time() - started
-    return _finish_cache(directory, chunks, starts, names, {
+    return _finish_cache(directory, chunks, starts, names, stats, {
         "encoder": encoder.lower(), "weights": weights_tag(weights), "input_size": size,
         "dtype": dtype, "seconds": round(elapsed, 2),
         "images_per_second": round(pending / elapsed, 2) if pending else None})
@@ -338,7 +366,48 @@ def _extract_chunk(model, encoder, paths, size, batch_size, bar):
     return (np.concatenate(features) if features else np.zeros((0, dim), "float32")), errors
 
 
-def _finish_cache(directory, chunks, starts, requested, meta):
+def _image_stats(paths):
+    """(size, modification time) of each image file, to tell a changed image from a cached one."""
+    stats = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            stats.append([info.st_size, info.st_mtime_ns])
+        except OSError:
+            stats.append(None)
+    return stats
+
+
+def _changed_images(directory, paths):
+    """Indices of the images that changed since the cache read them (none for a cache made
+    before it kept its images' stats)."""
+    if not (directory / "stats.json").is_file():
+        return []
+    return [i for i, (old, new) in enumerate(zip(read_json(directory / "stats.json"),
+                                                 _image_stats(paths))) if old != new]
+
+
+def _reread(directory, names, paths, changed, encoder, model, size, batch_size):
+    """Replace the rows of changed images in a finished cache; False (the cache then removed,
+    to be made anew) when one of them was skipped before or cannot be read now."""
+    row = {n: i for i, n in enumerate(read_json(directory / "names.json"))}
+    names, stats = [names[i] for i in changed], _image_stats(paths)
+    with tqdm(total=len(changed), unit="img", desc="changed images") as bar:
+        fresh, errors = (_extract_chunk(model, encoder, [paths[i] for i in changed], size,
+                                        batch_size, bar) if all(n in row for n in names)
+                         else (None, {"skipped before": True}))
+    if errors:
+        (directory / "meta.json").unlink()
+        return False
+    features = np.load(directory / "features.npy")
+    features[[row[n] for n in names]] = fresh.astype(features.dtype)
+    save_npy(directory / "features.npy", features)
+    write_json(directory / "stats.json", stats)
+    print(f"re-read {len(changed)} changed image(s), first {names[0]}")
+    return True
+
+
+def _finish_cache(directory, chunks, starts, requested, stats, meta):
     """Join the chunks into the final files; meta.json, written last, marks the cache finished."""
     arrays, names, skipped = [], [], {}
     for start in starts:
@@ -350,6 +419,7 @@ def _finish_cache(directory, chunks, starts, requested, meta):
     save_npy(directory / "features.npy", features)
     write_json(directory / "names.json", names)
     write_json(directory / "skipped.json", skipped)
+    write_json(directory / "stats.json", stats)
     meta = {**meta, "count": len(names), "dim": int(features.shape[1]), "skipped": len(skipped),
             "requested": requested}
     write_json(directory / "meta.json", meta)

@@ -21,6 +21,12 @@ DATA_DIR = REPO_ROOT / "data"
 GLOVE_DIR = REPO_ROOT / "glove"
 
 
+# mkstemp makes files only their owner can read; what this package writes gets the permissions
+# of any other new file (umask applied), so an app running as another user can read the runs.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path` (same suffix, for writers that check it); it replaces
@@ -31,6 +37,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -15,7 +15,8 @@ import keras
 from .captions import Vocabulary
 from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
 from .evaluation import read_evaluation
-from .features import FeatureSource, ImageError, build_encoder, load_image, preprocess
+from .features import (FeatureSource, ImageError, build_encoder, load_image, preprocess,
+                       weights_tag)
 from .files import read_json, require, write_json
 from .model import ModelConfig, TrainingConfig
 
@@ -61,7 +62,13 @@ class RunConfig:
         elif version != FORMAT_VERSION:
             raise RunConfigError(f"{path}: format version {version}, this code reads "
                                  f"{FORMAT_VERSION}; update the repository (git pull)")
-        return _record(cls, data, path)
+        record = _record(cls, data, path)
+        weights = record.features.weights
+        if record.features.kind == "cache" and not (
+                weights in ("random", "imagenet") or str(weights).startswith("file-")):
+            raise RunConfigError(f"{path}: field 'features.weights' is {weights!r}, not random, "
+                                 "imagenet or file-<digest>")
+        return record
 
 
 def _record(cls, data, path, where=""):
@@ -177,8 +184,10 @@ def encoder_for_run(config, weights_file=None):
     if source.kind == "external":
         raise ValueError(f"this run was trained on external features ({source.path}): "
                          "encode new images with the same encoder and pass their features")
-    if source.weights.startswith("file-") and weights_file is None:
-        raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its path")
+    if source.weights.startswith("file-") and (
+            weights_file is None or weights_tag(weights_file) != source.weights):
+        raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
+                         "path" + (f"; {weights_file} is another file" if weights_file else ""))
     weights = {"random": None, "imagenet": "imagenet"}.get(source.weights, weights_file)
     return build_encoder(source.encoder, weights, source.input_size)
 
@@ -197,9 +206,9 @@ class Captioner:
 
 
 def caption_image(captioner, image, setting=DEFAULT_DECODING):
-    """The caption of one image (a path or an open file), read and scaled by the same
-    `load_image` and `preprocess` as the feature cache. Raises ImageError, naming the image, for
-    anything unusable."""
+    """The caption of one image (a path, an open file or a decoded image), read and scaled by the
+    same `load_image` and `preprocess` as the feature cache. Raises ImageError, naming the image,
+    for anything unusable."""
     source = captioner.config.features
     pixels = load_image(image, source.input_size)
     features = captioner.encoder.predict(preprocess(source.encoder, pixels[None]), verbose=0)
