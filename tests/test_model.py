@@ -256,3 +256,27 @@ def test_a_history_row_cut_short_is_dropped(sample_training, tmp_path):
     with pytest.warns(UserWarning, match="its last row was cut short \\('2,2.'\\), dropped"):
         utils.check_training_state(tmp_path / "run")
     assert history.read_text() == text
+
+
+def test_a_resumed_run_gives_the_uninterrupted_runs_figures(sample_training, tmp_path):
+    """Once it diverged from the first resumed epoch: the shuffle started again at epoch 0's
+    order, and the dropout masks at their first."""
+    _, whole = fit(sample_training, tmp_path / "whole", 6, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(sample_training, tmp_path / "cut", 6, seed=1, extra_callbacks=[StopAfter(3)])
+    _, resumed = fit(sample_training, tmp_path / "cut", 6, seed=1)
+    assert [(h["epoch"], h["loss"], h["val_loss"], h["learning_rate"]) for h in resumed] == [
+        (h["epoch"], h["loss"], h["val_loss"], h["learning_rate"]) for h in whole]
+
+
+def test_early_stopping_and_the_schedule_resume_with_their_counters():
+    """Replayed from the logged epochs: two without progress since the best."""
+    stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=4)
+    for callback in (stopping, plateau):
+        callback.on_train_begin()
+    logged = [{"epoch": e, "val_loss": v, "learning_rate": 1e-3}
+              for e, v in enumerate([2.0, 1.5, 1.6, 1.7])]
+    utils.ReplayedCounters(logged, [stopping, plateau]).on_train_begin()
+    assert (stopping.best, stopping.wait) == (1.5, 2)
+    assert (plateau.best, plateau.wait) == (1.5, 2)

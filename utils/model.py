@@ -18,6 +18,9 @@ A model is described by a `ModelConfig` and trained by a `TrainingConfig`: both 
 run's record (`utils.runs`) and a model is rebuilt from them, as nanoGPT rebuilds `GPTConfig`.
 """
 import csv
+import json
+import shutil
+import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +31,13 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from .files import atomic_path, write_json
+from .files import atomic_path, read_json, write_json
 
 __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "build_caption_model",
            "build_model", "compile_model", "model_parts", "project_image", "predict_word",
            "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
            "feature_statistics", "encode_captions", "caption_dataset", "batch_count", "CaptionData",
-           "BestModelCheckpoint", "read_history", "check_training_state", "train_caption_model"]
+           "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters", "read_history", "check_training_state", "train_caption_model"]
 
 ARCHITECTURES = ("merge",)  # where the image enters the caption model
 
@@ -249,36 +252,48 @@ def encode_captions(prepared, vocab, split, feature_names):
     return np.array([r for r, _ in pairs], "int32"), tokens
 
 
-def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0, bucket_width=4):
+def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0, bucket_width=4,
+                    epochs=(0, 1)):
     """Batches of ((features, input tokens), target tokens), padded only to each batch's longest.
 
     Inputs are a caption without its last token, targets the caption shifted by one: the model
     predicts every next word at once. Captions of similar length are batched together (length
     buckets `bucket_width` tokens wide; 0 turns this off) because the LSTM steps through every
     padded position: on Flickr8k a random batch of 64 pads to about 25 tokens, a bucket to about 14.
+    `epochs` = (first, end): the batches of those epochs one after another, each epoch's order
+    drawn from (seed, epoch) alone, so that a run resumed at epoch k sees what an uninterrupted
+    run would (fit it with steps_per_epoch=batch_count(...)).
     """
     table = tf.constant(np.asarray(features, dtype="float32"))
-    data = tf.data.Dataset.from_tensor_slices((rows, tokens))
-    if shuffle:
-        data = data.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    if bucket_width:
+
+    rows, tokens_table = tf.constant(rows), tf.constant(tokens)
+
+    def one_epoch(epoch):
+        order = tf.range(len(tokens))
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(
+                order, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        data = tf.data.Dataset.from_tensor_slices((tf.gather(rows, order),
+                                                   tf.gather(tokens_table, order)))
+        if not bucket_width:
+            return data.batch(batch_size)
         boundaries = _bucket_boundaries(tokens, bucket_width)
-        data = data.bucket_by_sequence_length(
+        return data.bucket_by_sequence_length(
             lambda row, caption: tf.reduce_sum(tf.cast(caption > 0, tf.int32)),
             boundaries, [batch_size] * (len(boundaries) + 1))
-    else:
-        data = data.batch(batch_size)
 
     def to_inputs(row, caption):
         length = tf.reduce_max(tf.reduce_sum(tf.cast(caption > 0, tf.int32), axis=1))
         caption = caption[:, :length]
         return (tf.gather(table, row), caption[:, :-1]), caption[:, 1:]
 
-    batches = data.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    first, end = epochs
+    batches = (tf.data.Dataset.range(first, end).flat_map(one_epoch)
+               .map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE))
     # Bucketing hides how many batches an epoch holds; it is fixed (each bucket's captions in
     # full batches, then its remainder), and Keras, told it, shows a known number of steps.
     return batches.apply(tf.data.experimental.assert_cardinality(
-        batch_count(tokens, batch_size, bucket_width))).prefetch(tf.data.AUTOTUNE)
+        (end - first) * batch_count(tokens, batch_size, bucket_width))).prefetch(tf.data.AUTOTUNE)
 
 
 def _bucket_boundaries(tokens, bucket_width):
@@ -316,9 +331,9 @@ class CaptionData:
     def feature_statistics(self):
         return feature_statistics(self.features, self.train[0])
 
-    def datasets(self, batch_size, seed=0):
-        """(shuffled training batches, validation batches in order)."""
-        return (caption_dataset(self.features, *self.train, batch_size, seed=seed),
+    def datasets(self, batch_size, seed=0, epochs=(0, 1)):
+        """(shuffled training batches of `epochs` (first, end), validation batches in order)."""
+        return (caption_dataset(self.features, *self.train, batch_size, seed=seed, epochs=epochs),
                 caption_dataset(self.features, *self.val, batch_size, shuffle=False))
 
 
@@ -351,6 +366,49 @@ def read_history(run_dir):
     return [rows[e] for e in sorted(rows)]
 
 
+class RandomStateBackup(keras.callbacks.Callback):
+    """Keeps the dropout layers' random state beside BackupAndRestore's weights, which leave it
+    out: without it a resumed run draws other dropout masks than an uninterrupted one."""
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self.path = Path(backup_dir) / "random_state.json"
+
+    def _states(self):
+        return [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+
+    def on_train_begin(self, logs=None):
+        if self.path.is_file():
+            for variable, value in zip(self._states(), read_json(self.path)):
+                variable.assign(np.array(value, dtype=variable.dtype))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.path.is_file():  # the epoch before's, for a damaged checkpoint (double checkpoint)
+            shutil.copy(self.path, f"{self.path}.bkp")
+        write_json(self.path, [np.asarray(v).tolist() for v in self._states()])
+
+
+class ReplayedCounters(keras.callbacks.Callback):
+    """Gives a resumed run's early stopping and learning-rate schedule the counters they had
+    (epochs without progress, best loss so far), by replaying the logged epochs through them.
+    Listed after them: their own on_train_begin resets the counters first."""
+
+    def __init__(self, logged_epochs, callbacks):
+        super().__init__()
+        self.logged_epochs, self.callbacks = logged_epochs, callbacks
+
+    def on_train_begin(self, logs=None):
+        for callback in self.callbacks:
+            model = callback.model
+            # The replay must not touch the real model: its learning rate was restored with it.
+            callback.set_model(types.SimpleNamespace(optimizer=types.SimpleNamespace(
+                learning_rate=1.0), stop_training=False))
+            for row in self.logged_epochs:
+                callback.model.optimizer.learning_rate = row["learning_rate"]
+                callback.on_epoch_end(int(row["epoch"]), row)
+            callback.set_model(model)
+
+
 def check_training_state(run_dir):
     """Before a rerun resumes, drop or refuse what an interruption may have broken: a history row
     cut short is dropped (with a warning), and a checkpoint that cannot be read falls back to the
@@ -364,9 +422,29 @@ def check_training_state(run_dir):
         warnings.warn(f"{history}: its last row was cut short ({text[len(kept):]!r}), dropped; "
                       "that epoch is trained again", stacklevel=2)
     latest = Path(run_dir) / "backup" / "latest.weights.h5"
-    if latest.exists() and not any(_whole_h5(p) for p in (latest, Path(f"{latest}.bkp"))):
+    if not latest.exists() or _whole_h5(latest):
+        return
+    earlier = Path(f"{latest}.bkp")
+    if not _whole_h5(earlier):
         raise RuntimeError(f"{latest} is damaged and no earlier checkpoint is whole: delete "
                            f"{latest.parent} to train this run again from its first epoch")
+    # What BackupAndRestore(double_checkpoint=True) would do at the start of training, done here
+    # so that `resumed_epoch` reads the epoch training will really resume at.
+    warnings.warn(f"{latest} is damaged; resuming from the checkpoint of the epoch before",
+                  stacklevel=2)
+    for path in (latest, _BACKUP_METADATA(run_dir), latest.parent / "random_state.json"):
+        if Path(f"{path}.bkp").is_file():
+            shutil.copy(f"{path}.bkp", path)
+
+
+def _BACKUP_METADATA(run_dir):
+    return Path(run_dir) / "backup" / "training_metadata.json"
+
+
+def resumed_epoch(run_dir):
+    """The epoch an interrupted run resumes at: BackupAndRestore's record of finished epochs."""
+    path = _BACKUP_METADATA(run_dir)
+    return int(json.loads(path.read_text())["epoch"]) if path.is_file() else 0
 
 
 def _whole_h5(path):
@@ -387,19 +465,24 @@ def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_c
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_training_state(run_dir)
+    first = resumed_epoch(run_dir)
+    logged = [h for h in read_history(run_dir) if h["epoch"] < first]
     best_so_far = min((h["val_loss"] for h in read_history(run_dir)), default=np.inf)
+    counted = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.patience)]
+    if training.lr_plateau_factor is not None:  # before the CSV log, so that it logs the rate
+        counted.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=training.lr_plateau_factor, patience=1, min_lr=1e-5))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        RandomStateBackup(run_dir / "backup"),
         BestModelCheckpoint(run_dir / "model.keras", best_so_far),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.patience),
-    ]
-    if training.lr_plateau_factor is not None:  # before the CSV log, so that it logs the rate
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=training.lr_plateau_factor, patience=1, min_lr=1e-5))
-    callbacks += [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-                  *extra_callbacks]
-    train_data, val_data = data.datasets(training.batch_size, training.seed)
+        *counted, ReplayedCounters(logged, counted),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        *extra_callbacks]
+    train_data, val_data = data.datasets(training.batch_size, training.seed,
+                                         (first, training.epochs))
     model.fit(train_data, validation_data=val_data, epochs=training.epochs, callbacks=callbacks,
+              steps_per_epoch=batch_count(data.train[1], training.batch_size),
               shuffle=False, verbose=verbose)  # caption_dataset shuffles
     history = read_history(run_dir)
     write_json(run_dir / "history.json", history)
