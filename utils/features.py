@@ -148,8 +148,9 @@ class ImageError(ValueError):
 
 
 # JPEGs are decoded at the smallest of their built-in scales (1/2, 1/4, 1/8) that keeps both sides
-# at least this long: above every encoder's input and the app's preview, so a large photo costs a
-# fraction of its full decode, and every consumer decodes it the same way.
+# at least this long, other large images reduced to it right after decoding: above every encoder's
+# input and the app's preview, so a large photo costs a fraction of its full decode and its
+# copies, and every consumer reads it the same way.
 DECODE_SIZE = 512
 # Images over this many pixels (after that reduction) are decoded one at a time, however many
 # cores tf.data decodes on: a 60-megapixel PNG takes about 1 GB while it decodes.
@@ -172,6 +173,9 @@ def decode_image(path):
                 image.draft("RGB", (DECODE_SIZE, DECODE_SIZE))
             large = image.width * image.height > LARGE_IMAGE_PIXELS
             with _ONE_LARGE_DECODE if large else contextlib.nullcontext():
+                factor = min(image.size) // DECODE_SIZE
+                if factor >= 2 and image.mode in ("RGB", "RGBA", "L", "CMYK"):
+                    image = image.reduce(factor)  # as JPEG's draft does: before any copy is made
                 image = ImageOps.exif_transpose(image)
                 if image.mode.startswith(("I", "F")):
                     image = _to_8_bits(image, label)
