@@ -41,7 +41,9 @@ def main():
     model = utils.build_model(utils.ModelConfig(len(vocab), data.features.shape[1],
                                                 train_embedding=False),
                               training, feature_stats=data.feature_statistics())
-    model.fit(data.datasets(training.batch_size, training.seed)[0], epochs=2, verbose=0)
+    batches = utils.batch_count(data.train[1], training.batch_size)
+    model.fit(data.datasets(training.batch_size, training.seed, epochs=(0, 2))[0], epochs=2,
+              steps_per_epoch=batches, shuffle=False, verbose=0)
     images = data.features[np.arange(n_images) % len(data.features)]
 
     decoder = utils.CaptionDecoder(model, vocab)
