@@ -11,6 +11,8 @@ import pytest
 
 import utils
 from conftest import REPO, make_zip
+from test_datasets import (layout_extracted, layout_kaggle, layout_kaggle_zip, layout_original_zips,
+                           shared_subset)
 
 NOTEBOOKS = {p.stem[:2]: p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")}
 
@@ -119,3 +121,21 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
     assert evaluation["images"] == len(chosen) == 40
     assert all(list(entry["captions"]) == chosen for entry in evaluation["results"])
     assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "shared8k")
+
+
+@pytest.mark.parametrize("layout", [layout_original_zips, layout_extracted, layout_kaggle,
+                                    layout_kaggle_zip], ids=lambda f: f.__name__[7:])
+def test_notebook_01_prepares_flickr8k_from_each_layout(layout, shared_flickr8k, tmp_path):
+    """DATASET="flickr8k" and nothing else: each common form of Flickr8k in data/flickr8k/, made
+    from the real files, gives the same prepared captions with the official splits."""
+    names = shared_subset(shared_flickr8k)
+    layout(shared_flickr8k, names, tmp_path / "data" / "flickr8k")
+    run_notebook("01", tmp_path, DATASET="flickr8k", DATA_DIR=str(tmp_path / "data"),
+                 FLICKR8K_URL="http://127.0.0.1:9/")  # nothing may be downloaded
+    prepared = utils.PreparedDataset.load(tmp_path / "data" / "flickr8k" / "prepared" /
+                                          "captions.json")
+    assert sorted(prepared.images) == names
+    official = {s: set(utils.read_split_file(utils.FLICKR8K_SPLITS / f))
+                for s, f in utils.SPLIT_FILE_NAMES.items()}
+    assert all(n in official[info["split"]] for n, info in prepared.images.items())
+    assert all(len(info["references"]) == 5 for info in prepared.images.values())
