@@ -39,7 +39,9 @@ app: .venv/.run-deps
 	$(BIN)/streamlit run app.py
 
 colab: .venv/.run-deps
-	$(BIN)/python -m utils.colab $(REPO_URL)
+	@test -n "$(REPO_URL)" || { echo "usage: make colab REPO_URL=https://github.com/OWNER/NAME"; exit 2; }
+	$(BIN)/python -c 'import sys, utils; utils.write_repo_url(sys.argv[1])' "$(REPO_URL)"
+	@echo "REPO_URL written into utils/colab.py, the setup cells and the badges: commit, push, open a badge"
 
 clean:
 	rm -rf outputs data/sample models/sample-*

@@ -127,8 +127,3 @@ def write_repo_url(repo_url, root=REPO_ROOT, badges=True):
         readme.write_text(BADGE.sub(lambda m: badge(repo_url, m.group(1).rsplit("/", 1)[-1]),
                                     readme.read_text()))
 
-
-if __name__ == "__main__":  # make colab REPO_URL=https://github.com/OWNER/NAME
-    write_repo_url(sys.argv[1] if len(sys.argv) > 1 else REPO_URL)
-    print("REPO_URL written into utils/colab.py, the notebooks' setup cells and the badges: "
-          "commit and push, then open a badge")
