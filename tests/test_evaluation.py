@@ -88,3 +88,41 @@ def test_evaluate_scores_each_setting_and_the_shuffled_control(sample_training, 
     utils.write_evaluation(tmp_path / "run", "test", results, len(test))
     assert utils.read_evaluation(tmp_path / "run", "test")["results"] == results
     assert utils.read_evaluation(tmp_path / "run", "val") is None
+
+
+RAW_REFERENCES = [["A dog runs on the grass .", "A brown dog is running outside .",
+                   "A dog is running in a field ."],
+                  ["Two children play soccer .", "Kids are playing football on a field .",
+                   "Two boys kick a ball ."]]
+
+
+def test_coco_bleu_agrees_with_nltk_where_it_should_and_differs_where_it_should():
+    """Same tokens, same counts: BLEU-1..3 agree. Where no 4-gram matches, nltk's unsmoothed corpus
+    BLEU-4 is 0 and the COCO evaluation's, smoothed by a tiny count, is not; and the PTB tokenizer
+    splits "dog's" where `tokenize` makes it "dogs"."""
+    def both(hypotheses):
+        coco, missing = utils.coco_scores(RAW_REFERENCES, hypotheses)
+        nltk = utils.caption_scores([[utils.tokenize(r) for r in refs] for refs in RAW_REFERENCES],
+                                    [h.split() for h in hypotheses], meteor=False)
+        return coco, missing, nltk
+
+    coco, missing, nltk = both(["a dog is running on the grass",
+                                "two children are playing soccer on a field"])
+    for n in (1, 2, 3, 4):
+        assert coco[f"bleu{n}"] == pytest.approx(nltk[f"bleu{n}"], rel=1e-6)
+    assert 0 < coco["meteor"] < 1 and 0 < coco["rouge_l"] < 1 and coco["spice"] is None
+    assert list(missing) == ["spice"]
+    coco, _, nltk = both(["a brown dog runs fast", "kids kick soccer balls"])  # no 4-gram matches
+    assert nltk["bleu4"] < 1e-60 and 1e-9 < coco["bleu4"] < 1e-2
+    possessive = [["The dog's ball is red ."]]
+    assert utils.coco_scores(possessive, ["the dogs ball is red"])[0]["bleu1"] < 1
+    assert utils.caption_scores([[utils.tokenize(possessive[0][0])]], [["the", "dogs", "ball", "is",
+                                "red"]], meteor=False)["bleu1"] == pytest.approx(1)
+
+
+def test_coco_scores_without_java_say_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    coco, missing = utils.coco_scores(RAW_REFERENCES, ["a dog runs", "two boys play"])
+    assert coco["meteor"] is None and coco["bleu1"] > 0 and coco["cider_d"] > 0
+    assert set(missing) == {"ptb_tokenizer", "meteor", "spice"}
+    assert "no Java runtime" in missing["meteor"]

@@ -416,7 +416,7 @@ def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, t
             cleaned = [clean_caption(c, drop_one_letter) for c in raw]
             emptied += [f"{name}: {r!r}" for r, c in zip(raw, cleaned) if not c]
             images[name] = {"split": split, "captions": [c for c in cleaned if c],
-                            "references": [tokenize(c) for c in raw]}
+                            "references": [tokenize(c) for c in raw], "raw_references": raw}
     if emptied:
         warnings.warn(f"{len(emptied)} caption(s) empty after cleaning, left out of training "
                       f"(first: {emptied[0]})", stacklevel=2)

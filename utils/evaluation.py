@@ -9,6 +9,7 @@ each decoding setting, score, diagnose, and decode it again with the images shuf
 Its results file, `evaluation-<split>.json` in the run folder, is read back by field.
 """
 import dataclasses
+import inspect
 import shutil
 import time
 import warnings
@@ -17,18 +18,61 @@ from pathlib import Path
 
 import numpy as np
 from nltk.translate.bleu_score import corpus_bleu
+from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from .captions import tokenize
 from .decoding import decode
 from .files import read_json, write_json
 
-__all__ = ["BLEU_WEIGHTS", "caption_scores", "caption_diagnostics", "evaluate", "find_result",
+__all__ = ["BLEU_WEIGHTS", "coco_scores", "caption_scores", "caption_diagnostics", "evaluate", "find_result",
            "EVALUATION_FORMAT", "evaluation_path", "write_evaluation", "read_evaluation"]
 
 EVALUATION_FORMAT = 1  # of evaluation-<split>.json
 
 BLEU_WEIGHTS = {f"bleu{n}": tuple([1 / n] * n) for n in range(1, 5)}
+
+
+# SPICE needs Stanford CoreNLP 3.6.0's jars beside pycocoevalcap's, which it downloads on first
+# use (not possible offline): computed where they are present.
+SPICE_JAR = (Path(inspect.getfile(PTBTokenizer)).parents[1] / "spice" / "lib" /
+             "stanford-corenlp-3.6.0.jar")
+
+
+def coco_scores(references, hypotheses):
+    """The COCO caption evaluation, as the published tables compute it: its PTB tokenizer, then
+    BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (SPICE where its models are present).
+    `references`: per image, the raw reference sentences; `hypotheses`: per image, one caption.
+    The tokenizer and METEOR run on Java; without it, BLEU, ROUGE-L and CIDEr-D are computed on
+    `tokenize` instead, and `missing` says so. Returns (scores, missing: {score: why})."""
+    if len(references) != len(hypotheses) or not hypotheses:
+        raise ValueError(f"{len(hypotheses)} captions for {len(references)} images")
+    gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
+    res = {i: [{"caption": h}] for i, h in enumerate(hypotheses)}
+    missing = {}
+    if shutil.which("java"):
+        gts, res = PTBTokenizer().tokenize(gts), PTBTokenizer().tokenize(res)
+    else:
+        gts = {i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in gts.items()}
+        res = {i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in res.items()}
+        missing["ptb_tokenizer"] = missing["meteor"] = "no Java runtime (install one, e.g. " \
+            "Debian's default-jre-headless): BLEU, ROUGE-L and CIDEr-D use utils.tokenize"
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores = {f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}
+    scores["meteor"] = None if "meteor" in missing else float(Meteor().compute_score(gts, res)[0])
+    scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    scores["cider_d"] = float(Cider().compute_score(gts, res)[0])
+    scores["spice"] = None
+    if SPICE_JAR.is_file() and "meteor" not in missing:
+        from pycocoevalcap.spice.spice import Spice  # imported only where it can run
+        scores["spice"] = float(Spice().compute_score(gts, res)[0])
+    else:
+        missing.setdefault("spice", f"Stanford CoreNLP 3.6.0 is not in {SPICE_JAR.parent} "
+                                    "(pycocoevalcap downloads it on first use, with internet)")
+    return scores, missing
 
 
 def caption_scores(references, hypotheses, meteor=True, per_image=False):
