@@ -55,7 +55,7 @@ def main():
                              [utils.DEFAULT_DECODING], training_captions, meteor=False,
                              verbose=False)
     scores = {k: round(v, 3) for k, v in result["scores"].items() if v is not None}
-    rows = [(name, result["captions"][name], " ".join(refs[0]))
+    rows = [(name, result["captions"][name], " ".join(utils.tokenize(refs[0])))
             for name, refs in zip(names[:SHOWN], references)]
     if not args.quick:
         figure = utils.caption_grid([(ImageOps.fit(Image.open(shared.images_dir / n), (320, 320)),

@@ -55,9 +55,8 @@ class SharedData:
         return utils.embedding_matrix(vocab, self._glove, 50, seed=seed)
 
     def split(self, split, drop_one_letter=False):
-        """(names, feature rows, references) of a split's images that have features."""
+        """(names, feature rows, raw reference sentences) of a split's images with features."""
         prepared = self.prepared(drop_one_letter)
         row = {n: i for i, n in enumerate(self.names)}
         names = [n for n in prepared.names(split) if n in row]
-        return (names, self.features[[row[n] for n in names]],
-                [prepared.images[n]["references"] for n in names])
+        return names, self.features[[row[n] for n in names]], prepared.raw_references(names)

@@ -1,5 +1,6 @@
 """The Streamlit app: its logic through Streamlit's AppTest, and one upload in a real headless
 Chromium (Debian's chromium and chromedriver, driven by Selenium)."""
+import dataclasses
 import io
 import os
 import shutil
@@ -33,11 +34,14 @@ def models_dir(sample_training, tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     train_sample_run(root / "shapes-small", sample_training, seed=0, units=64)
     train_sample_run(root / "shapes-large", sample_training, seed=1, units=128)
+    greedy, beam = utils.DecodingSetting(1, 0.0, 2), utils.DecodingSetting(3, 1.0, 2)
     utils.write_evaluation(root / "shapes-small", "test", [
-        {"label": "greedy", "shuffled_images": False, "scores": {"bleu4": 0.4321, "cider_d": 1.234}},
-        {"label": "beam 3", "shuffled_images": False, "scores": {"bleu4": 0.5432, "cider_d": 2.345}},
-        {"label": "greedy, shuffled images", "shuffled_images": True,
-         "scores": {"bleu4": 0.1111, "cider_d": 0.111}}], images=50)
+        {"label": "greedy", "decoding": dataclasses.asdict(greedy), "shuffled_images": False,
+         "scores": {"bleu4": 0.4321, "cider_d": 1.234, "meteor": 0.2345}},
+        {"label": "beam 3", "decoding": dataclasses.asdict(beam), "shuffled_images": False,
+         "scores": {"bleu4": 0.5432, "cider_d": 2.345, "meteor": None}},
+        {"label": "greedy, shuffled images", "decoding": dataclasses.asdict(greedy),
+         "shuffled_images": True, "scores": {"bleu4": 0.1111, "cider_d": 0.111}}], images=50)
     shutil.copytree(root / "shapes-small", root / "theirs-external")
     config = utils.read_json(root / "theirs-external" / "config.json")
     config["features"] = {"kind": "external", "path": "mine.npz", "dim": config["features"]["dim"],
@@ -73,8 +77,9 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
     assert at.sidebar.multiselect[0].value == ["shapes-large", "shapes-small"]
     sidebar = " ".join(m.value for m in at.sidebar.markdown)
     assert "sample dataset, inceptionv3 (random weights)" in sidebar
-    assert "beam 3 on the sample test split: BLEU-4 0.543, CIDEr-D 2.35" in sidebar
-    assert "greedy on the sample test split: BLEU-4 0.432, CIDEr-D 1.23" in sidebar
+    assert "beam 3 on the sample test split (COCO evaluation): BLEU-4 0.543, CIDEr-D 2.35" in sidebar
+    assert ("greedy on the sample test split (COCO evaluation): BLEU-4 0.432, CIDEr-D 1.23, "
+            "METEOR 0.234") in sidebar
     assert "shuffled" not in sidebar and "0.111" not in sidebar  # the control is for notebook 05
     assert sidebar.count(utils.SAMPLE_RUN_WARNING) == 2  # both runs know only shapes
     assert "shapes-large" in sidebar and "not evaluated yet" in sidebar

@@ -1,4 +1,4 @@
-"""Stage 5: BLEU with the right weights, CIDEr-D, and the diagnostics of a broken model."""
+"""Stage 5: the COCO evaluation, nltk's BLEU beside it, and the diagnostics of a broken model."""
 import math
 import shutil
 
@@ -9,11 +9,16 @@ import utils
 
 REFS = [[["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"]],
         [["a", "man", "rides", "a", "bike"], ["a", "cyclist", "on", "a", "road"]]]
+RAW = [[" ".join(r) for r in refs] for refs in REFS]
+
+
+def coco(hypotheses, **options):
+    return utils.coco_scores(RAW, [" ".join(h) for h in hypotheses], meteor=False, **options)
 
 
 def test_bleu_uses_cumulative_weights_and_brevity_penalty():
     hypotheses = [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]]
-    scores = utils.caption_scores(REFS, hypotheses)
+    scores = utils.nltk_bleu(REFS, hypotheses)
     # Every unigram matches; 8 hypothesis words against the closest reference lengths 5 + 5.
     assert scores["bleu1"] == pytest.approx(math.exp(1 - 10 / 8))
     # Bigrams: 2 of 2 and 4 of 4 match; BLEU-2 is the geometric mean of the two precisions.
@@ -22,26 +27,28 @@ def test_bleu_uses_cumulative_weights_and_brevity_penalty():
 
 
 def test_cider_rewards_agreement_with_the_references():
-    good = utils.caption_scores(REFS, [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]])
-    swapped = utils.caption_scores(REFS, [["a", "man", "rides", "a", "bike"], ["a", "dog", "runs"]])
+    good = coco([["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]])[0]
+    swapped = coco([["a", "man", "rides", "a", "bike"], ["a", "dog", "runs"]])[0]
     assert good["cider_d"] > 1.0 > swapped["cider_d"]
-    assert utils.caption_scores(REFS, [["zebra"], ["zebra"]])["cider_d"] == 0.0
-    scores, each = utils.caption_scores(REFS, [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]],
-                                        meteor=False, per_image=True)
+    assert coco([["zebra"], ["zebra"]])[0]["cider_d"] == 0.0
+    scores, _, each = coco([["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]],
+                           per_image=True)
     assert len(each) == 2 and sum(each) / 2 == pytest.approx(good["cider_d"]) == scores["cider_d"]
     assert each[1] > each[0] > 0  # the second caption matches a reference word for word
 
 
 @pytest.mark.skipif(not shutil.which("java"), reason="METEOR runs pycocoevalcap's Java jar")
 def test_meteor_with_java():
-    good = utils.caption_scores(REFS, [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]])
-    swapped = utils.caption_scores(REFS, [["a", "man", "rides", "a", "bike"], ["a", "dog", "runs"]])
+    good = utils.coco_scores(RAW, ["a dog runs", "a man rides a bike"])[0]
+    swapped = utils.coco_scores(RAW, ["a man rides a bike", "a dog runs"])[0]
     assert 1.0 >= good["meteor"] > swapped["meteor"] >= 0.0
 
 
 def test_scores_refuse_mismatched_lists():
     with pytest.raises(ValueError, match="1 captions for 2 images"):
-        utils.caption_scores(REFS, [["a"]])
+        utils.coco_scores(RAW, ["a"])
+    with pytest.raises(ValueError, match="1 captions for 2 images"):
+        utils.nltk_bleu(REFS, [["a"]])
 
 
 def test_diagnostics_catch_one_caption_for_every_image():
@@ -63,7 +70,7 @@ def test_evaluate_scores_each_setting_and_the_shuffled_control(sample_training, 
     decoder = utils.CaptionDecoder(model, vocab)
     row = {n: i for i, n in enumerate(names)}
     test = prepared.names("test")[:20]
-    references = [prepared.images[n]["references"] for n in test]
+    references = prepared.raw_references(test)
     greedy, beam = utils.DecodingSetting(1, 0.0, 2), utils.DecodingSetting(3, 1.0, 2)
     results = utils.evaluate(decoder, test, features[[row[n] for n in test]], references,
                              [greedy, beam], [c.split() for c in utils.split_captions(prepared, "train")],
@@ -76,7 +83,10 @@ def test_evaluate_scores_each_setting_and_the_shuffled_control(sample_training, 
         hypotheses = [vocab.decode(ids).split()
                       for ids in utils.decode(decoder, features[[row[n] for n in test]], setting)]
         assert list(entry["captions"].values()) == [" ".join(h) for h in hypotheses]
-        assert entry["scores"] == utils.caption_scores(references, hypotheses, meteor=False)
+        assert (entry["scores"], entry["missing"]) == utils.caption_scores(
+            references, [" ".join(h) for h in hypotheses], meteor=False)
+        assert entry["scores"]["nltk_bleu4"] == utils.nltk_bleu(
+            [[utils.tokenize(r) for r in refs] for refs in references], hypotheses)["bleu4"]
         assert list(entry["cider_d_per_image"]) == test
         assert np.mean(list(entry["cider_d_per_image"].values())) == pytest.approx(
             entry["scores"]["cider_d"])
@@ -102,8 +112,8 @@ def test_coco_bleu_agrees_with_nltk_where_it_should_and_differs_where_it_should(
     splits "dog's" where `tokenize` makes it "dogs"."""
     def both(hypotheses):
         coco, missing = utils.coco_scores(RAW_REFERENCES, hypotheses)
-        nltk = utils.caption_scores([[utils.tokenize(r) for r in refs] for refs in RAW_REFERENCES],
-                                    [h.split() for h in hypotheses], meteor=False)
+        nltk = utils.nltk_bleu([[utils.tokenize(r) for r in refs] for refs in RAW_REFERENCES],
+                               [h.split() for h in hypotheses])
         return coco, missing, nltk
 
     coco, missing, nltk = both(["a dog is running on the grass",
@@ -116,8 +126,8 @@ def test_coco_bleu_agrees_with_nltk_where_it_should_and_differs_where_it_should(
     assert nltk["bleu4"] < 1e-60 and 1e-9 < coco["bleu4"] < 1e-2
     possessive = [["The dog's ball is red ."]]
     assert utils.coco_scores(possessive, ["the dogs ball is red"])[0]["bleu1"] < 1
-    assert utils.caption_scores([[utils.tokenize(possessive[0][0])]], [["the", "dogs", "ball", "is",
-                                "red"]], meteor=False)["bleu1"] == pytest.approx(1)
+    assert utils.nltk_bleu([[utils.tokenize(possessive[0][0])]],
+                           [["the", "dogs", "ball", "is", "red"]])["bleu1"] == pytest.approx(1)
 
 
 def test_coco_scores_without_java_say_what_is_missing(monkeypatch, tmp_path):

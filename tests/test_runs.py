@@ -136,12 +136,15 @@ def test_describe_run_reads_the_evaluation_by_field(run_copy):
     assert "not evaluated yet" in utils.describe_run(run_copy)
     (run_copy / "evaluation-test.json").write_text(json.dumps({"scores": {"greedy": {}}}))
     assert "written by an older notebook 05; run notebook 05 again" in utils.describe_run(run_copy)
+    beam = dataclasses.asdict(utils.DecodingSetting(2, 1.0, 2))
     utils.write_evaluation(run_copy, "test", [
-        {"label": "beam 2", "shuffled_images": False, "scores": {"bleu4": 0.25, "cider_d": 1.5}},
-        {"label": "beam 2, shuffled images", "shuffled_images": True,
-         "scores": {"bleu4": 0.125, "cider_d": 0.5}}], images=3)
+        {"label": "beam 2", "decoding": beam, "shuffled_images": False,
+         "scores": {"bleu4": 0.25, "cider_d": 1.5, "meteor": 0.1875}},
+        {"label": "beam 2, shuffled images", "decoding": beam, "shuffled_images": True,
+         "scores": {"bleu4": 0.125, "cider_d": 0.5, "meteor": 0.0625}}], images=3)
     text = utils.describe_run(run_copy)
-    assert "beam 2 on the sample test split: BLEU-4 0.250, CIDEr-D 1.50" in text
+    assert ("beam 2 on the sample test split (COCO evaluation): BLEU-4 0.250, CIDEr-D 1.50, "
+            "METEOR 0.188") in text
     assert "0.125" not in text
 
 

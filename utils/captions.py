@@ -378,6 +378,15 @@ class PreparedDataset:
     def names(self, split):
         return sorted(n for n, info in self.images.items() if info["split"] == split)
 
+    def raw_references(self, names):
+        """Each image's reference sentences as its caption file has them: what the COCO
+        evaluation's tokenizer reads."""
+        try:
+            return [self.images[n]["raw_references"] for n in names]
+        except KeyError:
+            raise ValueError("captions.json was written before raw references were kept: run "
+                             "notebooks/01_prepare_captions.ipynb again") from None
+
     def save(self, path):
         write_json(path, {"images_dir": portable_path(self.images_dir), "images_zip": self.images_zip,
                           "options": self.options, "images": self.images})

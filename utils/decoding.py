@@ -46,6 +46,14 @@ class DecodingSetting:
             label += f", length penalty {self.length_penalty:g}"
         return label + (f", no repeated {self.no_repeat_ngram}-gram" if self.no_repeat_ngram else "")
 
+    @property
+    def slug(self):
+        """The label for a file name: "beam5-lp1-nr2", "greedy-nr2"."""
+        slug = "greedy" if self.beam_width == 1 else f"beam{self.beam_width}"
+        if self.length_penalty:
+            slug += f"-lp{self.length_penalty:g}"
+        return slug + (f"-nr{self.no_repeat_ngram}" if self.no_repeat_ngram else "")
+
 
 DEFAULT_DECODING = DecodingSetting()
 

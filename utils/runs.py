@@ -245,7 +245,9 @@ def describe_run(run_dir):
     if evaluation is None:
         lines.append("not evaluated yet: run notebook 05 for its test scores")
     else:
-        lines += [f"{entry['label']} on the {config.dataset} test split: "
+        lines += [f"{entry['label']} on the {config.dataset} test split (COCO evaluation): "
                   f"BLEU-4 {entry['scores']['bleu4']:.3f}, CIDEr-D {entry['scores']['cider_d']:.2f}"
+                  + (f", METEOR {entry['scores']['meteor']:.3f}" if entry["scores"].get("meteor")
+                     is not None else "")
                   for entry in evaluation["results"] if not entry["shuffled_images"]]
     return "  \n".join(lines)
