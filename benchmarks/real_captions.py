@@ -79,8 +79,9 @@ def write_table(readme, rows, scores, n_images, epochs):
         f"the defaults of notebooks 01-04 (GloVe 50d) trained on the 753 official train photos of "
         f"the shared Flickr8k subset, from their {FEATURES.stem} features ({epochs} epochs, the "
         f"best by dev loss), decoded with {utils.DEFAULT_DECODING.label}; the first {len(rows)} "
-        f"of the {n_images} dev photos by file name, none chosen by hand. On all {n_images}: "
-        f"BLEU-4 {scores['bleu4']:.3f}, CIDEr-D {scores['cider_d']:.3f}. The dev split also chose "
+        f"of the {n_images} dev photos by file name, none chosen by hand. On all {n_images}, by "
+        f"the COCO evaluation: BLEU-4 {scores['bleu4']:.3f}, CIDEr-D {scores['cider_d']:.3f}. "
+        "The dev split also chose "
         "the defaults, so these are not test figures. The photos are Flickr's, not ours to "
         "publish: the script draws them with their captions in `outputs/real_captions.png`.",
         "",
