@@ -6,7 +6,8 @@ and on a machine without a GPU an `E0000 ... failed call to cuInit` that reads a
 `TF_CPP_MIN_LOG_LEVEL` does not reach the lines written before absl's log is set up
 (tensorflow/tensorflow#100442), so `hide_tensorflow_startup_lines` routes the process's stderr
 (file descriptor 2) through a pipe and copies every line to the real stderr except those known
-start-up lines. Everything else, errors and warnings included, still shows.
+start-up lines (and the speed line of the COCO evaluation's Java tokenizer, printed at every
+score). Everything else, errors and warnings included, still shows.
 """
 import os
 import re
@@ -24,7 +25,9 @@ TENSORFLOW_STARTUP_LINES = re.compile(
     r"|To enable the following|Unable to register|computation placer already registered"
     r"|XLA service|  StreamExecutor|Compiled cluster|Created device|Could not load dynamic"
     r"|TF-TRT Warning)"
-    r"|^To enable the following instructions: .* rebuild TensorFlow")
+    r"|^To enable the following instructions: .* rebuild TensorFlow"
+    # ...and the line the COCO evaluation's tokenizer (Java, pycocoevalcap) prints at each call.
+    r"|^PTBTokenizer tokenized \d+ tokens at [\d.]+ tokens per second")
 
 _installed = False
 
