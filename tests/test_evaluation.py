@@ -97,6 +97,8 @@ def test_evaluate_scores_each_setting_and_the_shuffled_control(sample_training, 
         utils.find_result(results, utils.DEFAULT_DECODING)
     utils.write_evaluation(tmp_path / "run", "test", results, len(test))
     assert utils.read_evaluation(tmp_path / "run", "test")["results"] == results
+    utils.write_evaluation(tmp_path / "run", "testing", results[:1], len(test))  # written later
+    assert utils.read_evaluation(tmp_path / "run", "test")["split"] == "test", "not another split"
     assert utils.read_evaluation(tmp_path / "run", "val") is None
 
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from .files import portable_path, read_json, require, resolve_path, write_json
 
-__all__ = ["CaptionFileError", "MAX_CAPTION_WORDS", "CaptionFile", "read_text", "detect_format", "read_captions",
-           "read_split_file", "seeded_split", "keep_existing", "tokenize", "clean_caption",
+__all__ = ["CaptionFileError", "MAX_CAPTION_WORDS", "CaptionFile", "read_text", "detect_format",
+           "read_captions", "read_split_file", "seeded_split", "keep_existing", "tokenize", "clean_caption",
            "PAD", "UNK", "START", "END", "SPECIAL_TOKENS", "Vocabulary", "build_vocabulary",
            "IMAGE_DIR_NAMES", "CAPTION_FILE_NAMES", "SPLIT_FILE_NAMES", "find_dataset_files",
            "PreparedDataset", "prepare_dataset", "split_captions"]
@@ -32,7 +32,7 @@ class CaptionFileError(ValueError):
 # A caption longer than this is reported and left out, so no single line can blow the maximum
 # length (and with it the model's input and memory): Flickr8k's longest has 38 words.
 MAX_CAPTION_WORDS = 100
-MAX_LINE_CHARS = 10_000  # a longer line is not parsed at all (the csv module's own limit is 131,072)
+MAX_LINE_CHARS = 10_000  # a longer line is not parsed at all (the csv module's limit: 131,072)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,6 +48,7 @@ class CaptionFile:
     malformed: list = field(default_factory=list) # "file:line: why", for lines that were skipped
     notes: list = field(default_factory=list)     # "file:line: what", for odd lines that were kept
     records: int = 0                              # captions read: kept + skipped
+
 
 def read_text(path):
     """A whole text file as str, with errors that name the file (and line, for bad bytes)."""
@@ -80,9 +81,9 @@ def detect_format(text, path="<text>"):
         f"Flickr30k results.csv or Karpathy's dataset_*.json); first line: {first[:80]!r}")
 
 
-def _token_lines(text):
+def _token_lines(lines):
     """`NAME.jpg#N<TAB>caption`, the original Flickr8k/Flickr30k token files."""
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         key, tab, caption = line.partition("\t")
@@ -93,10 +94,10 @@ def _token_lines(text):
             yield lineno, name.strip(), caption.strip()
 
 
-def _kaggle_lines(text):
+def _kaggle_lines(lines):
     """`image,caption` CSV with a header; captions holding commas are quoted. Read line by line:
     a quote left open must not swallow the lines after it, as one CSV record would."""
-    for lineno, line in enumerate(text.splitlines()[1:], 2):
+    for lineno, line in enumerate(lines[1:], 2):
         if not line.strip():
             continue
         if len(line) > MAX_LINE_CHARS:
@@ -113,9 +114,9 @@ def _kaggle_lines(text):
 _FLICKR30K_LINE = re.compile(r"\s*([^|]+?)\s*\|\s*(\d+)\s*\|?\s*(.*)")
 
 
-def _flickr30k_lines(text):
+def _flickr30k_lines(lines):
     """`image_name| comment_number| comment`; one line of the real file lacks its second `|`."""
-    for lineno, line in enumerate(text.splitlines()[1:], 2):
+    for lineno, line in enumerate(lines[1:], 2):
         if not line.strip():
             continue
         match = _FLICKR30K_LINE.fullmatch(line)
@@ -188,7 +189,7 @@ def read_captions(path):
     else:
         captions, splits, malformed, seen, records = {}, None, [], {}, 0
         lines = text.splitlines()
-        for lineno, name, caption in _LINE_READERS[fmt](text):
+        for lineno, name, caption in _LINE_READERS[fmt](lines):
             records += 1
             problem = caption if name is None else _caption_problem(caption)
             if problem:

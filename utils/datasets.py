@@ -77,10 +77,6 @@ def images_folder(prepared):
     return require(prepared.images_dir, "01_prepare_captions")
 
 
-def _first(paths, kind):
-    return next((p for p in paths if (p.is_dir() if kind == "dir" else p.is_file())), None)
-
-
 def find_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL):
     """Flickr8k under `root` in any of its common forms, as `DatasetFiles`:
 
@@ -95,9 +91,10 @@ def find_flickr8k(root=DATA_DIR / "flickr8k", base_url=FLICKR8K_URL):
     """
     root = Path(root)
     text_dirs = (root, root / "Flickr8k_text")
-    captions_file = _first([d / "Flickr8k.token.txt" for d in text_dirs] + [root / "captions.txt"],
-                           "file")
-    images_dir = _first([p for n in IMAGE_DIR_NAMES for p in (root / n, root / n / n)], "dir")
+    captions_file = next((p for p in [*(d / "Flickr8k.token.txt" for d in text_dirs),
+                                      root / "captions.txt"] if p.is_file()), None)
+    images_dir = next((p for n in IMAGE_DIR_NAMES for p in (root / n, root / n / n) if p.is_dir()),
+                      None)
     zips = {p.name: p for d in (root, root / "downloads") if d.is_dir() for p in d.glob("*.zip")}
     kaggle = next((zips[n] for n in KAGGLE_ZIPS if n in zips), None)
     images_zip = None

@@ -52,6 +52,10 @@ class _Refused(Exception):
     """Why an address or a body was refused, said to the user as the reason."""
 
 
+class _NotAWebAddress(Exception):
+    """A URL that is not http:// or https://, a redirect's included."""
+
+
 def _checked_address(host, port, policy):
     """The address `host` resolves to, refused unless public where the policy says so."""
     try:
@@ -95,7 +99,7 @@ def _open(url, headers, timeout, policy):
     for _ in range(policy.max_redirects + 1):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(url)
+            raise _NotAWebAddress(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         address = _checked_address(parts.hostname, port, policy)
         connection = (_PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP)(
@@ -140,7 +144,7 @@ def download_file(url, dest, timeout=15, chunk_size=1 << 20, policy=TRUSTED):
                     raise _Refused(f"{total:,} bytes, over the limit of {policy.max_bytes:,}")
                 _receive(connection, response, part, start, total, chunk_size, timeout, deadline,
                          policy, dest.name)
-    except ValueError:
+    except _NotAWebAddress:
         raise DownloadError(f"{url!r} is not a web address (http://... or https://...)",
                             "not a web address: it starts with http:// or https://") from None
     except _Refused as e:

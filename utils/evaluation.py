@@ -57,8 +57,10 @@ def coco_scores(references, hypotheses, meteor=True, per_image=False):
     gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
     res = {i: [{"caption": h}] for i, h in enumerate(hypotheses)}
     missing = {}
-    if shutil.which("java"):
-        gts, res = PTBTokenizer().tokenize(gts), PTBTokenizer().tokenize(res)
+    if shutil.which("java"):  # one start of the Java tokenizer for references and captions
+        tokens = PTBTokenizer().tokenize({**{("ref", i): v for i, v in gts.items()},
+                                          **{("hyp", i): v for i, v in res.items()}})
+        gts, res = ({i: tokens[kind, i] for i in d} for kind, d in (("ref", gts), ("hyp", res)))
     else:
         gts = {i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in gts.items()}
         res = {i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in res.items()}
@@ -184,7 +186,10 @@ def write_evaluation(run_dir, split, results, images):
 def read_evaluation(run_dir, split):
     """The newest evaluation of a split written by notebook 05, or None if there is none."""
     stem = Path(str(split)).stem
-    found = sorted(Path(run_dir).glob(f"evaluation-{stem}*.json"), key=lambda p: p.stat().st_mtime)
+    # This split's files, and the one an older notebook 05 wrote (to say so), not another split's
+    # whose name starts with this one's.
+    found = sorted([*Path(run_dir).glob(f"evaluation-{stem}-*.json"),
+                    *Path(run_dir).glob(f"evaluation-{stem}.json")], key=lambda p: p.stat().st_mtime)
     if not found:
         return None
     data = read_json(found[-1])

@@ -23,9 +23,8 @@ from tqdm.auto import tqdm
 from .files import portable_path, read_json, resolve_path, save_npy, write_json
 
 __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
-           "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "DECODE_SIZE", "ImageError", "decode_image",
-           "load_image",
-           "image_batches", "cache_dir", "find_feature_cache", "FeatureSource", "feature_source",
+           "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "DECODE_SIZE", "ImageError",
+           "decode_image", "load_image", "image_batches", "cache_dir", "find_feature_cache", "FeatureSource", "feature_source",
            "load_features", "extract_features", "ExtractionSettings", "extraction_settings",
            "encoder_speed"]
 
@@ -318,15 +317,15 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     directory, names = Path(directory), list(names)
     paths = [str(Path(images_dir) / n) for n in names]
     size = input_size or encoder_spec(encoder).input_size
+    stats = _image_stats(paths)  # before reading: a change while extracting is seen next time
     if (directory / "meta.json").is_file():
         meta = read_json(directory / "meta.json")
         if meta["requested"] == names:
-            changed = _changed_images(directory, paths)
-            if not changed or _reread(directory, names, paths, changed, encoder,
+            changed = _changed_images(directory, stats)
+            if not changed or _reread(directory, names, paths, stats, changed, encoder,
                                       model or build_encoder(encoder, weights, size), size,
                                       batch_size):
                 return meta
-    stats = _image_stats(paths)  # before reading: a change while extracting is seen next time
     chunks = directory / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(paths), chunk_size)
@@ -382,33 +381,33 @@ def _image_stats(paths):
     return stats
 
 
-def _changed_images(directory, paths):
-    """Indices of the images that changed since the cache read them (none for a cache made
-    before it kept its images' stats)."""
+def _changed_images(directory, stats):
+    """Indices of the images whose `stats` differ from those the cache read (none for a cache
+    made before it kept its images' stats)."""
     if not (directory / "stats.json").is_file():
         return []
-    return [i for i, (old, new) in enumerate(zip(read_json(directory / "stats.json"),
-                                                 _image_stats(paths))) if old != new]
+    return [i for i, (old, new) in enumerate(zip(read_json(directory / "stats.json"), stats))
+            if old != new]
 
 
-def _reread(directory, names, paths, changed, encoder, model, size, batch_size):
+def _reread(directory, names, paths, stats, changed, encoder, model, size, batch_size):
     """Replace the rows of changed images in a finished cache; False (the cache then removed,
     to be made anew) when one of them was skipped before or cannot be read now."""
     row = {n: i for i, n in enumerate(read_json(directory / "names.json"))}
-    names, stats = [names[i] for i in changed], _image_stats(paths)
-    with tqdm(total=len(changed), unit="img", desc="changed images") as bar:
-        fresh, errors = (_extract_chunk(model, encoder, [paths[i] for i in changed], size,
-                                        batch_size, bar) if all(n in row for n in names)
-                         else (None, {"skipped before": True}))
-    if errors:
-        (directory / "meta.json").unlink()
-        return False
-    features = np.load(directory / "features.npy")
-    features[[row[n] for n in names]] = fresh.astype(features.dtype)
-    save_npy(directory / "features.npy", features)
-    write_json(directory / "stats.json", stats)
-    print(f"re-read {len(changed)} changed image(s), first {names[0]}")
-    return True
+    names = [names[i] for i in changed]
+    if all(n in row for n in names):
+        with tqdm(total=len(changed), unit="img", desc="changed images") as bar:
+            fresh, errors = _extract_chunk(model, encoder, [paths[i] for i in changed], size,
+                                           batch_size, bar)
+        if not errors:
+            features = np.load(directory / "features.npy")
+            features[[row[n] for n in names]] = fresh.astype(features.dtype)
+            save_npy(directory / "features.npy", features)
+            write_json(directory / "stats.json", stats)
+            print(f"re-read {len(changed)} changed image(s), first {names[0]}")
+            return True
+    (directory / "meta.json").unlink()
+    return False
 
 
 def _finish_cache(directory, chunks, starts, requested, stats, meta):

@@ -18,7 +18,6 @@ A model is described by a `ModelConfig` and trained by a `TrainingConfig`: both 
 run's record (`utils.runs`) and a model is rebuilt from them, as nanoGPT rebuilds `GPTConfig`.
 """
 import csv
-import json
 import shutil
 import types
 import warnings
@@ -36,8 +35,9 @@ from .files import atomic_path, read_json, write_json
 __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "build_caption_model",
            "build_model", "compile_model", "model_parts", "project_image", "predict_word",
            "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
-           "feature_statistics", "encode_captions", "caption_dataset", "batch_count", "CaptionData",
-           "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters", "read_history", "check_training_state", "train_caption_model"]
+           "feature_statistics", "encode_captions", "caption_dataset", "batch_count",
+           "CaptionData", "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters",
+           "read_history", "check_training_state", "train_caption_model"]
 
 ARCHITECTURES = ("merge",)  # where the image enters the caption model
 
@@ -265,7 +265,6 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
     run would (fit it with steps_per_epoch=batch_count(...)).
     """
     table = tf.constant(np.asarray(features, dtype="float32"))
-
     rows, tokens_table = tf.constant(rows), tf.constant(tokens)
 
     def one_epoch(epoch):
@@ -432,19 +431,19 @@ def check_training_state(run_dir):
     # so that `resumed_epoch` reads the epoch training will really resume at.
     warnings.warn(f"{latest} is damaged; resuming from the checkpoint of the epoch before",
                   stacklevel=2)
-    for path in (latest, _BACKUP_METADATA(run_dir), latest.parent / "random_state.json"):
+    for path in (latest, _backup_metadata(run_dir), latest.parent / "random_state.json"):
         if Path(f"{path}.bkp").is_file():
             shutil.copy(f"{path}.bkp", path)
 
 
-def _BACKUP_METADATA(run_dir):
+def _backup_metadata(run_dir):
     return Path(run_dir) / "backup" / "training_metadata.json"
 
 
 def resumed_epoch(run_dir):
     """The epoch an interrupted run resumes at: BackupAndRestore's record of finished epochs."""
-    path = _BACKUP_METADATA(run_dir)
-    return int(json.loads(path.read_text())["epoch"]) if path.is_file() else 0
+    path = _backup_metadata(run_dir)
+    return int(read_json(path)["epoch"]) if path.is_file() else 0
 
 
 def _whole_h5(path):
@@ -465,9 +464,9 @@ def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_c
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_training_state(run_dir)
-    first = resumed_epoch(run_dir)
-    logged = [h for h in read_history(run_dir) if h["epoch"] < first]
-    best_so_far = min((h["val_loss"] for h in read_history(run_dir)), default=np.inf)
+    first, history = resumed_epoch(run_dir), read_history(run_dir)
+    logged = [h for h in history if h["epoch"] < first]
+    best_so_far = min((h["val_loss"] for h in history), default=np.inf)
     counted = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.patience)]
     if training.lr_plateau_factor is not None:  # before the CSV log, so that it logs the rate
         counted.append(keras.callbacks.ReduceLROnPlateau(
