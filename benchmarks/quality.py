@@ -1,29 +1,33 @@
-"""Caption quality on real photos: our default configuration against the seed projects' recipe.
+"""Caption quality on real photos: our default configuration against the seed projects' recipe,
+and where the difference comes from.
 
     python benchmarks/quality.py [--quick] [--seeds N] [--tune]
 
 Both train on the official train images of the shared Flickr8k subset (753 of them, 5 captions
 each), from the real ImageNet features in ../shared/flickr8k/features/ (an external .npz, as a
 user would bring), pick their best epoch by validation loss on the dev images (113), and are
-scored on those dev images: corpus BLEU-1..4 (nltk) and CIDEr-D (pycocoevalcap) against all five
-references. The official test images are not in the subset, so nothing here touches them.
+scored on those dev images by the COCO caption evaluation (PTB tokenizer; BLEU-1..4, METEOR,
+ROUGE-L, CIDEr-D) against all five raw references, with nltk's BLEU beside it. The official test
+images are not in the subset, so nothing here touches them.
 
 - Ours: the defaults of the notebooks' `parameters` cells (read from the notebooks by papermill, so
-  the benchmark measures exactly what a user runs): cleaning, vocabulary threshold, GloVe 50d,
-  training by whole captions with sparse targets, checkpoint, early stopping, learning-rate
-  schedule; decoded greedily and with beam search (widths 3 and 5), with and without length
-  normalisation and the rule against repeated word pairs (notebook 05's NO_REPEAT_NGRAM).
+  the benchmark measures exactly what a user runs), decoded greedily and with beam search (widths
+  3 and 5), with and without length normalisation and the rule against repeated word pairs.
 - Baseline, the seed projects' recipe (seed_recipe.py: their cleaning, raw features, one-hot
   prefix training, same architecture, best epoch on dev loss), decoded greedily (also scored with
-  our repeat rule, reported beside).
+  our repeat rule, reported beside); and the same recipe trained on our cleaning.
 
-`--tune` also trains each variant of VARIANTS (one change to the default each). Every score is
-written to benchmarks/results/quality.json (`--out`), except with `--quick`. Last line: one JSON
-object with, per configuration, the mean and standard deviation over seeds, and
-`bleu4_gain_over_baseline` / `cider_gain_over_baseline`: the means of our default, decoded as
-notebook 05 and the app decode by default (utils.DEFAULT_DECODING), minus the baseline's greedy ones;
-`gains_by_decoding` gives them for every decoding, `gains_over_baseline_with_repeat_rule` against
-the baseline's greedy captions under our repeat rule.
+The decomposition goes from the seed recipe to ours one change at a time, same seeds: + our
+cleaning (the recipe's training on our captions), + our training (our defaults, greedy), + our
+decoding (utils.DEFAULT_DECODING). Each step's gain comes with a paired bootstrap interval over
+the dev images (utils.compare_statistics: images resampled, every seed averaged), under two
+tokenisations: the COCO evaluation's, and the same with one-letter words dropped from captions
+and references alike (the seed recipe's own, which can never say "a").
+
+`--tune` also trains each variant of VARIANTS (one change to the default each). Every score and
+caption is written to benchmarks/results/quality.json (`--out`), except with `--quick`. Last line:
+one JSON object with `decomposition`, and per configuration and decoding the mean and standard
+deviation over seeds of every score.
 """
 import argparse
 import ast
@@ -67,6 +71,14 @@ DECODINGS = [utils.DecodingSetting(*d) for d in (
 # The seeds decode greedily, with nothing ruled out but what every decoding here rules out
 # (stage 5: <unk>, <pad>, <start>); also scored with our repeat rule, to show what it adds.
 BASELINE_DECODINGS = [utils.DecodingSetting(1, 0.0, 0), utils.DecodingSetting(1, 0.0, 2)]
+# The decomposition: each step adds one of ours to the step before (configuration, decoding).
+STEPS = {"seed recipe": ("baseline", "greedy"),
+         "+ our cleaning": ("baseline, our cleaning", "greedy"),
+         "+ our training": ("default", "greedy"),
+         "+ our decoding": ("default", utils.DEFAULT_DECODING.label)}
+# Tokenisations the decomposition is scored under: does each drop one-letter words?
+TOKENISATIONS = {"coco": False, "one_letter_words_dropped": True}
+SCORES = (*utils.COMPARED_SCORES, "nltk_bleu4")  # summarised over seeds
 MODEL_FIELDS = set(utils.ModelConfig.__dataclass_fields__) - {"vocab_size", "feature_dim"}
 TRAINING_FIELDS = set(utils.TrainingConfig.__dataclass_fields__) - {"seed"}
 
@@ -99,15 +111,34 @@ def train_ours(shared, config, seed, run_dir):
 
 
 def score(model, vocab, shared, drop_one_letter, decodings):
-    """Dev-split scores of each decoding (utils.evaluate, without METEOR): BLEU-1..4, CIDEr-D,
-    the distinct-caption count and the first image's caption."""
+    """Dev-split scores of each decoding (utils.evaluate), the distinct-caption count and every
+    caption, by image."""
     names, features, references = shared.split("val", drop_one_letter)
     training = [c.split() for c in utils.split_captions(shared.prepared(drop_one_letter), "train")]
     results = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
-                             decodings, training, meteor=False, verbose=False)
+                             decodings, training, verbose=False)
     return {entry["label"]: {k: round(v, 4) for k, v in entry["scores"].items() if v is not None}
             | {"distinct_captions": entry["diagnostics"]["distinct_captions"],
-               "example": entry["captions"][names[0]]} for entry in results}
+               "captions": entry["captions"]} for entry in results}
+
+
+def decompose(results, shared):
+    """Each step of STEPS against the one before, and the last against the first, under each
+    tokenisation: scores and gains with their paired bootstrap intervals over images."""
+    names, _, references = shared.split("val")
+    runs = [[[run["scores"][decoding]["captions"][n] for n in names] for run in results[config]]
+            for config, decoding in STEPS.values()]
+    seeds, steps = len(runs[0]), list(STEPS)
+    out = {"steps": {step: {"configuration": c, "decoding": d} for step, (c, d) in STEPS.items()}}
+    for tokenisation, drop_one_letter in TOKENISATIONS.items():
+        statistics, missing = utils.image_statistics(
+            references, [captions for step in runs for captions in step], drop_one_letter)
+        by_step = [statistics[k * seeds:(k + 1) * seeds] for k in range(len(steps))]
+        out[tokenisation] = {steps[k]: utils.compare_statistics(by_step[k - 1], by_step[k])
+                             for k in range(1, len(steps))}
+        out[tokenisation]["total"] = utils.compare_statistics(by_step[0], by_step[-1])
+        out[tokenisation]["missing"] = missing
+    return out
 
 
 def summarise(runs):
@@ -116,7 +147,7 @@ def summarise(runs):
            "epochs": [r["epochs"] for r in runs]}
     for label in runs[0]["scores"]:
         out[label] = {k: _spread([r["scores"][label][k] for r in runs])
-                      for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "distinct_captions")}
+                      for k in (*SCORES, "distinct_captions") if k in runs[0]["scores"][label]}
     return out
 
 
@@ -131,61 +162,56 @@ def main():
     parser.add_argument("--tune", action="store_true", help="also train every variant")
     parser.add_argument("--only", nargs="*", help="variants to tune (default: all)")
     parser.add_argument("--variants-only", action="store_true",
-                        help="a further tuning round: no baseline, no default, no gains")
+                        help="a further tuning round: no baseline, no default, no decomposition")
     parser.add_argument("--out", default=str(RESULTS), help="where every score is written")
     args = parser.parse_args()
     seeds = range(1 if args.quick else args.seeds)
     data = SharedData()
-    default, decoding = notebook_defaults(), utils.DEFAULT_DECODING.label
+    default = notebook_defaults()
     configs = {} if args.variants_only else {"default": default}
     if args.tune:
         configs |= {name: default | change for name, change in VARIANTS.items()
                     if not args.only or name in args.only}
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
-    results = {"baseline": []}
-    for seed in [] if args.variants_only else seeds:
-        model, vocab, seconds, epochs = seed_recipe.train(data, seed, 3 if args.quick else None)
-        results["baseline"].append({"seed": seed, "train_seconds": seconds, "epochs": epochs,
-                                    "scores": score(model, vocab, data, True, BASELINE_DECODINGS)})
-        print("baseline", seed, results["baseline"][-1]["scores"], file=sys.stderr)
+    baselines = {} if args.variants_only else {
+        "baseline": seed_recipe.CLEANING,
+        "baseline, our cleaning": {k: default[k] for k in seed_recipe.CLEANING}}
+    results = {}
+    for name, cleaning in baselines.items():
+        results[name] = []
+        for seed in seeds:
+            model, vocab, seconds, epochs = seed_recipe.train(data, seed, 3 if args.quick else None,
+                                                              cleaning)
+            record(results[name], seed, seconds, epochs,
+                   score(model, vocab, data, cleaning["drop_one_letter"], BASELINE_DECODINGS), name)
     for name, config in configs.items():
         results[name] = []
         for seed in seeds:
             with tempfile.TemporaryDirectory() as run_dir:
                 model, vocab, seconds, epochs = train_ours(data, config, seed, run_dir)
-            results[name].append({"seed": seed, "train_seconds": seconds, "epochs": epochs,
-                                  "scores": score(model, vocab, data, config["drop_one_letter"],
-                                                  DECODINGS)})
-            print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in
-                               results[name][-1]["scores"].items()}, file=sys.stderr)
+            record(results[name], seed, seconds, epochs,
+                   score(model, vocab, data, config["drop_one_letter"], DECODINGS), name)
         if not args.quick:  # kept as it grows: a long run can be cut short
-            utils.write_json(args.out, make_report(results, configs, decoding, data, args) | {"runs": results})
-    print(json.dumps(make_report(results, configs, decoding, data, args)))
+            utils.write_json(args.out, make_report(results, configs, data, args) | {"runs": results})
+    report = make_report(results, configs, data, args)
+    if not args.variants_only:
+        report = {"decomposition": decompose(results, data)} | report
+    if not args.quick:
+        utils.write_json(args.out, report | {"runs": results})
+    print(json.dumps(report))
 
 
-def make_report(results, configs, decoding, data, args):
-    """Means and spreads per configuration; the gains of our default (with its default decoding,
-    and with every other) over the baseline's greedy captions, and over those under our repeat
-    rule."""
-    summary = {name: summarise(runs) for name, runs in results.items() if runs}
+def record(runs, seed, seconds, epochs, scores, name):
+    runs.append({"seed": seed, "train_seconds": seconds, "epochs": epochs, "scores": scores})
+    print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in scores.items()}, file=sys.stderr)
 
-    def gains(baseline_decoding):
-        return {label: {metric: round(summary["default"][label][metric]["mean"]
-                                      - summary["baseline"][baseline_decoding][metric]["mean"], 4)
-                        for metric in ("bleu4", "cider_d")} for label in [d.label for d in DECODINGS]}
 
-    by_decoding = with_rule = None
-    if {"default", "baseline"} <= set(summary):
-        by_decoding = gains("greedy")
-        with_rule = gains(BASELINE_DECODINGS[1].label)[decoding]
+def make_report(results, configs, data, args):
+    """Means and spreads of every score per configuration and decoding, and what was run."""
     return {
-        "bleu4_gain_over_baseline": by_decoding and by_decoding[decoding]["bleu4"],
-        "cider_gain_over_baseline": by_decoding and by_decoding[decoding]["cider_d"],
-        "default_decoding": decoding,
-        "gains_by_decoding": by_decoding,
-        "gains_over_baseline_with_repeat_rule": with_rule,
-        "summary": summary,
+        "summary": {name: summarise(runs) for name, runs in results.items() if runs},
+        "default_decoding": utils.DEFAULT_DECODING.label,
         "settings": {"baseline": seed_recipe.CLEANING | seed_recipe.MODEL | seed_recipe.TRAINING,
                      "configurations": configs},
         "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",

@@ -19,10 +19,10 @@ MODEL = {"units": 256, "dropout": 0.5, "train_embedding": False}  # GloVe frozen
 TRAINING = {"learning_rate": 1e-3, "batch_size": 256, "epochs": 15, "patience": 2}
 
 
-def train(shared, seed, epochs=None):
+def train(shared, seed, epochs=None, cleaning=CLEANING):
     """(merge model, vocabulary, training seconds, epochs run) trained the seeds' way on the
-    shared subset (a SharedData)."""
-    vocab, data = shared.captions(**CLEANING)
+    shared subset (a SharedData), its captions cleaned by `cleaning` (theirs by default)."""
+    vocab, data = shared.captions(**cleaning)
     keras.utils.set_random_seed(seed)
     model = utils.build_caption_model(
         utils.ModelConfig(len(vocab), data.features.shape[1], **MODEL), shared.embedding(vocab, seed))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
@@ -29,7 +30,9 @@ from .captions import tokenize
 from .decoding import DecodingSetting, decode
 from .files import read_json, write_json
 
-__all__ = ["BLEU_WEIGHTS", "nltk_bleu", "coco_scores", "caption_scores", "caption_diagnostics",
+__all__ = ["BLEU_WEIGHTS", "nltk_bleu", "coco_tokens", "coco_scores", "caption_scores",
+           "COMPARED_SCORES", "image_statistics", "pooled_score", "compare_statistics",
+           "compare_captions", "caption_diagnostics",
            "evaluate", "find_result", "EVALUATION_FORMAT", "evaluation_path", "write_evaluation",
            "read_evaluation"]
 
@@ -44,28 +47,42 @@ SPICE_JAR = (Path(inspect.getfile(PTBTokenizer)).parents[1] / "spice" / "lib" /
              "stanford-corenlp-3.6.0.jar")
 
 
+def coco_tokens(references, caption_sets):
+    """The COCO evaluation's PTB tokenizer (lowercase, punctuation out) on raw `references` (per
+    image, its sentences) and on any number of `caption_sets` (each, per image, one caption), in
+    one start of its Java. Returns ({image: [reference strings]}, [{image: [caption string]}] per
+    set, missing); without Java, `tokenize` stands in and `missing` says so."""
+    for captions in caption_sets:
+        if len(captions) != len(references) or not captions:
+            raise ValueError(f"{len(captions)} captions for {len(references)} images")
+    sets = [{i: [c] for i, c in enumerate(captions)} for captions in caption_sets]
+    if not shutil.which("java"):
+        reason = ("no Java runtime (install one, e.g. Debian's default-jre-headless): BLEU, "
+                  "ROUGE-L and CIDEr-D use utils.tokenize")
+        return ({i: _words(refs) for i, refs in enumerate(references)},
+                [{i: _words(c) for i, c in s.items()} for s in sets],
+                {"ptb_tokenizer": reason, "meteor": reason})
+    raw = {("ref", i): [{"caption": r} for r in refs] for i, refs in enumerate(references)}
+    for k, s in enumerate(sets):
+        raw |= {(k, i): [{"caption": c[0]}] for i, c in s.items()}
+    tokens = PTBTokenizer().tokenize(raw)
+    return ({i: tokens["ref", i] for i in range(len(references))},
+            [{i: tokens[k, i] for i in s} for k, s in enumerate(sets)], {})
+
+
+def _words(texts):
+    return [" ".join(tokenize(text)) for text in texts]
+
+
 def coco_scores(references, hypotheses, meteor=True, per_image=False):
     """The COCO caption evaluation, as the published tables compute it: its PTB tokenizer, then
     BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (SPICE where its models are present).
     `references`: per image, the raw reference sentences; `hypotheses`: per image, one caption.
     The tokenizer and METEOR run on Java; without it, BLEU, ROUGE-L and CIDEr-D are computed on
     `tokenize` instead, and `missing` says so. `meteor=False` leaves METEOR out (its Java takes
-    about 10 s to start). Returns (scores, missing: {score: why}), and with `per_image` each
+    a few seconds to start). Returns (scores, missing: {score: why}), and with `per_image` each
     image's CIDEr-D too (the corpus's is their mean)."""
-    if len(references) != len(hypotheses) or not hypotheses:
-        raise ValueError(f"{len(hypotheses)} captions for {len(references)} images")
-    gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
-    res = {i: [{"caption": h}] for i, h in enumerate(hypotheses)}
-    missing = {}
-    if shutil.which("java"):  # one start of the Java tokenizer for references and captions
-        tokens = PTBTokenizer().tokenize({**{("ref", i): v for i, v in gts.items()},
-                                          **{("hyp", i): v for i, v in res.items()}})
-        gts, res = ({i: tokens[kind, i] for i in d} for kind, d in (("ref", gts), ("hyp", res)))
-    else:
-        gts = {i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in gts.items()}
-        res = {i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in res.items()}
-        missing["ptb_tokenizer"] = missing["meteor"] = "no Java runtime (install one, e.g. " \
-            "Debian's default-jre-headless): BLEU, ROUGE-L and CIDEr-D use utils.tokenize"
+    gts, (res,), missing = coco_tokens(references, [hypotheses])
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     scores = {f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}
     if not meteor:
@@ -106,6 +123,92 @@ def caption_scores(references, hypotheses, meteor=True, per_image=False):
                      [tokenize(h) for h in hypotheses])
     scores |= {f"nltk_{name}": value for name, value in nltk.items()}
     return (scores, missing, each_cider) if per_image else (scores, missing)
+
+
+COMPARED_SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider_d")
+
+
+def image_statistics(references, caption_sets, drop_one_letter=False, meteor=True):
+    """What each COCO score of each caption set is made of, image by image, so that the scores of
+    any choice of images (a bootstrap resample) follow without scoring again: BLEU's n-gram
+    counts (pooled over images, as pycocoevalcap's corpus BLEU pools them) and each image's
+    METEOR, ROUGE-L and CIDEr-D (the corpus's ROUGE-L and CIDEr-D are their mean; METEOR pools
+    its own statistics, for which the mean stands in here). `references`: per image, raw
+    sentences; `caption_sets`: caption lists on those images, tokenised in one go.
+    `drop_one_letter` removes one-character words ("a") from captions and references alike after
+    tokenising: the seed recipe's tokenisation. Returns ([{score: per-image array}] per set,
+    missing)."""
+    gts, sets, missing = coco_tokens(references, caption_sets)
+    if drop_one_letter:
+        gts, sets = _without_one_letter(gts), [_without_one_letter(s) for s in sets]
+    if not meteor:
+        missing.setdefault("meteor", "left out (meteor=False)")
+    meteor_scorer = None if "meteor" in missing else Meteor()  # one Java start for every set
+    cooked = [cook_refs(refs) for refs in gts.values()]
+    statistics = []
+    for res in sets:
+        tests = [cook_test(res[i][0], refs, eff="closest") for i, refs in zip(gts, cooked)]
+        each = {"bleu_counts": np.array([[t["testlen"], t["reflen"], *t["guess"], *t["correct"]]
+                                         for t in tests], float),  # (images, 10)
+                "rouge_l": np.asarray(Rouge().compute_score(gts, res)[1], float),
+                "cider_d": np.asarray(Cider().compute_score(gts, res)[1], float)}
+        if meteor_scorer:
+            each["meteor"] = np.asarray(meteor_scorer.compute_score(gts, res)[1], float)
+        statistics.append(each)
+    return statistics, missing
+
+
+def _without_one_letter(captions):
+    return {i: [" ".join(w for w in c.split() if len(w) > 1) for c in texts]
+            for i, texts in captions.items()}
+
+
+def pooled_score(statistics, name, images):
+    """The corpus score `name` of one caption set's `image_statistics` over `images` (indices,
+    repeats allowed); a 2-d array of indices gives one score per row."""
+    if not name.startswith("bleu"):
+        return statistics[name][images].mean(axis=-1)
+    n = int(name[4:])
+    # (..., 10) pooled: caption length, reference length, guessed n-grams, correct n-grams
+    counts = statistics["bleu_counts"][images].sum(axis=-2)
+    tiny, small = 1e-15, 1e-9  # pycocoevalcap's, so that the full set gives its score exactly
+    precision = (counts[..., 6:6 + n] + tiny) / (counts[..., 2:2 + n] + small)
+    ratio = (counts[..., 0] + tiny) / (counts[..., 1] + small)
+    brevity = np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)
+    return np.prod(precision, axis=-1) ** (1 / n) * brevity
+
+
+def compare_statistics(first, second, resamples=1000, seed=0, level=0.95):
+    """How much better `second` scores than `first` (each a list of `image_statistics` of runs on
+    the same images, one per seed, say), with a paired bootstrap interval over images: each
+    resample draws the images with replacement, the same draw for both, and averages the corpus
+    score of every run on it. Returns {score: {"first", "second", "gain", "interval"}}, the first
+    three on all the images, means over runs."""
+    count = len(first[0]["cider_d"])
+    draws = np.random.default_rng(seed).integers(0, count, (resamples, count))
+    names = [n for n in COMPARED_SCORES if all(n in s or n.startswith("bleu")
+                                                 for s in [*first, *second])]
+    comparison = {}
+    for name in names:
+        full = [np.mean([pooled_score(s, name, np.arange(count)) for s in runs])
+                for runs in (first, second)]
+        gains = (np.mean([pooled_score(s, name, draws) for s in second], axis=0)
+                 - np.mean([pooled_score(s, name, draws) for s in first], axis=0))
+        low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
+        comparison[name] = {"first": round(float(full[0]), 4), "second": round(float(full[1]), 4),
+                            "gain": round(float(full[1] - full[0]), 4),
+                            "interval": [round(float(low), 4), round(float(high), 4)]}
+    return comparison
+
+
+def compare_captions(references, first, second, drop_one_letter=False, meteor=True,
+                     resamples=1000, seed=0):
+    """Two sets of captions of the same images compared, score by score, with paired bootstrap
+    intervals (`compare_statistics`). `references`: per image, raw sentences; `first`, `second`:
+    each a list of runs (seeds, say), a run one caption per image. Returns (comparison, missing)."""
+    statistics, missing = image_statistics(references, [*first, *second], drop_one_letter, meteor)
+    return compare_statistics(statistics[:len(first)], statistics[len(first):], resamples,
+                              seed), missing
 
 
 def caption_diagnostics(hypotheses, training_captions):
