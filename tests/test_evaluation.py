@@ -5,6 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
+from pycocoevalcap.meteor.meteor import Meteor
+
 import utils
 
 REFS = [[["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"]],
@@ -138,3 +140,71 @@ def test_coco_scores_without_java_say_what_is_missing(monkeypatch, tmp_path):
     assert coco["meteor"] is None and coco["bleu1"] > 0 and coco["cider_d"] > 0
     assert set(missing) == {"ptb_tokenizer", "meteor", "spice"}
     assert "no Java runtime" in missing["meteor"]
+
+
+SCENES = [["A dog runs on the grass .", "A brown dog is running outside .", "The dog runs fast ."],
+          ["A man rides a bike on a road .", "A cyclist on a road .", "Man riding a bicycle ."],
+          ["Two children play in the snow .", "Kids playing in the snow .",
+           "Two kids in the snow ."],
+          ["A woman sits on a bench .", "A lady is sitting on a park bench .",
+           "A woman resting on a bench ."],
+          ["A boy jumps into a pool .", "A child is jumping into the water .",
+           "A boy leaps into a swimming pool ."],
+          ["A black cat sleeps on a sofa .", "A cat is asleep on the couch .",
+           "The black cat naps on a sofa ."]]
+FIRSTS = [refs[0].rstrip(" .") for refs in SCENES]  # each image's first reference, as a caption
+
+
+def test_image_statistics_pool_to_the_coco_scores():
+    """Pooled over all the images, the per-image statistics give the COCO evaluation's corpus
+    scores exactly: BLEU and METEOR from summed statistics (METEOR's one exception included: the
+    third image is matched in full in one chunk), ROUGE-L and CIDEr-D as means."""
+    captions = ["a dog runs on grass", "a man on a road", "children play in snow",
+                "a woman is sitting", "a boy jumps into the water", "a dog sleeps on a sofa"]
+    java = bool(shutil.which("java"))
+    (statistics,), missing = utils.image_statistics(SCENES, [captions], meteor=java)
+    scores, _, each_cider = utils.coco_scores(SCENES, captions, meteor=java, per_image=True)
+    every = np.arange(len(SCENES))
+    meteor = Meteor() if java else None
+    names = utils.COMPARED_SCORES if java else [n for n in utils.COMPARED_SCORES if n != "meteor"]
+    assert java or ("meteor_stats" not in statistics and "meteor" in missing)
+    # Rows of indices give one score per row: the full set, and the first image twice (scored
+    # alone, but CIDEr-D keeps the whole set's document frequencies, as in any resample).
+    rows = np.array([every, [0] * len(SCENES)])
+    first_alone = utils.coco_scores(SCENES[:1], captions[:1], meteor=java)[0]
+    first_alone["cider_d"] = each_cider[0]
+    for name in names:
+        assert utils.pooled_score(statistics, name, every, meteor) == pytest.approx(
+            scores[name], rel=1e-9), name
+        assert utils.pooled_score(statistics, name, rows, meteor) == pytest.approx(
+            [scores[name], first_alone[name]], rel=1e-9), name
+
+
+def test_compare_captions_gives_paired_bootstrap_intervals():
+    shuffled = FIRSTS[1:] + FIRSTS[:1]  # every caption on the wrong image
+    same, _ = utils.compare_captions(SCENES, [FIRSTS], [FIRSTS], meteor=False, resamples=200)
+    assert all(c["gain"] == 0 and c["interval"] == [0, 0] for c in same.values())
+    better, missing = utils.compare_captions(SCENES, [shuffled, shuffled[::-1]], [FIRSTS],
+                                             resamples=200)
+    assert set(better) == set(utils.COMPARED_SCORES) - set(missing)
+    for name, c in better.items():
+        low, high = c["interval"]
+        assert 0 < low <= c["gain"] <= high, name  # clearly better on every resample
+        assert c["gain"] == pytest.approx(c["second"] - c["first"], abs=2e-4)
+    # Two runs on the first side are averaged: its score lies between each run's own.
+    alone = [utils.compare_captions(SCENES, [run], [FIRSTS], meteor=False, resamples=10)[0]
+             for run in (shuffled, shuffled[::-1])]
+    lows, highs = sorted(a["cider_d"]["first"] for a in alone)
+    assert lows <= better["cider_d"]["first"] <= highs
+
+
+def test_dropping_one_letter_words_scores_captions_without_articles_as_the_seeds_do():
+    """A recipe that cannot say "a" loses BLEU-4 against references that keep it, and nothing once
+    one-letter words leave both sides."""
+    bare = [" ".join(w for w in c.split() if len(w) > 1) for c in FIRSTS]
+    coco, _ = utils.compare_captions(SCENES, [bare], [FIRSTS], meteor=False, resamples=100)
+    assert coco["bleu4"]["gain"] > 0.3 and coco["cider_d"]["gain"] > 0
+    dropped, _ = utils.compare_captions(SCENES, [bare], [FIRSTS], drop_one_letter=True,
+                                        meteor=False, resamples=100)
+    assert all(c["gain"] == 0 and c["first"] == c["second"] for c in dropped.values())
+    assert dropped["bleu4"]["first"] == pytest.approx(1.0)

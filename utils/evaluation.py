@@ -126,18 +126,18 @@ def caption_scores(references, hypotheses, meteor=True, per_image=False):
 
 
 COMPARED_SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider_d")
+_WITHOUT_METEOR = tuple(name for name in COMPARED_SCORES if name != "meteor")
 
 
 def image_statistics(references, caption_sets, drop_one_letter=False, meteor=True):
-    """What each COCO score of each caption set is made of, image by image, so that the scores of
-    any choice of images (a bootstrap resample) follow without scoring again: BLEU's n-gram
-    counts (pooled over images, as pycocoevalcap's corpus BLEU pools them) and each image's
-    METEOR, ROUGE-L and CIDEr-D (the corpus's ROUGE-L and CIDEr-D are their mean; METEOR pools
-    its own statistics, for which the mean stands in here). `references`: per image, raw
-    sentences; `caption_sets`: caption lists on those images, tokenised in one go.
-    `drop_one_letter` removes one-character words ("a") from captions and references alike after
-    tokenising: the seed recipe's tokenisation. Returns ([{score: per-image array}] per set,
-    missing)."""
+    """What each COCO score of each caption set is made of, image by image, so that the corpus
+    scores of any choice of images (a bootstrap resample) follow without scoring again: BLEU's
+    n-gram counts and METEOR's statistics (each corpus score pools them over images, as
+    pycocoevalcap does), and each image's ROUGE-L and CIDEr-D (the corpus's are their mean).
+    `references`: per image, raw sentences; `caption_sets`: caption lists on those images,
+    tokenised in one go. `drop_one_letter` removes one-character words ("a") from captions and
+    references alike after tokenising: the seed recipe's tokenisation. Returns ([{name: per-image
+    array}] per set, missing)."""
     gts, sets, missing = coco_tokens(references, caption_sets)
     if drop_one_letter:
         gts, sets = _without_one_letter(gts), [_without_one_letter(s) for s in sets]
@@ -153,7 +153,7 @@ def image_statistics(references, caption_sets, drop_one_letter=False, meteor=Tru
                 "rouge_l": np.asarray(Rouge().compute_score(gts, res)[1], float),
                 "cider_d": np.asarray(Cider().compute_score(gts, res)[1], float)}
         if meteor_scorer:
-            each["meteor"] = np.asarray(meteor_scorer.compute_score(gts, res)[1], float)
+            each["meteor_stats"] = _meteor_statistics(meteor_scorer, gts, res)
         statistics.append(each)
     return statistics, missing
 
@@ -163,9 +163,40 @@ def _without_one_letter(captions):
             for i, texts in captions.items()}
 
 
-def pooled_score(statistics, name, images):
+# METEOR 1.5's sufficient statistics of one image (MeteorStats.toString): lengths and function
+# words (4), then per matching stage exact/stem/synonym/paraphrase the matches of content and
+# function words in test and reference (16), chunks, word matches (2).
+_METEOR_MATCHES, _METEOR_CHUNKS = slice(4, 20), 20
+
+
+def _meteor_statistics(scorer, gts, res):
+    """(images, 23): each image's METEOR statistics, ready to be summed. METEOR pools them by
+    summing, except the chunks of an image matched in full in one chunk (MeteorStats.addStats):
+    those are zeroed here."""
+    stats = np.array([[float(x) for x in scorer._stat(res[i][0], gts[i]).split()] for i in gts])
+    matches = stats[:, _METEOR_MATCHES].reshape(len(stats), 4, 2, 2).sum(axis=(1, 2))  # test, ref
+    perfect = (matches == stats[:, :2]).all(axis=1) & (stats[:, _METEOR_CHUNKS] == 1)
+    stats[perfect, _METEOR_CHUNKS] = 0
+    return stats
+
+
+def _meteor_of_pooled(scorer, pooled):
+    """METEOR of each row of pooled statistics, from its own Java (one line, one row a segment)."""
+    rows = np.atleast_2d(pooled)
+    with scorer.lock:  # pycocoevalcap's own protocol: EVAL, then one score a segment and the total
+        scorer.meteor_p.stdin.write(("EVAL ||| " + " ||| ".join(
+            " ".join(map(repr, map(float, row))) for row in rows) + "\n").encode())
+        scorer.meteor_p.stdin.flush()
+        scores = [float(scorer.meteor_p.stdout.readline()) for _ in range(len(rows) + 1)][:-1]
+    return np.array(scores).reshape(np.shape(pooled)[:-1])
+
+
+def pooled_score(statistics, name, images, meteor=None):
     """The corpus score `name` of one caption set's `image_statistics` over `images` (indices,
-    repeats allowed); a 2-d array of indices gives one score per row."""
+    repeats allowed); a 2-d array of indices gives one score per row. METEOR needs `meteor`, a
+    running pycocoevalcap Meteor, to compute it from the pooled statistics."""
+    if name == "meteor":
+        return _meteor_of_pooled(meteor, statistics["meteor_stats"][images].sum(axis=-2))
     if not name.startswith("bleu"):
         return statistics[name][images].mean(axis=-1)
     n = int(name[4:])
@@ -186,14 +217,14 @@ def compare_statistics(first, second, resamples=1000, seed=0, level=0.95):
     three on all the images, means over runs."""
     count = len(first[0]["cider_d"])
     draws = np.random.default_rng(seed).integers(0, count, (resamples, count))
-    names = [n for n in COMPARED_SCORES if all(n in s or n.startswith("bleu")
-                                                 for s in [*first, *second])]
+    with_meteor = all("meteor_stats" in s for s in [*first, *second])
+    meteor = Meteor() if with_meteor else None
     comparison = {}
-    for name in names:
-        full = [np.mean([pooled_score(s, name, np.arange(count)) for s in runs])
+    for name in COMPARED_SCORES if with_meteor else _WITHOUT_METEOR:
+        full = [np.mean([pooled_score(s, name, np.arange(count), meteor) for s in runs])
                 for runs in (first, second)]
-        gains = (np.mean([pooled_score(s, name, draws) for s in second], axis=0)
-                 - np.mean([pooled_score(s, name, draws) for s in first], axis=0))
+        gains = (np.mean([pooled_score(s, name, draws, meteor) for s in second], axis=0)
+                 - np.mean([pooled_score(s, name, draws, meteor) for s in first], axis=0))
         low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
         comparison[name] = {"first": round(float(full[0]), 4), "second": round(float(full[1]), 4),
                             "gain": round(float(full[1] - full[0]), 4),
