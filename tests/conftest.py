@@ -47,7 +47,7 @@ def sample_training(sample_root, tmp_path_factory):
     return prepared, vocab, names, np.asarray(features, "float32")
 
 
-def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8):
+def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8, architecture="merge"):
     """A small real run on the sample's shapes (random InceptionV3 at 75x75, so a photo can be
     encoded again), saved as notebook 04 saves one: record, vocabulary, best model, history."""
     import utils
@@ -58,8 +58,8 @@ def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8):
         dataset="sample", vocabulary=vocab.fingerprint, embedding={}, data=data.counts(),
         features=utils.FeatureSource("cache", "sample features", features.shape[1], "inceptionv3",
                                      "random", 75),
-        model=utils.ModelConfig(len(vocab), features.shape[1], units=units, dropout=0.2,
-                                train_embedding=False),
+        model=utils.ModelConfig(len(vocab), features.shape[1], architecture, units=units,
+                                dropout=0.2, train_embedding=False),
         training=utils.TrainingConfig(epochs=epochs, patience=epochs, seed=seed,
                                       learning_rate=3e-3, label_smoothing=0.0))
     model = utils.build_model(config.model, config.training,

@@ -8,13 +8,17 @@ import pytest
 import utils
 
 
-def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0):
-    """A decoder over a randomly initialised merge model, sharp enough that captions differ."""
+# The tests every architecture passes, each on its own first step (utils.initial_state).
+EVERY_ARCHITECTURE = pytest.mark.parametrize("architecture", utils.ARCHITECTURES)
+
+
+def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0, architecture="merge"):
+    """A decoder over a randomly initialised model, sharp enough that captions differ."""
     keras.utils.set_random_seed(seed)
     words = [*utils.SPECIAL_TOKENS, *(f"w{i}" for i in range(n_words))]
     vocab = utils.Vocabulary(words, max_length)
-    model = utils.build_caption_model(utils.ModelConfig(len(vocab), feature_dim, embedding_dim=5,
-                                                        units=units))
+    model = utils.build_caption_model(utils.ModelConfig(
+        len(vocab), feature_dim, architecture, embedding_dim=5, units=units))
     for layer in ("decoder", "next_word"):  # larger logits than the initialisation gives
         weights = model.get_layer(layer).get_weights()
         model.get_layer(layer).set_weights([weights[0] * 4, weights[1]])
@@ -25,8 +29,9 @@ def features(n, dim=6, seed=1):
     return np.random.default_rng(seed).normal(size=(n, dim)).astype("float32")
 
 
-def test_step_gives_the_full_models_probabilities():
-    model, decoder = random_decoder(20, 10)
+@EVERY_ARCHITECTURE
+def test_step_gives_the_full_models_probabilities(architecture):
+    model, decoder = random_decoder(20, 10, architecture=architecture)
     images = features(3)
     tokens = np.random.default_rng(2).integers(2, 24, size=(3, 7)).astype("int32")
     full = np.log(model.predict([images, tokens], verbose=0))
@@ -36,8 +41,9 @@ def test_step_gives_the_full_models_probabilities():
         np.testing.assert_allclose(log_probs, full[:, t], atol=1e-4)
 
 
-def test_batched_greedy_equals_one_image_at_a_time():
-    _, decoder = random_decoder(30, 8)
+@EVERY_ARCHITECTURE
+def test_batched_greedy_equals_one_image_at_a_time(architecture):
+    _, decoder = random_decoder(30, 8, architecture=architecture)
     images = features(12)
     batched = utils.greedy_search(decoder, images, batch_size=5)
     single = [utils.greedy_search(decoder, images[i:i + 1])[0] for i in range(12)]
@@ -45,16 +51,18 @@ def test_batched_greedy_equals_one_image_at_a_time():
     assert len({tuple(c) for c in batched}) > 1  # the check means something: captions differ
 
 
+@EVERY_ARCHITECTURE
 @pytest.mark.parametrize("no_repeat_ngram", [0, 2])
-def test_beam_width_one_is_greedy(no_repeat_ngram):
-    _, decoder = random_decoder(30, 8)
+def test_beam_width_one_is_greedy(no_repeat_ngram, architecture):
+    _, decoder = random_decoder(30, 8, architecture=architecture)
     images = features(10)
     assert (utils.beam_search(decoder, images, beam_width=1, no_repeat_ngram=no_repeat_ngram)
             == utils.greedy_search(decoder, images, no_repeat_ngram))
 
 
-def test_batched_beam_equals_one_image_at_a_time():
-    _, decoder = random_decoder(30, 8)
+@EVERY_ARCHITECTURE
+def test_batched_beam_equals_one_image_at_a_time(architecture):
+    _, decoder = random_decoder(30, 8, architecture=architecture)
     images = features(7)
     batched = utils.beam_search(decoder, images, beam_width=3, batch_size=4)
     assert batched == [utils.beam_search(decoder, images[i:i + 1], beam_width=3)[0]
@@ -79,10 +87,11 @@ def repeats_an_ngram(caption, n):
     return len(ngrams) != len(set(ngrams))
 
 
+@EVERY_ARCHITECTURE
 @pytest.mark.parametrize("length_penalty, no_repeat_ngram", [(0.0, 0), (1.0, 0), (0.0, 2)])
-def test_wide_beam_finds_the_exhaustive_best(length_penalty, no_repeat_ngram):
+def test_wide_beam_finds_the_exhaustive_best(length_penalty, no_repeat_ngram, architecture):
     """Among every caption the rules allow (with `no_repeat_ngram`, those without a repeat)."""
-    model, decoder = random_decoder(2, 3, seed=4)
+    model, decoder = random_decoder(2, 3, seed=4, architecture=architecture)
     vocab = decoder.vocab
     tokens = range(len(utils.SPECIAL_TOKENS), len(vocab))  # the words a caption can hold
     candidates = [list(w) for n in range(vocab.max_length + 1)

@@ -19,12 +19,15 @@ def random_captions(n, length, seed=0):
     return tokens
 
 
-def test_sequence_model_equals_prefix_expansion():
+@pytest.mark.parametrize("architecture", utils.ARCHITECTURES)
+def test_sequence_model_equals_prefix_expansion(architecture):
     """For the same weights, the next-word probabilities of the seed projects' prefix model and of
-    the one-pass sequence model agree for every prefix of every caption."""
+    the one-pass sequence model agree for every prefix of every caption, for every architecture:
+    the LSTM is causal, wherever the image enters."""
     keras.utils.set_random_seed(0)
     stats = (np.random.default_rng(1).normal(size=F), np.random.default_rng(2).uniform(0.5, 2, F))
-    model = utils.build_caption_model(utils.ModelConfig(V, F, embedding_dim=8, units=16),
+    model = utils.build_caption_model(utils.ModelConfig(V, F, architecture, embedding_dim=8,
+                                                        units=16),
                                       np.random.default_rng(3).normal(0, 0.4, (V, 8)), stats)
     length = 9
     prefix = utils.prefix_model(model, length)

@@ -148,6 +148,25 @@ def test_describe_run_reads_the_evaluation_by_field(run_copy):
     assert "0.125" not in text
 
 
+@pytest.mark.parametrize("architecture", utils.ARCHITECTURES[1:])  # merge: run_dir above
+def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
+        architecture, sample_training, sample_root, tmp_path):
+    run = train_sample_run(tmp_path / architecture, sample_training, epochs=4,
+                           architecture=architecture)
+    losses = [h["val_loss"] for h in utils.read_history(run)]
+    assert losses[-1] < losses[0], losses  # it learns
+    model = keras.models.load_model(run / "model.keras", safe_mode=True)  # nothing beyond utils
+    assert utils.architecture_of(model) == architecture
+    assert utils.load_run(run)[2].model.architecture == architecture
+    photo = sorted((sample_root / "Images").iterdir())[0]
+    captioner = utils.Captioner.from_run(run)
+    words = set(captioner.decoder.vocab.words[len(utils.SPECIAL_TOKENS):])
+    for setting in (utils.DEFAULT_DECODING, utils.DecodingSetting(1, 0.0, 0)):
+        caption = utils.caption_image(captioner, photo, setting).split()
+        assert caption and set(caption) <= words
+    assert f"{architecture} model" in utils.describe_run(run)
+
+
 def test_keras_loads_the_model_without_this_package_code_beyond_utils(run_dir):
     model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
     assert model.get_layer("next_word").units == utils.load_run(run_dir)[1].__len__()

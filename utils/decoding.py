@@ -1,8 +1,9 @@
-"""Stage 5: writing captions with a trained merge model, greedy and beam search.
+"""Stage 5: writing captions with a trained caption model, greedy and beam search.
 
 Decoding is incremental: the trained model is split into its two halves, which share its weights.
-`encode_image` projects an image once; `step` takes one word and the LSTM state and returns the
-next-word log-probabilities and the new state. A caption of L words costs L steps, where the seed
+`encode_image` projects an image once and gives the LSTM's first state (the image itself for
+init-inject, the state after reading it for pre-inject); `step` takes one word and the LSTM state
+and returns the next-word log-probabilities and the new state. A caption of L words costs L steps, where the seed
 projects re-run the LSTM over every padded prefix (1 + 2 + ... + L steps) and call `predict` once
 per word and image. Every image of a batch, and every beam of every image, goes through one step
 together.
@@ -18,7 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .model import model_parts, predict_word, project_image
+from .model import (architecture_of, initial_state, model_parts, predict_word, project_image,
+                    step_input)
 
 __all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "decode", "greedy_search",
            "beam_search", "EpochReport"]
@@ -59,22 +61,25 @@ DEFAULT_DECODING = DecodingSetting()
 
 
 class CaptionDecoder:
-    """A trained merge model as an image encoder and a one-word step, sharing its weights."""
+    """A trained caption model as an image encoder and a one-word step, sharing its weights."""
 
     def __init__(self, model, vocab):
         self.vocab = vocab
-        parts = model_parts(model)
+        parts, architecture = model_parts(model), architecture_of(model)
         image = keras.Input((model.input[0].shape[1],), name="image")
-        self.encode_image = keras.Model(image, project_image(parts, image), name="encode_image")
+        projected = project_image(parts, image)
+        self.encode_image = keras.Model(
+            image, [projected, *initial_state(parts, architecture, projected)], name="encode_image")
 
         units = parts["lstm"].units
-        projection = keras.Input((units,), name="projection")
+        projection = keras.Input((projected.shape[-1],), name="projection")
         word = keras.Input((), dtype="int32", name="word")
         h, c = keras.Input((units,), name="h"), keras.Input((units,), name="c")
         # The embedding's table looked up directly: a padding mask has no meaning for one word.
         embedded = keras.ops.take(parts["embedding"].embeddings, word, axis=0)
-        output, (h_next, c_next) = parts["lstm"].cell(embedded, [h, c])
-        probs = predict_word(parts, output + projection)
+        output, (h_next, c_next) = parts["lstm"].cell(
+            step_input(architecture, embedded, projection), [h, c])
+        probs = predict_word(parts, architecture, output, projection)
         log_probs = keras.ops.log(keras.ops.maximum(probs, 1e-12))
         self.step_model = keras.Model([projection, word, h, c], [log_probs, h_next, c_next],
                                       name="decode_step")
@@ -85,10 +90,8 @@ class CaptionDecoder:
                                    reduce_retracing=True)
 
     def start(self, features):
-        """Projected images and a zero LSTM state for a batch of feature vectors."""
-        projection = self._encode(tf.constant(features, tf.float32))
-        zeros = tf.zeros_like(projection)  # the LSTM and the image projection have one width
-        return projection, zeros, zeros
+        """Projected images and the LSTM's first state (h, c) for a batch of feature vectors."""
+        return tuple(self._encode(tf.constant(features, tf.float32)))
 
     def step(self, projection, words, h, c):
         """Log-probabilities of the next word [B, V] (numpy) and the new state."""

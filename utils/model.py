@@ -1,18 +1,24 @@
-"""Stage 4: the CNN-LSTM merge model and its training.
+"""Stage 4: the caption models and their training.
 
-The merge architecture (Tanti et al., "Where to put the image in an image caption generator"):
-the image never enters the LSTM; the LSTM reads the caption so far and its output is added to
-the projected image vector before the word classifier.
+Four places for the image, as Tanti, Gatt and Camilleri compare them in "Where to put the image in
+an image caption generator" (2018). Every architecture has the same layers: the image branch
+(standardised features -> Dropout -> Dense), the word branch (Embedding -> Dropout), one LSTM and
+the same head after it (Dense, then softmax). Only where the projected image enters differs:
 
-    image features -> [Normalization] -> Dropout -> Dense(units, relu) ------------.
-                                                                                    + -> Dense(units, relu) -> Dense(vocab, softmax)
-    caption tokens -> Embedding (GloVe, padding masked) -> Dropout -> LSTM(units) --'
+    merge        the image never enters the LSTM: it is added to the LSTM's output at every step
+    init-inject  the image is the LSTM's initial hidden state (its memory cell starts at zero)
+    pre-inject   the image is the LSTM's first input, before <start>
+    par-inject   the image is concatenated to every word's embedding
 
-The seed projects train it on one sample per caption prefix. Because the LSTM is causal and the
-image joins after it, running the LSTM once over the whole caption (`return_sequences=True`) and
-adding the image at every step gives the same next-word prediction for every prefix at once: one
-pass per caption instead of one per word. `prefix_model` builds the seed formulation from the same
-layers, for the equivalence test and the benchmarks.
+    merge:   image features -> [Normalization] -> Dropout -> Dense(units, relu) ------------.
+                                                                                             + -> Dense(units, relu) -> Dense(vocab, softmax)
+             caption tokens -> Embedding (GloVe) -> Dropout -> LSTM(units) -----------------'
+
+The seed projects train the merge model on one sample per caption prefix. Because the LSTM is
+causal, running it once over the whole caption (`return_sequences=True`) gives the same next-word
+prediction for every prefix at once, for every architecture: one pass per caption instead of one
+per word. `prefix_model` builds the seed formulation from the same layers, for the equivalence
+test and the benchmarks.
 
 A model is described by a `ModelConfig` and trained by a `TrainingConfig`: both are saved in the
 run's record (`utils.runs`) and a model is rebuilt from them, as nanoGPT rebuilds `GPTConfig`.
@@ -33,13 +39,14 @@ from keras import layers, ops
 from .files import atomic_path, read_json, write_json
 
 __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "build_caption_model",
-           "build_model", "compile_model", "model_parts", "project_image", "predict_word",
-           "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
+           "build_model", "compile_model", "model_parts", "architecture_of", "project_image",
+           "initial_state", "step_input", "predict_word", "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
            "feature_statistics", "encode_captions", "caption_dataset", "batch_count",
            "CaptionData", "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters",
            "read_history", "check_training_state", "train_caption_model"]
 
-ARCHITECTURES = ("merge",)  # where the image enters the caption model
+# Where the image enters the caption model (see above); merge is the default.
+ARCHITECTURES = ("merge", "init-inject", "pre-inject", "par-inject")
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,8 @@ LAYER_NAMES = ("feature_norm", "image_dropout", "image_dense", "embedding", "cap
 
 
 def build_caption_model(config, embedding_matrix=None, feature_stats=None):
-    """The merge model of `config` (a ModelConfig) over whole captions:
-    (features [B, F], tokens [B, T]) -> next-word probabilities [B, T, V].
+    """The model of `config` (a ModelConfig, its `architecture` among ARCHITECTURES) over whole
+    captions: (features [B, F], tokens [B, T]) -> next-word probabilities [B, T, V].
 
     `embedding_matrix`: [V, embedding_dim] initial word vectors (GloVe), else uniform random.
     `feature_stats`: (mean, variance) of the training features, standardised inside the model so
@@ -91,11 +98,13 @@ def build_caption_model(config, embedding_matrix=None, feature_stats=None):
                    else keras.initializers.Constant(embedding_matrix))
     mean, variance = feature_stats if feature_stats is not None else (0.0, 1.0)
     units, dropout = config.units, config.dropout
+    # pre-inject feeds the image to the LSTM as a word: it is projected to a word's size.
+    projection = config.embedding_dim if config.architecture == "pre-inject" else units
     parts = {
         "feature_norm": layers.Normalization(mean=mean, variance=variance, name="feature_norm"),
         "image_dropout": layers.Dropout(dropout, name="image_dropout"),
-        "image_dense": layers.Dense(units, activation="relu", name="image_dense"),
-        "embedding": layers.Embedding(*shape, embeddings_initializer=initializer, mask_zero=True,
+        "image_dense": layers.Dense(projection, activation="relu", name="image_dense"),
+        "embedding": layers.Embedding(*shape, embeddings_initializer=initializer,
                                       trainable=config.train_embedding, name="embedding"),
         "caption_dropout": layers.Dropout(dropout, name="caption_dropout"),
         "lstm": layers.LSTM(units, return_sequences=True, name="lstm"),
@@ -105,7 +114,8 @@ def build_caption_model(config, embedding_matrix=None, feature_stats=None):
     }
     image = keras.Input((config.feature_dim,), name="image")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
-    return keras.Model([image, tokens], _merge(parts, image, tokens), name="merge_captioner")
+    return keras.Model([image, tokens], _forward(parts, config.architecture, image, tokens),
+                       name=f"{config.architecture.replace('-', '_')}_captioner")
 
 
 def build_model(config, training=TrainingConfig(), embedding_matrix=None, feature_stats=None):
@@ -118,8 +128,16 @@ def build_model(config, training=TrainingConfig(), embedding_matrix=None, featur
 
 
 def model_parts(model):
-    """The merge model's layers by name, to build other formulations sharing its weights."""
+    """A caption model's layers by name, to build other formulations sharing its weights."""
     return {name: model.get_layer(name) for name in LAYER_NAMES}
+
+
+def architecture_of(model):
+    """The architecture a caption model was built with, from its name ("par_inject_captioner")."""
+    name = model.name.removesuffix("_captioner").replace("_", "-")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"{model.name!r} is not a caption model of utils.build_caption_model")
+    return name
 
 
 def project_image(parts, image):
@@ -127,20 +145,53 @@ def project_image(parts, image):
     return parts["image_dense"](parts["image_dropout"](parts["feature_norm"](image)))
 
 
-def predict_word(parts, merged):
-    """The head after the merge: Dense -> softmax over the vocabulary."""
-    return parts["next_word"](parts["decoder"](merged))
+def initial_state(parts, architecture, projected):
+    """The LSTM's state (h, c) before <start>: the image itself for init-inject, the state after
+    reading the image for pre-inject (one step of the LSTM's cell), zeros otherwise."""
+    # (B, units) zeros, built from `projected` so that the batch size may be unknown
+    zeros = ops.repeat(ops.zeros_like(projected[:, :1]), parts["lstm"].units, axis=1)
+    if architecture == "init-inject":
+        return [projected, zeros]
+    if architecture == "pre-inject":
+        return parts["lstm"].cell(projected, [zeros, zeros])[1]
+    return [zeros, zeros]
 
 
-def _merge(parts, image, tokens, last_step_only=False):
-    """The forward pass, shared by the sequence and the prefix formulations."""
-    projected = project_image(parts, image)
-    hidden = parts["lstm"](parts["caption_dropout"](parts["embedding"](tokens)))
+def step_input(architecture, embedded, projected):
+    """What the LSTM reads at each step: the word, and for par-inject the image beside it.
+    `embedded`: [B, T, E] or [B, E]; `projected`: [B, P]."""
+    if architecture != "par-inject":
+        return embedded
+    if len(embedded.shape) == 3:  # every position of a caption: broadcast over its length
+        projected = ops.zeros_like(embedded[..., :1]) + ops.expand_dims(projected, 1)  # (B, T, P)
+    return ops.concatenate([embedded, projected], axis=-1)  # (..., E + P)
+
+
+def predict_word(parts, architecture, hidden, projected):
+    """The head after the LSTM, the same for all: (merge: + image) -> Dense -> softmax."""
+    if architecture == "merge":
+        hidden = hidden + (ops.expand_dims(projected, 1) if len(hidden.shape) == 3 else projected)
+    return parts["next_word"](parts["decoder"](hidden))
+
+
+def _forward(parts, architecture, image, tokens, last_step_only=False):
+    """The forward pass over captions, shared by the sequence and the prefix formulations."""
+    projected = project_image(parts, image)                                  # (B, P)
+    embedded = parts["caption_dropout"](parts["embedding"](tokens))          # (B, T, E)
+    # Padding (id 0) is skipped: the state carries over it, so pre-padded prefixes read as
+    # unpadded ones. Passed explicitly: the masks of Keras layers do not survive the ops below.
+    mask = ops.not_equal(tokens, 0)                                          # (B, T)
+    inputs = step_input(architecture, embedded, projected)                   # (B, T, E [+ P])
+    if architecture == "pre-inject":  # the image read first, its output dropped (not its state)
+        inputs = ops.concatenate([ops.expand_dims(projected, 1), inputs], 1)  # (B, 1 + T, E)
+        mask = ops.concatenate([ops.ones_like(mask[:, :1]), mask], 1)       # (B, 1 + T)
+        hidden = parts["lstm"](inputs, mask=mask)[:, 1:]                     # (B, T, units)
+    else:  # saved models hold the LSTM layer, never its cell called on its own
+        hidden = parts["lstm"](inputs, mask=mask, initial_state=initial_state(
+            parts, architecture, projected))                                 # (B, T, units)
     if last_step_only:  # prefixes are pre-padded, so the last step is the last word
-        merged = hidden[:, -1, :] + projected
-    else:
-        merged = hidden + ops.expand_dims(projected, 1)
-    return predict_word(parts, merged)
+        hidden = hidden[:, -1, :]                                            # (B, units)
+    return predict_word(parts, architecture, hidden, projected)              # (B, [T,] V)
 
 
 def prefix_model(model, prefix_length):
@@ -148,8 +199,8 @@ def prefix_model(model, prefix_length):
     prefix [B, prefix_length]) -> next-word probabilities [B, V]."""
     image = keras.Input((model.input[0].shape[1],), name="image")
     prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
-    return keras.Model([image, prefix],
-                       _merge(model_parts(model), image, prefix, last_step_only=True))
+    return keras.Model([image, prefix], _forward(model_parts(model), architecture_of(model),
+                                                 image, prefix, last_step_only=True))
 
 
 def expand_prefixes(tokens, prefix_length):
@@ -167,10 +218,19 @@ def expand_prefixes(tokens, prefix_length):
     return np.array(prefixes, "int32"), np.array(targets, "int32"), np.array(owners)
 
 
+# Where draw_model's arrow from the image goes, and what it says, per architecture.
+_IMAGE_ENTERS = {"merge": ("decoder", "+ (image added at every step)"),
+                 "init-inject": ("lstm", "initial state"),
+                 "pre-inject": ("lstm", "first input, before <start>"),
+                 "par-inject": ("lstm", "beside every word")}
+
+
 def draw_model(model):
-    """The merge model as a picture: the two branches, where they meet, and each layer's output."""
+    """A caption model as a picture: the two branches, where the image enters, and each layer's
+    output shape."""
     import matplotlib.pyplot as plt
 
+    architecture = architecture_of(model)
     column = {"feature_norm": 0, "image_dropout": 0, "image_dense": 0, "embedding": 1,
               "caption_dropout": 1, "lstm": 1, "decoder": 0.5, "next_word": 0.5}
     row = {"feature_norm": 0, "image_dropout": 1, "image_dense": 2, "embedding": 0,
@@ -182,13 +242,22 @@ def draw_model(model):
         label = f"{name} ({type(layer).__name__})\n{tuple(layer.output.shape)}"
         ax.text(x, y, label, ha="center", va="center",
                 bbox={"boxstyle": "round", "facecolor": "#dbe9f6" if x != 0.5 else "#f6e3db"})
-    for a, b in [("image_dense", "decoder"), ("lstm", "decoder")] + [
-            (LAYER_NAMES[i], LAYER_NAMES[i + 1]) for i in (0, 1, 3, 4, 6)]:
+    target, how = _IMAGE_ENTERS[architecture]
+    for a, b in [("lstm", "decoder")] + [(LAYER_NAMES[i], LAYER_NAMES[i + 1])
+                                         for i in (0, 1, 3, 4, 6)]:
         ax.annotate("", (column[b], -row[b] + 0.3), (column[a], -row[a] - 0.3),
                     arrowprops={"arrowstyle": "->"})
-    ax.text(0.5, -2.75, "+ (image added at every step)", ha="center")
+    if target == "lstm":  # sideways into the LSTM
+        ax.annotate("", (0.72, -row["lstm"]), (0.28, -row["image_dense"]),
+                    arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
+        ax.text(0.5, -row["lstm"] + 0.2, how, ha="center", color="#b5562a")
+    else:
+        ax.annotate("", (column[target], -row[target] + 0.3), (0, -row["image_dense"] - 0.3),
+                    arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
+        ax.text(0.5, -2.5, how, ha="center", color="#b5562a")  # between the two arrows
     ax.text(0, 0.6, "image features", ha="center", weight="bold")
     ax.text(1, 0.6, "caption so far", ha="center", weight="bold")
+    ax.set_title(f"{architecture} (image in orange)")
     ax.set(xlim=(-0.5, 1.5), ylim=(-4.8, 1))
     ax.axis("off")
     return fig

@@ -234,8 +234,9 @@ def describe_run(run_dir):
     source = config.features
     made_by = ("external features" if source.kind == "external"
                else f"{source.encoder} ({source.weights} weights)")
-    lines = [f"**{run_dir.name}**: {config.dataset} dataset, {made_by}, "
-             f"{config.model.vocab_size} words, trained on {config.data['train']['images']} images"]
+    lines = [f"**{run_dir.name}**: {config.model.architecture} model, {config.dataset} dataset, "
+             f"{made_by}, {config.model.vocab_size} words, trained on "
+             f"{config.data['train']['images']} images"]
     if config.dataset == "sample":
         lines.append(SAMPLE_RUN_WARNING)
     try:

@@ -1,0 +1,124 @@
+"""Where to put the image: merge and the three injects side by side on real photos.
+
+    python benchmarks/architectures.py [--quick] [--seeds N] [--tune]
+
+Tanti, Gatt and Camilleri's comparison ("Where to put the image in an image caption generator",
+2018), with our defaults (the notebooks' `parameters` cells) and only ARCHITECTURE changed: each
+architecture trains on the 753 official train images of the shared Flickr8k subset, from their
+real ImageNet features, picks its best epoch by validation loss on the 113 dev images, and is
+scored on those dev images by the COCO evaluation (nltk's BLEU beside it), decoded greedily, with
+beam 3 as the paper decodes, and with our default decoding. Each inject's difference from merge
+comes with a paired bootstrap interval over the dev images (utils.compare_statistics: images
+resampled, every seed averaged).
+
+`--tune` also trains each inject with one change of its obvious knobs (TUNING: the units, the
+dropout, the learning rate): one round, on dev. Every score and caption is written to
+benchmarks/results/architectures.json (`--out`), except with `--quick` (1 seed, at most 3
+epochs). Last line: one JSON object, `architectures` holding one entry per architecture name.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from our_recipe import notebook_defaults, score, summarise, train_ours  # noqa: E402
+from shared_data import FEATURES, REPO, SharedData  # noqa: E402
+import utils  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "architectures.json"
+DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy
+             utils.DecodingSetting(3, 0.0, 0),   # beam 3, as the paper decodes
+             utils.DEFAULT_DECODING]             # ours: beam 5, length penalty 1, no repeated pair
+# One round of tuning for each inject, one change of the default each (merge had five rounds).
+TUNING = {"units 512": {"units": 512}, "dropout 0.3": {"dropout": 0.3},
+          "learning rate 2e-3": {"learning_rate": 2e-3}}
+
+
+def captions_per_second(model, vocab, features, setting):
+    """Captions a second of the incremental batched search, over `features` (after a warm-up)."""
+    decoder = utils.CaptionDecoder(model, vocab)
+    utils.decode(decoder, features[:8], setting)  # traces the step for the batch shapes
+    start = time.perf_counter()
+    utils.decode(decoder, features, setting)
+    return len(features) / (time.perf_counter() - start)
+
+
+def differences(results, references, baseline="merge"):
+    """Each configuration's captions against the baseline's, per decoding: scores, gains and
+    paired bootstrap intervals (utils.compare_statistics)."""
+    names = list(references)
+    out = {}
+    for setting in DECODINGS:
+        label = setting.label
+        sets = {name: [[run["scores"][label]["captions"][n] for n in names] for run in runs]
+                for name, runs in results.items()}
+        statistics, missing = utils.image_statistics(
+            list(references.values()), [c for runs in sets.values() for c in runs])
+        by_name, k = {}, 0
+        for name, runs in sets.items():
+            by_name[name], k = statistics[k:k + len(runs)], k + len(runs)
+        out[label] = {name: utils.compare_statistics(by_name[baseline], by_name[name])
+                      for name in sets if name != baseline} | {"missing": missing}
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tune", action="store_true", help="also the tuning round of the injects")
+    parser.add_argument("--out", default=str(RESULTS), help="where every score is written")
+    args = parser.parse_args()
+    seeds = range(1 if args.quick else args.seeds)
+    data, default = SharedData(), notebook_defaults()
+    configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES}
+    if args.tune:
+        configs |= {f"{name}, {change}": default | {"architecture": name} | values
+                    for name in utils.ARCHITECTURES[1:] for change, values in TUNING.items()}
+    if args.quick:
+        configs = {k: c | {"epochs": 3} for k, c in configs.items()}
+    names, features, raw = data.split("val")
+    every_image = data.features  # train and dev: the speed of decoding many images
+    results, extra = {}, {}
+    for name, config in configs.items():
+        results[name], extra[name] = [], []
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as run_dir:
+                model, vocab, seconds, epochs = train_ours(data, config, seed, run_dir)
+            results[name].append({"seed": seed, "train_seconds": seconds, "epochs": epochs,
+                                  "scores": score(model, vocab, data, False, DECODINGS)})
+            extra[name].append({"parameters": model.count_params(), "captions_per_second": {
+                s.label: round(captions_per_second(model, vocab, every_image, s), 1)
+                for s in (DECODINGS[0], utils.DEFAULT_DECODING)}})
+            print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in
+                               results[name][-1]["scores"].items()}, file=sys.stderr)
+    different = differences(results, dict(zip(names, raw)))
+    entries = {name: {"parameters": extra[name][0]["parameters"],
+                      "captions_per_second": {s: round(sum(e["captions_per_second"][s] for e in
+                                                           extra[name]) / len(extra[name]), 1)
+                                              for s in extra[name][0]["captions_per_second"]},
+                      **summarise(runs),
+                      "difference_from_merge": {label: d[name] for label, d in different.items()
+                                                if name in d}}
+               for name, runs in results.items()}
+    report = {
+        "architectures": {name: entries[name] for name in utils.ARCHITECTURES},
+        "tuning": {name: entry for name, entry in entries.items()
+                   if name not in utils.ARCHITECTURES},
+        "missing": different[DECODINGS[0].label]["missing"],
+        "settings": {"defaults": default, "decodings": [s.label for s in DECODINGS],
+                     "tuning": TUNING if args.tune else None},
+        "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",
+                 "train_images": len(data.prepared(False).names("train")),
+                 "dev_images": len(names)},
+        "seeds": len(seeds), "quick": args.quick}
+    if not args.quick:
+        utils.write_json(args.out, report | {"runs": results})
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Our recipe, as the notebooks run it, for the benchmarks: the defaults read from the notebooks'
+`parameters` cells, the notebook 04 training path on the shared Flickr8k subset, and the
+notebook 05 evaluation of the dev split (the COCO evaluation, nltk's BLEU beside it)."""
+import ast
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import papermill
+
+from shared_data import REPO
+import utils
+
+MODEL_FIELDS = set(utils.ModelConfig.__dataclass_fields__) - {"vocab_size", "feature_dim"}
+TRAINING_FIELDS = set(utils.TrainingConfig.__dataclass_fields__) - {"seed"}
+SCORES = (*utils.COMPARED_SCORES, "nltk_bleu4")  # summarised over seeds
+
+
+def notebook_defaults():
+    """Our default settings: the `parameters` cells of notebooks 01, 03 and 04 as papermill reads
+    them (so the benchmark measures what a user runs), named as the records name them."""
+    values = {}
+    for stem in ("01_prepare_captions", "03_glove_embeddings", "04_train_model"):
+        for name, p in papermill.inspect_notebook(str(REPO / "notebooks" / f"{stem}.ipynb")).items():
+            values[name] = ast.literal_eval(p["default"])
+    settings = {"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
+                "glove": True, "embedding_dim": values["DIM"]}
+    return settings | {field: values[field.upper()] for field in MODEL_FIELDS | TRAINING_FIELDS
+                       if field != "embedding_dim"}
+
+
+def train_ours(shared, config, seed, run_dir):
+    """The notebook 04 path: returns (best model, vocabulary, training seconds, epochs run)."""
+    vocab, data = shared.captions(config["min_count"], config["drop_one_letter"])
+    model_config = utils.ModelConfig(len(vocab), data.features.shape[1],
+                                     **{f: config[f] for f in MODEL_FIELDS})
+    training = utils.TrainingConfig(seed=seed, **{f: config[f] for f in TRAINING_FIELDS})
+    embedding = shared.embedding(vocab, seed) if config["glove"] else None
+    model = utils.build_model(model_config, training, embedding, data.feature_statistics())
+    start = time.perf_counter()
+    history = utils.train_caption_model(model, data, run_dir, training, verbose=0)
+    seconds = time.perf_counter() - start
+    return keras.models.load_model(Path(run_dir) / "model.keras"), vocab, seconds, len(history)
+
+
+def score(model, vocab, shared, drop_one_letter, decodings):
+    """Dev-split scores of each decoding (utils.evaluate), the distinct-caption count and every
+    caption, by image."""
+    names, features, references = shared.split("val", drop_one_letter)
+    training = [c.split() for c in utils.split_captions(shared.prepared(drop_one_letter), "train")]
+    results = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
+                             decodings, training, verbose=False)
+    return {entry["label"]: {k: round(v, 4) for k, v in entry["scores"].items() if v is not None}
+            | {"distinct_captions": entry["diagnostics"]["distinct_captions"],
+               "captions": entry["captions"]} for entry in results}
+
+
+def summarise(runs):
+    """Mean and standard deviation over seeds of every number, per decoding."""
+    out = {"train_seconds": _spread([r["train_seconds"] for r in runs]),
+           "epochs": [r["epochs"] for r in runs]}
+    for label in runs[0]["scores"]:
+        out[label] = {k: _spread([r["scores"][label][k] for r in runs])
+                      for k in (*SCORES, "distinct_captions") if k in runs[0]["scores"][label]}
+    return out
+
+
+def _spread(values):
+    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
