@@ -37,3 +37,24 @@ def test_notebook_figures_are_at_most_ten_inches_wide_with_readable_text():
         assert all(float(w) <= 10 for w in re.findall(r"figsize=\(([\d.]+)", text)), notebook.name
         assert not re.search(r"(fontsize|labelsize)=[0-9]\b", text), notebook.name  # under 10 pt
     plt.close("all")
+
+
+def test_the_model_diagram_draws_where_each_architecture_puts_the_image():
+    import keras
+    import matplotlib.pyplot as plt
+    import pytest
+
+    said = set()
+    for architecture in utils.ARCHITECTURES:
+        model = utils.build_caption_model(utils.ModelConfig(40, 12, architecture, units=16))
+        texts = [t.get_text() for t in utils.draw_model(model).axes[0].texts]
+        assert utils.architecture_of(model) == architecture
+        assert sum(t.startswith(f"{name} (") for name in utils.LAYER_NAMES for t in texts) == 8
+        where = [t for t in texts if t in {"+ (image added at every step)", "initial state",
+                                           "first input, before <start>", "beside every word"}]
+        assert len(where) == 1
+        said.add(where[0])
+        plt.close("all")
+    assert len(said) == 4  # each architecture says its own
+    with pytest.raises(ValueError, match="not a caption model"):
+        utils.architecture_of(keras.Sequential(name="other"))
