@@ -17,7 +17,6 @@ that looks better deserves the full seeds before it becomes a default). Every sc
 benchmarks/results/architectures.json (`--out`), except with `--quick` (1 seed, at most 3
 epochs). Last line: one JSON object, `architectures` holding one entry per architecture name.
 """
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from our_recipe import notebook_defaults, score, summarise, train_ours  # noqa: E402
+from our_recipe import arguments, notebook_defaults, score, summarise, train_ours  # noqa: E402
 from shared_data import FEATURES, REPO, SharedData  # noqa: E402
 import utils  # noqa: E402
 
@@ -53,25 +52,17 @@ def differences(results, references, baseline="merge"):
     names = list(references)
     out = {}
     for setting in DECODINGS:
-        label = setting.label
-        sets = {name: [[run["scores"][label]["captions"][n] for n in names] for run in runs]
-                for name, runs in results.items()}
-        statistics, missing = utils.image_statistics(
-            list(references.values()), [c for runs in sets.values() for c in runs])
-        by_name, k = {}, 0
-        for name, runs in sets.items():
-            by_name[name], k = statistics[k:k + len(runs)], k + len(runs)
-        out[label] = {name: utils.compare_statistics(by_name[baseline], by_name[name])
-                      for name in sets if name != baseline} | {"missing": missing}
+        grouped, missing = utils.grouped_statistics(list(references.values()), {
+            name: [[run["scores"][setting.label]["captions"][n] for n in names] for run in runs]
+            for name, runs in results.items()})
+        out[setting.label] = {name: utils.compare_statistics(grouped[baseline], statistics)
+                              for name, statistics in grouped.items() if name != baseline}
+        out[setting.label]["missing"] = missing
     return out
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--tune", action="store_true", help="also the tuning round of the injects")
-    parser.add_argument("--out", default=str(RESULTS), help="where every score is written")
+    parser = arguments(__doc__, RESULTS, "also the tuning round of the injects")
     args = parser.parse_args()
     seeds = range(1 if args.quick else args.seeds)
     data, default = SharedData(), notebook_defaults()

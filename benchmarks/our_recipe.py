@@ -1,6 +1,7 @@
 """Our recipe, as the notebooks run it, for the benchmarks: the defaults read from the notebooks'
 `parameters` cells, the notebook 04 training path on the shared Flickr8k subset, and the
 notebook 05 evaluation of the dev split (the COCO evaluation, nltk's BLEU beside it)."""
+import argparse
 import ast
 import time
 from pathlib import Path
@@ -68,3 +69,13 @@ def summarise(runs):
 
 def _spread(values):
     return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
+
+
+def arguments(doc, results, tune_help):
+    """The command line the quality benchmarks share."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tune", action="store_true", help=tune_help)
+    parser.add_argument("--out", default=str(results), help="where every score is written")
+    return parser

@@ -29,7 +29,6 @@ caption is written to benchmarks/results/quality.json (`--out`), except with `--
 one JSON object with `decomposition`, and per configuration and decoding the mean and standard
 deviation over seeds of every score.
 """
-import argparse
 import json
 import os
 import sys
@@ -37,7 +36,7 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import seed_recipe  # noqa: E402
-from our_recipe import notebook_defaults, score, summarise, train_ours  # noqa: E402
+from our_recipe import arguments, notebook_defaults, score, summarise, train_ours  # noqa: E402
 from shared_data import FEATURES, REPO, SharedData  # noqa: E402
 import utils  # noqa: E402
 
@@ -78,30 +77,24 @@ def decompose(results, shared):
     """Each step of STEPS against the one before, and the last against the first, under each
     tokenisation: scores and gains with their paired bootstrap intervals over images."""
     names, _, references = shared.split("val")
-    runs = [[[run["scores"][decoding]["captions"][n] for n in names] for run in results[config]]
-            for config, decoding in STEPS.values()]
-    seeds, steps = len(runs[0]), list(STEPS)
+    runs = {step: [[run["scores"][decoding]["captions"][n] for n in names]
+                   for run in results[config]] for step, (config, decoding) in STEPS.items()}
+    steps = list(STEPS)
     out = {"steps": {step: {"configuration": c, "decoding": d} for step, (c, d) in STEPS.items()}}
     for tokenisation, drop_one_letter in TOKENISATIONS.items():
-        statistics, missing = utils.image_statistics(
-            references, [captions for step in runs for captions in step], drop_one_letter)
-        by_step = [statistics[k * seeds:(k + 1) * seeds] for k in range(len(steps))]
-        out[tokenisation] = {steps[k]: utils.compare_statistics(by_step[k - 1], by_step[k])
-                             for k in range(1, len(steps))}
-        out[tokenisation]["total"] = utils.compare_statistics(by_step[0], by_step[-1])
+        grouped, missing = utils.grouped_statistics(references, runs, drop_one_letter)
+        out[tokenisation] = {later: utils.compare_statistics(grouped[earlier], grouped[later])
+                             for earlier, later in zip(steps, steps[1:])}
+        out[tokenisation]["total"] = utils.compare_statistics(grouped[steps[0]], grouped[steps[-1]])
         out[tokenisation]["missing"] = missing
     return out
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--tune", action="store_true", help="also train every variant")
+    parser = arguments(__doc__, RESULTS, "also train every variant")
     parser.add_argument("--only", nargs="*", help="variants to tune (default: all)")
     parser.add_argument("--variants-only", action="store_true",
                         help="a further tuning round: no baseline, no default, no decomposition")
-    parser.add_argument("--out", default=str(RESULTS), help="where every score is written")
     args = parser.parse_args()
     seeds = range(1 if args.quick else args.seeds)
     data = SharedData()

@@ -32,7 +32,7 @@ from .files import read_json, write_json
 
 __all__ = ["BLEU_WEIGHTS", "nltk_bleu", "coco_tokens", "coco_scores", "caption_scores",
            "COMPARED_SCORES", "image_statistics", "pooled_score", "compare_statistics",
-           "compare_captions", "caption_diagnostics",
+           "grouped_statistics", "compare_captions", "caption_diagnostics",
            "evaluate", "find_result", "EVALUATION_FORMAT", "evaluation_path", "write_evaluation",
            "read_evaluation"]
 
@@ -226,10 +226,26 @@ def compare_statistics(first, second, resamples=1000, seed=0, level=0.95):
         gains = (np.mean([pooled_score(s, name, draws, meteor) for s in second], axis=0)
                  - np.mean([pooled_score(s, name, draws, meteor) for s in first], axis=0))
         low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
-        comparison[name] = {"first": round(float(full[0]), 4), "second": round(float(full[1]), 4),
-                            "gain": round(float(full[1] - full[0]), 4),
-                            "interval": [round(float(low), 4), round(float(high), 4)]}
+        comparison[name] = {"first": _rounded(full[0]), "second": _rounded(full[1]),
+                            "gain": _rounded(full[1] - full[0]),
+                            "interval": [_rounded(low), _rounded(high)]}
     return comparison
+
+
+def grouped_statistics(references, groups, drop_one_letter=False, meteor=True):
+    """`image_statistics` of named groups of runs on the same images ({name: [captions per image]
+    per run}), tokenised and scored in one go. Returns ({name: [statistics per run]}, missing)."""
+    statistics, missing = image_statistics(
+        references, [captions for runs in groups.values() for captions in runs], drop_one_letter,
+        meteor)
+    grouped, first = {}, 0
+    for name, runs in groups.items():
+        grouped[name], first = statistics[first:first + len(runs)], first + len(runs)
+    return grouped, missing
+
+
+def _rounded(value):
+    return round(float(value), 4) + 0.0  # + 0.0: never "-0.0"
 
 
 def compare_captions(references, first, second, drop_one_letter=False, meteor=True,
@@ -237,9 +253,9 @@ def compare_captions(references, first, second, drop_one_letter=False, meteor=Tr
     """Two sets of captions of the same images compared, score by score, with paired bootstrap
     intervals (`compare_statistics`). `references`: per image, raw sentences; `first`, `second`:
     each a list of runs (seeds, say), a run one caption per image. Returns (comparison, missing)."""
-    statistics, missing = image_statistics(references, [*first, *second], drop_one_letter, meteor)
-    return compare_statistics(statistics[:len(first)], statistics[len(first):], resamples,
-                              seed), missing
+    grouped, missing = grouped_statistics(references, {"first": first, "second": second},
+                                          drop_one_letter, meteor)
+    return compare_statistics(grouped["first"], grouped["second"], resamples, seed), missing
 
 
 def caption_diagnostics(hypotheses, training_captions):
