@@ -186,9 +186,10 @@ def _forward(parts, architecture, image, tokens, last_step_only=False):
         inputs = ops.concatenate([ops.expand_dims(projected, 1), inputs], 1)  # (B, 1 + T, E)
         mask = ops.concatenate([ops.ones_like(mask[:, :1]), mask], 1)       # (B, 1 + T)
         hidden = parts["lstm"](inputs, mask=mask)[:, 1:]                     # (B, T, units)
-    else:  # saved models hold the LSTM layer, never its cell called on its own
-        hidden = parts["lstm"](inputs, mask=mask, initial_state=initial_state(
-            parts, architecture, projected))                                 # (B, T, units)
+    else:  # the image as the state for init-inject; zeros, Keras's default, for the others
+        state = initial_state(parts, architecture, projected) if architecture == "init-inject" \
+            else None
+        hidden = parts["lstm"](inputs, mask=mask, initial_state=state)       # (B, T, units)
     if last_step_only:  # prefixes are pre-padded, so the last step is the last word
         hidden = hidden[:, -1, :]                                            # (B, units)
     return predict_word(parts, architecture, hidden, projected)              # (B, [T,] V)
