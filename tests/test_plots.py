@@ -50,7 +50,7 @@ def test_the_model_diagram_draws_where_each_architecture_puts_the_image():
         texts = [t.get_text() for t in utils.draw_model(model).axes[0].texts]
         assert utils.architecture_of(model) == architecture
         assert sum(t.startswith(f"{name} (") for name in utils.LAYER_NAMES for t in texts) == 8
-        where = [t for t in texts if t in {"+ (image added at every step)", "initial state",
+        where = [t for t in texts if t in {"+ image,\nat every step", "initial state",
                                            "first input, before <start>", "beside every word"}]
         assert len(where) == 1
         said.add(where[0])

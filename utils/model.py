@@ -220,7 +220,7 @@ def expand_prefixes(tokens, prefix_length):
 
 
 # Where draw_model's arrow from the image goes, and what it says, per architecture.
-_IMAGE_ENTERS = {"merge": ("decoder", "+ (image added at every step)"),
+_IMAGE_ENTERS = {"merge": ("decoder", "+ image,\nat every step"),
                  "init-inject": ("lstm", "initial state"),
                  "pre-inject": ("lstm", "first input, before <start>"),
                  "par-inject": ("lstm", "beside every word")}
@@ -255,7 +255,7 @@ def draw_model(model):
     else:
         ax.annotate("", (column[target], -row[target] + 0.3), (0, -row["image_dense"] - 0.3),
                     arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
-        ax.text(0.5, -2.5, how, ha="center", color="#b5562a")  # between the two arrows
+        ax.text(0.2, -2.95, how, ha="right", va="center", color="#b5562a")  # beside the arrow
     ax.text(0, 0.6, "image features", ha="center", weight="bold")
     ax.text(1, 0.6, "caption so far", ha="center", weight="bold")
     ax.set_title(f"{architecture} (image in orange)")
