@@ -280,3 +280,40 @@ def test_a_changed_image_is_read_again(sample_root, tmp_path, encoder):
     again = CountingEncoder(encoder)
     utils.extract_features(images, names, tmp_path / "c", model=again, **args)
     assert again.images == 0
+
+
+def test_sharded_extraction_equals_the_unsharded_cache(sample_root, tmp_path, encoder):
+    """Three shards, extracted in any order, each resuming on its own, then joined: the same
+    cache as one run, value for value; and a join refuses chunks that miss or repeat an image."""
+    names = [f"shapes_{i:05d}.jpg" for i in range(20)]
+    args = dict(weights=None, input_size=SIZE, batch_size=2, chunk_size=3, dtype="float32")
+    images = sample_root / "Images"
+    utils.extract_features(images, names, tmp_path / "whole", model=encoder, **args)
+    cache = tmp_path / "sharded"
+    for i in (2, 0, 1):
+        counting = CountingEncoder(encoder)
+        assert utils.extract_features(images, names, cache, model=counting, shard=(i, 3),
+                                      **args) is None
+        assert counting.images == sum(len(names[s:s + 3]) for s in range(0, 20, 3)
+                                      if (s // 3) % 3 == i)  # its own chunks only
+    again = CountingEncoder(encoder)
+    assert utils.extract_features(images, names, cache, model=again, shard=(1, 3), **args) is None
+    assert again.images == 0  # a shard resumes: its chunks are done
+    joiner = CountingEncoder(encoder)
+    meta = utils.extract_features(images, names, cache, model=joiner, **args)
+    assert joiner.images == 0 and meta["count"] == 20 and not (cache / "chunks").exists()
+    whole, sharded = utils.load_features(tmp_path / "whole"), utils.load_features(cache)
+    assert sharded[0] == whole[0] == names
+    np.testing.assert_array_equal(np.asarray(sharded[1]), np.asarray(whole[1]))
+    with pytest.raises(ValueError, match=r"give \(i, n\)"):
+        utils.extract_features(images, names, tmp_path / "x", model=encoder, shard=(3, 3), **args)
+
+    broken = tmp_path / "broken"
+    utils.extract_features(images, names[:6], broken, model=encoder, shard=(0, 2), **args)
+    utils.extract_features(images, names[:6], broken, model=encoder, shard=(1, 2), **args)
+    record = utils.read_json(broken / "chunks" / "00000003.json")
+    record["names"][0] = names[0]  # a chunk that says it holds the first image again
+    utils.write_json(broken / "chunks" / "00000003.json", record)
+    with pytest.raises(RuntimeError, match=r"do not hold every image once \(missing "
+                                           r"\['shapes_00003.jpg'\], twice \['shapes_00000.jpg'\]"):
+        utils.extract_features(images, names[:6], broken, model=encoder, **args)

@@ -306,13 +306,18 @@ def load_features(directory):
 
 def extract_features(images_dir, names, directory, encoder="inceptionv3", weights="imagenet",
                      input_size=None, batch_size=32, chunk_size=256, dtype="float16",
-                     model=None):
+                     model=None, shard=None):
     """Extract and cache features of the images `names` (relative to `images_dir`) in `directory`.
 
     Resumes an interrupted run from its finished chunks (of `chunk_size` images); returns the
     cache's meta record. Unreadable images are skipped, warned about and listed in `skipped.json`.
     A finished cache re-reads the images whose size or modification time changed since. `model`
     lets a caller pass an already built encoder.
+
+    `shard` = (i, n) extracts only the i-th of n shares of the chunks (chunk k when k % n == i),
+    so that n GPUs or machines fill one cache together, each resuming its own chunks; it returns
+    None while other shards' chunks are missing. A final call without `shard` joins the chunks
+    (extracting any still missing), checking that every image is there once.
     """
     directory, names = Path(directory), list(names)
     paths = [str(Path(images_dir) / n) for n in names]
@@ -329,7 +334,10 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     chunks = directory / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(paths), chunk_size)
-    todo = [s for s in starts if not _chunk_done(chunks, s, names[s:s + chunk_size])]
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard {shard!r}: give (i, n), the i-th of n shards, 0 <= i < n")
+    mine = [s for s in starts if shard is None or (s // chunk_size) % shard[1] == shard[0]]
+    todo = [s for s in mine if not _chunk_done(chunks, s, names[s:s + chunk_size])]
     model = model or (build_encoder(encoder, weights, size) if todo else None)
     pending = sum(len(names[s:s + chunk_size]) for s in todo)
     started = time.time()
@@ -345,6 +353,12 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
             write_json(chunks / f"{start:08d}.json",
                        {"requested": requested, "names": kept, "skipped": skipped})
     elapsed = time.time() - started
+    if shard is not None:
+        waiting = [s for s in starts if not _chunk_done(chunks, s, names[s:s + chunk_size])]
+        print(f"shard {shard[0]} of {shard[1]} (0-based): its {len(mine)} chunk(s) done; "
+              + (f"{len(waiting)} chunk(s) of other shards to go, then join (SHARD = None)"
+                 if waiting else "every shard is done: join them (SHARD = None)"))
+        return None
     return _finish_cache(directory, chunks, starts, names, stats, {
         "encoder": encoder.lower(), "weights": weights_tag(weights), "input_size": size,
         "dtype": dtype, "seconds": round(elapsed, 2),
@@ -419,6 +433,7 @@ def _finish_cache(directory, chunks, starts, requested, stats, meta):
         names += record["names"]
         skipped.update(record["skipped"])
     features = np.concatenate(arrays)
+    _check_every_image_once(directory, requested, names, skipped, len(features))
     save_npy(directory / "features.npy", features)
     write_json(directory / "names.json", names)
     write_json(directory / "skipped.json", skipped)
@@ -430,3 +445,17 @@ def _finish_cache(directory, chunks, starts, requested, stats, meta):
         path.unlink()
     chunks.rmdir()
     return meta
+
+
+def _check_every_image_once(directory, requested, names, skipped, rows):
+    """Before chunks (perhaps from several shards) become one cache: each requested image is
+    there exactly once, with features or skipped, and each has its row."""
+    found = names + list(skipped)
+    if sorted(found) != sorted(requested) or len(names) != rows:
+        extra = sorted(set(found) - set(requested))
+        twice = sorted({n for n in found if found.count(n) > 1})
+        missing = sorted(set(requested) - set(found))
+        raise RuntimeError(f"{directory}/chunks do not hold every image once (missing "
+                           f"{missing[:3]}, twice {twice[:3]}, not asked for {extra[:3]}, "
+                           f"{rows} rows for {len(names)} names): delete {directory}/chunks "
+                           "and extract again")
