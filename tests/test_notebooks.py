@@ -6,6 +6,7 @@ here: each test asks for them, so any one of them runs alone as well as with the
 """
 import ast
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,31 @@ def test_a_notebook_without_its_input_says_which_to_run_first(notebook, first, t
             cwd=str(REPO), progress_bar=False)
     assert error.value.ename == "FileNotFoundError"
     assert f"not found: run notebooks/{first}.ipynb first" in error.value.evalue
+
+
+def test_notebook_02_extracts_in_shards_and_joins_them(executed, tmp_path):
+    """Two shards (as two GPUs or machines would run them), then the join: the shard runs show
+    no pictures and say what is left; the join makes the whole cache and shows it."""
+    data = shutil.copytree(executed["workdir"] / "data", tmp_path / "data")
+
+    def run(shard):
+        out = tmp_path / f"02-{shard}.ipynb"
+        papermill.execute_notebook(
+            str(REPO / "notebooks" / "02_extract_features.ipynb"), str(out),
+            parameters={"DATA_DIR": str(data), "INPUT_SIZE": 75, "CHUNK_SIZE": 128,
+                        "SHARD": shard}, cwd=str(REPO), progress_bar=False)
+        return json.loads(out.read_text())
+
+    first = run([1, 2])
+    assert "shard 1 of 2 (0-based): its 2 chunk(s) done; 2 chunk(s) of other shards to go" \
+        in printed(first)
+    second = run([0, 2])
+    assert "every shard is done: join them (SHARD = None)" in printed(second)
+    for shard_run in (first, second):
+        assert not any("image/png" in o.get("data", {}) for o in outputs(shard_run))
+    joined = run(None)
+    assert "400 images in" in printed(joined)
+    assert sum("image/png" in o.get("data", {}) for o in outputs(joined)) == 2
+    cache = utils.cache_dir(data / "sample" / "features", "inceptionv3", None, 75)
+    assert utils.load_features(cache)[0] == sorted(utils.PreparedDataset.load(
+        data / "sample" / "prepared" / "captions.json").images)
