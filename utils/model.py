@@ -43,7 +43,8 @@ __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "bui
            "initial_state", "step_input", "predict_word", "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
            "feature_statistics", "encode_captions", "caption_dataset", "batch_count",
            "CaptionData", "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters",
-           "read_history", "check_training_state", "train_caption_model"]
+           "read_history", "check_training_state", "STRATEGIES", "distribution_strategy",
+           "train_caption_model"]
 
 # Where the image enters the caption model (see above); merge is the default.
 ARCHITECTURES = ("merge", "init-inject", "pre-inject", "par-inject")
@@ -523,6 +524,25 @@ def _whole_h5(path):
         return True
     except (OSError, KeyError, RuntimeError):
         return False
+
+
+# Where training runs (tf.distribute): one device, every GPU of this machine, or several machines.
+STRATEGIES = (None, "mirrored", "multi-worker")
+
+
+def distribution_strategy(name=None):
+    """TensorFlow's distribution strategy `name`: None, one device (TensorFlow's default);
+    "mirrored", every GPU of this machine (MirroredStrategy; without a GPU, its CPU devices); "multi-worker", the machines that
+    the environment variable TF_CONFIG names (MultiWorkerMirroredStrategy). Build the model in
+    its `scope()`; Keras's `fit` then splits each batch across the replicas."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
+    if name == "mirrored":  # every GPU; without one, every CPU device (tests configure two)
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_callbacks=(),
