@@ -88,3 +88,12 @@ def test_mirrored_training_resumes_after_an_interruption(sample_root, features_f
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
     np.testing.assert_allclose([h["val_loss"] for h in resumed["history"]],
                                [h["val_loss"] for h in whole["history"]], rtol=1e-4)
+
+
+def test_only_the_strategies_that_work_are_offered():
+    import utils
+
+    assert utils.distribution_strategy(None).num_replicas_in_sync == 1
+    with pytest.raises(ValueError, match=r"unknown strategy 'multi-worker'; choose one of "
+                                         r"\(None, 'mirrored'\)"):
+        utils.distribution_strategy("multi-worker")

@@ -526,22 +526,21 @@ def _whole_h5(path):
         return False
 
 
-# Where training runs (tf.distribute): one device, every GPU of this machine, or several machines.
-STRATEGIES = (None, "mirrored", "multi-worker")
+# Where training runs (tf.distribute): one device, or every GPU of this machine. Several machines
+# (MultiWorkerMirroredStrategy) are left out: Keras 3's `fit` fails under it (keras-team/keras
+# #20585; here, Keras 3.15.1 and TensorFlow 2.21: "Attempt to convert a value (PerReplica...)").
+STRATEGIES = (None, "mirrored")
 
 
 def distribution_strategy(name=None):
     """TensorFlow's distribution strategy `name`: None, one device (TensorFlow's default);
-    "mirrored", every GPU of this machine (MirroredStrategy; without a GPU, its CPU devices); "multi-worker", the machines that
-    the environment variable TF_CONFIG names (MultiWorkerMirroredStrategy). Build the model in
-    its `scope()`; Keras's `fit` then splits each batch across the replicas."""
+    "mirrored", every GPU of this machine (MirroredStrategy; without a GPU, its CPU devices).
+    Build the model in its `scope()`; Keras's `fit` then splits each batch across the devices."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
     if name == "mirrored":  # every GPU; without one, every CPU device (tests configure two)
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if name == "multi-worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
