@@ -6,7 +6,6 @@ for evaluation, and the training vocabulary built and saved as JSON.
 """
 import csv
 import hashlib
-import io
 import json
 import re
 import warnings
