@@ -126,6 +126,7 @@ def test_notebook_defaults_are_the_package_defaults():
 
 def test_notebook_04_shows_one_line_and_captions_per_epoch(executed):
     text = printed(executed["04_train_model"])
+    assert "training on one device: batches of 64 captions\n" in text  # STRATEGY = None
     epochs = [l for l in text.splitlines() if l.startswith("epoch ")]
     assert len(epochs) == len(utils.read_json(
         executed["workdir"] / "models" / "sample-inceptionv3" / "history.json"))
