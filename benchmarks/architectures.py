@@ -19,12 +19,12 @@ epochs). Last line: one JSON object, `architectures` holding one entry per archi
 """
 import json
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from our_recipe import arguments, notebook_defaults, score, summarise, train_ours  # noqa: E402
+from our_recipe import (arguments, notebook_defaults, record, score, summarise,  # noqa: E402
+                        train_ours)
 from shared_data import FEATURES, REPO, SharedData  # noqa: E402
 import utils  # noqa: E402
 
@@ -72,26 +72,24 @@ def main():
                     for name in utils.ARCHITECTURES[1:] for change, values in TUNING.items()}
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
-    names, features, raw = data.split("val")
+    names, _, raw = data.split("val")
     every_image = data.features  # train and dev: the speed of decoding many images
-    results, extra = {}, {}
+    results = {}
     for name, config in configs.items():
-        results[name], extra[name] = [], []
+        results[name] = []
         for seed in seeds if name in utils.ARCHITECTURES else seeds[:1]:
             with tempfile.TemporaryDirectory() as run_dir:
                 model, vocab, seconds, epochs = train_ours(data, config, seed, run_dir)
-            results[name].append({"seed": seed, "train_seconds": seconds, "epochs": epochs,
-                                  "scores": score(model, vocab, data, False, DECODINGS)})
-            extra[name].append({"parameters": model.count_params(), "captions_per_second": {
-                s.label: round(captions_per_second(model, vocab, every_image, s), 1)
-                for s in (DECODINGS[0], utils.DEFAULT_DECODING)}})
-            print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in
-                               results[name][-1]["scores"].items()}, file=sys.stderr)
+            record(results[name], name, seed, seconds, epochs,
+                   score(model, vocab, data, False, DECODINGS),
+                   parameters=model.count_params(), captions_per_second={
+                       s.label: round(captions_per_second(model, vocab, every_image, s), 1)
+                       for s in (DECODINGS[0], utils.DEFAULT_DECODING)})
     different = differences(results, dict(zip(names, raw)))
-    entries = {name: {"parameters": extra[name][0]["parameters"],
-                      "captions_per_second": {s: round(sum(e["captions_per_second"][s] for e in
-                                                           extra[name]) / len(extra[name]), 1)
-                                              for s in extra[name][0]["captions_per_second"]},
+    entries = {name: {"parameters": runs[0]["parameters"],
+                      "captions_per_second": {s: round(sum(r["captions_per_second"][s] for r in
+                                                           runs) / len(runs), 1)
+                                              for s in runs[0]["captions_per_second"]},
                       **summarise(runs),
                       "difference_from_merge": {label: d[name] for label, d in different.items()
                                                 if name in d}}

@@ -3,6 +3,7 @@
 notebook 05 evaluation of the dev split (the COCO evaluation, nltk's BLEU beside it)."""
 import argparse
 import ast
+import sys
 import time
 from pathlib import Path
 
@@ -79,3 +80,11 @@ def arguments(doc, results, tune_help):
     parser.add_argument("--tune", action="store_true", help=tune_help)
     parser.add_argument("--out", default=str(results), help="where every score is written")
     return parser
+
+
+def record(runs, name, seed, seconds, epochs, scores, **measured):
+    """One trained run's figures appended to `runs` (with anything else `measured`), and a line
+    of its BLEU-4 and CIDEr-D per decoding on stderr, so that a long benchmark shows progress."""
+    runs.append({"seed": seed, "train_seconds": seconds, "epochs": epochs, "scores": scores,
+                 **measured})
+    print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in scores.items()}, file=sys.stderr)

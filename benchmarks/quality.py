@@ -31,12 +31,12 @@ deviation over seeds of every score.
 """
 import json
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import seed_recipe  # noqa: E402
-from our_recipe import arguments, notebook_defaults, score, summarise, train_ours  # noqa: E402
+from our_recipe import (arguments, notebook_defaults, record, score, summarise,  # noqa: E402
+                        train_ours)
 from shared_data import FEATURES, REPO, SharedData  # noqa: E402
 import utils  # noqa: E402
 
@@ -114,15 +114,15 @@ def main():
         for seed in seeds:
             model, vocab, seconds, epochs = seed_recipe.train(data, seed, 3 if args.quick else None,
                                                               cleaning)
-            record(results[name], seed, seconds, epochs,
-                   score(model, vocab, data, cleaning["drop_one_letter"], BASELINE_DECODINGS), name)
+            record(results[name], name, seed, seconds, epochs,
+                   score(model, vocab, data, cleaning["drop_one_letter"], BASELINE_DECODINGS))
     for name, config in configs.items():
         results[name] = []
         for seed in seeds:
             with tempfile.TemporaryDirectory() as run_dir:
                 model, vocab, seconds, epochs = train_ours(data, config, seed, run_dir)
-            record(results[name], seed, seconds, epochs,
-                   score(model, vocab, data, config["drop_one_letter"], DECODINGS), name)
+            record(results[name], name, seed, seconds, epochs,
+                   score(model, vocab, data, config["drop_one_letter"], DECODINGS))
         if not args.quick:  # kept as it grows: a long run can be cut short
             utils.write_json(args.out, make_report(results, configs, data, args) | {"runs": results})
     report = make_report(results, configs, data, args)
@@ -131,11 +131,6 @@ def main():
     if not args.quick:
         utils.write_json(args.out, report | {"runs": results})
     print(json.dumps(report))
-
-
-def record(runs, seed, seconds, epochs, scores, name):
-    runs.append({"seed": seed, "train_seconds": seconds, "epochs": epochs, "scores": scores})
-    print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in scores.items()}, file=sys.stderr)
 
 
 def make_report(results, configs, data, args):

@@ -3,10 +3,10 @@
 Decoding is incremental: the trained model is split into its two halves, which share its weights.
 `encode_image` projects an image once and gives the LSTM's first state (the image itself for
 init-inject, the state after reading it for pre-inject); `step` takes one word and the LSTM state
-and returns the next-word log-probabilities and the new state. A caption of L words costs L steps, where the seed
-projects re-run the LSTM over every padded prefix (1 + 2 + ... + L steps) and call `predict` once
-per word and image. Every image of a batch, and every beam of every image, goes through one step
-together.
+and returns the next-word log-probabilities and the new state. A caption of L words costs L steps,
+where the seed projects re-run the LSTM over every padded prefix (1 + 2 + ... + L steps) and call
+`predict` once per word and image. Every image of a batch, and every beam of every image, goes
+through one step together.
 
 How to decode is one record, a `DecodingSetting` (beam width, length penalty, the rule against
 repeated n-grams); `DEFAULT_DECODING` is the one default of notebook 05, the app and the

@@ -24,9 +24,9 @@ from .files import portable_path, read_json, resolve_path, save_npy, write_json
 
 __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
            "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "DECODE_SIZE", "ImageError",
-           "decode_image", "load_image", "image_batches", "cache_dir", "find_feature_cache", "FeatureSource", "feature_source",
-           "load_features", "extract_features", "ExtractionSettings", "extraction_settings",
-           "encoder_speed"]
+           "decode_image", "load_image", "image_batches", "cache_dir", "find_feature_cache",
+           "FeatureSource", "feature_source", "load_features", "extract_features",
+           "ExtractionSettings", "extraction_settings", "encoder_speed"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,11 +40,11 @@ from .files import atomic_path, read_json, write_json
 
 __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "build_caption_model",
            "build_model", "compile_model", "model_parts", "architecture_of", "project_image",
-           "initial_state", "step_input", "predict_word", "prefix_model", "expand_prefixes", "draw_model", "SmoothedCaptionLoss",
-           "feature_statistics", "encode_captions", "caption_dataset", "batch_count",
-           "CaptionData", "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters",
-           "read_history", "check_training_state", "STRATEGIES", "distribution_strategy",
-           "train_caption_model"]
+           "initial_state", "step_input", "predict_word", "prefix_model", "expand_prefixes",
+           "draw_model", "SmoothedCaptionLoss", "feature_statistics", "encode_captions",
+           "caption_dataset", "batch_count", "CaptionData", "BestModelCheckpoint",
+           "RandomStateBackup", "ReplayedCounters", "read_history", "check_training_state",
+           "STRATEGIES", "distribution_strategy", "train_caption_model"]
 
 # Where the image enters the caption model (see above); merge is the default.
 ARCHITECTURES = ("merge", "init-inject", "pre-inject", "par-inject")
