@@ -82,6 +82,67 @@ def test_caption_dataset_buckets_by_length():
     assert sorted(seen) == list(range(200))  # every caption once per epoch
 
 
+def mapped(tmp_path, name, array):
+    """`array` saved as an .npy and memory-mapped, as the feature cache and encoded captions are."""
+    np.save(tmp_path / f"{name}.npy", array)
+    return np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+
+
+def test_memory_mapped_tables_stream_the_same_batches(tmp_path):
+    """A float16 cache and captions on disk, read in place batch by batch, give exactly the batches
+    of the same tables in memory, epoch after epoch; the pipeline's graph then holds only the files'
+    names, so its size does not grow with the tables (serialisable for tf.distribute at any size)."""
+    rng = np.random.default_rng(6)
+    tokens = np.zeros((300, 14), "int32")
+    for i, length in enumerate(rng.integers(3, 15, size=300)):
+        tokens[i, :length] = rng.integers(4, V, size=length)
+    features = rng.normal(size=(60, F)).astype("float16")
+    rows = rng.integers(0, 60, size=300).astype("int32")
+    on_disk = [mapped(tmp_path, n, a) for n, a in
+               (("features", features), ("rows", rows), ("tokens", tokens))]
+    in_memory = list(utils.caption_dataset(features, rows, tokens, 8, seed=4, epochs=(0, 2)))
+    streamed = list(utils.caption_dataset(*on_disk, 8, seed=4, epochs=(0, 2)))
+    assert len(streamed) == len(in_memory) == 2 * utils.batch_count(tokens, 8)
+    for a, b in zip(in_memory, streamed):
+        for x, y in zip(keras.tree.flatten(a), keras.tree.flatten(b)):
+            np.testing.assert_array_equal(x, y)
+    assert streamed[0][0][0].dtype == "float32"  # float16 on disk, float32 into the model
+    # The two epochs are two different orders of the same captions.
+    first = np.concatenate([b[1].numpy()[:, 0] for b in streamed[:len(streamed) // 2]])
+    second = np.concatenate([b[1].numpy()[:, 0] for b in streamed[len(streamed) // 2:]])
+    assert sorted(first) == sorted(second) and list(first) != list(second)
+
+    def graph_bytes(*tables):
+        return len(utils.caption_dataset(*tables, 8)._as_serialized_graph().numpy())
+
+    big = [mapped(tmp_path, f"big-{n}", np.resize(a, (100 * len(a), *a.shape[1:])))
+           for n, a in (("features", features), ("rows", rows), ("tokens", tokens))]
+    assert abs(graph_bytes(*big) - graph_bytes(*on_disk)) < 100  # names and sizes differ only
+    # The same tables held in memory are constants inside the graph, which grows with them.
+    assert graph_bytes(*(np.asarray(a) for a in big)) > 50 * graph_bytes(*big)
+
+
+def test_feature_statistics_read_in_chunks_equal_those_read_whole(tmp_path):
+    features = np.random.default_rng(7).normal(size=(90, 5)).astype("float16")
+    rows = np.random.default_rng(8).integers(0, 90, size=200)
+    whole = utils.feature_statistics(features, rows, chunk=1000)
+    chunked = utils.feature_statistics(mapped(tmp_path, "f", features), rows, chunk=7)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    unique = features[np.unique(rows)].astype("float64")
+    np.testing.assert_allclose(whole[1], unique.var(0), rtol=1e-10)
+
+
+def test_feature_rows_read_a_split_batch_by_batch(tmp_path):
+    table = mapped(tmp_path, "f", np.arange(40, dtype="float16").reshape(10, 4))
+    split = utils.FeatureRows(table, [7, 2, 5])
+    assert len(split) == 3
+    np.testing.assert_array_equal(split[:2], np.asarray(table, "float32")[[7, 2]])
+    assert split[:2].dtype == "float32"
+    reordered = split[np.array([2, 0, 1])]
+    np.testing.assert_array_equal(reordered[0:3], np.asarray(table, "float32")[[5, 7, 2]])
+
+
 @pytest.mark.parametrize("batch_size, bucket_width", [(8, 4), (7, 3), (16, 0), (200, 4)])
 def test_an_epoch_has_the_announced_number_of_batches(batch_size, bucket_width):
     rng = np.random.default_rng(2)
@@ -128,6 +189,28 @@ def test_label_smoothing_loss_matches_keras(tmp_path):
     assert utils.TrainingConfig().label_smoothing == 0.1
     model.save(tmp_path / "m.keras")
     assert keras.models.load_model(tmp_path / "m.keras").loss.smoothing == 0.1
+
+
+def test_training_from_files_on_disk_equals_training_from_memory(sample_training, tmp_path):
+    """Notebook 04's path: the float16 cache memory-mapped and the encoded captions written to
+    the run folder; the run gives the figures of the same tables held in memory."""
+    prepared, vocab, names, features = sample_training
+    cache = mapped(tmp_path, "features", features)
+    on_disk = utils.CaptionData.encode(prepared, vocab, names, cache, tmp_path / "captions")
+    assert isinstance(on_disk.train[1], np.memmap)
+    assert (tmp_path / "captions" / "train-tokens.npy").is_file()
+    in_memory = utils.CaptionData.encode(prepared, vocab, names, features)
+    np.testing.assert_array_equal(on_disk.val[1], in_memory.val[1])
+    training = utils.TrainingConfig(epochs=2, patience=2, **FAST_TRAINING)
+    histories = []
+    for data, run in ((in_memory, "memory"), (on_disk, "disk")):
+        model = utils.build_model(utils.ModelConfig(len(vocab), features.shape[1], units=32),
+                                  training, feature_stats=data.feature_statistics())
+        histories.append(utils.train_caption_model(model, data, tmp_path / run, training,
+                                                   verbose=0))
+    for a, b in zip(*histories):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
 
 
 def test_feature_statistics_floor_the_variance_and_count_each_image_once():

@@ -25,7 +25,7 @@ from .files import portable_path, read_json, resolve_path, save_npy, write_json
 __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
            "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "DECODE_SIZE", "ImageError",
            "decode_image", "load_image", "image_batches", "cache_dir", "find_feature_cache",
-           "FeatureSource", "feature_source", "load_features", "extract_features",
+           "FeatureSource", "feature_source", "load_features", "FeatureRows", "extract_features",
            "ExtractionSettings", "extraction_settings", "encoder_speed"]
 
 
@@ -302,6 +302,25 @@ def load_features(directory):
                                 "(run notebooks/02_extract_features.ipynb first)")
     names = read_json(directory / "names.json")
     return names, np.load(directory / "features.npy", mmap_mode="r")
+
+
+class FeatureRows:
+    """The feature vectors of some rows of a table, read only when sliced: a split of a
+    memory-mapped cache is decoded batch by batch, never copied whole.
+
+    `rows[a:b]` gives those vectors as float32; indexing with an array of positions gives the
+    rows reordered (a shuffled control), still unread."""
+
+    def __init__(self, table, rows):
+        self.table, self.rows = table, np.asarray(rows, "int64")
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return np.asarray(self.table[self.rows[index]], "float32")
+        return FeatureRows(self.table, self.rows[index])
 
 
 def extract_features(images_dir, names, directory, encoder="inceptionv3", weights="imagenet",

@@ -24,6 +24,7 @@ A model is described by a `ModelConfig` and trained by a `TrainingConfig`: both 
 run's record (`utils.runs`) and a model is rebuilt from them, as nanoGPT rebuilds `GPTConfig`.
 """
 import csv
+import mmap
 import shutil
 import types
 import warnings
@@ -36,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from .files import atomic_path, read_json, write_json
+from .files import atomic_path, read_json, save_npy, write_json
 
 __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "build_caption_model",
            "build_model", "compile_model", "model_parts", "architecture_of", "project_image",
@@ -298,29 +299,75 @@ def compile_model(model, training=TrainingConfig()):
     return model
 
 
-def feature_statistics(features, rows):
+def feature_statistics(features, rows, chunk=4096):
     """Mean and variance of the feature vectors `rows` (each image counted once, however many
     captions it has) for the model's Normalization layer. Variances are floored so that a
-    dimension constant in training cannot explode on a new image."""
-    features = np.asarray(features[np.unique(rows)], dtype="float64")
-    variance = features.var(0)
-    return features.mean(0), np.maximum(variance, 0.01 * variance.mean() + 1e-12)
+    dimension constant in training cannot explode on a new image. The table is read `chunk` rows
+    at a time, twice (mean, then variance): a memory-mapped cache is never read whole."""
+    rows = np.unique(rows)
+    chunks = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
+    mean = sum(np.asarray(features[c], "float64").sum(0) for c in chunks) / len(rows)
+    variance = sum(((np.asarray(features[c], "float64") - mean) ** 2).sum(0)
+                   for c in chunks) / len(rows)
+    return mean, np.maximum(variance, 0.01 * variance.mean() + 1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
 # Data: tf.data from cached features and encoded captions
 # ---------------------------------------------------------------------------------------------
 
-def encode_captions(prepared, vocab, split, feature_names):
+def encode_captions(prepared, vocab, split, feature_names, directory=None):
     """(image row [M], tokens [M, vocab.sequence_length]) for every caption of `split` whose image
-    has features; captions of images without features (skipped as unreadable) are left out."""
+    has features; captions of images without features (skipped as unreadable) are left out.
+    With `directory`, both are written there (`<split>-rows.npy`, `<split>-tokens.npy`,
+    atomically) and returned memory-mapped, for training to stream them."""
     row = {name: i for i, name in enumerate(feature_names)}
     pairs = [(row[name], vocab.encode(caption)) for name in prepared.names(split) if name in row
              for caption in prepared.images[name]["captions"]]
     tokens = np.zeros((len(pairs), vocab.sequence_length), "int32")
     for i, (_, ids) in enumerate(pairs):
         tokens[i, :len(ids)] = ids
-    return np.array([r for r, _ in pairs], "int32"), tokens
+    rows = np.array([r for r, _ in pairs], "int32")
+    if directory is None:
+        return rows, tokens
+    paths = (Path(directory) / f"{split}-rows.npy", Path(directory) / f"{split}-tokens.npy")
+    for path, array in zip(paths, (rows, tokens)):
+        save_npy(path, array)
+    return tuple(np.load(path, mmap_mode="r") for path in paths)
+
+
+class _GraphTable:
+    """A table (2-D, or 1-D) as tf.data reads it, a few rows at a time.
+
+    A memory-mapped `.npy` (a feature cache, encoded captions on disk) is read in place through
+    TensorFlow's ImmutableConst, which maps the file: its pages belong to the page cache, not to
+    the process, and the pipeline's graph holds only the file's name, so it stays small enough to
+    serialise (tf.distribute, the tf.data service) whatever the table's size. An array in memory
+    (tests, an external `.npz`) becomes a constant. Either way rows are gathered inside the graph:
+    no Python, no `py_function`, no lock held while reading.
+    """
+
+    def __init__(self, array):
+        self.shape, self.dtype = array.shape, tf.as_dtype(array.dtype)
+        self.width = int(np.prod(array.shape[1:], dtype="int64"))
+        # Only a whole mapped file is read in place: a view of one has its parent's offset.
+        self.path = str(array.filename) if isinstance(array, np.memmap) and isinstance(
+            array.base, mmap.mmap) and array.flags.c_contiguous else None
+        if self.path is not None:
+            self.start = array.offset // array.itemsize  # the .npy header, in elements
+            self.size = self.start + array.size
+        else:
+            self.constant = tf.constant(np.ascontiguousarray(array))
+
+    def gather(self, rows):
+        """table[rows], inside a tf.data function."""
+        if self.path is None:
+            return tf.gather(self.constant, rows)
+        flat = tf.raw_ops.ImmutableConst(dtype=self.dtype, shape=[self.size],
+                                         memory_region_name=self.path)
+        index = (self.start + tf.cast(rows, tf.int64)[:, None] * self.width
+                 + tf.range(self.width, dtype=tf.int64))                        # (B, width)
+        return tf.reshape(tf.gather(flat, index), [-1, *self.shape[1:]])        # (B, ...)
 
 
 def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0, bucket_width=4,
@@ -334,20 +381,22 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
     `epochs` = (first, end): the batches of those epochs one after another, each epoch's order
     drawn from (seed, epoch) alone, so that a run resumed at epoch k sees what an uninterrupted
     run would (fit it with steps_per_epoch=batch_count(...)).
+
+    `features`, `rows` and `tokens` may be memory-mapped (`np.load(..., mmap_mode="r")`): they
+    are then read batch by batch, and memory grows with the batch, not with the dataset.
     """
-    table = tf.constant(np.asarray(features, dtype="float32"))
-    rows, tokens_table = tf.constant(rows), tf.constant(tokens)
+    table, rows_table, tokens_table = map(_GraphTable, (features, rows, tokens))
+    count = len(tokens)
+    boundaries = _bucket_boundaries(tokens, bucket_width) if bucket_width else None
 
     def one_epoch(epoch):
-        order = tf.range(len(tokens))
-        if shuffle:
-            order = tf.random.experimental.stateless_shuffle(
-                order, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        data = tf.data.Dataset.from_tensor_slices((tf.gather(rows, order),
-                                                   tf.gather(tokens_table, order)))
+        order = tf.data.Dataset.range(count).batch(4096)
+        if shuffle:  # a permutation computed index by index: nothing of the dataset's size
+            order = order.map(lambda i: tf.random.experimental.index_shuffle(
+                i, tf.stack([tf.constant(seed, tf.int64), epoch]), count - 1))
+        data = order.map(lambda i: (rows_table.gather(i), tokens_table.gather(i))).unbatch()
         if not bucket_width:
             return data.batch(batch_size)
-        boundaries = _bucket_boundaries(tokens, bucket_width)
         return data.bucket_by_sequence_length(
             lambda row, caption: tf.reduce_sum(tf.cast(caption > 0, tf.int32)),
             boundaries, [batch_size] * (len(boundaries) + 1))
@@ -355,7 +404,8 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
     def to_inputs(row, caption):
         length = tf.reduce_max(tf.reduce_sum(tf.cast(caption > 0, tf.int32), axis=1))
         caption = caption[:, :length]
-        return (tf.gather(table, row), caption[:, :-1]), caption[:, 1:]
+        image = tf.cast(table.gather(row), tf.float32)                           # (B, F)
+        return (image, caption[:, :-1]), caption[:, 1:]
 
     first, end = epochs
     batches = (tf.data.Dataset.range(first, end).flat_map(one_epoch)
@@ -376,22 +426,25 @@ def batch_count(tokens, batch_size, bucket_width=4):
     if not bucket_width:
         return -(-len(tokens) // batch_size)
     # tf.data puts a caption of length L in the bucket of the boundaries <= L.
-    buckets = np.searchsorted(_bucket_boundaries(tokens, bucket_width), (tokens > 0).sum(1),
-                              side="right")
+    lengths = np.concatenate([(tokens[i:i + 65536] > 0).sum(1)  # a mapped table, in pieces
+                              for i in range(0, len(tokens), 65536)] or [[]])
+    buckets = np.searchsorted(_bucket_boundaries(tokens, bucket_width), lengths, side="right")
     return int(sum(-(-n // batch_size) for n in np.bincount(buckets) if n))
 
 
 @dataclass
 class CaptionData:
-    """The train and val captions of a dataset, encoded, with the feature table they index."""
-    features: np.ndarray  # [images, F] float32
+    """The train and val captions of a dataset, encoded, with the feature table they index (as
+    given: a memory-mapped cache stays on disk, and training streams it)."""
+    features: np.ndarray  # [images, F]
     train: tuple          # (image rows [M], tokens [M, T])
     val: tuple
 
     @classmethod
-    def encode(cls, prepared, vocab, names, features):
-        return cls(np.asarray(features, "float32"),
-                   *(encode_captions(prepared, vocab, split, names) for split in ("train", "val")))
+    def encode(cls, prepared, vocab, names, features, directory=None):
+        """With `directory`, the encoded captions are written there and memory-mapped."""
+        return cls(features, *(encode_captions(prepared, vocab, split, names, directory)
+                               for split in ("train", "val")))
 
     def counts(self):
         """Images and captions per split, as the run record keeps them."""
