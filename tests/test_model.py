@@ -122,6 +122,19 @@ def test_memory_mapped_tables_stream_the_same_batches(tmp_path):
     assert graph_bytes(*(np.asarray(a) for a in big)) > 50 * graph_bytes(*big)
 
 
+def test_grids_of_positions_stream_too(tmp_path):
+    """A table of grids (images x positions x values, as an attention model reads) streams as a
+    table of vectors does: each batch gets its images' whole grids."""
+    grids = np.random.default_rng(9).normal(size=(20, 9, 4)).astype("float16")  # 3x3 positions
+    rows = np.arange(40, dtype="int32") % 20
+    tokens = random_captions(40, 8)
+    for (image, _), _ in utils.caption_dataset(mapped(tmp_path, "grids", grids), rows, tokens, 8,
+                                               shuffle=False, bucket_width=0):
+        assert image.shape[1:] == (9, 4)
+        np.testing.assert_array_equal(image.numpy(), grids[rows[:8]].astype("float32"))
+        break
+
+
 def test_feature_statistics_read_in_chunks_equal_those_read_whole(tmp_path):
     features = np.random.default_rng(7).normal(size=(90, 5)).astype("float16")
     rows = np.random.default_rng(8).integers(0, 90, size=200)
