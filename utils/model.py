@@ -47,6 +47,9 @@ __all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "bui
            "RandomStateBackup", "ReplayedCounters", "read_history", "check_training_state",
            "STRATEGIES", "distribution_strategy", "train_caption_model"]
 
+# Rows of a table read at a time where it may be memory-mapped (feature statistics, caption
+# lengths, each epoch's permutation): memory follows this, not the table's size.
+PIECE_ROWS = 4096
 # Where the image enters the caption model (see above); merge is the default.
 ARCHITECTURES = ("merge", "init-inject", "pre-inject", "par-inject")
 
@@ -299,7 +302,7 @@ def compile_model(model, training=TrainingConfig()):
     return model
 
 
-def feature_statistics(features, rows, chunk=4096):
+def feature_statistics(features, rows, chunk=PIECE_ROWS):
     """Mean and variance of the feature vectors `rows` (each image counted once, however many
     captions it has) for the model's Normalization layer. Variances are floored so that a
     dimension constant in training cannot explode on a new image. The table is read `chunk` rows
@@ -390,7 +393,7 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
     boundaries = _bucket_boundaries(tokens, bucket_width) if bucket_width else None
 
     def one_epoch(epoch):
-        order = tf.data.Dataset.range(count).batch(4096)
+        order = tf.data.Dataset.range(count).batch(PIECE_ROWS)
         if shuffle:  # a permutation computed index by index: nothing of the dataset's size
             order = order.map(lambda i: tf.random.experimental.index_shuffle(
                 i, tf.stack([tf.constant(seed, tf.int64), epoch]), count - 1))
@@ -421,14 +424,19 @@ def _bucket_boundaries(tokens, bucket_width):
     return list(range(bucket_width + 1, tokens.shape[1] + 1, bucket_width))
 
 
+def _caption_lengths(tokens):
+    """Real tokens per caption, PIECE_ROWS captions at a time (the table may be mapped)."""
+    return np.concatenate([np.zeros(0, "int64")] + [(tokens[i:i + PIECE_ROWS] > 0).sum(1)
+                                                    for i in range(0, len(tokens), PIECE_ROWS)])
+
+
 def batch_count(tokens, batch_size, bucket_width=4):
     """How many batches `caption_dataset` makes of `tokens` per epoch."""
     if not bucket_width:
         return -(-len(tokens) // batch_size)
     # tf.data puts a caption of length L in the bucket of the boundaries <= L.
-    lengths = np.concatenate([(tokens[i:i + 65536] > 0).sum(1)  # a mapped table, in pieces
-                              for i in range(0, len(tokens), 65536)] or [[]])
-    buckets = np.searchsorted(_bucket_boundaries(tokens, bucket_width), lengths, side="right")
+    buckets = np.searchsorted(_bucket_boundaries(tokens, bucket_width), _caption_lengths(tokens),
+                              side="right")
     return int(sum(-(-n // batch_size) for n in np.bincount(buckets) if n))
 
 
