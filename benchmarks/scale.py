@@ -87,7 +87,7 @@ print(json.dumps({"peak_rss_anon_mb": round(peak[0] / 1024, 1), "train_seconds":
 def write_dataset(folder, images, seed=0):
     """A synthetic feature cache and encoded captions of `images` images, written in pieces."""
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "tokens.npy").is_file():
+    if (folder / "written").is_file():  # written last: an interrupted write is made anew
         return
     rng = np.random.default_rng(seed)
     features = np.lib.format.open_memmap(folder / "features.npy", "w+", "float16",
@@ -108,6 +108,7 @@ def write_dataset(folder, images, seed=0):
         block[np.arange(n), lengths - 1] = 3         # <end>
         tokens[start:start + n] = block
     tokens.flush()
+    (folder / "written").touch()
 
 
 def train(folder, steps, warmup, how="mapped", strategy="none"):
