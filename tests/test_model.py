@@ -122,6 +122,62 @@ def test_memory_mapped_tables_stream_the_same_batches(tmp_path):
     assert graph_bytes(*(np.asarray(a) for a in big)) > 50 * graph_bytes(*big)
 
 
+# A fresh process (TensorFlow's config is fixed once it starts) that reads batches from a mapped
+# table and prints its peak anonymous memory above the start (the file's pages are the page
+# cache's) and the warnings it gave; argv: the table, "tensorflow-first" to run TensorFlow before utils.model.
+READ_MAPPED = """
+import sys, threading, time, warnings
+def anonymous_kb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status")
+                if line.startswith("RssAnon:"))
+peak = [0]
+def sample():
+    while True:
+        peak[0] = max(peak[0], anonymous_kb())
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
+import numpy as np
+if sys.argv[2] == "tensorflow-first":
+    import tensorflow as tf
+    tf.constant(1) + 1
+import utils.model
+table = np.load(sys.argv[1], mmap_mode="r")
+rows = np.arange(len(table), dtype="int32")
+tokens = np.full((len(table), 6), 4, "int32")
+time.sleep(0.1)
+start = peak[0]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for batch in utils.model.caption_dataset(table, rows, tokens, 64).take(20):
+        pass
+time.sleep(0.1)
+print((peak[0] - start) // 1024, len([w for w in caught if "copied into memory" in str(w.message)]))
+"""
+
+
+def test_a_mapped_table_is_never_copied_whole(tmp_path):
+    """Reading batches of a 512 MB mapped feature table costs the process far less than the table
+    (the classic constant folding that would copy it once is off); where TensorFlow has started
+    before utils.model could turn it off, reading a mapped table says it will be copied."""
+    import subprocess
+    import sys
+    table = np.lib.format.open_memmap(tmp_path / "features.npy", "w+", "float16", (131072, 2048))
+    table[:] = 1
+    table.flush()
+    del table
+
+    def read(order):
+        done = subprocess.run([sys.executable, "-c", READ_MAPPED, str(tmp_path / "features.npy"),
+                               order], capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).parents[1], check=True)
+        grown_mb, warned = map(int, done.stdout.split())
+        return grown_mb, warned
+
+    grown_mb, warned = read("utils-first")
+    assert grown_mb < 128 and warned == 0, grown_mb  # the table: 512 MB
+    assert read("tensorflow-first")[1] == 1
+
+
 def test_grids_of_positions_stream_too(tmp_path):
     """A table of grids (images x positions x values, as an attention model reads) streams as a
     table of vectors does: each batch gets its images' whole grids."""
