@@ -38,12 +38,12 @@ def caption_grid(panels, columns=3, width=10):
     return fig
 
 
-def attention_figure(image, words, maps, columns=5, width=10):
+def attention_figure(image, words, maps, columns=5, width=10, title=None):
     """Each word of a caption over the photo, with where the model looked to say it: its
     attention map (weights over a square grid of positions, row-major), upsampled to the photo
     and blended over it, one small panel a word, as the TensorFlow tutorial plots them.
     `image`: RGB [H, W, 3] uint8; `words`: the caption's words and "<end>"; `maps`: [len(words),
-    positions], each row summing to one."""
+    positions], each row summing to one; `title` above them all."""
     import matplotlib.pyplot as plt
     import numpy as np
     from PIL import Image
@@ -54,7 +54,8 @@ def attention_figure(image, words, maps, columns=5, width=10):
         raise ValueError(f"{len(words)} words and maps {maps.shape}: one map a word, each over a "
                          "square grid of positions")
     rows = -(-len(words) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.3 * rows + 0.4 * bool(title)),
+                             squeeze=False, layout="constrained")  # room for the title too
     for ax in axes.ravel():
         ax.axis("off")
     height, breadth = image.shape[:2]
@@ -65,5 +66,6 @@ def attention_figure(image, words, maps, columns=5, width=10):
         ax.imshow(np.asarray(grid.resize((breadth, height), Image.BILINEAR)), cmap="gray",
                   alpha=0.6, vmin=0, vmax=1)
         ax.set_title(word, fontsize=12)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=14)
     return fig
