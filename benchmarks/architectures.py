@@ -104,7 +104,7 @@ def main():
     # Against merge's runs, when there are some (`--quick --architectures` may have none).
     different = differences(results, dict(zip(names, raw))) if "merge" in results else {
         s.label: {"missing": None} for s in DECODINGS}
-    entries = {name: {"parameters": runs[0]["parameters"],
+    entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
                       "captions_per_second": {s: round(sum(r["captions_per_second"][s] for r in
                                                            runs) / len(runs), 1)
                                               for s in runs[0]["captions_per_second"]},
