@@ -1,7 +1,8 @@
 """Caption your own photos in the browser:  streamlit run app.py
 
 Upload photos (or give a URL), choose one or more trained runs from models/ and a decoding, and
-read each run's caption beside each photo. A run is loaded once (model, vocabulary and the encoder
+read each run's caption beside each photo (for an attention run, with where it looked for each
+word). A run is loaded once (model, vocabulary and the encoder
 that made its training features) and kept for every later request; each photo goes through that
 encoder with the same `utils.load_image` and `utils.preprocess` as the training features.
 `CAPTIONING_MODELS_DIR` points the app at another folder of runs. An image address is fetched
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import matplotlib.pyplot as plt
 import streamlit as st
 from PIL import Image
 
@@ -120,12 +122,20 @@ def main():
         picture.image(preview / 255.0, caption=image_name)
         for column, (run, captioner) in zip(columns, captioners.items()):
             start = time.perf_counter()
-            caption = utils.caption_image(captioner, decoded, setting)
+            attends = captioner.decoder.attends  # an attention run also says where it looked
+            caption = utils.caption_image(captioner, decoded, setting, attention=attends)
+            caption, maps = caption if attends else (caption, None)
             column.markdown(f"**{run}**")
             column.subheader(caption)
             column.caption(f"{setting.label}; {1000 * (time.perf_counter() - start):.0f} ms")
             if captioner.config.dataset == "sample":
                 column.warning(utils.SAMPLE_RUN_WARNING)
+            if attends:
+                with column.expander("Where it looked, word by word"):
+                    figure = utils.attention_figure(utils.load_image(decoded, 256).astype("uint8"),
+                                                    [*caption.split(), "<end>"], maps, columns=3)
+                    st.pyplot(figure)
+                    plt.close(figure)
 
 
 main()

@@ -1,15 +1,19 @@
-"""Where to put the image: merge and the three injects side by side on real photos.
+"""Where to put the image: merge, the three injects and attention side by side on real photos.
 
-    python benchmarks/architectures.py [--quick] [--seeds N] [--tune]
+    python benchmarks/architectures.py [--quick] [--seeds N] [--tune] [--architectures NAME ...]
 
 Tanti, Gatt and Camilleri's comparison ("Where to put the image in an image caption generator",
 2018), with our defaults (the notebooks' `parameters` cells) and only ARCHITECTURE changed: each
 architecture trains on the 753 official train images of the shared Flickr8k subset, from their
 real ImageNet features, picks its best epoch by validation loss on the 113 dev images, and is
 scored on those dev images by the COCO evaluation (nltk's BLEU beside it), decoded greedily, with
-beam 3 as the paper decodes, and with our default decoding. Each inject's difference from merge
-comes with a paired bootstrap interval over the dev images (utils.compare_statistics: images
-resampled, every seed averaged).
+beam 3 as the paper decodes, and with our default decoding. Each architecture's difference from
+merge comes with a paired bootstrap interval over the dev images (utils.compare_statistics:
+images resampled, every seed averaged). Attention (Xu et al. 2015) reads the same network's 7x7
+grids of the same photos (shared_data.GRIDS), whose mean is the others' pooled vector.
+
+`--architectures` trains only those; the stored runs of the others (in `--out`) are kept and the
+report is made from all of them, so one architecture can be added without retraining the rest.
 
 `--tune` also trains each inject with one change of its obvious knobs (TUNING: the units, the
 dropout, the learning rate): one round, on dev, with the first seed only (a screen: a variant
@@ -25,7 +29,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from our_recipe import (arguments, notebook_defaults, record, score, summarise,  # noqa: E402
                         train_ours)
-from shared_data import FEATURES, REPO, SharedData  # noqa: E402
+from shared_data import FEATURES, GRIDS, REPO, SharedData  # noqa: E402
 import utils  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "architectures.json"
@@ -63,20 +67,32 @@ def differences(results, references, baseline="merge"):
 
 def main():
     parser = arguments(__doc__, RESULTS, "also the tuning round of the injects")
+    parser.add_argument("--architectures", nargs="+", choices=utils.ARCHITECTURES,
+                        help="train only these; the others' runs are read from --out")
     args = parser.parse_args()
     seeds = range(1 if args.quick else args.seeds)
-    data, default = SharedData(), notebook_defaults()
+    pooled, default = SharedData(), notebook_defaults()
+    grids = SharedData(grid=True) if set(args.architectures or utils.ARCHITECTURES) & set(
+        utils.GRID_ARCHITECTURES) else None
     configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES}
     if args.tune:
         configs |= {f"{name}, {change}": default | {"architecture": name} | values
-                    for name in utils.ARCHITECTURES[1:] for change, values in TUNING.items()}
+                    for name in ("init-inject", "pre-inject", "par-inject")
+                    for change, values in TUNING.items()}
+    if args.architectures:
+        configs = {k: c for k, c in configs.items() if c["architecture"] in args.architectures}
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
-    names, _, raw = data.split("val")
-    every_image = data.features  # train and dev: the speed of decoding many images
-    results = {}
+    names, _, raw = pooled.split("val")
+    stored = utils.read_json(args.out) if args.architectures and not args.quick else {}
+    if stored and stored["seeds"] != len(seeds):
+        parser.error(f"{args.out} holds runs of {stored['seeds']} seeds: give --seeds "
+                     f"{stored['seeds']}")
+    results = {k: v for k, v in stored.get("runs", {}).items() if k not in configs}
     for name, config in configs.items():
         results[name] = []
+        data = grids if config["architecture"] in utils.GRID_ARCHITECTURES else pooled
+        every_image = data.features  # train and dev: the speed of decoding many images
         for seed in seeds if name in utils.ARCHITECTURES else seeds[:1]:
             with tempfile.TemporaryDirectory() as run_dir:
                 model, vocab, seconds, epochs = train_ours(data, config, seed, run_dir)
@@ -85,8 +101,10 @@ def main():
                    parameters=model.count_params(), captions_per_second={
                        s.label: round(captions_per_second(model, vocab, every_image, s), 1)
                        for s in (DECODINGS[0], utils.DEFAULT_DECODING)})
-    different = differences(results, dict(zip(names, raw)))
-    entries = {name: {"parameters": runs[0]["parameters"],
+    # Against merge's runs, when there are some (`--quick --architectures` may have none).
+    different = differences(results, dict(zip(names, raw))) if "merge" in results else {
+        s.label: {"missing": None} for s in DECODINGS}
+    entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
                       "captions_per_second": {s: round(sum(r["captions_per_second"][s] for r in
                                                            runs) / len(runs), 1)
                                               for s in runs[0]["captions_per_second"]},
@@ -95,14 +113,17 @@ def main():
                                                 if name in d}}
                for name, runs in results.items()}
     report = {
-        "architectures": {name: entries[name] for name in utils.ARCHITECTURES},
+        "architectures": {name: entries[name] for name in utils.ARCHITECTURES if name in entries},
         "tuning": {name: entry for name, entry in entries.items()
                    if name not in utils.ARCHITECTURES},
         "missing": different[DECODINGS[0].label]["missing"],
         "settings": {"defaults": default, "decodings": [s.label for s in DECODINGS],
-                     "tuning": TUNING if args.tune else None},
-        "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",
-                 "train_images": len(data.prepared(False).names("train")),
+                     "tuning": TUNING if args.tune or stored.get("settings", {}).get("tuning")
+                     else None},
+        "data": {"features": f"{FEATURES.name} ({pooled.features.shape[1]}-d); attention: "
+                             f"{GRIDS.name} ({'x'.join(map(str, grids.features.shape[1:]))})"
+                             if grids else f"{FEATURES.name} ({pooled.features.shape[1]}-d)",
+                 "train_images": len(pooled.prepared(False).names("train")),
                  "dev_images": len(names)},
         "seeds": len(seeds), "quick": args.quick}
     if not args.quick:

@@ -14,7 +14,9 @@ import papermill
 from shared_data import REPO
 import utils
 
-MODEL_FIELDS = set(utils.ModelConfig.__dataclass_fields__) - {"vocab_size", "feature_dim"}
+# What the notebooks set of a model; the rest comes from the data (sizes, a grid's positions).
+MODEL_FIELDS = set(utils.ModelConfig.__dataclass_fields__) - {"vocab_size", "feature_dim",
+                                                               "positions"}
 TRAINING_FIELDS = set(utils.TrainingConfig.__dataclass_fields__) - {"seed"}
 SCORES = (*utils.COMPARED_SCORES, "nltk_bleu4")  # summarised over seeds
 
@@ -35,7 +37,9 @@ def notebook_defaults():
 def train_ours(shared, config, seed, run_dir):
     """The notebook 04 path: returns (best model, vocabulary, training seconds, epochs run)."""
     vocab, data = shared.captions(config["min_count"], config["drop_one_letter"])
-    model_config = utils.ModelConfig(len(vocab), data.features.shape[1],
+    grid = data.features.ndim == 3  # [images, positions, dim]: SharedData(grid=True)
+    model_config = utils.ModelConfig(len(vocab), data.features.shape[-1],
+                                     positions=data.features.shape[1] if grid else None,
                                      **{f: config[f] for f in MODEL_FIELDS})
     training = utils.TrainingConfig(seed=seed, **{f: config[f] for f in TRAINING_FIELDS})
     embedding = shared.embedding(vocab, seed) if config["glove"] else None

@@ -13,6 +13,8 @@ import utils  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "flickr8k"
 FEATURES = SHARED / "features" / "efficientnet_lite0_imagenet.npz"
+# The same network's 7x7 grids of the same photos (their mean is the pooled vector), for attention.
+GRIDS = SHARED / "features" / "efficientnet_lite0_spatial.npz"
 
 
 def shared_dir():
@@ -24,10 +26,12 @@ def shared_dir():
 
 
 class SharedData:
-    """The shared subset's features and captions, each prepared once per cleaning option."""
+    """The shared subset's features (with `grid`, its grids of positions) and captions, each
+    prepared once per cleaning option."""
 
-    def __init__(self):
-        self.names, features = utils.load_features(shared_dir() / "features" / FEATURES.name)
+    def __init__(self, grid=False):
+        self.names, features = utils.load_features(
+            shared_dir() / "features" / (GRIDS if grid else FEATURES).name, grid=grid)
         self.features = np.asarray(features, "float32")
         self.images_dir, self.captions_file, self.split_files = utils.find_dataset_files(SHARED)
         self._prepared, self._glove = {}, None

@@ -47,19 +47,43 @@ def sample_training(sample_root, tmp_path_factory):
     return prepared, vocab, names, np.asarray(features, "float32")
 
 
+# The attention model's tests read InceptionV3's grid at 139x139: 3x3 positions, the smallest
+# input with more than one (at 75x75, the smallest it takes, the grid is 1x1).
+GRID_INPUT_SIZE = 139
+
+
+@pytest.fixture(scope="session")
+def sample_grid_training(sample_training, sample_root, tmp_path_factory):
+    """As sample_training, but the features are grids [images, 9, 2048] (random InceptionV3 at
+    GRID_INPUT_SIZE), read from a cache extracted with `grid=True`."""
+    import numpy as np
+
+    import utils
+
+    prepared, vocab, _, _ = sample_training
+    cache = tmp_path_factory.mktemp("grids")
+    utils.extract_features(utils.find_dataset_files(sample_root)[0], sorted(prepared.images),
+                           cache, "inceptionv3", None, GRID_INPUT_SIZE, grid=True)
+    names, grids = utils.load_features(cache, grid=True)
+    return prepared, vocab, names, np.asarray(grids, "float32")
+
+
 def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8, architecture="merge"):
-    """A small real run on the sample's shapes (random InceptionV3 at 75x75, so a photo can be
-    encoded again), saved as notebook 04 saves one: record, vocabulary, best model, history."""
+    """A small real run on the sample's shapes (random InceptionV3 at 75x75, or for attention at
+    GRID_INPUT_SIZE with sample_grid_training's grids, so a photo can be encoded again), saved as
+    notebook 04 saves one: record, vocabulary, best model, history."""
     import utils
 
     prepared, vocab, names, features = sample_training
+    grid = architecture in utils.GRID_ARCHITECTURES
     data = utils.CaptionData.encode(prepared, vocab, names, features)
     config = utils.RunConfig(
         dataset="sample", vocabulary=vocab.fingerprint, embedding={}, data=data.counts(),
-        features=utils.FeatureSource("cache", "sample features", features.shape[1], "inceptionv3",
-                                     "random", 75),
-        model=utils.ModelConfig(len(vocab), features.shape[1], architecture, units=units,
-                                dropout=0.2, train_embedding=False),
+        features=utils.FeatureSource("cache", "sample features", features.shape[-1],
+                                     "inceptionv3", "random", GRID_INPUT_SIZE if grid else 75),
+        model=utils.ModelConfig(len(vocab), features.shape[-1], architecture, units=units,
+                                dropout=0.2, train_embedding=False,
+                                positions=features.shape[1] if grid else None),
         training=utils.TrainingConfig(epochs=epochs, patience=epochs, seed=seed,
                                       learning_rate=3e-3, label_smoothing=0.0))
     model = utils.build_model(config.model, config.training,

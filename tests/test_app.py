@@ -250,3 +250,18 @@ def test_a_broken_run_folder_does_not_take_the_page_down(monkeypatch, models_dir
                "missing field 'training'" in e for e in errors)
     assert any(e.startswith("Run garbage-model cannot caption new photos (") for e in errors)
     assert [h.value for h in at.subheader] == [expected_caption(tmp_path / "good", photo)]
+
+
+def test_an_attention_run_shows_where_it_looked(monkeypatch, sample_grid_training, sample_root,
+                                                tmp_path):
+    """A run of the attention model captions as the others do, and below its caption, in an
+    expander, draws each word's attention map over the photo."""
+    run = train_sample_run(tmp_path / "models" / "shapes-attention", sample_grid_training,
+                           epochs=2, architecture="attention")
+    at = app(monkeypatch, tmp_path / "models")
+    photo = sorted((sample_root / "Images").iterdir())[0]
+    at.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
+    assert not at.exception and not at.error
+    assert [s.value for s in at.subheader] == [expected_caption(run, photo)]
+    assert [e.label for e in at.expander] == ["Where it looked, word by word"]
+    assert len(at.expander[0].get("image")) == 1  # the figure of the word-by-word maps

@@ -12,39 +12,56 @@ import utils
 EVERY_ARCHITECTURE = pytest.mark.parametrize("architecture", utils.ARCHITECTURES)
 
 
+# The attention model's grids in these tests: 3x3 positions (a 1x1 grid would make attending
+# trivial: every weight 1).
+POSITIONS = 9
+
+
 def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0, architecture="merge"):
     """A decoder over a randomly initialised model, sharp enough that captions differ."""
     keras.utils.set_random_seed(seed)
     words = [*utils.SPECIAL_TOKENS, *(f"w{i}" for i in range(n_words))]
     vocab = utils.Vocabulary(words, max_length)
     model = utils.build_caption_model(utils.ModelConfig(
-        len(vocab), feature_dim, architecture, embedding_dim=5, units=units))
+        len(vocab), feature_dim, architecture, embedding_dim=5, units=units,
+        positions=POSITIONS if architecture in utils.GRID_ARCHITECTURES else None))
     for layer in ("decoder", "next_word"):  # larger logits than the initialisation gives
         weights = model.get_layer(layer).get_weights()
         model.get_layer(layer).set_weights([weights[0] * 4, weights[1]])
+    if architecture in utils.GRID_ARCHITECTURES:  # sharper attention, so that positions differ
+        score = model.get_layer("attention_lstm").score
+        score.set_weights([score.get_weights()[0] * 8, score.get_weights()[1]])
     return model, utils.CaptionDecoder(model, vocab)
 
 
-def features(n, dim=6, seed=1):
-    return np.random.default_rng(seed).normal(size=(n, dim)).astype("float32")
+def features(n, dim=6, seed=1, architecture="merge"):
+    """Feature vectors, or for an attention model grids [n, POSITIONS, dim]."""
+    shape = (n, POSITIONS, dim) if architecture in utils.GRID_ARCHITECTURES else (n, dim)
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
 @EVERY_ARCHITECTURE
 def test_step_gives_the_full_models_probabilities(architecture):
     model, decoder = random_decoder(20, 10, architecture=architecture)
-    images = features(3)
+    images = features(3, architecture=architecture)
     tokens = np.random.default_rng(2).integers(2, 24, size=(3, 7)).astype("int32")
     full = np.log(model.predict([images, tokens], verbose=0))
-    projection, h, c = decoder.start(images)
+    context, state = decoder.start(images)
     for t in range(tokens.shape[1]):
-        log_probs, h, c = decoder.step(projection, tokens[:, t], h, c)
+        log_probs, state, weights = decoder.step(context, tokens[:, t], state)
         np.testing.assert_allclose(log_probs, full[:, t], atol=1e-4)
+        if architecture in utils.GRID_ARCHITECTURES:  # a distribution over the grid, per word
+            assert weights.shape == (3, POSITIONS) and (weights >= 0).all()
+            np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
+            assert weights.std(1).min() > 0.01  # it attends to some positions more than others
+        else:
+            assert weights is None
 
 
 @EVERY_ARCHITECTURE
 def test_batched_greedy_equals_one_image_at_a_time(architecture):
     _, decoder = random_decoder(30, 8, architecture=architecture)
-    images = features(12)
+    images = features(12, architecture=architecture)
     batched = utils.greedy_search(decoder, images, batch_size=5)
     single = [utils.greedy_search(decoder, images[i:i + 1])[0] for i in range(12)]
     assert batched == single
@@ -55,7 +72,7 @@ def test_batched_greedy_equals_one_image_at_a_time(architecture):
 @pytest.mark.parametrize("no_repeat_ngram", [0, 2])
 def test_beam_width_one_is_greedy(no_repeat_ngram, architecture):
     _, decoder = random_decoder(30, 8, architecture=architecture)
-    images = features(10)
+    images = features(10, architecture=architecture)
     assert (utils.beam_search(decoder, images, beam_width=1, no_repeat_ngram=no_repeat_ngram)
             == utils.greedy_search(decoder, images, no_repeat_ngram))
 
@@ -63,7 +80,7 @@ def test_beam_width_one_is_greedy(no_repeat_ngram, architecture):
 @EVERY_ARCHITECTURE
 def test_batched_beam_equals_one_image_at_a_time(architecture):
     _, decoder = random_decoder(30, 8, architecture=architecture)
-    images = features(7)
+    images = features(7, architecture=architecture)
     batched = utils.beam_search(decoder, images, beam_width=3, batch_size=4)
     assert batched == [utils.beam_search(decoder, images[i:i + 1], beam_width=3)[0]
                        for i in range(7)]
@@ -98,7 +115,7 @@ def test_wide_beam_finds_the_exhaustive_best(length_penalty, no_repeat_ngram, ar
                   for w in itertools.product(tokens, repeat=n)
                   if not (no_repeat_ngram and repeats_an_ngram(w, no_repeat_ngram))]
     lengths = np.array([len(w) + 1 for w in candidates])  # the words and <end>
-    images = features(6, seed=5)
+    images = features(6, seed=5, architecture=architecture)
     found = utils.beam_search(decoder, images, beam_width=len(candidates),
                               length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram)
     greedy = utils.greedy_search(decoder, images, no_repeat_ngram)
@@ -107,6 +124,25 @@ def test_wide_beam_finds_the_exhaustive_best(length_penalty, no_repeat_ngram, ar
         assert caption == candidates[int(np.argmax(scores))]
     if not length_penalty:  # the search is not trivial: greedy misses the best caption somewhere
         assert found != greedy
+
+
+@pytest.mark.parametrize("setting", [utils.DecodingSetting(1, 0.0, 2), utils.DEFAULT_DECODING])
+def test_attention_maps_come_with_their_captions(setting):
+    """Each caption's maps are the weights that chose its words and its <end>, also after beam
+    search reorders its beams: the step's own weights along the caption, re-run word by word."""
+    _, decoder = random_decoder(30, 8, architecture="attention")
+    images = features(5, architecture="attention")
+    captions, maps = utils.decode(decoder, images, setting, attention=True)
+    assert captions == utils.decode(decoder, images, setting)
+    for image, caption, weights in zip(images, captions, maps):
+        assert weights.shape == (len(caption) + 1, POSITIONS)
+        np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
+        context, state = decoder.start(image[None])
+        for t, word in enumerate([decoder.vocab.start_id, *caption]):
+            _, state, step_weights = decoder.step(context, [word], state)
+            np.testing.assert_allclose(weights[t], step_weights[0], atol=1e-6)
+    with pytest.raises(ValueError, match="attention maps come from a model that attends"):
+        utils.decode(random_decoder(30, 8)[1], features(2), setting, attention=True)
 
 
 def test_captions_end_at_max_length_when_the_model_never_says_end():
@@ -126,8 +162,8 @@ def test_captions_never_say_unknown_even_when_it_is_likeliest():
     bias[1][decoder.vocab.unk_id] = 6.0  # <unk> the likeliest word
     model.get_layer("next_word").set_weights(bias)
     images = features(3)
-    projection, h, c = decoder.start(images)
-    first, _, _ = decoder.step(projection, np.full(3, decoder.vocab.start_id, "int32"), h, c)
+    context, state = decoder.start(images)
+    first, _, _ = decoder.step(context, np.full(3, decoder.vocab.start_id, "int32"), state)
     assert (first.argmax(1) == decoder.vocab.unk_id).all()
     for captions in (utils.greedy_search(decoder, images),
                      utils.beam_search(decoder, images, beam_width=3)):

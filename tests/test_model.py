@@ -26,12 +26,14 @@ def test_sequence_model_equals_prefix_expansion(architecture):
     the LSTM is causal, wherever the image enters."""
     keras.utils.set_random_seed(0)
     stats = (np.random.default_rng(1).normal(size=F), np.random.default_rng(2).uniform(0.5, 2, F))
+    grid = 9 if architecture in utils.GRID_ARCHITECTURES else None  # 3x3 positions
     model = utils.build_caption_model(utils.ModelConfig(V, F, architecture, embedding_dim=8,
-                                                        units=16),
+                                                        units=16, positions=grid),
                                       np.random.default_rng(3).normal(0, 0.4, (V, 8)), stats)
     length = 9
     prefix = utils.prefix_model(model, length)
-    features = np.random.default_rng(4).normal(size=(5, F)).astype("float32")
+    features = np.random.default_rng(4).normal(size=(5, *([grid] if grid else []), F))
+    features = features.astype("float32")
     captions = random_captions(5, length + 1)
     sequence_probs = model.predict([features, captions[:, :-1]], verbose=0)
     compared = 0

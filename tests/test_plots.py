@@ -46,15 +46,19 @@ def test_the_model_diagram_draws_where_each_architecture_puts_the_image():
 
     said = set()
     for architecture in utils.ARCHITECTURES:
-        model = utils.build_caption_model(utils.ModelConfig(40, 12, architecture, units=16))
+        model = utils.build_caption_model(utils.ModelConfig(
+            40, 12, architecture, units=16,
+            positions=9 if architecture in utils.GRID_ARCHITECTURES else None))
         texts = [t.get_text() for t in utils.draw_model(model).axes[0].texts]
         assert utils.architecture_of(model) == architecture
-        assert sum(t.startswith(f"{name} (") for name in utils.LAYER_NAMES for t in texts) == 8
+        names = utils.layer_names(architecture)
+        assert sum(t.startswith(f"{name} (") for name in names for t in texts) == 8
         where = [t for t in texts if t in {"+ image,\nat every step", "initial state",
-                                           "first input, before <start>", "beside every word"}]
+                                           "first input, before <start>", "beside every word",
+                                           "its mean: initial state;\nattended before every word"}]
         assert len(where) == 1
         said.add(where[0])
         plt.close("all")
-    assert len(said) == 4  # each architecture says its own
+    assert len(said) == 5  # each architecture says its own
     with pytest.raises(ValueError, match="not a caption model"):
         utils.architecture_of(keras.Sequential(name="other"))

@@ -150,9 +150,10 @@ def test_describe_run_reads_the_evaluation_by_field(run_copy):
 
 @pytest.mark.parametrize("architecture", utils.ARCHITECTURES[1:])  # merge: run_dir above
 def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
-        architecture, sample_training, sample_root, tmp_path):
-    run = train_sample_run(tmp_path / architecture, sample_training, epochs=4,
-                           architecture=architecture)
+        architecture, request, sample_root, tmp_path):
+    grid = architecture in utils.GRID_ARCHITECTURES  # attention reads sample_grid_training's
+    data = request.getfixturevalue("sample_grid_training" if grid else "sample_training")
+    run = train_sample_run(tmp_path / architecture, data, epochs=4, architecture=architecture)
     losses = [h["val_loss"] for h in utils.read_history(run)]
     assert losses[-1] < losses[0], losses  # it learns
     model = keras.models.load_model(run / "model.keras", safe_mode=True)  # nothing beyond utils
@@ -165,6 +166,21 @@ def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
         caption = utils.caption_image(captioner, photo, setting).split()
         assert caption and set(caption) <= words
     assert f"{architecture} model" in utils.describe_run(run)
+    if grid:  # the new photo's attention maps: one a word and one for <end>, each a distribution
+        caption, maps = utils.caption_image(captioner, photo, attention=True)
+        assert caption == utils.caption_image(captioner, photo)
+        assert maps.shape == (len(caption.split()) + 1, 9)
+        np.testing.assert_allclose(maps.sum(1), 1, atol=1e-5)
+        # ...the same as for its cached grid, so the photo was read as the training images were
+        names, grids = data[2], data[3]
+        cached = utils.decode(captioner.decoder, grids[names.index(photo.name)][None],
+                              attention=True)
+        assert captioner.decoder.vocab.decode(cached[0][0]) == caption
+        np.testing.assert_allclose(cached[1][0], maps, atol=2e-3)
+        figure = utils.attention_figure(utils.load_image(photo, 128).astype("uint8"),
+                                        [*caption.split(), "<end>"], maps)
+        assert [ax.get_title() for ax in figure.axes[:len(maps)]] == [*caption.split(), "<end>"]
+        assert len(figure.axes[0].images) == 2  # the photo, and the map blended over it
 
 
 def test_keras_loads_the_model_without_this_package_code_beyond_utils(run_dir):

@@ -2,8 +2,9 @@
 
 Decoding is incremental: the trained model is split into its two halves, which share its weights.
 `encode_image` projects an image once and gives the LSTM's first state (the image itself for
-init-inject, the state after reading it for pre-inject); `step` takes one word and the LSTM state
-and returns the next-word log-probabilities and the new state. A caption of L words costs L steps,
+init-inject, the state after reading it for pre-inject, from the grid's mean for attention);
+`step` takes one word and the LSTM state and returns the next-word log-probabilities, the new
+state and, for the attention model, the weights it gave each position of the grid. A caption of L words costs L steps,
 where the seed projects re-run the LSTM over every padded prefix (1 + 2 + ... + L steps) and call
 `predict` once per word and image. Every image of a batch, and every beam of every image, goes
 through one step together.
@@ -19,8 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .model import (architecture_of, initial_state, model_parts, predict_word, project_image,
-                    step_input)
+from .model import (GRID_ARCHITECTURES, architecture_of, initial_state, model_parts,
+                    predict_word, project_image, step_input)
 
 __all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "decode", "greedy_search",
            "beam_search", "EpochReport"]
@@ -61,28 +62,44 @@ DEFAULT_DECODING = DecodingSetting()
 
 
 class CaptionDecoder:
-    """A trained caption model as an image encoder and a one-word step, sharing its weights."""
+    """A trained caption model as an image encoder and a one-word step, sharing its weights.
+
+    `start(features)` gives what every step reads of the images (`context`: the projected image;
+    for attention the standardised grid and its attention keys) and the LSTM's first state (h, c);
+    `step(context, words, state)` gives the next word's log-probabilities, the new state, and the
+    attention weights over the grid that chose it (None for models that do not attend)."""
 
     def __init__(self, model, vocab):
         self.vocab = vocab
         parts, architecture = model_parts(model), architecture_of(model)
-        image = keras.Input((model.input[0].shape[1],), name="image")
-        projected = project_image(parts, image)
-        self.encode_image = keras.Model(
-            image, [projected, *initial_state(parts, architecture, projected)], name="encode_image")
+        self.attends = architecture in GRID_ARCHITECTURES
+        image = keras.Input(model.input[0].shape[1:], name="image")
+        if self.attends:
+            grid = parts["image_dropout"](parts["feature_norm"](image))         # (B, P, D)
+            context = [grid, parts["attention_lstm"].keys(grid)]                # + (B, P, units)
+            state = initial_state(parts, architecture, grid)
+        else:
+            context = [project_image(parts, image)]                             # (B, units)
+            state = initial_state(parts, architecture, context[0])
+        self.encode_image = keras.Model(image, [*context, *state], name="encode_image")
 
-        units = parts["lstm"].units
-        projection = keras.Input((projected.shape[-1],), name="projection")
+        context_in = [keras.Input(x.shape[1:], name=f"context_{i}") for i, x in enumerate(context)]
         word = keras.Input((), dtype="int32", name="word")
+        units = state[0].shape[-1]
         h, c = keras.Input((units,), name="h"), keras.Input((units,), name="c")
         # The embedding's table looked up directly: a padding mask has no meaning for one word.
         embedded = keras.ops.take(parts["embedding"].embeddings, word, axis=0)
-        output, (h_next, c_next) = parts["lstm"].cell(
-            step_input(architecture, embedded, projection), [h, c])
-        probs = predict_word(parts, architecture, output, projection)
+        if self.attends:
+            h_next, c_next, read, weights = parts["attention_lstm"].step(
+                *context_in, embedded, h, c)
+            probs, extra = predict_word(parts, architecture, h_next, read), [weights]
+        else:
+            output, (h_next, c_next) = parts["lstm"].cell(
+                step_input(architecture, embedded, context_in[0]), [h, c])
+            probs, extra = predict_word(parts, architecture, output, context_in[0]), []
         log_probs = keras.ops.log(keras.ops.maximum(probs, 1e-12))
-        self.step_model = keras.Model([projection, word, h, c], [log_probs, h_next, c_next],
-                                      name="decode_step")
+        self.step_model = keras.Model([*context_in, word, h, c],
+                                      [log_probs, h_next, c_next, *extra], name="decode_step")
         # One traced graph per batch shape, instead of `predict`'s per-call overhead.
         self._step = tf.function(lambda *inputs: self.step_model(list(inputs), training=False),
                                  reduce_retracing=True)
@@ -90,50 +107,72 @@ class CaptionDecoder:
                                    reduce_retracing=True)
 
     def start(self, features):
-        """Projected images and the LSTM's first state (h, c) for a batch of feature vectors."""
-        return tuple(self._encode(tf.constant(features, tf.float32)))
+        """(context, state) for a batch of feature vectors (or grids): tuples of tensors."""
+        encoded = self._encode(tf.constant(features, tf.float32))
+        return tuple(encoded[:-2]), tuple(encoded[-2:])
 
-    def step(self, projection, words, h, c):
-        """Log-probabilities of the next word [B, V] (numpy) and the new state."""
-        log_probs, h, c = self._step(projection, tf.constant(words, tf.int32), h, c)
-        return log_probs.numpy(), h, c
+    def step(self, context, words, state):
+        """Log-probabilities of the next word [B, V] (numpy), the new state, and the attention
+        weights [B, positions] (numpy; None without attention)."""
+        log_probs, h, c, *weights = self._step(*context, tf.constant(words, tf.int32), *state)
+        return log_probs.numpy(), (h, c), weights[0].numpy() if weights else None
 
 
-def decode(decoder, features, setting=DEFAULT_DECODING):
-    """Word ids of one caption per feature vector, as `setting` says."""
+def decode(decoder, features, setting=DEFAULT_DECODING, attention=False):
+    """Word ids of one caption per feature vector, as `setting` says; with `attention` (a model
+    that attends), also each caption's attention maps (see `greedy_search`)."""
     if setting.beam_width == 1:
-        return greedy_search(decoder, features, setting.no_repeat_ngram)
+        return greedy_search(decoder, features, setting.no_repeat_ngram, attention=attention)
     return beam_search(decoder, features, setting.beam_width, setting.length_penalty,
-                       setting.no_repeat_ngram)
+                       setting.no_repeat_ngram, attention=attention)
 
 
-def greedy_search(decoder, features, no_repeat_ngram=0, batch_size=256):
+def _check_attends(decoder, attention):
+    if attention and not decoder.attends:
+        raise ValueError("attention maps come from a model that attends (ARCHITECTURE = "
+                         "'attention'); this one reads one pooled vector an image")
+
+
+def _with_maps(captions, maps, attention):
+    """The captions, and with `attention` the weights of each word and of <end> [words + 1, P]."""
+    if not attention:
+        return captions
+    return captions, [m[:len(c) + 1] for c, m in zip(captions, maps)]
+
+
+def greedy_search(decoder, features, no_repeat_ngram=0, batch_size=256, attention=False):
     """The most likely next word at every step, for many images at once; with `no_repeat_ngram`
     n > 0, never a word that repeats an n-gram of the caption so far. Returns one list of word ids
-    per image (without <start> and <end>)."""
+    per image (without <start> and <end>); with `attention`, (those, the attention weights over
+    the grid of each word and of <end>, one [words + 1, positions] array per image)."""
+    _check_attends(decoder, attention)
     vocab = decoder.vocab
-    captions = []
+    captions, maps = [], []
     for first in range(0, len(features), batch_size):
-        projection, h, c = decoder.start(features[first:first + batch_size])
-        n = projection.shape[0]
+        context, state = decoder.start(features[first:first + batch_size])
+        n = context[0].shape[0]
         words = np.full(n, vocab.start_id, "int32")
         out = np.zeros((n, vocab.max_length + 1), "int32")
+        seen = []                                   # attention weights of each step, (n, P)
         done = np.zeros(n, bool)
         for t in range(vocab.max_length + 1):
-            log_probs, h, c = decoder.step(projection, words, h, c)
+            log_probs, state, weights = decoder.step(context, words, state)
             _rule_out_impossible_words(log_probs, t, vocab)
             _rule_out_repeated_ngrams(log_probs, out[:, :t], ~done, no_repeat_ngram)
             words = np.where(done, vocab.pad_id, log_probs.argmax(1)).astype("int32")
             out[:, t] = words
+            seen.append(weights)
             done |= words == vocab.end_id
             if done.all():
                 break
         captions += [_words(row, vocab) for row in out]
-    return captions
+        if attention:
+            maps += list(np.stack(seen, axis=1))    # (n, steps, P)
+    return _with_maps(captions, maps, attention)
 
 
 def beam_search(decoder, features, beam_width=3, length_penalty=0.0, no_repeat_ngram=0,
-                batch_size=64):
+                batch_size=64, attention=False):
     """Beam search for many images at once: every beam of every image in one step.
 
     Each image keeps `beam_width` partial captions ranked by their summed log-probability. A beam
@@ -144,21 +183,24 @@ def beam_search(decoder, features, beam_width=3, length_penalty=0.0, no_repeat_n
     length ** `length_penalty` (0 = raw log-probability, which favours short captions; 1 = mean
     per word), where length counts the words and the <end> token. With `no_repeat_ngram` n > 0, no
     beam repeats one of its own n-grams. Returns one list of word ids per image (without <start>
-    and <end>).
+    and <end>); with `attention`, also their attention maps, reordered with their beams (see
+    `greedy_search`).
     """
+    _check_attends(decoder, attention)
     vocab, k = decoder.vocab, beam_width
-    captions = []
+    captions, maps = [], []
     for first in range(0, len(features), batch_size):
-        projection, h, c = decoder.start(features[first:first + batch_size])  # (n, units) each
-        n = projection.shape[0]
-        # Every image's state repeated once per beam: beam b of image i is row i * k + b.
-        projection, h, c = (tf.repeat(x, k, axis=0) for x in (projection, h, c))  # (n * k, units)
+        context, state = decoder.start(features[first:first + batch_size])
+        n = context[0].shape[0]
+        # Every image repeated once per beam: beam b of image i is row i * k + b.
+        context, state = (tuple(tf.repeat(x, k, axis=0) for x in xs) for xs in (context, state))
         words = np.full(n * k, vocab.start_id, "int32")                            # (n * k,)
         sequences = np.zeros((n * k, 0), "int32")                                  # (n * k, t)
+        seen = None                                 # attention of each beam's words (n * k, t, P)
         scores = np.tile([0.0] + [-np.inf] * (k - 1), n)  # identical beams start as one
         done = np.zeros(n * k, bool)
         for t in range(vocab.max_length + 1):
-            log_probs, h, c = decoder.step(projection, words, h, c)  # (n * k, vocab_size)
+            log_probs, state, weights = decoder.step(context, words, state)  # (n * k, vocab_size)
             _rule_out_impossible_words(log_probs, t, vocab)
             _rule_out_repeated_ngrams(log_probs, sequences, ~done, no_repeat_ngram)
             log_probs[done] = -np.inf
@@ -170,15 +212,20 @@ def beam_search(decoder, features, beam_width=3, length_penalty=0.0, no_repeat_n
             words = (best % len(vocab)).ravel().astype("int32")                 # (n * k,)
             scores = np.take_along_axis(total, best, axis=1).ravel()            # (n * k,)
             sequences = np.concatenate([sequences[parents], words[:, None]], 1)  # (n * k, t + 1)
+            if attention:  # the weights that chose each new word come from its parent's step
+                step = weights[parents][:, None]                                 # (n * k, 1, P)
+                seen = step if seen is None else np.concatenate([seen[parents], step], 1)
             done = done[parents] | (words == vocab.end_id)
-            h, c = tf.gather(h, parents), tf.gather(c, parents)
+            state = tuple(tf.gather(x, parents) for x in state)
             if done.all():
                 break
         lengths = np.maximum((sequences != vocab.pad_id).sum(1), 1)
         normalised = (scores / lengths ** length_penalty).reshape(n, k)  # (n, k)
         winners = np.arange(n) * k + normalised.argmax(1)               # (n,) rows
         captions += [_words(sequences[i], vocab) for i in winners]
-    return captions
+        if attention:
+            maps += [seen[i] for i in winners]
+    return _with_maps(captions, maps, attention)
 
 
 def _rule_out_impossible_words(log_probs, t, vocab):

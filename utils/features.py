@@ -1,9 +1,11 @@
 """Stage 2: image features from a pretrained CNN, extracted once and cached.
 
-Each image becomes the global-average-pooled output of a Keras application. The cache is one
-`.npy` (float16, memory-mappable) with a JSON list of names, keyed by encoder, weights and input
-size so that changing any of them never reuses stale features. Extraction writes chunks as it
-goes: an interrupted run resumes from the last finished chunk.
+Each image becomes the global-average-pooled output of a Keras application and, for the
+attention model, also that output before pooling: the last convolutional grid of positions
+(`grid=True`; InceptionV3 at 299x299: 8x8 positions of 2,048 values). The cache is one `.npy` a
+table (float16, memory-mappable: `features.npy`, `grid.npy`) with a JSON list of names, keyed by
+encoder, weights and input size so that changing any of them never reuses stale features.
+Extraction writes chunks as it goes: an interrupted run resumes from the last finished chunk.
 """
 import contextlib
 import hashlib
@@ -20,12 +22,13 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from .files import portable_path, read_json, resolve_path, save_npy, write_json
+from .files import atomic_path, portable_path, read_json, resolve_path, save_npy, write_json
 
 __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
            "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "DECODE_SIZE", "ImageError",
            "decode_image", "load_image", "image_batches", "cache_dir", "find_feature_cache",
-           "FeatureSource", "feature_source", "load_features", "FeatureRows", "extract_features",
+           "FeatureSource", "feature_source", "load_features", "grid_bytes", "FeatureRows",
+           "extract_features",
            "ExtractionSettings", "extraction_settings", "encoder_speed"]
 
 
@@ -72,8 +75,10 @@ def resolve_weights(weights, dataset):
     return None if dataset == "sample" else "imagenet"
 
 
-def build_encoder(name, weights="imagenet", input_size=None, seed=0):
-    """The CNN without its classifier, average-pooled to one vector per image.
+def build_encoder(name, weights="imagenet", input_size=None, seed=0, grid=False):
+    """The CNN without its classifier, average-pooled to one vector per image; with `grid`, its
+    last convolutional map instead, as positions in row-major order: [images, rows x columns, dim]
+    (the pooled vector is their mean).
 
     `weights`: "imagenet" (downloaded once by Keras), a path to a no-top weights file, or None for
     random weights (seeded; for tests and the offline sample dataset only).
@@ -85,8 +90,13 @@ def build_encoder(name, weights="imagenet", input_size=None, seed=0):
     keras.utils.set_random_seed(seed)
     constructor = getattr(keras.applications, spec.application)
     try:
-        return constructor(include_top=False, weights=weights, pooling="avg",
-                           input_shape=(size, size, 3))
+        cnn = constructor(include_top=False, weights=weights, pooling=None if grid else "avg",
+                          input_shape=(size, size, 3))
+        if not grid:
+            return cnn
+        rows, columns, dim = cnn.output_shape[1:]
+        positions = keras.layers.Reshape((rows * columns, dim), name="grid")(cnn.output)
+        return keras.Model(cnn.input, positions, name=f"{cnn.name}_grid")
     except Exception as e:  # Keras raises a bare Exception when the download fails
         if weights != "imagenet":
             raise
@@ -275,7 +285,7 @@ def feature_source(path):
     path = Path(path)
     if path.suffix == ".npz":
         with np.load(path) as data:
-            dim = int(data["features"].shape[1])
+            dim = int(data["features"].shape[-1])  # of a vector, or of each position of a grid
         return FeatureSource("external", portable_path(path), dim)
     meta = read_json(path / "meta.json") if (path / "meta.json").is_file() else None
     if meta is None:
@@ -285,8 +295,10 @@ def feature_source(path):
                          meta["weights"], int(meta["input_size"]))
 
 
-def load_features(directory):
-    """(names, features) of a finished cache, or of an external `.npz` with `names` and `features`.
+def load_features(directory, grid=False):
+    """(names, features) of a finished cache, or of an external `.npz` with `names` and `features`:
+    vectors [images, dim], or with `grid` the grids of positions [images, positions, dim] (a cache
+    extracted with `grid=True`, an `.npz` whose features are 3-D).
 
     A cache's features are memory-mapped, not read into RAM.
     """
@@ -296,12 +308,25 @@ def load_features(directory):
             names, features = [str(n) for n in data["names"]], data["features"]
         if len(names) != len(features):
             raise ValueError(f"{directory}: {len(names)} names but {len(features)} feature rows")
+        if features.ndim != (3 if grid else 2):
+            raise ValueError(f"{directory}: its features are {features.shape}; "
+                             + ("the attention model reads grids [images, positions, dim]" if grid
+                                else "grids: only the attention model reads them"))
         return names, features
     if not (directory / "meta.json").is_file():
         raise FileNotFoundError(f"{directory}: no finished feature cache "
                                 "(run notebooks/02_extract_features.ipynb first)")
     names = read_json(directory / "names.json")
-    return names, np.load(directory / "features.npy", mmap_mode="r")
+    if grid and not (directory / "grid.npy").is_file():
+        raise FileNotFoundError(f"{directory}: no grids of positions in this cache (run "
+                                "notebooks/02_extract_features.ipynb with GRID = True)")
+    return names, np.load(directory / ("grid.npy" if grid else "features.npy"), mmap_mode="r")
+
+
+def grid_bytes(encoder_model, images, dtype="float16"):
+    """(positions, dim, bytes on disk) of the grids of `images` images from a grid encoder."""
+    positions, dim = encoder_model.output_shape[1:]
+    return positions, dim, images * positions * dim * np.dtype(dtype).itemsize
 
 
 class FeatureRows:
@@ -325,13 +350,17 @@ class FeatureRows:
 
 def extract_features(images_dir, names, directory, encoder="inceptionv3", weights="imagenet",
                      input_size=None, batch_size=32, chunk_size=256, dtype="float16",
-                     model=None, shard=None):
+                     model=None, shard=None, grid=False):
     """Extract and cache features of the images `names` (relative to `images_dir`) in `directory`.
 
     Resumes an interrupted run from its finished chunks (of `chunk_size` images); returns the
     cache's meta record. Unreadable images are skipped, warned about and listed in `skipped.json`.
-    A finished cache re-reads the images whose size or modification time changed since. `model`
-    lets a caller pass an already built encoder.
+    A finished cache re-reads the images whose size or modification time changed since (one with
+    grids is extracted again whole). `model` lets a caller pass an already built encoder (with
+    `grid`, one of `build_encoder(..., grid=True)`).
+
+    `grid`: also keep each image's grid of positions (`grid.npy`, [images, positions, dim]); the
+    pooled vectors are then their means. A finished cache without grids is extracted again.
 
     `shard` = (i, n) extracts only the i-th of n shares of the chunks (chunk k when k % n == i),
     so that n GPUs or machines fill one cache together, each resuming its own chunks; it returns
@@ -344,20 +373,21 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     stats = _image_stats(paths)  # before reading: a change while extracting is seen next time
     if (directory / "meta.json").is_file():
         meta = read_json(directory / "meta.json")
-        if meta["requested"] == names:
+        if meta["requested"] == names and (meta.get("positions") or not grid):
             changed = _changed_images(directory, stats)
-            if not changed or _reread(directory, names, paths, stats, changed, encoder,
-                                      model or build_encoder(encoder, weights, size), size,
-                                      batch_size):
+            if not changed or (not meta.get("positions") and _reread(
+                    directory, names, paths, stats, changed, encoder,
+                    model or build_encoder(encoder, weights, size), size, batch_size)):
                 return meta
+            (directory / "meta.json").unlink(missing_ok=True)  # extracted again, with grids
     chunks = directory / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(paths), chunk_size)
     if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard {shard!r}: give (i, n), the i-th of n shards, 0 <= i < n")
     mine = [s for s in starts if shard is None or (s // chunk_size) % shard[1] == shard[0]]
-    todo = [s for s in mine if not _chunk_done(chunks, s, names[s:s + chunk_size])]
-    model = model or (build_encoder(encoder, weights, size) if todo else None)
+    todo = [s for s in mine if not _chunk_done(chunks, s, names[s:s + chunk_size], grid)]
+    model = model or (build_encoder(encoder, weights, size, grid=grid) if todo else None)
     pending = sum(len(names[s:s + chunk_size]) for s in todo)
     started = time.time()
     with tqdm(total=len(names), initial=len(names) - pending, unit="img",
@@ -368,12 +398,16 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
                                            batch_size, bar)
             kept = [n for i, n in enumerate(requested) if i not in errors]
             skipped = {requested[i]: message for i, message in errors.items()}
+            if grid:  # feats are grids (b, positions, dim); the pooled vectors their means
+                save_npy(chunks / f"{start:08d}-grid.npy", feats.astype(dtype))
+                feats = feats.mean(axis=1)
             save_npy(chunks / f"{start:08d}.npy", feats.astype(dtype))
             write_json(chunks / f"{start:08d}.json",
-                       {"requested": requested, "names": kept, "skipped": skipped})
+                       {"requested": requested, "names": kept, "skipped": skipped, "grid": grid})
     elapsed = time.time() - started
     if shard is not None:
-        waiting = [s for s in starts if not _chunk_done(chunks, s, names[s:s + chunk_size])]
+        waiting = [s for s in starts
+                   if not _chunk_done(chunks, s, names[s:s + chunk_size], grid)]
         print(f"shard {shard[0]} of {shard[1]} (0-based): its {len(mine)} chunk(s) done; "
               + (f"{len(waiting)} chunk(s) of other shards to go, then join (SHARD = None)"
                  if waiting else "every shard is done: join them (SHARD = None)"))
@@ -381,12 +415,15 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     return _finish_cache(directory, chunks, starts, names, stats, {
         "encoder": encoder.lower(), "weights": weights_tag(weights), "input_size": size,
         "dtype": dtype, "seconds": round(elapsed, 2),
-        "images_per_second": round(pending / elapsed, 2) if pending else None})
+        "images_per_second": round(pending / elapsed, 2) if pending else None}, grid)
 
 
-def _chunk_done(chunks, start, requested):
+def _chunk_done(chunks, start, requested, grid):
     record = chunks / f"{start:08d}.json"
-    return record.is_file() and read_json(record)["requested"] == requested
+    if not record.is_file():
+        return False
+    record = read_json(record)
+    return record["requested"] == requested and (record.get("grid", False) or not grid)
 
 
 def _extract_chunk(model, encoder, paths, size, batch_size, bar):
@@ -398,8 +435,9 @@ def _extract_chunk(model, encoder, paths, size, batch_size, bar):
         bar.update(len(ok))
     for message in errors.values():
         warnings.warn(f"skipped {message}", stacklevel=3)
-    dim = features[0].shape[1] if features else model.output_shape[-1]
-    return (np.concatenate(features) if features else np.zeros((0, dim), "float32")), errors
+    if not features:
+        return np.zeros((0, *model.output_shape[1:]), "float32"), errors
+    return np.concatenate(features), errors
 
 
 def _image_stats(paths):
@@ -443,8 +481,9 @@ def _reread(directory, names, paths, stats, changed, encoder, model, size, batch
     return False
 
 
-def _finish_cache(directory, chunks, starts, requested, stats, meta):
-    """Join the chunks into the final files; meta.json, written last, marks the cache finished."""
+def _finish_cache(directory, chunks, starts, requested, stats, meta, grid=False):
+    """Join the chunks into the final files; meta.json, written last, marks the cache finished.
+    Grids are copied chunk by chunk into the mapped file: never all in memory."""
     arrays, names, skipped = [], [], {}
     for start in starts:
         record = read_json(chunks / f"{start:08d}.json")
@@ -454,6 +493,16 @@ def _finish_cache(directory, chunks, starts, requested, stats, meta):
     features = np.concatenate(arrays)
     _check_every_image_once(directory, requested, names, skipped, len(features))
     save_npy(directory / "features.npy", features)
+    if grid:
+        pieces = [np.load(chunks / f"{start:08d}-grid.npy", mmap_mode="r") for start in starts]
+        with atomic_path(directory / "grid.npy") as tmp:
+            table = np.lib.format.open_memmap(tmp, "w+", pieces[0].dtype,
+                                              (len(names), *pieces[0].shape[1:]))
+            for row, piece in zip(np.cumsum([0] + [len(p) for p in pieces]), pieces):
+                table[row:row + len(piece)] = piece
+            table.flush()
+            del table
+        meta["positions"] = int(pieces[0].shape[1])
     write_json(directory / "names.json", names)
     write_json(directory / "skipped.json", skipped)
     write_json(directory / "stats.json", stats)

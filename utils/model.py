@@ -10,6 +10,13 @@ the same head after it (Dense, then softmax). Only where the projected image ent
     pre-inject   the image is the LSTM's first input, before <start>
     par-inject   the image is concatenated to every word's embedding
 
+And a fifth, Xu et al.'s "Show, Attend and Tell" (2015), which reads a grid of positions (the
+CNN's last convolutional map) instead of one pooled vector:
+
+    attention    the LSTM starts from the grid's mean and, before every word, attends over the
+                 grid: a weight per position from the hidden state, the gated weighted mean of
+                 the grid (the context vector) read beside the word and passed to the head
+
     merge:   image features -> [Normalization] -> Dropout -> Dense(units, relu) ------------.
                                                                                              + -> Dense(units, relu) -> Dense(vocab, softmax)
              caption tokens -> Embedding (GloVe) -> Dropout -> LSTM(units) -----------------'
@@ -39,7 +46,8 @@ from keras import layers, ops
 
 from .files import atomic_path, read_json, save_npy, write_json
 
-__all__ = ["ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES", "build_caption_model",
+__all__ = ["ARCHITECTURES", "GRID_ARCHITECTURES", "ModelConfig", "TrainingConfig", "LAYER_NAMES",
+           "ATTENTION_LAYER_NAMES", "layer_names", "AttentionLSTM", "build_caption_model",
            "build_model", "compile_model", "model_parts", "architecture_of", "project_image",
            "initial_state", "step_input", "predict_word", "prefix_model", "expand_prefixes",
            "draw_model", "SmoothedCaptionLoss", "feature_statistics", "encode_captions",
@@ -77,7 +85,9 @@ _MAPPED_FILES_STAY_MAPPED = _fold_no_mapped_files()
 # lengths, each epoch's permutation): memory follows this, not the table's size.
 PIECE_ROWS = 4096
 # Where the image enters the caption model (see above); merge is the default.
-ARCHITECTURES = ("merge", "init-inject", "pre-inject", "par-inject")
+ARCHITECTURES = ("merge", "init-inject", "pre-inject", "par-inject", "attention")
+# Of those, the ones that read a grid of positions (features [images, positions, dim]).
+GRID_ARCHITECTURES = ("attention",)
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,8 @@ class ModelConfig:
     units: int = 256              # image projection, LSTM and decoder sizes
     dropout: float = 0.5          # on the image features and on the embedded words
     train_embedding: bool = True  # fine-tune the (GloVe) embedding too
+    positions: int = None         # attention: grid positions an image has (rows x columns)
+    attention_regularization: float = 1.0  # attention: weight of the doubly stochastic term
 
 
 @dataclass(frozen=True)
@@ -108,11 +120,91 @@ class TrainingConfig:
 
 LAYER_NAMES = ("feature_norm", "image_dropout", "image_dense", "embedding", "caption_dropout",
                "lstm", "decoder", "next_word")
+# The attention model's: the grid's mean makes the first state, the LSTM attends.
+ATTENTION_LAYER_NAMES = ("feature_norm", "image_dropout", "init_state", "embedding",
+                         "caption_dropout", "attention_lstm", "decoder", "next_word")
+
+
+def layer_names(architecture):
+    return ATTENTION_LAYER_NAMES if architecture in GRID_ARCHITECTURES else LAYER_NAMES
+
+
+@keras.saving.register_keras_serializable(package="utils")
+class AttentionLSTM(layers.Layer):
+    """An LSTM that looks at the image before every word: Xu et al.'s soft (deterministic)
+    attention. `attend` weighs the grid's positions by how well each matches the hidden state (a
+    softmax over positions) and returns the weighted mean of the grid, scaled by a gate the
+    hidden state sets (the paper's beta); `step` reads one word beside that context vector.
+    `call` runs whole captions by scanning `step`, so training and decoding compute the same
+    thing; padding (mask False) leaves the state as it was. In training it adds the doubly
+    stochastic regulariser to the model's losses: each position should get about as much
+    attention over a caption as every other, (1 - its summed weights)^2, averaged over positions
+    and captions as sgrvinod's tutorial does (the paper sums over positions).
+    """
+
+    def __init__(self, units, regularization=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.regularization = units, regularization
+        self.cell = layers.LSTMCell(units, name="cell")
+        self.keys = layers.Dense(units, name="keys")    # each position, once an image
+        self.query = layers.Dense(units, name="query")  # the hidden state, at every word
+        self.score = layers.Dense(1, name="score")
+        self.gate = layers.Dense(1, activation="sigmoid", name="gate")
+
+    def build(self, grid_shape, embedded_shape, h_shape=None, c_shape=None, mask_shape=None):
+        self.keys.build(grid_shape)
+        self.query.build((None, self.units))
+        self.score.build((None, grid_shape[1], self.units))
+        self.gate.build((None, self.units))
+        self.cell.build((None, embedded_shape[-1] + grid_shape[-1]))
+
+    def compute_output_shape(self, grid_shape, embedded_shape, *state_and_mask_shapes):
+        batch, length = embedded_shape[:2]
+        return (batch, length, self.units), (batch, length, grid_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "regularization": self.regularization}
+
+    def attend(self, grid, keys, h):
+        """(context vector [B, D], weights [B, P]) for the grid [B, P, D] and its keys [B, P, A]."""
+        scores = self.score(ops.tanh(keys + ops.expand_dims(self.query(h), 1)))  # (B, P, 1)
+        weights = ops.softmax(scores[..., 0], axis=-1)                           # (B, P)
+        context = ops.sum(ops.expand_dims(weights, -1) * grid, axis=1)           # (B, D)
+        return self.gate(h) * context, weights
+
+    def step(self, grid, keys, embedded, h, c):
+        """One word [B, E] read: (h, c, context vector, attention weights) after it."""
+        context, weights = self.attend(grid, keys, h)
+        _, (h, c) = self.cell(ops.concatenate([embedded, context], axis=-1), [h, c])
+        return h, c, context, weights
+
+    def call(self, grid, embedded, h, c, mask, training=False):
+        """Hidden states [B, T, units] and context vectors [B, T, D] of every word."""
+        keys = self.keys(grid)                                                   # (B, P, A)
+
+        def one_word(carry, inputs):
+            word, real = inputs[:, :-1], inputs[:, -1:] > 0.5                    # (B, E), (B, 1)
+            stepped = self.step(grid, keys, word, *carry[:2])
+            kept = tuple(ops.where(real, new, old) for new, old in zip(stepped[:2], carry[:2]))
+            carry = (*kept, *(new * ops.cast(real, new.dtype) for new in stepped[2:]))
+            return carry, carry
+
+        start = (h, c, ops.zeros_like(grid[:, 0]), ops.zeros_like(grid[..., 0]))
+        # The mask rides along as one more value of each word: Keras's TensorFlow scan fails on
+        # several sequences of unknown length.
+        words = ops.concatenate([embedded, ops.cast(mask, embedded.dtype)[..., None]], axis=-1)
+        _, (hs, _, contexts, weights) = ops.scan(one_word, start, ops.moveaxis(words, 1, 0))
+        if training and self.regularization:
+            attended = ops.sum(weights, axis=0)                                  # (B, P)
+            self.add_loss(self.regularization * ops.mean((1.0 - attended) ** 2))
+        return ops.moveaxis(hs, 0, 1), ops.moveaxis(contexts, 0, 1)
 
 
 def build_caption_model(config, embedding_matrix=None, feature_stats=None):
     """The model of `config` (a ModelConfig, its `architecture` among ARCHITECTURES) over whole
-    captions: (features [B, F], tokens [B, T]) -> next-word probabilities [B, T, V].
+    captions: (features [B, F], tokens [B, T]) -> next-word probabilities [B, T, V]; for
+    attention the features are grids [B, positions, F] (`config.positions`).
 
     `embedding_matrix`: [V, embedding_dim] initial word vectors (GloVe), else uniform random.
     `feature_stats`: (mean, variance) of the training features, standardised inside the model so
@@ -131,19 +223,30 @@ def build_caption_model(config, embedding_matrix=None, feature_stats=None):
     units, dropout = config.units, config.dropout
     # pre-inject feeds the image to the LSTM as a word: it is projected to a word's size.
     projection = config.embedding_dim if config.architecture == "pre-inject" else units
-    parts = {
-        "feature_norm": layers.Normalization(mean=mean, variance=variance, name="feature_norm"),
-        "image_dropout": layers.Dropout(dropout, name="image_dropout"),
-        "image_dense": layers.Dense(projection, activation="relu", name="image_dense"),
-        "embedding": layers.Embedding(*shape, embeddings_initializer=initializer,
-                                      trainable=config.train_embedding, name="embedding"),
-        "caption_dropout": layers.Dropout(dropout, name="caption_dropout"),
-        "lstm": layers.LSTM(units, return_sequences=True, name="lstm"),
-        "decoder": layers.Dense(units, activation="relu", name="decoder"),
-        "next_word": layers.Dense(config.vocab_size, activation="softmax", name="next_word",
-                                  dtype="float32"),
+    grid = config.architecture in GRID_ARCHITECTURES
+    if grid and not config.positions:
+        raise ValueError(f"{config.architecture} reads a grid of positions: give `positions`")
+    # Made only if the architecture has them, in this order: each layer made draws on the seed.
+    make = {
+        "feature_norm": lambda: layers.Normalization(mean=mean, variance=variance,
+                                                     name="feature_norm"),
+        "image_dropout": lambda: layers.Dropout(dropout, name="image_dropout"),
+        "image_dense": lambda: layers.Dense(projection, activation="relu", name="image_dense"),
+        # attention: the first (h, c) from the grid's mean, as the paper's f_init
+        "init_state": lambda: layers.Dense(2 * units, activation="tanh", name="init_state"),
+        "embedding": lambda: layers.Embedding(*shape, embeddings_initializer=initializer,
+                                              trainable=config.train_embedding, name="embedding"),
+        "caption_dropout": lambda: layers.Dropout(dropout, name="caption_dropout"),
+        "lstm": lambda: layers.LSTM(units, return_sequences=True, name="lstm"),
+        "attention_lstm": lambda: AttentionLSTM(units, config.attention_regularization,
+                                                name="attention_lstm"),
+        "decoder": lambda: layers.Dense(units, activation="relu", name="decoder"),
+        "next_word": lambda: layers.Dense(config.vocab_size, activation="softmax",
+                                          name="next_word", dtype="float32"),
     }
-    image = keras.Input((config.feature_dim,), name="image")
+    parts = {name: make[name]() for name in layer_names(config.architecture)}
+    image = keras.Input((config.positions, config.feature_dim) if grid else (config.feature_dim,),
+                        name="image")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     return keras.Model([image, tokens], _forward(parts, config.architecture, image, tokens),
                        name=f"{config.architecture.replace('-', '_')}_captioner")
@@ -160,7 +263,7 @@ def build_model(config, training=TrainingConfig(), embedding_matrix=None, featur
 
 def model_parts(model):
     """A caption model's layers by name, to build other formulations sharing its weights."""
-    return {name: model.get_layer(name) for name in LAYER_NAMES}
+    return {name: model.get_layer(name) for name in layer_names(architecture_of(model))}
 
 
 def architecture_of(model):
@@ -180,6 +283,8 @@ def initial_state(parts, architecture, projected):
     """The LSTM's state (h, c) before <start>: the image itself for init-inject, the state after
     reading the image for pre-inject (one step of the LSTM's cell), zeros otherwise."""
     # (B, units) zeros, built from `projected` so that the batch size may be unknown
+    if architecture == "attention":  # `projected`: the grid [B, P, D]; the state from its mean
+        return ops.split(parts["init_state"](ops.mean(projected, axis=1)), 2, axis=-1)
     zeros = ops.repeat(ops.zeros_like(projected[:, :1]), parts["lstm"].units, axis=1)
     if architecture == "init-inject":
         return [projected, zeros]
@@ -199,7 +304,10 @@ def step_input(architecture, embedded, projected):
 
 
 def predict_word(parts, architecture, hidden, projected):
-    """The head after the LSTM, the same for all: (merge: + image) -> Dense -> softmax."""
+    """The head after the LSTM, the same for all: (merge: + image; attention: beside the context
+    vector, `projected` [B, [T,] D]) -> Dense -> softmax."""
+    if architecture == "attention":
+        hidden = ops.concatenate([hidden, projected], axis=-1)
     if architecture == "merge":
         hidden = hidden + (ops.expand_dims(projected, 1) if len(hidden.shape) == 3 else projected)
     return parts["next_word"](parts["decoder"](hidden))
@@ -207,6 +315,8 @@ def predict_word(parts, architecture, hidden, projected):
 
 def _forward(parts, architecture, image, tokens, last_step_only=False):
     """The forward pass over captions, shared by the sequence and the prefix formulations."""
+    if architecture == "attention":
+        return _attend_forward(parts, image, tokens, last_step_only)
     projected = project_image(parts, image)                                  # (B, P)
     embedded = parts["caption_dropout"](parts["embedding"](tokens))          # (B, T, E)
     # Padding (id 0) is skipped: the state carries over it, so pre-padded prefixes read as
@@ -226,10 +336,21 @@ def _forward(parts, architecture, image, tokens, last_step_only=False):
     return predict_word(parts, architecture, hidden, projected)              # (B, [T,] V)
 
 
+def _attend_forward(parts, image, tokens, last_step_only):
+    """The attention model's forward pass: the LSTM attends over the grid before every word."""
+    grid = parts["image_dropout"](parts["feature_norm"](image))              # (B, P, D)
+    embedded = parts["caption_dropout"](parts["embedding"](tokens))          # (B, T, E)
+    h, c = initial_state(parts, "attention", grid)                           # (B, units) each
+    hidden, contexts = parts["attention_lstm"](grid, embedded, h, c, ops.not_equal(tokens, 0))
+    if last_step_only:                                                       # pre-padded prefixes
+        hidden, contexts = hidden[:, -1], contexts[:, -1]                    # (B, units), (B, D)
+    return predict_word(parts, "attention", hidden, contexts)                # (B, [T,] V)
+
+
 def prefix_model(model, prefix_length):
     """The seed projects' formulation with `model`'s layers and weights: (features, pre-padded
     prefix [B, prefix_length]) -> next-word probabilities [B, V]."""
-    image = keras.Input((model.input[0].shape[1],), name="image")
+    image = keras.Input(model.input[0].shape[1:], name="image")
     prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
     return keras.Model([image, prefix], _forward(model_parts(model), architecture_of(model),
                                                  image, prefix, last_step_only=True))
@@ -254,7 +375,9 @@ def expand_prefixes(tokens, prefix_length):
 _IMAGE_ENTERS = {"merge": ("decoder", "+ image,\nat every step"),
                  "init-inject": ("lstm", "initial state"),
                  "pre-inject": ("lstm", "first input, before <start>"),
-                 "par-inject": ("lstm", "beside every word")}
+                 "par-inject": ("lstm", "beside every word"),
+                 "attention": ("attention_lstm",
+                               "its mean: initial state;\nattended before every word")}
 
 
 def draw_model(model):
@@ -263,28 +386,28 @@ def draw_model(model):
     import matplotlib.pyplot as plt
 
     architecture = architecture_of(model)
-    column = {"feature_norm": 0, "image_dropout": 0, "image_dense": 0, "embedding": 1,
-              "caption_dropout": 1, "lstm": 1, "decoder": 0.5, "next_word": 0.5}
-    row = {"feature_norm": 0, "image_dropout": 1, "image_dense": 2, "embedding": 0,
-           "caption_dropout": 1, "lstm": 2, "decoder": 3.3, "next_word": 4.3}
+    names = layer_names(architecture)  # for attention, init_state and attention_lstm take the
+    # places of image_dense and lstm
+    column = dict(zip(names, (0, 0, 0, 1, 1, 1, 0.5, 0.5)))
+    row = dict(zip(names, (0, 1, 2, 0, 1, 2, 3.3, 4.3)))
     fig, ax = plt.subplots(figsize=(9, 6.5))
-    for name in LAYER_NAMES:
+    for name in names:
         layer = model.get_layer(name)
         x, y = column[name], -row[name]
-        label = f"{name} ({type(layer).__name__})\n{tuple(layer.output.shape)}"
+        shapes = [tuple(x.shape) for x in keras.tree.flatten(layer.output)]  # attention_lstm: 2
+        label = f"{name} ({type(layer).__name__})\n{', '.join(map(str, shapes))}"
         ax.text(x, y, label, ha="center", va="center",
                 bbox={"boxstyle": "round", "facecolor": "#dbe9f6" if x != 0.5 else "#f6e3db"})
     target, how = _IMAGE_ENTERS[architecture]
-    for a, b in [("lstm", "decoder")] + [(LAYER_NAMES[i], LAYER_NAMES[i + 1])
-                                         for i in (0, 1, 3, 4, 6)]:
+    for a, b in [(names[5], "decoder")] + [(names[i], names[i + 1]) for i in (0, 1, 3, 4, 6)]:
         ax.annotate("", (column[b], -row[b] + 0.3), (column[a], -row[a] - 0.3),
                     arrowprops={"arrowstyle": "->"})
-    if target == "lstm":  # sideways into the LSTM
-        ax.annotate("", (0.72, -row["lstm"]), (0.28, -row["image_dense"]),
+    if target != "decoder":  # sideways into the LSTM
+        ax.annotate("", (0.72, -row[target]), (0.28, -row[names[2]]),
                     arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
-        ax.text(0.5, -row["lstm"] + 0.2, how, ha="center", color="#b5562a")
+        ax.text(0.5, -row[target] + 0.2, how, ha="center", color="#b5562a")
     else:
-        ax.annotate("", (column[target], -row[target] + 0.3), (0, -row["image_dense"] - 0.3),
+        ax.annotate("", (column[target], -row[target] + 0.3), (0, -row[names[2]] - 0.3),
                     arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
         ax.text(0.2, -2.95, how, ha="right", va="center", color="#b5562a")  # beside the arrow
     ax.text(0, 0.6, "image features", ha="center", weight="bold")
@@ -330,14 +453,19 @@ def compile_model(model, training=TrainingConfig()):
 
 def feature_statistics(features, rows, chunk=PIECE_ROWS):
     """Mean and variance of the feature vectors `rows` (each image counted once, however many
-    captions it has) for the model's Normalization layer. Variances are floored so that a
-    dimension constant in training cannot explode on a new image. The table is read `chunk` rows
-    at a time, twice (mean, then variance): a memory-mapped cache is never read whole."""
+    captions it has; a grid's every position) for the model's Normalization layer. Variances are
+    floored so that a dimension constant in training cannot explode on a new image. The table is
+    read `chunk` rows at a time, twice (mean, then variance): a memory-mapped cache is never read
+    whole."""
     rows = np.unique(rows)
     chunks = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
-    mean = sum(np.asarray(features[c], "float64").sum(0) for c in chunks) / len(rows)
-    variance = sum(((np.asarray(features[c], "float64") - mean) ** 2).sum(0)
-                   for c in chunks) / len(rows)
+    count = len(rows) * int(np.prod(features.shape[1:-1]))  # vectors: images x positions
+
+    def vectors(piece):  # (images [x positions], dim) as float64
+        return np.asarray(features[piece], "float64").reshape(-1, features.shape[-1])
+
+    mean = sum(vectors(c).sum(0) for c in chunks) / count
+    variance = sum(((vectors(c) - mean) ** 2).sum(0) for c in chunks) / count
     return mean, np.maximum(variance, 0.01 * variance.mean() + 1e-12)
 
 

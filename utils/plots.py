@@ -4,7 +4,7 @@ No TensorFlow here (notebooks 01 and 03 use it too), and matplotlib only when a 
 """
 import textwrap
 
-__all__ = ["READABLE", "readable_figures", "caption_grid"]
+__all__ = ["READABLE", "readable_figures", "caption_grid", "attention_figure"]
 
 # Figures at most 10 inches wide (1,000 pixels at the notebooks' 100 dpi) with 12-point text, so
 # that every label reads at about 10 points or more on a page 1,000 pixels wide.
@@ -35,4 +35,37 @@ def caption_grid(panels, columns=3, width=10):
         ax.set_xlabel("\n".join(textwrap.fill(line, 28, subsequent_indent="  ") for line in lines),
                       loc="left", fontsize=12, linespacing=1.3)
     fig.tight_layout()
+    return fig
+
+
+def attention_figure(image, words, maps, columns=5, width=10, title=None):
+    """Each word of a caption over the photo, with where the model looked to say it: its
+    attention map (weights over a square grid of positions, row-major), upsampled to the photo
+    and blended over it, one small panel a word, as the TensorFlow tutorial plots them.
+    `image`: RGB [H, W, 3] uint8; `words`: the caption's words and "<end>"; `maps`: [len(words),
+    positions], each row summing to one; `title` above them all."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    maps = np.asarray(maps, "float32")
+    side = int(round(np.sqrt(maps.shape[1])))
+    if side * side != maps.shape[1] or len(words) != len(maps):
+        raise ValueError(f"{len(words)} words and maps {maps.shape}: one map a word, each over a "
+                         "square grid of positions")
+    rows = -(-len(words) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.3 * rows + 0.4 * bool(title)),
+                             squeeze=False, layout="constrained")  # room for the title too
+    for ax in axes.ravel():
+        ax.axis("off")
+    height, breadth = image.shape[:2]
+    for ax, word, weights in zip(axes.ravel(), words, maps):
+        # Each map on its own scale (its peak white): what matters is where, within one word.
+        grid = Image.fromarray(weights.reshape(side, side) / weights.max())
+        ax.imshow(image)
+        ax.imshow(np.asarray(grid.resize((breadth, height), Image.BILINEAR)), cmap="gray",
+                  alpha=0.6, vmin=0, vmax=1)
+        ax.set_title(word, fontsize=12)
+    if title:
+        fig.suptitle(title, fontsize=14)
     return fig

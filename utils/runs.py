@@ -18,7 +18,7 @@ from .evaluation import read_evaluation
 from .features import (FeatureSource, ImageError, build_encoder, load_image, preprocess,
                        weights_tag)
 from .files import read_json, require, write_json
-from .model import ModelConfig, TrainingConfig
+from .model import GRID_ARCHITECTURES, ModelConfig, TrainingConfig
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RunConfigError", "RunConfig", "save_run",
            "read_run", "load_run", "encoder_for_run", "Captioner", "caption_image",
@@ -71,8 +71,14 @@ class RunConfig:
         return record
 
 
+# Fields added to format 1 after records were written: missing, they mean their default (a
+# record from before the attention model describes a model without a grid).
+ADDED_LATER = ("model.positions", "model.attention_regularization")
+
+
 def _record(cls, data, path, where=""):
-    """A dataclass from its dict, refusing unknown and missing fields by name."""
+    """A dataclass from its dict, refusing unknown and missing fields by name (but those of
+    ADDED_LATER, which take their defaults)."""
     if not isinstance(data, dict):
         raise RunConfigError(f"{path}: field {where.rstrip('.')!r} should be an object")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -81,6 +87,8 @@ def _record(cls, data, path, where=""):
             raise RunConfigError(f"{path}: unknown field {where + name!r}")
     values = {}
     for name, field in fields.items():
+        if name not in data and where + name in ADDED_LATER:
+            continue
         if name not in data:
             raise RunConfigError(f"{path}: missing field {where + name!r}")
         values[name] = (_record(field.type, data[name], path, f"{where}{name}.")
@@ -189,7 +197,8 @@ def encoder_for_run(config, weights_file=None):
         raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
                          "path" + (f"; {weights_file} is another file" if weights_file else ""))
     weights = {"random": None, "imagenet": "imagenet"}.get(source.weights, weights_file)
-    return build_encoder(source.encoder, weights, source.input_size)
+    return build_encoder(source.encoder, weights, source.input_size,
+                         grid=config.model.architecture in GRID_ARCHITECTURES)
 
 
 @dataclass
@@ -205,14 +214,18 @@ class Captioner:
         return cls(CaptionDecoder(model, vocab), encoder_for_run(config, weights_file), config)
 
 
-def caption_image(captioner, image, setting=DEFAULT_DECODING):
+def caption_image(captioner, image, setting=DEFAULT_DECODING, attention=False):
     """The caption of one image (a path, an open file or a decoded image), read and scaled by the
     same `load_image` and `preprocess` as the feature cache. Raises ImageError, naming the image,
-    for anything unusable."""
+    for anything unusable. With `attention` (a run that attends), (the caption, its words'
+    attention maps [words + 1, positions], <end> last)."""
     source = captioner.config.features
     pixels = load_image(image, source.input_size)
     features = captioner.encoder.predict(preprocess(source.encoder, pixels[None]), verbose=0)
-    return captioner.decoder.vocab.decode(decode(captioner.decoder, features, setting)[0])
+    decoded = decode(captioner.decoder, features, setting, attention=attention)
+    if attention:
+        return captioner.decoder.vocab.decode(decoded[0][0]), decoded[1][0]
+    return captioner.decoder.vocab.decode(decoded[0])
 
 
 def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):
