@@ -4,9 +4,9 @@ Decoding is incremental: the trained model is split into its two halves, which s
 `encode_image` projects an image once and gives the LSTM's first state (the image itself for
 init-inject, the state after reading it for pre-inject, from the grid's mean for attention);
 `step` takes one word and the LSTM state and returns the next-word log-probabilities, the new
-state and, for the attention model, the weights it gave each position of the grid. A caption of L words costs L steps,
-where the seed projects re-run the LSTM over every padded prefix (1 + 2 + ... + L steps) and call
-`predict` once per word and image. Every image of a batch, and every beam of every image, goes
+state and, for the attention model, the weights it gave each position of the grid. A caption of
+L words costs L steps, where the seed projects re-run the LSTM over every padded prefix
+(1 + 2 + ... + L steps) and call `predict` once per word and image. Every image of a batch, and every beam of every image, goes
 through one step together.
 
 How to decode is one record, a `DecodingSetting` (beam width, length penalty, the rule against
@@ -74,13 +74,10 @@ class CaptionDecoder:
         parts, architecture = model_parts(model), architecture_of(model)
         self.attends = architecture in GRID_ARCHITECTURES
         image = keras.Input(model.input[0].shape[1:], name="image")
-        if self.attends:
-            grid = parts["image_dropout"](parts["feature_norm"](image))         # (B, P, D)
-            context = [grid, parts["attention_lstm"].keys(grid)]                # + (B, P, units)
-            state = initial_state(parts, architecture, grid)
-        else:
-            context = [project_image(parts, image)]                             # (B, units)
-            state = initial_state(parts, architecture, context[0])
+        projected = project_image(parts, image)               # (B, units), or the grid (B, P, D)
+        context = [projected, parts["attention_lstm"].keys(projected)] if self.attends else [
+            projected]                                        # + the grid's keys (B, P, units)
+        state = initial_state(parts, architecture, projected)
         self.encode_image = keras.Model(image, [*context, *state], name="encode_image")
 
         context_in = [keras.Input(x.shape[1:], name=f"context_{i}") for i, x in enumerate(context)]

@@ -275,8 +275,10 @@ def architecture_of(model):
 
 
 def project_image(parts, image):
-    """The image branch: standardised features -> Dropout -> Dense."""
-    return parts["image_dense"](parts["image_dropout"](parts["feature_norm"](image)))
+    """The image branch: standardised features -> Dropout -> Dense; for attention, the grid
+    standardised, without the Dense (the LSTM attends over it)."""
+    image = parts["image_dropout"](parts["feature_norm"](image))
+    return parts["image_dense"](image) if "image_dense" in parts else image
 
 
 def initial_state(parts, architecture, projected):
@@ -338,7 +340,7 @@ def _forward(parts, architecture, image, tokens, last_step_only=False):
 
 def _attend_forward(parts, image, tokens, last_step_only):
     """The attention model's forward pass: the LSTM attends over the grid before every word."""
-    grid = parts["image_dropout"](parts["feature_norm"](image))              # (B, P, D)
+    grid = project_image(parts, image)                                       # (B, P, D)
     embedded = parts["caption_dropout"](parts["embedding"](tokens))          # (B, T, E)
     h, c = initial_state(parts, "attention", grid)                           # (B, units) each
     hidden, contexts = parts["attention_lstm"](grid, embedded, h, c, ops.not_equal(tokens, 0))
