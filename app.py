@@ -133,7 +133,7 @@ def main():
             if attends:
                 with column.expander("Where it looked, word by word"):
                     figure = utils.attention_figure(utils.load_image(decoded, 256).astype("uint8"),
-                                                    [*caption.split(), "<end>"], maps, columns=3)
+                                                    caption, maps, columns=3)
                     st.pyplot(figure)
                     plt.close(figure)
 

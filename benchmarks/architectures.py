@@ -15,6 +15,9 @@ grids of the same photos (shared_data.GRIDS), whose mean is the others' pooled v
 `--architectures` trains only those; the stored runs of the others (in `--out`) are kept and the
 report is made from all of them, so one architecture can be added without retraining the rest.
 
+`--tables` trains nothing: it prints the stored results (`--out`) as the Markdown tables of
+docs/results.md, one per decoding and one of the costs, beside the published figures.
+
 `--tune` also trains each inject with one change of its obvious knobs (TUNING: the units, the
 dropout, the learning rate): one round, on dev, with the first seed only (a screen: a variant
 that looks better deserves the full seeds before it becomes a default). Every score and caption is written to
@@ -36,6 +39,12 @@ RESULTS = REPO / "benchmarks" / "results" / "architectures.json"
 DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy
              utils.DecodingSetting(3, 0.0, 0),   # beam 3, as the paper decodes
              utils.DEFAULT_DECODING]             # ours: beam 5, length penalty 1, no repeated pair
+# Published figures (BLEU-4 / METEOR / CIDEr, full Flickr8k test split), not measured here: Tanti,
+# Gatt and Camilleri 2018 (beam 3, COCO evaluation; means of three runs) and Xu et al. 2015's
+# Table 1 (soft attention; the paper gives no CIDEr).
+PUBLISHED = {"merge": "0.178 / 0.193 / 0.469", "init-inject": "0.191 / 0.194 / 0.481",
+             "pre-inject": "0.190 / 0.191 / 0.469", "par-inject": "0.191 / 0.193 / 0.475",
+             "attention": "0.195 / 0.189 / -"}
 # One round of tuning for each inject, one change of the default each (merge had five rounds).
 TUNING = {"units 512": {"units": 512}, "dropout 0.3": {"dropout": 0.3},
           "learning rate 2e-3": {"learning_rate": 2e-3}}
@@ -48,6 +57,15 @@ def captions_per_second(model, vocab, features, setting):
     start = time.perf_counter()
     utils.decode(decoder, features, setting)
     return len(features) / (time.perf_counter() - start)
+
+
+def mean_speed(runs):
+    """Captions a second per decoding, the mean over `runs`; None for runs stored before the
+    benchmark measured it."""
+    if "captions_per_second" not in runs[0]:
+        return None
+    return {s: round(sum(r["captions_per_second"][s] for r in runs) / len(runs), 1)
+            for s in runs[0]["captions_per_second"]}
 
 
 def differences(results, references, baseline="merge"):
@@ -65,11 +83,55 @@ def differences(results, references, baseline="merge"):
     return out
 
 
+def tables(report):
+    """docs/results.md's tables of a stored report: scores (mean ± std over seeds) and the
+    difference from merge (with its interval) per decoding, then parameters and costs."""
+    scores = ("bleu4", "meteor", "rouge_l", "cider_d")
+    compared = ("bleu4", "meteor", "cider_d")
+    names = {"bleu4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider_d": "CIDEr-D"}
+    header = (["architecture"] + [names[k] for k in scores]
+              + [f"{names[k]} minus merge's" for k in compared]
+              + ["published: BLEU-4 / METEOR / CIDEr"])
+    lines = []
+    for label in report["settings"]["decodings"]:
+        lines += [f"Decoded with {label}:", "", _row(header), _row(["---"] * len(header))]
+        for name, entry in report["architectures"].items():
+            difference = entry["difference_from_merge"].get(label, {})
+            lines.append(_row(
+                [name] + [f"{entry[label][k]['mean']:.3f} ± {entry[label][k]['std']:.3f}"
+                          for k in scores]
+                + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
+                   .replace("-0.000", "+0.000") if (d := difference.get(k)) else ""
+                   for k in compared] + [PUBLISHED[name]]))
+        lines.append("")
+    header = ["architecture", "parameters", "epochs run (each seed)", "training a run",
+              "captions a second, greedy", "captions a second, our default"]
+    lines += [_row(header), _row(["---"] * len(header))]
+    for name, entry in report["architectures"].items():
+        speed = entry["captions_per_second"] or {}
+        lines.append(_row([name, f"{entry['parameters']:,}" if entry["parameters"] else "-",
+                           ", ".join(map(str, entry["epochs"])),
+                           f"{entry['train_seconds']['mean']:.0f} ± "
+                           f"{entry['train_seconds']['std']:.0f} s"]
+                          + [f"{speed[s]:,.0f}" if s in speed else "-" for s in
+                             ("greedy", utils.DEFAULT_DECODING.label)]))
+    return "\n".join(lines)
+
+
+def _row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
 def main():
     parser = arguments(__doc__, RESULTS, "also the tuning round of the injects")
     parser.add_argument("--architectures", nargs="+", choices=utils.ARCHITECTURES,
                         help="train only these; the others' runs are read from --out")
+    parser.add_argument("--tables", action="store_true",
+                        help="print the stored results as Markdown tables; train nothing")
     args = parser.parse_args()
+    if args.tables:
+        print(tables(utils.read_json(args.out)))
+        return
     seeds = range(1 if args.quick else args.seeds)
     pooled, default = SharedData(), notebook_defaults()
     grids = SharedData(grid=True) if set(args.architectures or utils.ARCHITECTURES) & set(
@@ -105,9 +167,7 @@ def main():
     different = differences(results, dict(zip(names, raw))) if "merge" in results else {
         s.label: {"missing": None} for s in DECODINGS}
     entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
-                      "captions_per_second": {s: round(sum(r["captions_per_second"][s] for r in
-                                                           runs) / len(runs), 1)
-                                              for s in runs[0]["captions_per_second"]},
+                      "captions_per_second": mean_speed(runs),
                       **summarise(runs),
                       "difference_from_merge": {label: d[name] for label, d in different.items()
                                                 if name in d}}

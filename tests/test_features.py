@@ -317,3 +317,35 @@ def test_sharded_extraction_equals_the_unsharded_cache(sample_root, tmp_path, en
     with pytest.raises(RuntimeError, match=r"do not hold every image once \(missing "
                                            r"\['shapes_00003.jpg'\], twice \['shapes_00000.jpg'\]"):
         utils.extract_features(images, names[:6], broken, model=encoder, **args)
+
+
+def test_a_grid_cache_serves_both_requests_and_a_pooled_one_is_extracted_again(sample_root,
+                                                                              tmp_path):
+    """Grids at 139x139 (3x3 positions): the pooled vectors are their means; a cache with grids
+    serves a request without (nothing extracted); a cache, or an interrupted run's chunk, without
+    grids is extracted again when grids are asked for."""
+    from conftest import GRID_INPUT_SIZE
+
+    names = [f"shapes_{i:05d}.jpg" for i in range(5)]
+    images = sample_root / "Images"
+    args = dict(weights=None, input_size=GRID_INPUT_SIZE, batch_size=2, chunk_size=3)
+    pooled = utils.build_encoder("inceptionv3", None, GRID_INPUT_SIZE)
+    grid_encoder = utils.build_encoder("inceptionv3", None, GRID_INPUT_SIZE, grid=True)
+    cache, cut = tmp_path / "cache", tmp_path / "interrupted"
+    utils.extract_features(images, names, cache, model=pooled, **args)
+    assert utils.finished_cache(cache, names) and not utils.finished_cache(cache, names, grid=True)
+    assert not utils.finished_cache(cache, names[:4])  # other images: not this cache
+    with pytest.raises(KeyboardInterrupt):  # the first chunk (3 images) done, without grids
+        utils.extract_features(images, names, cut, model=CountingEncoder(pooled, 2), **args)
+    for folder in (cache, cut):
+        counting = CountingEncoder(grid_encoder)
+        meta = utils.extract_features(images, names, folder, model=counting, grid=True, **args)
+        assert counting.images == 5 and meta["positions"] == 9
+    assert utils.finished_cache(cache, names, grid=True) == utils.finished_cache(cache, names)
+    again = CountingEncoder(grid_encoder)
+    utils.extract_features(images, names, cache, model=again, **args)  # pooled asked: served
+    assert again.images == 0
+    loaded, grids = utils.load_features(cache, grid=True)
+    assert loaded == names and grids.shape == (5, 9, meta["dim"]) and grids.dtype == "float16"
+    np.testing.assert_allclose(np.asarray(utils.load_features(cache)[1], "float32"),
+                               np.asarray(grids, "float32").mean(1), rtol=2e-3, atol=2e-3)

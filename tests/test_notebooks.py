@@ -16,7 +16,7 @@ import papermill
 import pytest
 
 import utils
-from conftest import REPO
+from conftest import GRID_INPUT_SIZE, REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Small settings that keep CI fast; the sample dataset is the default of every notebook.
@@ -26,6 +26,10 @@ OWN_PHOTO = "data/sample/Images/shapes_00007.jpg"
 # Measured (COCO evaluation): greedy BLEU-4 0.682 on the sample test split after 15 epochs, 0.217
 # with shuffled features.
 BLEU4_BAR = 0.5
+# The attention model through notebooks 02, 04 and 05: grids at GRID_INPUT_SIZE (3x3), few epochs.
+ATTENTION = {"02_extract_features": {"GRID": True, "INPUT_SIZE": GRID_INPUT_SIZE},
+             "04_train_model": {"ARCHITECTURE": "attention", "EPOCHS": 10},
+             "05_decode_and_evaluate": {"BEAM_WIDTHS": [5]}}
 # Appended to the notebooks that must not load TensorFlow, to look inside their kernels.
 TF_PROBE = 'import sys; print("tensorflow loaded:", "tensorflow" in sys.modules)'
 WITHOUT_TENSORFLOW = ("01_prepare_captions", "03_glove_embeddings")
@@ -225,3 +229,34 @@ def test_notebook_02_extracts_in_shards_and_joins_them(executed, tmp_path):
     cache = utils.cache_dir(data / "sample" / "features", "inceptionv3", None, 75)
     assert utils.load_features(cache)[0] == sorted(utils.PreparedDataset.load(
         data / "sample" / "prepared" / "captions.json").images)
+
+
+def test_the_attention_model_runs_through_the_notebooks_and_shows_where_it_looked(executed,
+                                                                                 tmp_path):
+    """Notebooks 02, 04 and 05 again with ATTENTION's settings, from the captions, vocabulary and
+    embedding that notebooks 01 and 03 wrote: grids of 3x3 positions, a model that learns from
+    them, and notebook 05's attention maps for the split's first images and for your own photo."""
+    workdir = executed["workdir"]
+    data = shutil.copytree(workdir / "data", tmp_path / "data",
+                           ignore=shutil.ignore_patterns("features"))  # grids only, as asked
+    own_photo = {"05_decode_and_evaluate": {"IMAGE": str(workdir / OWN_PHOTO)}}
+    runs = {}
+    for stem, parameters in ATTENTION.items():
+        out = tmp_path / f"{stem}.ipynb"
+        papermill.execute_notebook(
+            str(REPO / "notebooks" / f"{stem}.ipynb"), str(out), cwd=str(REPO), progress_bar=False,
+            parameters={"DATA_DIR": str(data), "MODELS_DIR": str(tmp_path / "models"),
+                        **parameters, **own_photo.get(stem, {})})
+        runs[stem] = json.loads(out.read_text())
+        assert not [o for o in outputs(runs[stem]) if o["output_type"] == "error"], stem
+    assert "grids: 9 positions of 2048 values an image" in printed(runs["02_extract_features"])
+    assert "at each of 9 positions" in printed(runs["04_train_model"])
+    pictures = [o for o in outputs(runs["05_decode_and_evaluate"]) if "image/png" in o.get("data", {})]
+    # the scores, the first, best and worst captioned, your own photo; then the maps of the first
+    # N_EXAMPLES (3) images of the split and of your own photo
+    assert len(pictures) == 5 + 3 + 1
+    results = utils.read_evaluation(tmp_path / "models" / "sample-inceptionv3", "test")["results"]
+    greedy = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2))
+    control = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2), shuffled_images=True)
+    print({entry["label"]: round(entry["scores"]["bleu4"], 3) for entry in results})
+    assert greedy["scores"]["bleu4"] >= 1.5 * control["scores"]["bleu4"]

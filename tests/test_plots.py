@@ -23,6 +23,30 @@ def test_caption_grid_puts_every_caption_under_its_photo():
         assert " ".join(label.get_text().replace("\n  ", " ").splitlines()[1:]) == long
 
 
+def test_attention_figure_puts_each_words_map_where_its_weight_is():
+    import matplotlib.pyplot as plt
+    import pytest
+
+    photo = np.full((60, 90, 3), 100, "uint8")
+    maps = np.full((3, 9), 0.01, "float32")
+    for word, position in enumerate((2, 3, 7)):  # row-major in a 3x3 grid: not symmetric
+        maps[word, position] = 1 - 0.08
+    fig = utils.attention_figure(photo, "a dog", maps, columns=2, title="where it looked")
+    assert fig.get_size_inches()[0] == 10 and fig._suptitle.get_text() == "where it looked"
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in panels] == ["a", "dog", "<end>"]
+    for ax, (row, column) in zip(panels, ((0, 2), (1, 0), (2, 1))):
+        shown, blended = ax.get_images()
+        assert shown.get_array().shape == photo.shape
+        overlay = np.asarray(blended.get_array())  # upsampled to the photo, peak at the weight
+        assert overlay.shape == photo.shape[:2] and 0.9 < overlay.max() <= 1  # scaled to its peak
+        peak = np.unravel_index(overlay.argmax(), overlay.shape)
+        assert (peak[0] * 3 // 60, peak[1] * 3 // 90) == (row, column)
+    with pytest.raises(ValueError, match="3 words with <end> and maps \\(2, 9\\)"):
+        utils.attention_figure(photo, "a dog", maps[:2])
+    plt.close("all")
+
+
 def test_notebook_figures_are_at_most_ten_inches_wide_with_readable_text():
     import re
 

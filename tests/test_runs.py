@@ -177,8 +177,8 @@ def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
                               attention=True)
         assert captioner.decoder.vocab.decode(cached[0][0]) == caption
         np.testing.assert_allclose(cached[1][0], maps, atol=2e-3)
-        figure = utils.attention_figure(utils.load_image(photo, 128).astype("uint8"),
-                                        [*caption.split(), "<end>"], maps)
+        figure = utils.attention_figure(utils.load_image(photo, 128).astype("uint8"), caption,
+                                        maps)
         assert [ax.get_title() for ax in figure.axes[:len(maps)]] == [*caption.split(), "<end>"]
         assert len(figure.axes[0].images) == 2  # the photo, and the map blended over it
 

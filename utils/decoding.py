@@ -158,7 +158,8 @@ def greedy_search(decoder, features, no_repeat_ngram=0, batch_size=256, attentio
             _rule_out_repeated_ngrams(log_probs, out[:, :t], ~done, no_repeat_ngram)
             words = np.where(done, vocab.pad_id, log_probs.argmax(1)).astype("int32")
             out[:, t] = words
-            seen.append(weights)
+            if attention:
+                seen.append(weights)
             done |= words == vocab.end_id
             if done.all():
                 break

@@ -28,7 +28,7 @@ __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_we
            "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "DECODE_SIZE", "ImageError",
            "decode_image", "load_image", "image_batches", "cache_dir", "find_feature_cache",
            "FeatureSource", "feature_source", "load_features", "grid_bytes", "FeatureRows",
-           "extract_features",
+           "finished_cache", "extract_features",
            "ExtractionSettings", "extraction_settings", "encoder_speed"]
 
 
@@ -371,15 +371,14 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     paths = [str(Path(images_dir) / n) for n in names]
     size = input_size or encoder_spec(encoder).input_size
     stats = _image_stats(paths)  # before reading: a change while extracting is seen next time
-    if (directory / "meta.json").is_file():
-        meta = read_json(directory / "meta.json")
-        if meta["requested"] == names and (meta.get("positions") or not grid):
-            changed = _changed_images(directory, stats)
-            if not changed or (not meta.get("positions") and _reread(
-                    directory, names, paths, stats, changed, encoder,
-                    model or build_encoder(encoder, weights, size), size, batch_size)):
-                return meta
-            (directory / "meta.json").unlink(missing_ok=True)  # extracted again, with grids
+    meta = finished_cache(directory, names, grid)
+    if meta:
+        changed = _changed_images(directory, stats)
+        if not changed or (not meta.get("positions") and _reread(
+                directory, names, paths, stats, changed, encoder,
+                model or build_encoder(encoder, weights, size), size, batch_size)):
+            return meta
+        (directory / "meta.json").unlink(missing_ok=True)  # extracted again, with grids
     chunks = directory / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(paths), chunk_size)
@@ -418,12 +417,26 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
         "images_per_second": round(pending / elapsed, 2) if pending else None}, grid)
 
 
+def finished_cache(directory, names, grid=False):
+    """The meta record of the finished cache in `directory` if it holds the images `names`, with
+    their grids when `grid` asks for them; else None (it must be extracted, or extracted on)."""
+    path = Path(directory) / "meta.json"
+    meta = read_json(path) if path.is_file() else None
+    return meta if meta and _serves(meta, list(names), bool(meta.get("positions")), grid) else None
+
+
 def _chunk_done(chunks, start, requested, grid):
-    record = chunks / f"{start:08d}.json"
-    if not record.is_file():
+    path = chunks / f"{start:08d}.json"
+    if not path.is_file():
         return False
-    record = read_json(record)
-    return record["requested"] == requested and (record.get("grid", False) or not grid)
+    record = read_json(path)
+    return _serves(record, requested, record.get("grid", False), grid)
+
+
+def _serves(record, requested, has_grids, grid):
+    """A finished cache or chunk serves a request: the same images, and grids unless none are
+    asked for (a cache with grids serves a request without)."""
+    return record["requested"] == requested and (has_grids or not grid)
 
 
 def _extract_chunk(model, encoder, paths, size, batch_size, bar):

@@ -38,21 +38,24 @@ def caption_grid(panels, columns=3, width=10):
     return fig
 
 
-def attention_figure(image, words, maps, columns=5, width=10, title=None):
+def attention_figure(image, caption, maps, columns=5, width=10, title=None):
     """Each word of a caption over the photo, with where the model looked to say it: its
     attention map (weights over a square grid of positions, row-major), upsampled to the photo
     and blended over it, one small panel a word, as the TensorFlow tutorial plots them.
-    `image`: RGB [H, W, 3] uint8; `words`: the caption's words and "<end>"; `maps`: [len(words),
-    positions], each row summing to one; `title` above them all."""
+    `image`: RGB [H, W, 3] uint8; `caption`: the caption as decoded, words split at spaces;
+    `maps`: [words + 1, positions], each row summing to one, the last the map of "<end>" (as
+    `decode(..., attention=True)` and `caption_image(..., attention=True)` return them);
+    `title` above them all."""
     import matplotlib.pyplot as plt
     import numpy as np
     from PIL import Image
 
+    words = [*caption.split(), "<end>"]
     maps = np.asarray(maps, "float32")
     side = int(round(np.sqrt(maps.shape[1])))
     if side * side != maps.shape[1] or len(words) != len(maps):
-        raise ValueError(f"{len(words)} words and maps {maps.shape}: one map a word, each over a "
-                         "square grid of positions")
+        raise ValueError(f"{len(words)} words with <end> and maps {maps.shape}: one map a word, "
+                         "each over a square grid of positions")
     rows = -(-len(words) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(width, 2.3 * rows + 0.4 * bool(title)),
                              squeeze=False, layout="constrained")  # room for the title too
