@@ -323,11 +323,15 @@ def test_a_grid_cache_serves_both_requests_and_a_pooled_one_is_extracted_again(s
                                                                               tmp_path):
     """Grids at 139x139 (3x3 positions): the pooled vectors are their means; a cache with grids
     serves a request without (nothing extracted); a cache, or an interrupted run's chunk, without
-    grids is extracted again when grids are asked for."""
+    grids is extracted again when grids are asked for; a changed image's grid is read again, and
+    only its own."""
     from conftest import GRID_INPUT_SIZE
 
     names = [f"shapes_{i:05d}.jpg" for i in range(5)]
-    images = sample_root / "Images"
+    images = tmp_path / "Images"
+    images.mkdir()
+    for name in names + ["shapes_00100.jpg"]:
+        shutil.copy(sample_root / "Images" / name, images / name)
     args = dict(weights=None, input_size=GRID_INPUT_SIZE, batch_size=2, chunk_size=3)
     pooled = utils.build_encoder("inceptionv3", None, GRID_INPUT_SIZE)
     grid_encoder = utils.build_encoder("inceptionv3", None, GRID_INPUT_SIZE, grid=True)
@@ -349,3 +353,19 @@ def test_a_grid_cache_serves_both_requests_and_a_pooled_one_is_extracted_again(s
     assert loaded == names and grids.shape == (5, 9, meta["dim"]) and grids.dtype == "float16"
     np.testing.assert_allclose(np.asarray(utils.load_features(cache)[1], "float32"),
                                np.asarray(grids, "float32").mean(1), rtol=2e-3, atol=2e-3)
+
+    before = np.array(grids)
+    shutil.copy(images / "shapes_00100.jpg", images / names[3])
+    os.utime(images / names[3], ns=(1, 1))  # surely another modification time
+    counting = CountingEncoder(grid_encoder)
+    utils.extract_features(images, names, cache, model=counting, **args)  # pooled asked
+    assert counting.images == 1
+    utils.extract_features(images, ["shapes_00100.jpg"], tmp_path / "one", model=grid_encoder,
+                           grid=True, **args)
+    after, fresh = utils.load_features(cache, grid=True)[1], utils.load_features(
+        tmp_path / "one", grid=True)[1]
+    np.testing.assert_array_equal(after[3], fresh[0])
+    assert np.array_equal(np.delete(after, 3, 0), np.delete(before, 3, 0))
+    np.testing.assert_allclose(np.asarray(utils.load_features(cache)[1][3], "float32"),
+                               np.asarray(fresh[0], "float32").mean(0), rtol=2e-3, atol=2e-3)
+    assert not np.allclose(np.asarray(before[3], "float32"), np.asarray(fresh[0], "float32"))

@@ -355,8 +355,8 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
 
     Resumes an interrupted run from its finished chunks (of `chunk_size` images); returns the
     cache's meta record. Unreadable images are skipped, warned about and listed in `skipped.json`.
-    A finished cache re-reads the images whose size or modification time changed since (one with
-    grids is extracted again whole). `model` lets a caller pass an already built encoder (with
+    A finished cache re-reads the images whose size or modification time changed since (and
+    their grids, if it has them). `model` lets a caller pass an already built encoder (with
     `grid`, one of `build_encoder(..., grid=True)`).
 
     `grid`: also keep each image's grid of positions (`grid.npy`, [images, positions, dim]); the
@@ -374,11 +374,12 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     meta = finished_cache(directory, names, grid)
     if meta:
         changed = _changed_images(directory, stats)
-        if not changed or (not meta.get("positions") and _reread(
-                directory, names, paths, stats, changed, encoder,
-                model or build_encoder(encoder, weights, size), size, batch_size)):
+        has_grids = bool(meta.get("positions"))  # then the changed images' grids too
+        if changed and (model is None or len(model.output_shape) != 2 + has_grids):
+            model = build_encoder(encoder, weights, size, grid=has_grids)
+        if not changed or _reread(directory, names, paths, stats, changed, encoder, model, size,
+                                  batch_size):
             return meta
-        (directory / "meta.json").unlink(missing_ok=True)  # extracted again, with grids
     chunks = directory / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(paths), chunk_size)
@@ -475,8 +476,9 @@ def _changed_images(directory, stats):
 
 
 def _reread(directory, names, paths, stats, changed, encoder, model, size, batch_size):
-    """Replace the rows of changed images in a finished cache; False (the cache then removed,
-    to be made anew) when one of them was skipped before or cannot be read now."""
+    """Replace the rows of changed images in a finished cache (with a grid `model`, their grids
+    too); False (the cache then removed, to be made anew) when one of them was skipped before or
+    cannot be read now."""
     row = {n: i for i, n in enumerate(read_json(directory / "names.json"))}
     names = [names[i] for i in changed]
     if all(n in row for n in names):
@@ -484,8 +486,16 @@ def _reread(directory, names, paths, stats, changed, encoder, model, size, batch
             fresh, errors = _extract_chunk(model, encoder, [paths[i] for i in changed], size,
                                            batch_size, bar)
         if not errors:
+            rows = [row[n] for n in names]
+            if fresh.ndim == 3:  # grids: their rows rewritten in place, not the whole file
+                # (interrupted before stats.json below, these images are simply read again)
+                grids = np.load(directory / "grid.npy", mmap_mode="r+")
+                grids[rows] = fresh.astype(grids.dtype)
+                grids.flush()
+                del grids
+                fresh = fresh.mean(axis=1)
             features = np.load(directory / "features.npy")
-            features[[row[n] for n in names]] = fresh.astype(features.dtype)
+            features[rows] = fresh.astype(features.dtype)
             save_npy(directory / "features.npy", features)
             write_json(directory / "stats.json", stats)
             print(f"re-read {len(changed)} changed image(s), first {names[0]}")

@@ -749,8 +749,8 @@ def _whole_h5(path):
 
 
 # Where training runs (tf.distribute): one device, or every GPU of this machine. Several machines
-# (MultiWorkerMirroredStrategy) are left out: Keras 3's `fit` fails under it (keras-team/keras
-# #20585; here, Keras 3.15.1 and TensorFlow 2.21: "Attempt to convert a value (PerReplica...)").
+# (MultiWorkerMirroredStrategy) are left out: Keras 3's `fit` fails under it, first reducing a
+# batch across workers (keras-team/keras#20585), then its logs (docs/how-it-works.md, stage 4).
 STRATEGIES = (None, "mirrored")
 
 
