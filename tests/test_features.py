@@ -369,3 +369,25 @@ def test_a_grid_cache_serves_both_requests_and_a_pooled_one_is_extracted_again(s
     np.testing.assert_allclose(np.asarray(utils.load_features(cache)[1][3], "float32"),
                                np.asarray(fresh[0], "float32").mean(0), rtol=2e-3, atol=2e-3)
     assert not np.allclose(np.asarray(before[3], "float32"), np.asarray(fresh[0], "float32"))
+
+
+def test_random_encoders_built_at_once_in_threads_get_their_seeded_weights(tmp_path):
+    """The app serves several sessions: two runs of the sample loaded at once each rebuilt their
+    random encoder from global random state the other drew from too (measured: neither got the
+    weights of its seed), and captioned new photos from features unlike their training ones."""
+    import threading
+
+    expected = utils.build_encoder("inceptionv3", None, SIZE).get_weights()
+    built = {}
+
+    def build(i):
+        built[i] = utils.build_encoder("inceptionv3", None, SIZE).get_weights()
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for weights in built.values():
+        assert len(weights) == len(expected)
+        assert all(np.array_equal(a, b) for a, b in zip(weights, expected))

@@ -49,6 +49,10 @@ ENCODERS = {
     "resnet50": EncoderSpec("ResNet50", "resnet50", 224),
     "vgg16": EncoderSpec("VGG16", "vgg16", 224),
 }
+# Held while Keras makes layers: a seeded random encoder draws its initial weights from global
+# random state, which a model made at the same time in another thread (the app serves several
+# sessions) would draw from too, giving the encoder other weights than its run's features had.
+KERAS_BUILDING = threading.Lock()
 
 
 def encoder_spec(name):
@@ -87,11 +91,12 @@ def build_encoder(name, weights="imagenet", input_size=None, seed=0, grid=False)
     size = input_size or spec.input_size
     if weights not in (None, "imagenet") and not Path(weights).is_file():
         raise FileNotFoundError(f"{weights}: no such weights file")
-    keras.utils.set_random_seed(seed)
     constructor = getattr(keras.applications, spec.application)
     try:
-        cnn = constructor(include_top=False, weights=weights, pooling=None if grid else "avg",
-                          input_shape=(size, size, 3))
+        with KERAS_BUILDING:
+            keras.utils.set_random_seed(seed)
+            cnn = constructor(include_top=False, weights=weights, pooling=None if grid else "avg",
+                              input_shape=(size, size, 3))
         if not grid:
             return cnn
         rows, columns, dim = cnn.output_shape[1:]

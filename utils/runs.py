@@ -15,8 +15,8 @@ import keras
 from .captions import Vocabulary
 from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
 from .evaluation import read_evaluation
-from .features import (FeatureSource, ImageError, build_encoder, load_image, preprocess,
-                       weights_tag)
+from .features import (KERAS_BUILDING, FeatureSource, ImageError, build_encoder, load_image,
+                       preprocess, weights_tag)
 from .files import read_json, require, write_json
 from .model import GRID_ARCHITECTURES, ModelConfig, TrainingConfig
 
@@ -182,7 +182,9 @@ def load_run(run_dir):
     run_dir = Path(run_dir)
     require(run_dir / "model.keras", "04_train_model")
     vocab, config = read_run(run_dir)
-    return keras.models.load_model(run_dir / "model.keras"), vocab, config
+    with KERAS_BUILDING:  # its layers' initialisers would draw from a seeded encoder's state
+        model = keras.models.load_model(run_dir / "model.keras")
+    return model, vocab, config
 
 
 def encoder_for_run(config, weights_file=None):
