@@ -20,9 +20,10 @@ docs/results.md, one per decoding and one of the costs, beside the published fig
 
 `--tune` also trains each inject with one change of its obvious knobs (TUNING: the units, the
 dropout, the learning rate): one round, on dev, with the first seed only (a screen: a variant
-that looks better deserves the full seeds before it becomes a default). Every score and caption is written to
-benchmarks/results/architectures.json (`--out`), except with `--quick` (1 seed, at most 3
-epochs). Last line: one JSON object, `architectures` holding one entry per architecture name.
+that looks better deserves the full seeds before it becomes a default). Every score and caption
+is written to benchmarks/results/architectures.json (`--out`), except with `--quick` (1 seed, at
+most 3 epochs). Last line: one JSON object, `architectures` holding one entry per architecture
+name.
 """
 import json
 import os

@@ -251,7 +251,8 @@ def test_the_attention_model_runs_through_the_notebooks_and_shows_where_it_looke
         assert not [o for o in outputs(runs[stem]) if o["output_type"] == "error"], stem
     assert "grids: 9 positions of 2048 values an image" in printed(runs["02_extract_features"])
     assert "at each of 9 positions" in printed(runs["04_train_model"])
-    pictures = [o for o in outputs(runs["05_decode_and_evaluate"]) if "image/png" in o.get("data", {})]
+    pictures = [o for o in outputs(runs["05_decode_and_evaluate"])
+                if "image/png" in o.get("data", {})]
     # the scores, the first, best and worst captioned, your own photo; then the maps of the first
     # N_EXAMPLES (3) images of the split and of your own photo
     assert len(pictures) == 5 + 3 + 1
