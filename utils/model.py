@@ -396,18 +396,19 @@ def draw_model(model):
     for name in names:
         layer = model.get_layer(name)
         x, y = column[name], -row[name]
-        shapes = [tuple(x.shape) for x in keras.tree.flatten(layer.output)]  # attention_lstm: 2
-        label = f"{name} ({type(layer).__name__})\n{', '.join(map(str, shapes))}"
+        shape = tuple(keras.tree.flatten(layer.output)[0].shape)  # attention_lstm: its states
+        label = f"{name} ({type(layer).__name__})\n{shape}"
         ax.text(x, y, label, ha="center", va="center",
                 bbox={"boxstyle": "round", "facecolor": "#dbe9f6" if x != 0.5 else "#f6e3db"})
     target, how = _IMAGE_ENTERS[architecture]
     for a, b in [(names[5], "decoder")] + [(names[i], names[i + 1]) for i in (0, 1, 3, 4, 6)]:
         ax.annotate("", (column[b], -row[b] + 0.3), (column[a], -row[a] - 0.3),
                     arrowprops={"arrowstyle": "->"})
-    if target != "decoder":  # sideways into the LSTM
-        ax.annotate("", (0.72, -row[target]), (0.28, -row[names[2]]),
+    if target != "decoder":  # sideways into the LSTM (AttentionLSTM's box is the wider)
+        ax.annotate("", (0.56 if architecture == "attention" else 0.72, -row[target]),
+                    (0.28, -row[names[2]]),
                     arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
-        ax.text(0.5, -row[target] + 0.2, how, ha="center", color="#b5562a")
+        ax.text(0.5, -row[target] + 0.3, how, ha="center", va="bottom", color="#b5562a")
     else:
         ax.annotate("", (column[target], -row[target] + 0.3), (0, -row[names[2]] - 0.3),
                     arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
