@@ -132,8 +132,9 @@ def main():
                 column.warning(utils.SAMPLE_RUN_WARNING)
             if attends:
                 with column.expander("Where it looked, word by word"):
+                    # drawn about as wide as the column shows it, so its words stay readable
                     figure = utils.attention_figure(utils.load_image(decoded, 256).astype("uint8"),
-                                                    caption, maps, columns=3)
+                                                    caption, maps, columns=3, width=3.6)
                     st.pyplot(figure)
                     plt.close(figure)
 

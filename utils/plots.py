@@ -57,8 +57,9 @@ def attention_figure(image, caption, maps, columns=5, width=10, title=None):
         raise ValueError(f"{len(words)} words with <end> and maps {maps.shape}: one map a word, "
                          "each over a square grid of positions")
     rows = -(-len(words) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.3 * rows + 0.4 * bool(title)),
-                             squeeze=False, layout="constrained")  # room for the title too
+    # Square panels, each with a line of title above it, and room for the figure's title too.
+    fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",
+                             figsize=(width, rows * (width / columns + 0.35) + 0.4 * bool(title)))
     for ax in axes.ravel():
         ax.axis("off")
     height, breadth = image.shape[:2]
