@@ -102,8 +102,7 @@ def tables(report):
                 [name] + [f"{entry[label][k]['mean']:.3f} ± {entry[label][k]['std']:.3f}"
                           for k in scores]
                 + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
-                   .replace("-0.000", "+0.000") if (d := difference.get(k)) else ""
-                   for k in compared] + [PUBLISHED[name]]))
+                   if (d := difference.get(k)) else "" for k in compared] + [PUBLISHED[name]]))
         lines.append("")
     header = ["architecture", "parameters", "epochs run (each seed)", "training a run",
               "captions a second, greedy", "captions a second, our default"]
