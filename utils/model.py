@@ -393,25 +393,30 @@ def draw_model(model):
     column = dict(zip(names, (0, 0, 0, 1, 1, 1, 0.5, 0.5)))
     row = dict(zip(names, (0, 1, 2, 0, 1, 2, 3.3, 4.3)))
     fig, ax = plt.subplots(figsize=(9, 6.5))
+    boxes = {}
     for name in names:
         layer = model.get_layer(name)
         x, y = column[name], -row[name]
         shape = tuple(keras.tree.flatten(layer.output)[0].shape)  # attention_lstm: its states
         label = f"{name} ({type(layer).__name__})\n{shape}"
-        ax.text(x, y, label, ha="center", va="center",
-                bbox={"boxstyle": "round", "facecolor": "#dbe9f6" if x != 0.5 else "#f6e3db"})
-    target, how = _IMAGE_ENTERS[architecture]
+        boxes[name] = ax.text(x, y, label, ha="center", va="center", bbox={
+            "boxstyle": "round", "facecolor": "#dbe9f6" if x != 0.5 else "#f6e3db"})
+
+    def arrow(a, b, start, end, **style):
+        """From box a to box b, at points given as fractions of each box (so an arrow meets a
+        box at its edge however wide its text); shrunk past the boxes' rounded padding."""
+        ax.annotate("", end, xycoords=boxes[b], xytext=start, textcoords=boxes[a],
+                    arrowprops={"arrowstyle": "->", "shrinkA": 5, "shrinkB": 5, **style})
+
     for a, b in [(names[5], "decoder")] + [(names[i], names[i + 1]) for i in (0, 1, 3, 4, 6)]:
-        ax.annotate("", (column[b], -row[b] + 0.3), (column[a], -row[a] - 0.3),
-                    arrowprops={"arrowstyle": "->"})
-    if target != "decoder":  # sideways into the LSTM (AttentionLSTM's box is the wider)
-        ax.annotate("", (0.56 if architecture == "attention" else 0.72, -row[target]),
-                    (0.28, -row[names[2]]),
-                    arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
+        arrow(a, b, (0.5, 0), (0.5, 1))
+    target, how = _IMAGE_ENTERS[architecture]
+    image = {"color": "#b5562a", "lw": 2}
+    if target != "decoder":  # sideways into the LSTM
+        arrow(names[2], target, (1, 0.5), (0, 0.5), **image)
         ax.text(0.5, -row[target] + 0.3, how, ha="center", va="bottom", color="#b5562a")
     else:
-        ax.annotate("", (column[target], -row[target] + 0.3), (0, -row[names[2]] - 0.3),
-                    arrowprops={"arrowstyle": "->", "color": "#b5562a", "lw": 2})
+        arrow(names[2], target, (0.5, 0), (0.5, 1), **image)
         ax.text(0.2, -2.95, how, ha="right", va="center", color="#b5562a")  # beside the arrow
     ax.text(0, 0.6, "image features", ha="center", weight="bold")
     ax.text(1, 0.6, "caption so far", ha="center", weight="bold")
