@@ -112,6 +112,12 @@ class Server:
                     body(self)
                     return
                 start = int(self.headers["Range"][6:].rstrip("-")) if self.headers["Range"] else 0
+                if start >= len(body) and start:  # as real servers answer a Range past the end
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(206 if start else 200)
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()

@@ -144,3 +144,76 @@ def test_a_trickle_cannot_outlast_the_deadline(server, tmp_path):
     with pytest.raises(utils.DownloadError, match="took longer than 2 s"):
         utils.download_file(server.url + "slow", tmp_path / "slow", policy=LOOPBACK_ADMITTED)
     assert time.time() - started < 3.5
+
+
+def test_a_server_that_trickles_its_headers_is_cut_off_at_the_deadline(server, tmp_path):
+    """The deadline covers the whole exchange: each header byte arriving within the read timeout
+    must not keep the request alive past it."""
+    def trickle_headers(handler):
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    server.files["slow-headers"] = trickle_headers
+    started = time.time()
+    with pytest.raises(utils.DownloadError, match="took longer than 2 s") as error:
+        utils.download_file(server.url + "slow-headers", tmp_path / "a", policy=LOOPBACK_ADMITTED)
+    assert time.time() - started < 3
+    assert error.value.reason == "refused: took longer than 2 s"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://[::127.0.0.1]/a.jpg", "127.0.0.1"),       # IPv4-compatible
+    ("http://[2002:7f00:1::]/a.jpg", "127.0.0.1"),     # 6to4
+    ("http://[64:ff9b::7f00:1]/a.jpg", "127.0.0.1"),   # NAT64
+    ("http://[64:ff9b::a01:203]/a.jpg", "10.1.2.3"),
+    ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.jpg", "127.0.0.1")])  # Teredo
+def test_ipv6_addresses_that_lead_to_private_ipv4_ones_are_refused(url, shown, tmp_path):
+    with pytest.raises(utils.DownloadError, match=f"is {shown}, a (loopback|private) address"):
+        utils.download_file(url, tmp_path / "x", policy=utils.PUBLIC)
+
+
+def test_a_mistyped_allowed_network_fails_when_the_policy_is_made():
+    with pytest.raises(ValueError, match="'10.0.0.0/33' is not a network"):
+        utils.FetchPolicy(public_only=True, allowed_networks=("10.0.0.0/33",))
+    policy = utils.FetchPolicy(public_only=True, allowed_networks=(" 10.0.0.0/8",))
+    assert str(policy.allowed_networks[0]) == "10.0.0.0/8"
+
+
+def test_a_stale_part_file_is_checked_against_the_server_length(server, tmp_path):
+    """A .part as long as the file or longer is not taken for the finished download unless the
+    server confirms the length; garbage of another length is discarded and fetched again."""
+    body = bytes(range(256)) * 40
+    server.files["f.zip"] = body
+    (tmp_path / "f.zip.part").write_bytes(b"garbage" * 3000)  # longer than the file
+    assert utils.download_file(server.url + "f.zip", tmp_path / "f.zip").read_bytes() == body
+    assert [r for _, r in server.requests] == ["bytes=21000-", None]
+    (tmp_path / "g.zip.part").write_bytes(body)  # whole: the server's 416 confirms its length
+    server.files["g.zip"] = body
+    assert utils.download_file(server.url + "g.zip", tmp_path / "g.zip").read_bytes() == body
+
+
+def test_a_checksum_refuses_the_wrong_file(server, tmp_path):
+    import hashlib
+
+    body = b"the right file"
+    server.files["f.bin"] = body
+    with pytest.raises(utils.DownloadError, match="SHA-256 is .*, not 00ff: deleted"):
+        utils.download_file(server.url + "f.bin", tmp_path / "f.bin", sha256="00ff")
+    assert not list(tmp_path.iterdir())
+    digest = hashlib.sha256(body).hexdigest()
+    assert utils.download_file(server.url + "f.bin", tmp_path / "f.bin", sha256=digest
+                               ).read_bytes() == body
+
+
+@pytest.mark.parametrize("url, name", [
+    ("https://example.com/photos/dog.jpg?size=2", "dog.jpg"), ("https://example.com/..", "image"),
+    ("https://example.com/%2e%2e", "image"), ("https://example.com/a/%2F..%2Fetc", "etc"),
+    ("https://example.com/" + "x" * 300 + ".jpg", "x" * 96 + ".jpg"),
+    ("https://example.com/", "image"), ("https://example.com/caf%C3%A9 au lait.png", "caf__au_lait.png")])
+def test_a_downloaded_file_is_named_safely(url, name):
+    assert utils.safe_file_name(url) == name
