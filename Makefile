@@ -1,12 +1,13 @@
 # The two commands of the README:
 #   make run    runs every notebook in order (papermill) on DATASET (default: the offline sample);
-#               executed copies, with their outputs, land in outputs/ (also as HTML)
+#               executed copies, with their outputs, land in outputs/DATASET/ (also as HTML)
 #   make test   runs the test suite, which also executes every notebook on the sample dataset
 #   make app    serves the web page (app.py) that captions uploaded photos with the runs in models/
 #   make colab REPO_URL=https://github.com/OWNER/NAME
 #               writes your repository's address into utils/colab.py, every notebook's setup cell
-#               and the "Open in Colab" badges (README and notebooks); commit and push after it
-# Both create the virtual environment .venv/ from the requirements files when needed.
+#               and the "Open in Colab" badges (README and notebooks); commit and push after it.
+#               It needs Python alone, not the virtual environment.
+# run, test and app create the virtual environment .venv/ from the requirements files when needed.
 PYTHON ?= python3
 DATASET ?= sample
 BIN := .venv/bin
@@ -24,13 +25,7 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 	touch $@
 
 run: .venv/.run-deps
-	mkdir -p outputs
-	for nb in notebooks/[0-9]*.ipynb; do \
-		$(BIN)/papermill "$$nb" "outputs/$$(basename $$nb)" -p DATASET $(DATASET) || exit 1; \
-	done
-	$(BIN)/jupyter nbconvert --to html --log-level ERROR outputs/[0-9]*.ipynb
-	@echo; echo "Done. The executed notebooks, with their captions, scores and plots, are in outputs/"
-	@echo "(open outputs/05_decode_and_evaluate.html in a browser); caption your own photos with: make app"
+	$(BIN)/python notebooks/run.py --dataset $(DATASET)
 
 test: .venv/.test-deps
 	$(BIN)/python -m pytest
@@ -38,10 +33,10 @@ test: .venv/.test-deps
 app: .venv/.run-deps
 	$(BIN)/streamlit run app.py
 
-colab: .venv/.run-deps
+colab:
 	@test -n "$(REPO_URL)" || { echo "usage: make colab REPO_URL=https://github.com/OWNER/NAME"; exit 2; }
-	$(BIN)/python -c 'import sys, utils; utils.write_repo_url(sys.argv[1])' "$(REPO_URL)"
+	$(PYTHON) colab/repo_url.py "$(REPO_URL)"
 	@echo "REPO_URL written into utils/colab.py, the setup cells and the badges: commit, push, open a badge"
 
 clean:
-	rm -rf outputs data/sample models/sample-*
+	rm -rf outputs/sample data/sample models/sample-*

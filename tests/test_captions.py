@@ -276,3 +276,57 @@ def test_karpathy_unknown_split_and_repeated_entry_are_reported(tmp_path):
     assert cf.malformed == [f"{path}: images[1]: unknown split 'holdout' (train, restval, val or test)",
                             f"{path}: images[2]: a.jpg again (first at images[0])"]
     assert cf.splits == {"train": ["a.jpg", "c.jpg"]}
+
+
+def test_image_names_cannot_leave_the_images_folder(tmp_path):
+    """A caption file naming /etc/hostname or ../../x is refused line by line, never read."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "outside.jpg").write_bytes(b"not for us")
+    lines = ["a.jpg,A cat .", "/etc/hostname,A host .", "../outside.jpg,A way out .",
+             "sub/../../outside.jpg,Another way out ."]
+    path = tmp_path / "captions.txt"  # written here: kaggle_file would make the files it names
+    path.write_text("image,caption\n" + "\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="skipped 3 of 4 captions"):
+        cf = utils.read_captions(path)
+    assert list(cf.captions) == ["a.jpg"]
+    assert cf.malformed[0] == f"{path}:3: image name '/etc/hostname' points outside the images folder"
+    images = [{"filename": "/etc/hostname", "split": "train", "sentences": [{"raw": "A host ."}]},
+              {"filepath": "..", "filename": "outside.jpg", "split": "train",
+               "sentences": [{"raw": "Out ."}]},
+              {"filename": "a.jpg", "split": "train", "sentences": [{"raw": "A cat ."}]}]
+    karpathy = tmp_path / "dataset_coco.json"
+    karpathy.write_text(json.dumps({"images": images}))
+    with pytest.warns(UserWarning, match="skipped 2 of 3 captions"):
+        assert list(utils.read_captions(karpathy).captions) == ["a.jpg"]
+
+
+def test_a_json_nested_too_deeply_is_a_caption_file_error(tmp_path):
+    path = tmp_path / "dataset_coco.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(utils.CaptionFileError, match="dataset_coco.json: JSON nested too deeply"):
+        utils.read_captions(path)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\x85", "\x0c", "\u2029", "\x1c"])
+def test_a_caption_is_cut_only_at_a_line_feed(separator, tmp_path):
+    lines = [f"a.jpg#0\tA dog{separator}runs on the grass .", "a.jpg#1\tA dog runs ."]
+    path = tmp_path / "Flickr8k.token.txt"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    cf = utils.read_captions(path)
+    assert cf.records == 2 and cf.malformed == []
+    assert utils.clean_caption(cf.captions["a.jpg"][0]) == "a dog runs on the grass"
+
+
+def test_split_images_says_what_a_split_can_be(tmp_path):
+    prepared = utils.PreparedDataset("img", {
+        "a.jpg": {"split": "train"}, "b.jpg": {"split": "test"}, "c.jpg": {"split": "test"}}, {})
+    assert utils.split_images(prepared, "test", ["a.jpg", "b.jpg"]) == (["b.jpg"], ["c.jpg"])
+    listed = tmp_path / "my_images.txt"
+    listed.write_text("a.jpg\nz.jpg\n")
+    assert utils.split_images(prepared, str(listed), ["a.jpg"]) == (["a.jpg"], ["z.jpg"])
+    with pytest.raises(ValueError, match=r"SPLIT = 'my_images.txt' is neither a split of this "
+                                         r"dataset \(test, train\) nor a file of image names"):
+        utils.split_images(prepared, "my_images.txt", ["a.jpg"])
+    with pytest.raises(ValueError, match="none of the 2 images of test has both features and "
+                                         "captions: nothing to caption"):
+        utils.split_images(prepared, "test", ["a.jpg"])

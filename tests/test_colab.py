@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 
+import importlib.util
+
 import nbformat
 import papermill
 import pytest
@@ -22,8 +24,14 @@ import pytest
 import utils
 from conftest import REPO
 
+# colab/repo_url.py, which `make colab` runs with Python alone
+_spec = importlib.util.spec_from_file_location("repo_url", REPO / "colab" / "repo_url.py")
+repo_url = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(repo_url)
+
 NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Small settings that keep this test short; everything else is each notebook's default.
+# Small settings that keep this test short; everything else is each notebook's default but the
+# dataset (Flickr8k on Colab: see test_on_colab_every_notebook_defaults_to_flickr8k).
 SMALL = {"02_extract_features.ipynb": {"INPUT_SIZE": 75},
          "04_train_model.ipynb": {"EPOCHS": 3, "UNITS": 64}}
 STAND_IN_DRIVE = '''"""Stand-in for google.colab.drive: My Drive is the folder $STAND_IN_DRIVE."""
@@ -53,7 +61,7 @@ def colab(tmp_path_factory):
             (fork / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, fork / name)
     url = (top / "github.git").as_uri()
-    utils.write_repo_url(url, root=fork, badges=False)  # not GitHub: the badges stay as they are
+    repo_url.write_repo_url(url, root=fork, badges=False)  # not GitHub: the badges stay as they are
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run([*git, "init", "-q", "-b", "main"], cwd=fork, check=True)
     subprocess.run([*git, "add", "-A"], cwd=fork, check=True)
@@ -85,7 +93,8 @@ def run_on_a_new_runtime(fork, notebook, runtime, **parameters):
     runtime.mkdir(parents=True)
     out = runtime / notebook
     papermill.execute_notebook(str(fork / "notebooks" / notebook), str(out), cwd=str(runtime),
-                               parameters={**SMALL.get(notebook, {}), **parameters},
+                               parameters={"DATASET": "sample", **SMALL.get(notebook, {}),
+                                           **parameters},
                                progress_bar=False)
     return json.loads(out.read_text())
 
@@ -122,6 +131,23 @@ def test_five_notebooks_on_five_runtimes_share_their_work_through_drive(colab_en
         evaluation["results"][0]["captions"]
 
 
+def test_on_colab_every_notebook_defaults_to_flickr8k(colab_env, tmp_path):
+    """No edit on Colab: each notebook's DATASET = None means Flickr8k there (the sample here).
+    Offline, notebook 01 then stops with the one line that says what to fetch."""
+    _, fork = colab_env
+    for notebook in NOTEBOOKS:
+        parameters = papermill.inspect_notebook(str(fork / "notebooks" / notebook))
+        assert parameters["DATASET"]["default"] == "None", notebook
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        runtime = tmp_path / "runtime"
+        runtime.mkdir()
+        papermill.execute_notebook(str(fork / "notebooks" / NOTEBOOKS[0]), str(runtime / "01.ipynb"),
+                                   parameters={"DRIVE_FOLDER": None}, cwd=str(runtime),
+                                   progress_bar=False)
+    assert "Flickr8k" in error.value.evalue and "flickr8k" in error.value.evalue
+    assert utils.default_dataset() == "sample" and utils.default_dataset("mine") == "mine"
+
+
 def test_setup_cell_says_what_to_set_before_repo_url_is(colab_env, tmp_path):
     """With the address still a placeholder, the setup cell on Colab stops with one sentence."""
     nb = nbformat.read(REPO / "notebooks" / NOTEBOOKS[0], as_version=4)
@@ -138,32 +164,42 @@ def test_setup_cell_says_what_to_set_before_repo_url_is(colab_env, tmp_path):
 
 
 def test_badges_and_setup_cells_agree_with_the_one_address():
-    expected = {nb: utils.colab_link(utils.REPO_URL, nb) for nb in NOTEBOOKS}
-    readme = re.findall(utils.colab.BADGE, (REPO / "README.md").read_text())
+    expected = {nb: repo_url.colab_link(utils.REPO_URL, nb) for nb in NOTEBOOKS}
+    readme = re.findall(repo_url.BADGE, (REPO / "README.md").read_text())
     assert sorted(readme) == sorted(expected.values()), "the README has one badge per notebook"
     for name in NOTEBOOKS:
         nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
-        assert re.findall(utils.colab.BADGE, nb.cells[0].source) == [expected[name]]
+        assert re.findall(repo_url.BADGE, nb.cells[0].source) == [expected[name]]
         assert f'REPO_URL = "{utils.REPO_URL}"' in nb.cells[1].source
         assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"] == "T4"
 
 
-def test_write_repo_url_sets_every_place(tmp_path):
-    for name in ("README.md", "utils/colab.py", *(f"notebooks/{n}" for n in NOTEBOOKS)):
+def test_make_colab_sets_every_place_with_python_alone(tmp_path):
+    """`make colab` in a copy of the repository, with a Python that has no site-packages (no
+    numpy, no virtual environment): it writes the address everywhere it is needed."""
+    for name in ("README.md", "Makefile", "utils/colab.py", "colab/repo_url.py",
+                 *(f"notebooks/{n}" for n in NOTEBOOKS)):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
-    utils.write_repo_url("https://github.com/alice/captions.git", root=tmp_path)
+    bare_python = tmp_path / "python3"
+    bare_python.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
+    bare_python.chmod(0o755)
+    done = subprocess.run(["make", "colab", "REPO_URL=https://github.com/alice/captions.git",
+                           f"PYTHON={bare_python}"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (tmp_path / ".venv").exists()
     module = (tmp_path / "utils" / "colab.py").read_text()
     assert 'REPO_URL = "https://github.com/alice/captions.git"' in module
     link = "https://colab.research.google.com/github/alice/captions/blob/main/notebooks/"
-    readme = re.findall(utils.colab.BADGE, (tmp_path / "README.md").read_text())
+    readme = re.findall(repo_url.BADGE, (tmp_path / "README.md").read_text())
     assert sorted(readme) == [link + n for n in NOTEBOOKS]
     for name in NOTEBOOKS:
         nb = nbformat.read(tmp_path / "notebooks" / name, as_version=4)
-        assert re.findall(utils.colab.BADGE, nb.cells[0].source) == [link + name]
+        assert re.findall(repo_url.BADGE, nb.cells[0].source) == [link + name]
         assert 'REPO_URL = "https://github.com/alice/captions.git"' in nb.cells[1].source
-    with pytest.raises(ValueError, match="Colab opens notebooks from GitHub"):
-        utils.colab_link("https://gitlab.com/alice/captions", NOTEBOOKS[0])
+    done = subprocess.run(["make", "colab", "REPO_URL=https://gitlab.com/alice/captions",
+                           f"PYTHON={bare_python}"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0 and "Colab opens notebooks from GitHub" in done.stderr
 
 
 def colab_packages():

@@ -21,7 +21,7 @@ __all__ = ["CaptionFileError", "MAX_CAPTION_WORDS", "CaptionFile", "read_text", 
            "read_captions", "read_split_file", "seeded_split", "keep_existing", "tokenize", "clean_caption",
            "PAD", "UNK", "START", "END", "SPECIAL_TOKENS", "Vocabulary", "build_vocabulary",
            "IMAGE_DIR_NAMES", "CAPTION_FILE_NAMES", "SPLIT_FILE_NAMES", "find_dataset_files",
-           "PreparedDataset", "prepare_dataset", "split_captions"]
+           "PreparedDataset", "prepare_dataset", "split_captions", "split_images"]
 
 
 class CaptionFileError(ValueError):
@@ -67,7 +67,7 @@ def detect_format(text, path="<text>"):
     stripped = text.lstrip()
     if stripped[:1] in ("{", "["):
         return "karpathy_json"
-    first = stripped.splitlines()[0] if stripped else ""
+    first = _lines(stripped)[0] if stripped else ""
     header = first.lower().replace(" ", "")
     if re.match(r"[^\t]+#\d+\t", first):
         return "flickr_token"
@@ -78,6 +78,20 @@ def detect_format(text, path="<text>"):
     raise CaptionFileError(
         f"{path}:1: not a caption file this project knows (Flickr8k.token.txt, Kaggle captions.txt, "
         f"Flickr30k results.csv or Karpathy's dataset_*.json); first line: {first[:80]!r}")
+
+
+def _lines(text):
+    """A file's lines, split at line feeds alone: `str.splitlines` would also cut a caption at a
+    form feed, NEL or U+2028 inside it (the caption keeps them; cleaning reads them as spaces)."""
+    return [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
+
+
+def _name_problem(name):
+    """Why an image name from a caption file cannot be used, or None: it must stay inside the
+    images folder (no absolute path, no '..'), or a caption file could read any file."""
+    if Path(name).is_absolute() or ".." in Path(name).parts or name.startswith("~"):
+        return f"image name {name!r} points outside the images folder"
+    return None
 
 
 def _token_lines(lines):
@@ -133,6 +147,8 @@ def _read_karpathy(text, path):
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise CaptionFileError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise CaptionFileError(f"{path}: JSON nested too deeply to be a caption file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise CaptionFileError(f"{path}:1: expected Karpathy's format, {{'images': [...]}}")
     captions, splits, malformed, first_seen = {}, {}, [], {}
@@ -147,6 +163,8 @@ def _read_karpathy(text, path):
             continue
         if split not in KARPATHY_SPLITS:
             malformed.append(f"{where}: unknown split {split!r} (train, restval, val or test)")
+        elif _name_problem(name):
+            malformed.append(f"{where}: {_name_problem(name)}")
         elif name in first_seen:
             malformed.append(f"{where}: {name} again (first at images[{first_seen[name]}])")
         else:
@@ -187,10 +205,10 @@ def read_captions(path):
         records = sum(len(c) for c in captions.values()) + len(malformed)
     else:
         captions, splits, malformed, seen, records = {}, None, [], {}, 0
-        lines = text.splitlines()
+        lines = _lines(text)
         for lineno, name, caption in _LINE_READERS[fmt](lines):
             records += 1
-            problem = caption if name is None else _caption_problem(caption)
+            problem = caption if name is None else _name_problem(name) or _caption_problem(caption)
             if problem:
                 malformed.append(f"{path}:{lineno}: {problem}")
                 continue
@@ -217,7 +235,7 @@ def read_captions(path):
 
 def read_split_file(path):
     """Image names, one a line, as in Flickr_8k.trainImages.txt."""
-    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    return [line.strip() for line in _lines(read_text(path)) if line.strip()]
 
 
 def seeded_split(names, val_size, test_size, seed=0):
@@ -408,7 +426,7 @@ def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, t
     can extract them again.
     """
     caption_file = read_captions(captions_file)
-    on_disk, missing = keep_existing(list(caption_file.captions), images_dir)
+    on_disk, missing = keep_existing(list(caption_file.captions), images_dir)  # names checked
     if split_files:
         splits = {split: read_split_file(path) for split, path in split_files.items()}
     else:
@@ -440,6 +458,26 @@ def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, t
               "missing_images": missing, "split_names_without_captions": without_captions,
               "images_per_split": {s: sum(i["split"] == s for i in images.values()) for s in splits}}
     return PreparedDataset(str(images_dir), images, options, images_zip), report
+
+
+def split_images(prepared, split, feature_names):
+    """(the images of `split` that have features and captions, in order; those left out).
+    `split` is a split of the prepared dataset ("train", "val", "test") or a file of image names,
+    one a line; anything else, or a split left with no image, is an error that says so."""
+    known = sorted({info["split"] for info in prepared.images.values()})
+    if split in known:
+        wanted = prepared.names(split)
+    elif Path(str(split)).is_file():
+        wanted = read_split_file(split)
+    else:
+        raise ValueError(f"SPLIT = {split!r} is neither a split of this dataset "
+                         f"({', '.join(known)}) nor a file of image names, one a line")
+    with_features = set(feature_names)
+    kept = [n for n in wanted if n in with_features and n in prepared.images]
+    if not kept:
+        raise ValueError(f"none of the {len(wanted)} images of {split} has both features and "
+                         "captions: nothing to caption (check SPLIT and FEATURES)")
+    return kept, [n for n in wanted if n not in with_features or n not in prepared.images]
 
 
 def split_captions(prepared, split):

@@ -8,9 +8,7 @@ finds what notebook 01 wrote, today or next week, with the same relative paths a
 Zipped images are extracted to the runtime's own disk instead (`LOCAL_DIR_VARIABLE`), once per
 runtime: reading thousands of small files from Drive is slow.
 """
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -19,19 +17,25 @@ from pathlib import Path
 from .datasets import LOCAL_DIR_VARIABLE
 from .files import REPO_ROOT
 
-__all__ = ["REPO_URL", "on_colab", "setup_colab", "PERSISTENT_FOLDERS", "colab_link",
-           "write_repo_url"]
+__all__ = ["REPO_URL", "on_colab", "default_dataset", "setup_colab", "PERSISTENT_FOLDERS"]
 
-# The repository on GitHub, the one place it is set: `make colab REPO_URL=...` writes it here,
-# into every notebook's setup cell and into the "Open in Colab" badges (README and notebooks).
+# The repository on GitHub, the one place it is set: `make colab REPO_URL=...`
+# (colab/repo_url.py) writes it here, into every notebook's setup cell and into the "Open in
+# Colab" badges (README and notebooks).
 REPO_URL = "https://github.com/your-account/image-captioning.git"
 PLACEHOLDER = "your-account"  # in REPO_URL until it is set: the setup cell then stops and says so
-BRANCH = "main"  # the badges open the notebooks of this branch
 PERSISTENT_FOLDERS = ("data", "models", "glove")  # what lives on Drive: every stage's output
 
 
 def on_colab():
     return "google.colab" in sys.modules
+
+
+def default_dataset(dataset=None):
+    """The DATASET a notebook works on: `dataset` when set; else Flickr8k on Colab, where its
+    download is quick and a GPU trains on it, and the offline sample of shapes everywhere else.
+    Each notebook decides alone, so on Colab all five agree without an edit."""
+    return dataset or ("flickr8k" if on_colab() else "sample")
 
 
 def setup_colab(drive_folder, runtime_dir=REPO_ROOT.parent):
@@ -80,50 +84,3 @@ def link_to_drive(folder, target):
                 shutil.move(str(item), target / item.name)
         shutil.rmtree(folder)
     folder.symlink_to(target, target_is_directory=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing the repository's address into badges and setup cells (run locally, not on Colab)
-# ---------------------------------------------------------------------------------------------
-
-BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/"
-                   r"colab-badge\.svg\)\]\(([^)]*)\)")
-SETUP_LINE = re.compile(r'^REPO_URL = "[^"]*"', re.M)
-
-
-def colab_link(repo_url, notebook):
-    """The address that opens `notebook` (notebooks/NAME.ipynb) of the GitHub repository on Colab."""
-    match = re.fullmatch(r"https://github\.com/([^/]+)/([^/]+?)(?:\.git)?/?", repo_url)
-    if not match:
-        raise ValueError(f"{repo_url}: Colab opens notebooks from GitHub, "
-                         "https://github.com/OWNER/NAME")
-    owner, name = match.groups()
-    return (f"https://colab.research.google.com/github/{owner}/{name}/blob/{BRANCH}/"
-            f"notebooks/{notebook}")
-
-
-def badge(repo_url, notebook):
-    return ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"({colab_link(repo_url, notebook)})")
-
-
-def write_repo_url(repo_url, root=REPO_ROOT, badges=True):
-    """Set `repo_url` in this module, in every notebook's setup cell and (GitHub addresses only)
-    in the badges: the notebooks' first cells and the README's table of notebooks."""
-    root = Path(root)
-    module = root / "utils" / "colab.py"
-    module.write_text(SETUP_LINE.sub(f'REPO_URL = "{repo_url}"', module.read_text(), count=1))
-    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        nb = json.loads(path.read_text())
-        for cell in nb["cells"]:
-            text = "".join(cell["source"])
-            text = SETUP_LINE.sub(f'REPO_URL = "{repo_url}"', text)
-            if badges:
-                text = BADGE.sub(lambda m: badge(repo_url, path.name), text)
-            cell["source"] = text.splitlines(keepends=True)
-        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-    if badges:
-        readme = root / "README.md"
-        readme.write_text(BADGE.sub(lambda m: badge(repo_url, m.group(1).rsplit("/", 1)[-1]),
-                                    readme.read_text()))
-
