@@ -391,3 +391,31 @@ def test_random_encoders_built_at_once_in_threads_get_their_seeded_weights(tmp_p
     for weights in built.values():
         assert len(weights) == len(expected)
         assert all(np.array_equal(a, b) for a, b in zip(weights, expected))
+
+
+def test_a_large_16_bit_image_is_scaled_in_strips_not_copied_whole(tmp_path):
+    """A 16-megapixel 16-bit PNG: once a float64 copy at full size (128 MB here, 1.2 GB at 60
+    megapixels); now its rows are scaled and reduced a strip at a time, to the same picture."""
+    import tracemalloc
+
+    side = 4096
+    array = (np.add.outer(np.arange(side), np.arange(side)) * 8).astype("uint16")
+    Image.fromarray(array).save(tmp_path / "deep.png")
+    tracemalloc.start()
+    loaded = utils.load_image(tmp_path / "deep.png", 64)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 24 << 20, f"{peak / 2 ** 20:.0f} MB of arrays at once"
+    expected = np.asarray(Image.fromarray(np.round(array / 257).astype("uint8")).reduce(8)
+                          .resize((64, 64), Image.BILINEAR), dtype="float32")
+    assert np.abs(loaded[..., 0] - expected).max() <= 1
+
+
+def test_a_float_image_with_a_nan_pixel_says_so():
+    array = np.linspace(0, 1, 64, dtype="float32").reshape(8, 8)
+    array[2, 3] = np.nan
+    with pytest.warns(UserWarning, match="nan.tiff: 1 pixels are not numbers"):
+        loaded = utils.load_image(grey_file(array, "TIFF", "nan.tiff"), 8)
+    assert loaded[0, 7, 0] == round(array[0, 7] * 255) and loaded[2, 3, 0] == 0
+    with pytest.raises(utils.ImageError, match="allnan.tiff: no pixel is a number"):
+        utils.load_image(grey_file(np.full((8, 8), np.nan, "float32"), "TIFF", "allnan.tiff"), 8)

@@ -187,12 +187,13 @@ def decode_image(path):
                 image.draft("RGB", (DECODE_SIZE, DECODE_SIZE))
             large = image.width * image.height > LARGE_IMAGE_PIXELS
             with _ONE_LARGE_DECODE if large else contextlib.nullcontext():
-                factor = min(image.size) // DECODE_SIZE
-                if factor >= 2 and image.mode in ("RGB", "RGBA", "L", "CMYK"):
-                    image = image.reduce(factor)  # as JPEG's draft does: before any copy is made
-                image = ImageOps.exif_transpose(image)
-                if image.mode.startswith(("I", "F")):
-                    image = _to_8_bits(image, label)
+                factor = max(min(image.size) // DECODE_SIZE, 1)
+                if image.mode.startswith(("I", "F")):  # reduced as it is scaled, in strips
+                    image = _to_8_bits(ImageOps.exif_transpose(image), label, factor)
+                else:
+                    if factor >= 2 and image.mode in ("RGB", "RGBA", "L", "CMYK"):
+                        image = image.reduce(factor)  # as JPEG's draft does: before any copy
+                    image = ImageOps.exif_transpose(image)
                 if image.mode in ("RGBA", "LA", "P", "PA"):
                     image = image.convert("RGBA")
                     background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -213,19 +214,50 @@ def load_image(image, size):
     return np.asarray(image.resize((size, size), Image.BILINEAR), dtype="float32")
 
 
-def _to_8_bits(image, label):
-    """A 16-bit, 32-bit integer or float grey image as 8 bits. Pillow's own conversion clips
-    (a 16-bit photo turns white); here the values are scaled from their evident range."""
-    pixels = np.asarray(image, dtype="float64")
-    high = pixels.max(initial=0)
+# Rows of a 16-bit, 32-bit or float image scaled to 8 bits at a time: the image is never copied
+# whole in wider pixels (a 60-megapixel 16-bit PNG once took 1.2 GB as float64).
+STRIP_PIXELS = 1 << 20
+
+
+def _strips(image, factor):
+    """(top, its rows of `image` as float32) a strip at a time, each a multiple of `factor` rows
+    (so that reducing strip by strip equals reducing the whole)."""
+    rows = max(STRIP_PIXELS // image.width // factor, 1) * factor
+    for top in range(0, image.height, rows):
+        yield top, np.asarray(image.crop((0, top, image.width, min(top + rows, image.height))),
+                              dtype="float32")
+
+
+def _to_8_bits(image, label, factor=1):
+    """A 16-bit, 32-bit integer or float grey image as 8 bits, reduced by `factor`. Pillow's own
+    conversion clips (a 16-bit photo turns white); here the values are scaled from their evident
+    range. Pixels that are not numbers (NaN, infinite) are drawn black, with a warning."""
+    low, high, not_numbers = np.inf, -np.inf, 0
+    for _, strip in _strips(image, factor):
+        finite = np.isfinite(strip)
+        not_numbers += strip.size - int(finite.sum())
+        if finite.any():
+            low, high = min(low, strip[finite].min()), max(high, strip[finite].max())
+    if not np.isfinite(high):
+        raise ImageError(f"{label}: no pixel is a number (NaN or infinite throughout)")
+    if not_numbers:
+        warnings.warn(f"{label}: {not_numbers:,} pixels are not numbers (NaN or infinite), drawn "
+                      "black", stacklevel=4)
     if image.mode.startswith("I;16") or (image.mode == "I" and 255 < high <= 65535):
-        pixels = pixels / 257  # 65535 -> 255
-    elif image.mode == "F" and pixels.min(initial=0) >= 0 and high <= 1:
-        pixels = pixels * 255
-    elif pixels.min(initial=0) < 0 or high > 255:
-        raise ImageError(f"{label}: {image.mode} pixels from {pixels.min():g} to {high:g}, "
-                         "outside the ranges this project knows (0-1, 0-255, 0-65535)")
-    return Image.fromarray(np.round(pixels).astype("uint8"), "L")
+        scale = 1 / 257  # 65535 -> 255
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scale = 255.0
+    elif low < 0 or high > 255:
+        raise ImageError(f"{label}: {image.mode} pixels from {low:g} to {high:g}, outside the "
+                         "ranges this project knows (0-1, 0-255, 0-65535)")
+    else:
+        scale = 1.0
+    reduced = Image.new("L", (-(-image.width // factor), -(-image.height // factor)))
+    for top, strip in _strips(image, factor):
+        pixels = np.nan_to_num(np.round(strip * scale), nan=0, posinf=0, neginf=0)
+        piece = Image.fromarray(pixels.astype("uint8"), "L")
+        reduced.paste(piece.reduce(factor) if factor > 1 else piece, (0, top // factor))
+    return reduced
 
 
 def image_batches(paths, size, batch_size, errors):
