@@ -120,7 +120,8 @@ def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir, tmp_path):
     config = utils.load_run(run_dir)[2]
     assert utils.encoder_for_run(config).input_shape == (None, 75, 75, 3)
     external = dataclasses.replace(config, features=utils.FeatureSource("external", "x.npz", 7))
-    with pytest.raises(ValueError, match="trained on external features \\(x.npz\\)"):
+    with pytest.raises(utils.NoEncoderError, match="^This run was trained on features made outside "
+                                                   "this repository \\(x.npz\\), so it cannot"):
         utils.encoder_for_run(external)
     from_file = dataclasses.replace(config, features=dataclasses.replace(
         config.features, weights="file-0123456789"))
@@ -146,6 +147,54 @@ def test_describe_run_reads_the_evaluation_by_field(run_copy):
     assert ("beam 2 on the sample test split (COCO evaluation): BLEU-4 0.250, CIDEr-D 1.50, "
             "METEOR 0.188") in text
     assert "0.125" not in text
+
+
+def test_describe_run_lists_every_split_evaluated_and_names_a_bad_file(run_copy, tmp_path):
+    """Whichever evaluations a run has, labelled by split (the app's sidebar once looked for the
+    test split's alone and said "not evaluated yet" of a run evaluated on dev)."""
+    beam = dataclasses.asdict(utils.DecodingSetting(2, 1.0, 2))
+    entry = {"label": "beam 2", "decoding": beam, "shuffled_images": False,
+             "scores": {"bleu4": 0.25, "cider_d": 1.5}}
+    utils.write_evaluation(run_copy, "val", [entry], images=3)
+    listed = tmp_path / "my_images.txt"
+    utils.write_evaluation(run_copy, str(listed), [dict(entry, scores={"bleu4": 0.5,
+                                                                       "cider_d": 2.0})], images=7)
+    text = utils.describe_run(run_copy)
+    assert "not evaluated" not in text
+    assert "beam 2 on the sample val split (COCO evaluation): BLEU-4 0.250, CIDEr-D 1.50" in text
+    assert "beam 2 on my_images.txt (7 images) (COCO evaluation): BLEU-4 0.500" in text
+    assert str(tmp_path) not in text
+    for garbage in ("[1, 2]", '{"format_version": 2, "results": "none"}', "\x00\xff"):
+        (run_copy / "evaluation-test-beam2.json").write_text(garbage)
+        with pytest.raises(ValueError, match="evaluation-test-beam2.json: "):
+            utils.read_evaluation(run_copy, "test")
+        assert "evaluation-test-beam2.json: " in utils.describe_run(run_copy)
+
+
+def test_a_record_or_vocabulary_that_disagrees_with_the_model_is_refused(run_copy):
+    config = json.loads((run_copy / "config.json").read_text())
+    config["model"]["vocab_size"] += 1
+    (run_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(utils.RunConfigError, match="field 'model.vocab_size' is .* but the run's "
+                                                   "vocabulary has"):
+        utils.load_run(run_copy)
+    vocabulary = json.loads((run_copy / "vocabulary.json").read_text())
+    vocabulary["max_length"] = 10 ** 9
+    (run_copy / "vocabulary.json").write_text(json.dumps(vocabulary))
+    with pytest.raises(utils.CaptionFileError, match="vocabulary.json: max_length 1000000000 is "
+                                                     "not a caption length"):
+        utils.load_run(run_copy)
+
+
+def test_a_model_file_of_another_vocabulary_is_refused(run_copy, sample_training, tmp_path):
+    """A model.keras swapped in from a run with another vocabulary: its head predicts other words."""
+    prepared, vocab, names, features = sample_training
+    config = utils.RunConfig.load(run_copy / "config.json")
+    other = utils.build_caption_model(dataclasses.replace(config.model, vocab_size=len(vocab) + 3))
+    other.save(run_copy / "model.keras")
+    with pytest.raises(utils.RunConfigError, match=f"model.keras predicts {len(vocab) + 3} words "
+                                                   f"and its vocabulary has {len(vocab)}"):
+        utils.load_run(run_copy)
 
 
 @pytest.mark.parametrize("architecture", utils.ARCHITECTURES[1:])  # merge: run_dir above

@@ -345,7 +345,11 @@ class Vocabulary:
     @classmethod
     def load(cls, path):
         data = read_json(require(path, "01_prepare_captions"))
-        return cls(data["words"], data["max_length"])
+        length = data.get("max_length") if isinstance(data, dict) else None
+        if not (type(length) is int and 1 <= length <= MAX_CAPTION_WORDS):
+            raise CaptionFileError(f"{path}: max_length {length!r} is not a caption length (1 to "
+                                   f"{MAX_CAPTION_WORDS} words); run notebook 01 again")
+        return cls(data["words"], length)
 
 
 def build_vocabulary(captions, min_count=10, max_length_cap=None):

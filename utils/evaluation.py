@@ -34,7 +34,7 @@ __all__ = ["BLEU_WEIGHTS", "nltk_bleu", "coco_tokens", "coco_scores", "caption_s
            "COMPARED_SCORES", "image_statistics", "pooled_score", "compare_statistics",
            "grouped_statistics", "compare_captions", "caption_diagnostics",
            "evaluate", "find_result", "EVALUATION_FORMAT", "evaluation_path", "write_evaluation",
-           "read_evaluation"]
+           "read_evaluation", "read_evaluations"]
 
 EVALUATION_FORMAT = 2  # of evaluation-<split>-<decodings>.json
 
@@ -340,9 +340,45 @@ def read_evaluation(run_dir, split):
     # whose name starts with this one's.
     found = sorted([*Path(run_dir).glob(f"evaluation-{stem}-*.json"),
                     *Path(run_dir).glob(f"evaluation-{stem}.json")], key=lambda p: p.stat().st_mtime)
-    if not found:
-        return None
-    data = read_json(found[-1])
+    return _checked_evaluation(found[-1]) if found else None
+
+
+def read_evaluations(run_dir):
+    """{split: its newest evaluation} for every split notebook 05 evaluated in `run_dir` (a split
+    is a name, or the file of image names it read). The newest file that is not an evaluation
+    is an error naming it; one older than a good evaluation was replaced by it, and is passed."""
+    newest = {}
+    for path in sorted(Path(run_dir).glob("evaluation-*.json"), key=lambda p: -p.stat().st_mtime):
+        try:
+            evaluation = _checked_evaluation(path)
+        except ValueError:
+            if not newest:
+                raise
+            continue
+        newest.setdefault(evaluation["split"], evaluation)
+    return newest
+
+
+def _checked_evaluation(path):
+    """An evaluation file's content, refused with its name unless it has the fields read here."""
+    try:
+        data = read_json(path)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not JSON ({e}); run notebook 05 again, or delete it") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not an evaluation (a JSON object); run notebook 05 again, or "
+                         "delete it")
+    if "format_version" not in data and "scores" in data:
+        raise ValueError(f"{path}: written by an older notebook 05; run notebook 05 again")
     if data.get("format_version") != EVALUATION_FORMAT:
-        raise ValueError(f"{found[-1]}: written by an older notebook 05; run notebook 05 again")
+        raise ValueError(f"{path}: not an evaluation this code reads (format "
+                         f"{data.get('format_version')!r}); run notebook 05 again, or delete it")
+    try:
+        assert isinstance(data["split"], str) and isinstance(data["images"], int)
+        for entry in data["results"]:
+            assert isinstance(entry["label"], str) and isinstance(entry["shuffled_images"], bool)
+            assert all(isinstance(entry["scores"][s], (int, float)) for s in ("bleu4", "cider_d"))
+    except (AssertionError, KeyError, TypeError):
+        raise ValueError(f"{path}: an evaluation without the split, images, labels and BLEU-4 and "
+                         "CIDEr-D of each decoding; run notebook 05 again, or delete it") from None
     return data

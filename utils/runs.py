@@ -14,15 +14,15 @@ import keras
 
 from .captions import Vocabulary
 from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
-from .evaluation import read_evaluation
+from .evaluation import read_evaluations
 from .features import (KERAS_BUILDING, FeatureSource, ImageError, build_encoder, load_image,
                        preprocess, weights_tag)
 from .files import read_json, require, write_json
 from .model import GRID_ARCHITECTURES, ModelConfig, TrainingConfig
 
-__all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RunConfigError", "RunConfig", "save_run",
-           "read_run", "load_run", "encoder_for_run", "Captioner", "caption_image",
-           "caption_image_files", "describe_run"]
+__all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RANDOM_ENCODER_NOTE", "RunConfigError",
+           "NoEncoderError", "RunConfig", "save_run", "read_run", "load_run", "why_no_encoder",
+           "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
 # What the app says of a run trained on the synthetic sample, whose scores look excellent.
@@ -30,8 +30,20 @@ SAMPLE_RUN_WARNING = ("Trained on the synthetic sample: it knows only coloured s
                       "the photo. For real photos, train on Flickr8k: `make run DATASET=flickr8k`.")
 
 
+# Why a sample run's captions can name a wrong shape or colour while its BLEU-4 looks excellent.
+RANDOM_ENCODER_NOTE = (
+    "These features come from an encoder with random weights (the sample runs offline, without "
+    "ImageNet's): they keep colours and layout better than shapes, so some captions name a wrong "
+    "shape or colour; BLEU stays high because every caption of the sample has the same few "
+    "sentence patterns, which the model gets right.")
+
+
 class RunConfigError(ValueError):
     """A config.json that cannot be read as a run record; the message names the file and field."""
+
+
+class NoEncoderError(ValueError):
+    """A run that cannot encode a new photo: its message says why, and what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,10 @@ def read_run(run_dir):
     if config.vocabulary != vocab.fingerprint:
         raise RunConfigError(f"{run_dir / 'vocabulary.json'} is not the vocabulary this run was "
                              "trained with: train the run again with notebook 04")
+    if config.model.vocab_size != len(vocab):
+        raise RunConfigError(f"{run_dir / 'config.json'}: field 'model.vocab_size' is "
+                             f"{config.model.vocab_size!r}, but the run's vocabulary has "
+                             f"{len(vocab)} words")
     return vocab, config
 
 
@@ -184,16 +200,30 @@ def load_run(run_dir):
     vocab, config = read_run(run_dir)
     with KERAS_BUILDING:  # its layers' initialisers would draw from a seeded encoder's state
         model = keras.models.load_model(run_dir / "model.keras")
+    if model.output_shape[-1] != len(vocab):
+        raise RunConfigError(f"{run_dir / 'model.keras'} predicts {model.output_shape[-1]} words "
+                             f"and its vocabulary has {len(vocab)}: not this run's model; train the "
+                             "run again with notebook 04")
     return model, vocab, config
+
+
+def why_no_encoder(config):
+    """Why a run cannot caption a new photo, in one sentence with what to do instead; None when
+    it can (its features came from notebook 02's cache, whose encoder is rebuilt)."""
+    if config.features.kind != "external":
+        return None
+    return (f"This run was trained on features made outside this repository "
+            f"({Path(config.features.path).name}), so it cannot encode a new photo the same way: "
+            "it captions the images whose features you give it (FEATURES in notebook 05). To "
+            "caption your own photos, train a run on features of notebook 02.")
 
 
 def encoder_for_run(config, weights_file=None):
     """The CNN that made a run's features, so a new photo is encoded exactly like the training
     ones. Random weights are rebuilt from their seed; a weights file must be given again."""
     source = config.features
-    if source.kind == "external":
-        raise ValueError(f"this run was trained on external features ({source.path}): "
-                         "encode new images with the same encoder and pass their features")
+    if why_no_encoder(config):
+        raise NoEncoderError(why_no_encoder(config))
     if source.weights.startswith("file-") and (
             weights_file is None or weights_tag(weights_file) != source.weights):
         raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
@@ -241,9 +271,13 @@ def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):
     return results
 
 
+SPLIT_ORDER = ("test", "val", "train")  # how the evaluations of a run are listed
+
+
 def describe_run(run_dir):
-    """What the app shows of a run, in Markdown: its data, encoder and vocabulary, and the test
-    scores of notebook 05 (the shuffled-image control left out: it is for the notebook)."""
+    """What the app shows of a run, in Markdown: its data, encoder and vocabulary, and the scores
+    of each split notebook 05 evaluated, labelled by split (the shuffled-image control left out:
+    it is for the notebook)."""
     run_dir = Path(run_dir)
     config = read_run(run_dir)[1]
     source = config.features
@@ -255,15 +289,18 @@ def describe_run(run_dir):
     if config.dataset == "sample":
         lines.append(SAMPLE_RUN_WARNING)
     try:
-        evaluation = read_evaluation(run_dir, "test")
+        evaluations = read_evaluations(run_dir)
     except ValueError as e:
         return "  \n".join(lines + [str(e)])
-    if evaluation is None:
-        lines.append("not evaluated yet: run notebook 05 for its test scores")
-    else:
-        lines += [f"{entry['label']} on the {config.dataset} test split (COCO evaluation): "
+    if not evaluations:
+        lines.append("not evaluated yet: run notebook 05 for its scores")
+    order = {split: i for i, split in enumerate(SPLIT_ORDER)}
+    for split in sorted(evaluations, key=lambda s: (order.get(s, len(order)), s)):
+        where = (f"the {config.dataset} {split} split" if split in order
+                 else f"{Path(split).name} ({evaluations[split]['images']} images)")
+        lines += [f"{entry['label']} on {where} (COCO evaluation): "
                   f"BLEU-4 {entry['scores']['bleu4']:.3f}, CIDEr-D {entry['scores']['cider_d']:.2f}"
                   + (f", METEOR {entry['scores']['meteor']:.3f}" if entry["scores"].get("meteor")
                      is not None else "")
-                  for entry in evaluation["results"] if not entry["shuffled_images"]]
+                  for entry in evaluations[split]["results"] if not entry["shuffled_images"]]
     return "  \n".join(lines)
