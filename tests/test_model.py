@@ -437,3 +437,21 @@ def test_early_stopping_and_the_schedule_resume_with_their_counters():
     utils.ReplayedCounters(logged, [stopping, plateau]).on_train_begin()
     assert (stopping.best, stopping.wait) == (1.5, 2)
     assert (plateau.best, plateau.wait) == (1.5, 2)
+
+
+def test_an_epoch_whose_history_row_was_lost_is_trained_again(sample_training, tmp_path):
+    """Interrupted after the checkpoint of epoch 3 was written but before its history row: the
+    rerun once resumed at epoch 4, silently, with a history missing epoch 3. It now trains epoch
+    3 again from the checkpoint before it, and ends with the uninterrupted run's figures."""
+    _, whole = fit(sample_training, tmp_path / "whole", 5, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(sample_training, tmp_path / "cut", 5, seed=1, extra_callbacks=[StopAfter(3)])
+    history = tmp_path / "cut" / "history.csv"
+    history.write_text("".join(history.read_text().splitlines(keepends=True)[:-1]))  # epoch 3's
+    counter = StopAfter(99)
+    with pytest.warns(UserWarning, match="epoch 3 was trained but its row is lost; it is trained "
+                                         "again"):
+        _, resumed = fit(sample_training, tmp_path / "cut", 5, seed=1, extra_callbacks=[counter])
+    assert counter.started == 3  # epochs 3 (again), 4 and 5
+    assert [(h["epoch"], h["loss"], h["val_loss"]) for h in resumed] == [
+        (h["epoch"], h["loss"], h["val_loss"]) for h in whole]

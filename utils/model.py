@@ -710,7 +710,9 @@ class ReplayedCounters(keras.callbacks.Callback):
 def check_training_state(run_dir):
     """Before a rerun resumes, drop or refuse what an interruption may have broken: a history row
     cut short is dropped (with a warning), and a checkpoint that cannot be read falls back to the
-    one before it (Keras's double checkpoint); with neither whole, the error says how to go on."""
+    one before it (Keras's double checkpoint); with neither whole, the error says how to go on.
+    An epoch the checkpoint holds but the history lost (the interruption came between the two
+    writes) is trained again from the checkpoint before it, so that no epoch goes unlogged."""
     history = Path(run_dir) / "history.csv"
     text = history.read_text() if history.is_file() else ""
     if text and not text.endswith("\n"):
@@ -720,17 +722,31 @@ def check_training_state(run_dir):
         warnings.warn(f"{history}: its last row was cut short ({text[len(kept):]!r}), dropped; "
                       "that epoch is trained again", stacklevel=2)
     latest = Path(run_dir) / "backup" / "latest.weights.h5"
-    if not latest.exists() or _whole_h5(latest):
-        return
-    earlier = Path(f"{latest}.bkp")
-    if not _whole_h5(earlier):
-        raise RuntimeError(f"{latest} is damaged and no earlier checkpoint is whole: delete "
-                           f"{latest.parent} to train this run again from its first epoch")
-    # What BackupAndRestore(double_checkpoint=True) would do at the start of training, done here
-    # so that `resumed_epoch` reads the epoch training will really resume at.
-    warnings.warn(f"{latest} is damaged; resuming from the checkpoint of the epoch before",
-                  stacklevel=2)
-    for path in (latest, _backup_metadata(run_dir), latest.parent / "random_state.json"):
+    if latest.exists() and not _whole_h5(latest):
+        if not _whole_h5(Path(f"{latest}.bkp")):
+            raise RuntimeError(f"{latest} is damaged and no earlier checkpoint is whole: delete "
+                               f"{latest.parent} to train this run again from its first epoch")
+        warnings.warn(f"{latest} is damaged; resuming from the checkpoint of the epoch before",
+                      stacklevel=2)
+        _restore_epoch_before(run_dir)
+    logged = {int(h["epoch"]) for h in read_history(run_dir)}
+    lost = [epoch for epoch in range(resumed_epoch(run_dir)) if epoch not in logged]
+    if lost == [resumed_epoch(run_dir) - 1] and _whole_h5(Path(f"{latest}.bkp")):
+        warnings.warn(f"{history}: epoch {lost[0] + 1} was trained but its row is lost; it is "
+                      "trained again, from the checkpoint of the epoch before", stacklevel=2)
+        _restore_epoch_before(run_dir)
+    elif lost:
+        warnings.warn(f"{history}: the rows of epochs {', '.join(str(e + 1) for e in lost)} are "
+                      f"lost, and no checkpoint before them is kept: training resumes after them, "
+                      "its early stopping and learning-rate schedule without them", stacklevel=2)
+
+
+def _restore_epoch_before(run_dir):
+    """What BackupAndRestore(double_checkpoint=True) does at the start of training with a damaged
+    checkpoint, done here so that `resumed_epoch` reads the epoch training will really resume at."""
+    backup = Path(run_dir) / "backup"
+    for path in (backup / "latest.weights.h5", _backup_metadata(run_dir),
+                 backup / "random_state.json"):
         if Path(f"{path}.bkp").is_file():
             shutil.copy(f"{path}.bkp", path)
 
