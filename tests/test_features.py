@@ -419,3 +419,30 @@ def test_a_float_image_with_a_nan_pixel_says_so():
     assert loaded[0, 7, 0] == round(array[0, 7] * 255) and loaded[2, 3, 0] == 0
     with pytest.raises(utils.ImageError, match="allnan.tiff: no pixel is a number"):
         utils.load_image(grey_file(np.full((8, 8), np.nan, "float32"), "TIFF", "allnan.tiff"), 8)
+
+
+def test_a_second_extraction_into_one_cache_is_refused_while_shards_share_it(sample_root,
+                                                                              tmp_path, encoder):
+    """Two extractions of one cache at once once crashed one and left a stale chunks/ folder:
+    the second is now refused by name; shards of one cache still run side by side."""
+    import fcntl
+
+    names = [f"shapes_{i:05d}.jpg" for i in range(4)]
+    args = dict(weights=None, input_size=SIZE, batch_size=2, chunk_size=2, model=encoder)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with open(cache / ".lock", "a") as running:  # an extraction in another process, say
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match=f"{cache} is being written by another extraction"):
+            utils.extract_features(sample_root / "Images", names, cache, **args)
+        assert not (cache / "chunks").exists()
+    with open(cache / ".lock", "a") as shared, open(cache / ".lock-shard-0-of-2", "a") as first:
+        fcntl.flock(shared, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shard 0 of 2 is running
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert utils.extract_features(sample_root / "Images", names, cache, shard=(1, 2),
+                                      **args) is None
+        with pytest.raises(RuntimeError, match="another extraction of shard 0 of 2"):
+            utils.extract_features(sample_root / "Images", names, cache, shard=(0, 2), **args)
+        with pytest.raises(RuntimeError, match="being written by another extraction"):
+            utils.extract_features(sample_root / "Images", names, cache, **args)  # the join
+    assert utils.extract_features(sample_root / "Images", names, cache, **args)["count"] == 4

@@ -8,6 +8,7 @@ encoder, weights and input size so that changing any of them never reuses stale 
 Extraction writes chunks as it goes: an interrupted run resumes from the last finished chunk.
 """
 import contextlib
+import fcntl
 import hashlib
 import os
 import threading
@@ -404,7 +405,39 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     None while other shards' chunks are missing. A final call without `shard` joins the chunks
     (extracting any still missing), checking that every image is there once.
     """
-    directory, names = Path(directory), list(names)
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard {shard!r}: give (i, n), the i-th of n shards, 0 <= i < n")
+    with _one_writer(Path(directory), shard):
+        return _extract(images_dir, list(names), Path(directory), encoder, weights, input_size,
+                        batch_size, chunk_size, dtype, model, shard, grid)
+
+
+@contextlib.contextmanager
+def _one_writer(directory, shard):
+    """One extraction writes a cache at a time: a run without `shard` (the join too) holds the
+    cache's lock alone; shards share it, each holding its own shard's lock. Another writer is
+    refused at once, by name (two at once once crashed one and left a stale chunks/ folder).
+    The kernel drops the locks when a process ends, however it ends."""
+    directory.mkdir(parents=True, exist_ok=True)
+    locks = [(directory / ".lock", "another extraction", fcntl.LOCK_SH if shard else fcntl.LOCK_EX)]
+    if shard:
+        locks.append((directory / f".lock-shard-{shard[0]}-of-{shard[1]}",
+                      f"another extraction of shard {shard[0]} of {shard[1]}", fcntl.LOCK_EX))
+    with contextlib.ExitStack() as held:
+        for path, who, mode in locks:
+            lock = held.enter_context(open(path, "a"))
+            try:
+                fcntl.flock(lock, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"{directory} is being written by {who} (or a join): let it "
+                                   "finish, or stop it, then run again") from None
+            except OSError:  # a file system without locks (some network drives): unguarded
+                break
+        yield
+
+
+def _extract(images_dir, names, directory, encoder, weights, input_size, batch_size, chunk_size,
+             dtype, model, shard, grid):
     paths = [str(Path(images_dir) / n) for n in names]
     size = input_size or encoder_spec(encoder).input_size
     stats = _image_stats(paths)  # before reading: a change while extracting is seen next time
@@ -420,8 +453,6 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     chunks = directory / "chunks"
     chunks.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(paths), chunk_size)
-    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
-        raise ValueError(f"shard {shard!r}: give (i, n), the i-th of n shards, 0 <= i < n")
     mine = [s for s in starts if shard is None or (s // chunk_size) % shard[1] == shard[0]]
     todo = [s for s in mine if not _chunk_done(chunks, s, names[s:s + chunk_size], grid)]
     model = model or (build_encoder(encoder, weights, size, grid=grid) if todo else None)
