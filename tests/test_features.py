@@ -446,3 +446,12 @@ def test_a_second_extraction_into_one_cache_is_refused_while_shards_share_it(sam
         with pytest.raises(RuntimeError, match="being written by another extraction"):
             utils.extract_features(sample_root / "Images", names, cache, **args)  # the join
     assert utils.extract_features(sample_root / "Images", names, cache, **args)["count"] == 4
+
+
+def test_a_preview_keeps_the_photos_shape():
+    """Figures and the app once showed every photo squashed to the encoder's square."""
+    wide = two_colour_image(size=(600, 300))
+    preview = utils.preview_image(wide, 256)
+    assert preview.shape == (128, 256, 3) and preview.dtype == np.uint8
+    assert tuple(preview[64, 10]) == (255, 0, 0) and tuple(preview[64, 250]) == (0, 0, 255)
+    assert utils.preview_image(two_colour_image(size=(40, 30)), 256).shape == (30, 40, 3)

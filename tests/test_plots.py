@@ -86,3 +86,15 @@ def test_the_model_diagram_draws_where_each_architecture_puts_the_image():
     assert len(said) == 5  # each architecture says its own
     with pytest.raises(ValueError, match="not a caption model"):
         utils.architecture_of(keras.Sequential(name="other"))
+
+
+def test_caption_grids_title_stays_above_the_photos():
+    """Notebook 05 once set the title after the layout: it was drawn across the middle photo."""
+    photos = [np.full((30, 60, 3), v, "uint8") for v in (0, 120, 250)]
+    fig = utils.caption_grid([(p, ["a caption", "a second line of caption"]) for p in photos],
+                             title="Best captioned")
+    fig.canvas.draw()
+    title = fig._suptitle.get_window_extent()
+    for ax in fig.axes:
+        assert ax.get_window_extent().y1 <= title.y0, "the title overlaps a photo"
+        assert ax.get_images()[0].get_array().shape == (30, 60, 3)  # not squashed to a square

@@ -96,8 +96,9 @@ def coco_scores(references, hypotheses, meteor=True, per_image=False):
         from pycocoevalcap.spice.spice import Spice  # imported only where it can run
         scores["spice"] = float(Spice().compute_score(gts, res)[0])
     else:
-        missing.setdefault("spice", f"Stanford CoreNLP 3.6.0 is not in {SPICE_JAR.parent} "
-                                    "(pycocoevalcap downloads it on first use, with internet)")
+        missing.setdefault("spice", "Stanford CoreNLP 3.6.0 is not in pycocoevalcap's spice/lib "
+                                    "folder (pycocoevalcap downloads it on first use, with "
+                                    "internet)")
     return (scores, missing, [float(x) for x in each_cider]) if per_image else (scores, missing)
 
 
@@ -288,19 +289,23 @@ def evaluate(decoder, names, features, references, settings, training_captions, 
         shuffled = features[np.random.default_rng(0).permutation(len(features))]
         jobs.append((control, shuffled, True))
     results = []
-    for setting, images, shuffled_images in jobs:
+    for i, (setting, images, shuffled_images) in enumerate(jobs, 1):
+        label = setting.label + (", shuffled images" if shuffled_images else "")
+        # Progress that stays in a saved notebook, as a widget would not: scoring runs Java and
+        # takes seconds to minutes, so each line says what is running before it runs.
+        say = print if verbose else (lambda *args, **kwargs: None)
+        say(f"[{i}/{len(jobs)}] {label}: decoding {len(images)} images... ", end="", flush=True)
         started = time.perf_counter()
         hypotheses = [decoder.vocab.decode(ids).split() for ids in decode(decoder, images, setting)]
-        if verbose:  # progress that stays in a saved notebook, as a widget would not
-            print(f"decoded {len(images)} images, {setting.label}"
-                  f"{' (shuffled images)' if shuffled_images else ''}, in "
-                  f"{time.perf_counter() - started:.1f} s")
+        say(f"{time.perf_counter() - started:.1f} s; scoring (PTB tokenizer and METEOR on Java, "
+            "BLEU, ROUGE-L, CIDEr-D)... ", end="", flush=True)
+        started = time.perf_counter()
         scores, missing, each_cider = caption_scores(references, [" ".join(h) for h in hypotheses],
                                                      meteor, per_image=True)
+        say(f"{time.perf_counter() - started:.1f} s", flush=True)
         results.append({
-            "label": setting.label + (", shuffled images" if shuffled_images else ""),
-            "decoding": dataclasses.asdict(setting), "shuffled_images": shuffled_images,
-            "scores": scores, "missing": missing,
+            "label": label, "decoding": dataclasses.asdict(setting),
+            "shuffled_images": shuffled_images, "scores": scores, "missing": missing,
             "diagnostics": caption_diagnostics(hypotheses, training_captions),
             "captions": dict(zip(names, map(" ".join, hypotheses))),
             "cider_d_per_image": dict(zip(names, each_cider))})

@@ -27,10 +27,10 @@ from .files import atomic_path, portable_path, read_json, resolve_path, save_npy
 
 __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
            "build_encoder", "preprocess", "MAX_IMAGE_PIXELS", "DECODE_SIZE", "ImageError",
-           "decode_image", "load_image", "image_batches", "cache_dir", "find_feature_cache",
-           "FeatureSource", "feature_source", "load_features", "grid_bytes", "FeatureRows",
-           "finished_cache", "extract_features",
-           "ExtractionSettings", "extraction_settings", "encoder_speed"]
+           "decode_image", "load_image", "preview_image", "image_batches", "cache_dir",
+           "find_feature_cache", "FeatureSource", "feature_source", "load_features", "grid_bytes",
+           "FeatureRows", "finished_cache", "extract_features", "ExtractionSettings",
+           "extraction_settings", "encoder_speed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +227,17 @@ def _strips(image, factor):
     for top in range(0, image.height, rows):
         yield top, np.asarray(image.crop((0, top, image.width, min(top + rows, image.height))),
                               dtype="float32")
+
+
+def preview_image(image, longest=256):
+    """An image as a person sees it, for figures and the app: 8-bit RGB [H, W, 3] with its own
+    shape, its longer side at most `longest` pixels (`load_image` squeezes it into the encoder's
+    square). `image`: what `load_image` takes."""
+    if not isinstance(image, Image.Image):
+        image = decode_image(image)
+    scale = min(longest / max(image.size), 1)
+    size = (max(round(image.width * scale), 1), max(round(image.height * scale), 1))
+    return np.asarray(image.resize(size, Image.BILINEAR) if scale < 1 else image)
 
 
 def _to_8_bits(image, label, factor=1):

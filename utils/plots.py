@@ -18,13 +18,16 @@ def readable_figures():
     matplotlib.rcParams.update(READABLE)
 
 
-def caption_grid(panels, columns=3, width=10):
+def caption_grid(panels, columns=3, width=10, title=None):
     """A figure of images, each with its lines of text below it, readable on a page 1,000 pixels
-    wide (12-point text in a 10-inch figure). `panels`: (RGB image, [line, ...]) pairs."""
+    wide (12-point text in a 10-inch figure), and `title` above them all. `panels`: (RGB image,
+    [line, ...]) pairs; each image keeps its own shape."""
     import matplotlib.pyplot as plt
 
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(width, 5 * rows), squeeze=False)
+    # Constrained layout makes room for the title above the photos and every line below them.
+    fig, axes = plt.subplots(rows, columns, figsize=(width, 5 * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     for ax, (image, lines) in zip(axes.ravel(), panels):
@@ -34,7 +37,8 @@ def caption_grid(panels, columns=3, width=10):
         # Below the image as its x label, so that tight_layout makes room for every line.
         ax.set_xlabel("\n".join(textwrap.fill(line, 28, subsequent_indent="  ") for line in lines),
                       loc="left", fontsize=12, linespacing=1.3)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=14)
     return fig
 
 
