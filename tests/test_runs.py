@@ -270,3 +270,46 @@ def test_what_a_run_writes_others_may_read(run_dir):
     os.umask(umask)
     for name in ("config.json", "vocabulary.json", "history.json", "model.keras"):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+CAPTION_IN_A_FRESH_PROCESS = """
+import hashlib, sys, threading
+import numpy as np
+import utils
+run, photo, history = sys.argv[1:4]
+if history == "busy":  # other models made first, one of them while the run loads, as in the app
+    utils.build_encoder("vgg16", None, 32, seed=5)
+    other = threading.Thread(target=utils.build_encoder, args=("inceptionv3", None, 75, 9))
+    other.start()
+captioner = utils.Captioner.from_run(run)
+if history == "busy":
+    other.join()
+weights = hashlib.sha1(b"".join(np.asarray(w).tobytes() for w in captioner.encoder.weights))
+print(weights.hexdigest(), "|", utils.caption_image(captioner, photo))
+"""
+
+
+def test_a_photo_gets_the_same_caption_in_every_fresh_process(run_dir, tmp_path):
+    """The app once gave one photo two captions in two processes, each repeatable: a seeded
+    random encoder's weights must not depend on the process (its hash seed) or on what it made
+    before and beside it."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    photo = tmp_path / "photo.png"  # nothing like the sample's shapes: the hardest case
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), "uint8")).save(photo)
+    answers = set()
+    for hash_seed, history in (("1", "fresh"), ("2", "busy")):
+        done = subprocess.run(
+            [sys.executable, "-c", CAPTION_IN_A_FRESH_PROCESS, str(run_dir), str(photo), history],
+            cwd=REPO, capture_output=True, text=True,
+            env=dict(os.environ, PYTHONHASHSEED=hash_seed, TF_CPP_MIN_LOG_LEVEL="3"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        answers.add(done.stdout.strip().splitlines()[-1])
+    assert len(answers) == 1, answers
+    assert answers.pop().split(" | ")[1] == utils.caption_image(
+        utils.Captioner.from_run(run_dir), photo)
