@@ -6,8 +6,9 @@ word). A run is loaded once (model, vocabulary and the encoder
 that made its training features) and kept for every later request; each photo goes through that
 encoder with the same `utils.load_image` and `utils.preprocess` as the training features.
 `CAPTIONING_MODELS_DIR` points the app at another folder of runs. An image address is fetched
-with `utils.PUBLIC`: public addresses only, at most 20 MB, within 20 s; `CAPTIONING_ALLOW_NETWORKS`
-(comma-separated, e.g. "10.0.0.0/8") admits private networks too, for a page on a closed network.
+with `utils.PUBLIC`: public addresses only, at most 20 MB, within 20 s for the whole exchange;
+`CAPTIONING_ALLOW_NETWORKS` (comma-separated, e.g. "10.0.0.0/8") admits private networks too,
+for a page on a closed network.
 """
 import dataclasses
 import io
@@ -15,7 +16,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import matplotlib.pyplot as plt
 import streamlit as st
@@ -23,11 +23,22 @@ from PIL import Image
 
 import utils
 
+utils.hide_tensorflow_startup_lines()  # from the server's terminal (see utils/startup.py)
+
 MODELS_DIR = Path(os.environ.get("CAPTIONING_MODELS_DIR", "models"))
 DEFAULT = utils.DEFAULT_DECODING  # notebook 05's too: the best measured on Flickr8k's dev split
-# What a visitor's address may reach: the server's own network is off limits unless admitted.
-FETCH = dataclasses.replace(utils.PUBLIC, allowed_networks=tuple(
-    n.strip() for n in os.environ.get("CAPTIONING_ALLOW_NETWORKS", "").split(",") if n.strip()))
+ALLOW_NETWORKS = "CAPTIONING_ALLOW_NETWORKS"  # private networks a visitor's address may reach
+
+
+def fetch_policy():
+    """What a visitor's address may reach: the server's own network is off limits unless the
+    operator admits it; a mistyped network stops the page at once, not at every fetch."""
+    allowed = [n for n in os.environ.get(ALLOW_NETWORKS, "").split(",") if n.strip()]
+    try:
+        return dataclasses.replace(utils.PUBLIC, allowed_networks=tuple(allowed))
+    except ValueError as e:
+        st.error(f"{ALLOW_NETWORKS}: {e}. Correct it and start the app again.")
+        st.stop()
 
 
 def find_runs(models_dir):
@@ -50,12 +61,12 @@ def load_captioner(run_dir):
 
 
 @st.cache_data(max_entries=8, show_spinner="Downloading the image...")
-def fetch_image(url):
+def fetch_image(url, _policy):
     """The bytes at `url` (the last few kept for later requests, at most 8 x 20 MB; a failure is
     not kept, so it is retried)."""
     with tempfile.TemporaryDirectory() as folder:
-        name = Path(urlparse(url).path).name or "image"
-        return utils.download_file(url, Path(folder) / name, policy=FETCH).read_bytes()
+        path = Path(folder) / utils.safe_file_name(url)
+        return utils.download_file(url, path, policy=_policy).read_bytes()
 
 
 def as_file(name, data):
@@ -68,6 +79,7 @@ def as_file(name, data):
 def main():
     st.set_page_config(page_title="Image captioning", layout="wide")
     st.title("Image captioning")
+    policy = fetch_policy()
     runs = find_runs(MODELS_DIR)
     if not runs:
         st.warning(f"No trained run in `{MODELS_DIR}/`. `make run` trains one on the sample "
@@ -92,7 +104,7 @@ def main():
 
     uploads = st.file_uploader("Photos", accept_multiple_files=True)
     url = st.text_input(f"...or the address of an image on the web (at most "
-                        f"{FETCH.max_bytes >> 20} MB)")
+                        f"{policy.max_bytes >> 20} MB)")
     if not chosen:
         st.info("Choose at least one run in the sidebar.")
         return
@@ -101,25 +113,27 @@ def main():
     for name in chosen:
         try:
             captioners[name] = load_captioner(str(MODELS_DIR / name))
+        except utils.NoEncoderError as e:  # not broken: made for other work
+            st.info(f"Run {name}: {e}")
         except Exception as e:  # any failure of one run's files; the other runs still caption
             st.error(f"Run {name} cannot caption new photos ({type(e).__name__}: {e})")
 
     images = [(u.name, u.getvalue()) for u in uploads or []]
     if url.strip():
         try:
-            images.append((url.strip(), fetch_image(url.strip())))
+            images.append((url.strip(), fetch_image(url.strip(), policy)))
         except utils.DownloadError as e:
             st.error(f"{url.strip()}: could not fetch the image ({e.reason}). Check the address "
                      "in your browser, or save the photo and upload it above.")
     for image_name, data in images:
         try:
             decoded = utils.decode_image(as_file(image_name, data))  # once, for every run
-            preview = utils.load_image(decoded, 384)
+            preview = utils.preview_image(decoded, 384)
         except utils.ImageError as e:
             st.error(str(e))
             continue
         picture, *columns = st.columns([1] + [1] * max(len(captioners), 1))
-        picture.image(preview / 255.0, caption=image_name)
+        picture.image(preview, caption=image_name)
         for column, (run, captioner) in zip(columns, captioners.items()):
             start = time.perf_counter()
             attends = captioner.decoder.attends  # an attention run also says where it looked
@@ -133,8 +147,8 @@ def main():
             if attends:
                 with column.expander("Where it looked, word by word"):
                     # drawn about as wide as the column shows it, so its words stay readable
-                    figure = utils.attention_figure(utils.load_image(decoded, 256).astype("uint8"),
-                                                    caption, maps, columns=3, width=3.6)
+                    figure = utils.attention_figure(utils.preview_image(decoded, 256), caption,
+                                                    maps, columns=3, width=3.6)
                     st.pyplot(figure)
                     plt.close(figure)
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import utils
-from conftest import REPO, train_sample_run
+from conftest import REPO, Server, train_sample_run
 
 # Importing streamlit sets MPLBACKEND=Agg for the whole process; the notebook kernels that other
 # tests start inherit the environment and would then show no plots. Put it back as it was.
@@ -119,8 +119,12 @@ def test_bad_inputs_are_reported_and_the_rest_captioned(monkeypatch, models_dir,
     assert len(at.subheader) == 2  # the good photo, by both runs
 
     at.sidebar.multiselect[0].set_value(["theirs-external", "shapes-small"]).run()
-    assert any(e.value.startswith("Run theirs-external cannot caption new photos (ValueError: "
-                                  "this run was trained on external features") for e in at.error)
+    assert [i.value for i in at.info] == [
+        "Run theirs-external: This run was trained on features made outside this repository "
+        "(mine.npz), so it cannot encode a new photo the same way: it captions the images whose "
+        "features you give it (FEATURES in notebook 05). To caption your own photos, train a run "
+        "on features of notebook 02."]
+    assert not any("theirs-external" in e.value for e in at.error)
     assert len(at.subheader) == 1
 
 
@@ -159,6 +163,32 @@ def test_image_from_a_url(monkeypatch, models_dir, sample_root, server):
                                  f"starts with http:// or https://). {advice}")
 
 
+@pytest.mark.parametrize("path", ["..", "x" * 300 + ".png"])
+def test_an_address_whose_name_is_no_file_name_is_fetched_safely(path, monkeypatch, models_dir,
+                                                                 sample_root):
+    """Once an uncaught OSError naming the server's temporary folder ("/.." or a long name)."""
+    photo = sorted((sample_root / "Images").iterdir())[2]
+    server = Server({path: photo.read_bytes()})
+    try:
+        monkeypatch.setenv("CAPTIONING_ALLOW_NETWORKS", "127.0.0.0/8")
+        at = app(monkeypatch, models_dir)
+        at.text_input[0].set_value(server.url + path).run()
+    finally:
+        server.close()
+    assert not at.exception and not at.error
+    assert at.subheader[0].value == expected_caption(models_dir / "shapes-large", photo)
+
+
+def test_a_mistyped_allowed_network_stops_the_page_at_once(monkeypatch, models_dir):
+    monkeypatch.setenv("CAPTIONING_ALLOW_NETWORKS", "10.0.0.0/8, 192.168.1.300/24")
+    at = app(monkeypatch, models_dir)
+    assert not at.exception
+    assert at.error[0].value == ("CAPTIONING_ALLOW_NETWORKS: '192.168.1.300/24' is not a network "
+                                 "(for example 10.0.0.0/8 or fd00::/8). Correct it and start the "
+                                 "app again.")
+    assert not at.file_uploader
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,14 +196,15 @@ def free_port():
 
 
 @pytest.fixture
-def streamlit_server(models_dir):
+def streamlit_server(models_dir, tmp_path):
     port = free_port()
     env = dict(os.environ, CAPTIONING_MODELS_DIR=str(models_dir))
-    process = subprocess.Popen(
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user starts it: `make app`
+    terminal = open(tmp_path / "terminal.txt", "w")  # what the server's terminal shows
+    process = subprocess.Popen(  # .streamlit/config.toml's settings, as `make app` has them
         [sys.executable, "-m", "streamlit", "run", APP, "--server.headless=true",
-         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
-         "--server.fileWatcherType=none"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         f"--server.port={port}", "--server.address=127.0.0.1"], cwd=REPO, env=env,
+        stdout=terminal, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -187,6 +218,7 @@ def streamlit_server(models_dir):
     yield url
     process.terminate()
     process.wait(10)
+    terminal.close()
 
 
 @pytest.fixture
@@ -229,6 +261,9 @@ def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample
     for shot in shots:
         assert chromium.save_screenshot(str(shot))
     assert Image.open(shots[0]).size[0] >= 1000
+    terminal = (tmp_path / "terminal.txt").read_text()
+    for noise in ("absl::InitializeLog", "cuInit", "cudart_stub", "oneDNN", "Inotify", "watchdog"):
+        assert noise not in terminal, terminal[-3000:]
 
 
 def test_a_broken_run_folder_does_not_take_the_page_down(monkeypatch, models_dir, sample_root,

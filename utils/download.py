@@ -55,8 +55,8 @@ class FetchPolicy:
             try:
                 networks.append(ipaddress.ip_network(str(network).strip(), strict=False))
             except ValueError:
-                raise ValueError(f"{network!r} is not a network (for example 10.0.0.0/8 or "
-                                 "fd00::/8)") from None
+                raise ValueError(f"{str(network).strip()!r} is not a network (for example "
+                                 "10.0.0.0/8 or fd00::/8)") from None
         object.__setattr__(self, "allowed_networks", tuple(networks))
 
 
