@@ -6,6 +6,7 @@ here: each test asks for them, so any one of them runs alone as well as with the
 """
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,43 @@ def test_importing_utils_does_not_load_tensorflow():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(notebook):
+    """`papermill --help-notebook` lists every name the parameters cell sets: a line it cannot
+    parse (an apostrophe in notebook 02's GRID comment once) warns at every run and makes
+    `-p NAME VALUE` report an unknown parameter."""
+    cell = next(c for c in nbformat.read(notebook, as_version=4).cells
+                if "parameters" in c.metadata.get("tags", []))
+    assigned = [t.id for node in ast.parse(cell.source).body for t in node.targets]
+    listed = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(notebook)],
+                            capture_output=True, text=True, check=True)
+    assert "Unable to parse" not in listed.stdout + listed.stderr
+    for name in assigned:
+        assert re.search(rf"^\s+{name}: ", listed.stdout, re.M), name
+    assert "DATASET" in assigned and papermill.inspect_notebook(str(notebook))["DATASET"][
+        "default"] == "None"  # Flickr8k on Colab, the sample here: utils.default_dataset
+
+
+def test_notebook_01_says_what_it_read_in_plain_words(executed):
+    text = printed(executed["01_prepare_captions"])
+    assert "PosixPath" not in text and "splits:   train data/sample/Flickr_8k.trainImages.txt" \
+        in text.replace(str(executed["workdir"]) + "/", "")
+    assert "names in the split files without captions: 0 []" in text
+    assert not [o for o in outputs(executed["01_prepare_captions"])
+                if o.get("name") == "stderr"], "no warning boxes: the report says it all"
+
+
+def test_notebook_02_explains_its_constant_dimensions(executed):
+    text = printed(executed["02_extract_features"])
+    assert re.search(r"constant dimensions \d+ of 2048", text)
+    markdown = "".join(c["source"] for c in executed["02_extract_features"]["cells"]
+                       if c["cell_type"] == "markdown")
+    assert "no constant dimensions" not in markdown and "random weights many" in markdown
+    assert not [o for o in outputs(executed["02_extract_features"])
+                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})], \
+        "a progress widget renders blank in a saved notebook"
+
+
 def test_notebook_defaults_are_the_package_defaults():
     """Notebook 04's training settings are TrainingConfig's and ModelConfig's defaults, and
     notebook 05 decodes by default (its first beam width) as DEFAULT_DECODING says."""
@@ -142,11 +180,25 @@ def test_notebook_04_shows_one_line_and_captions_per_epoch(executed):
     assert "\b" not in text  # no progress bar redrawn with backspaces
     assert len(text) < 30_000
     assert "ran out of data" not in text
+    # Before training: the photos captioned after each epoch, with references, and why a sample
+    # run's captions can name a wrong shape (its encoder's random weights).
+    figure = next(i for i, c in enumerate(executed["04_train_model"]["cells"])
+                  if "Captioned after every epoch" in "".join(c.get("source", "")))
+    assert any("image/png" in o.get("data", {})
+               for o in executed["04_train_model"]["cells"][figure]["outputs"])
+    assert utils.RANDOM_ENCODER_NOTE in text
 
 
 def test_notebook_05_shows_examples_best_worst_and_your_own_photo(executed):
     pictures = [o for o in outputs(executed["05_decode_and_evaluate"]) if "image/png" in o.get("data", {})]
     assert len(pictures) == 5  # the scores, the first, best and worst captioned, your own photo
+    text = printed(executed["05_decode_and_evaluate"])
+    # What runs during the minutes of scoring, and how long each step took.
+    assert re.search(r"\[1/4\] greedy, no repeated 2-gram: decoding 50 images\.\.\. [\d.]+ s; "
+                     r"scoring \(PTB tokenizer and METEOR on Java, BLEU, ROUGE-L, CIDEr-D\)\.\.\. "
+                     r"[\d.]+ s\n", text)
+    assert "[4/4] greedy, no repeated 2-gram, shuffled images" in text
+    assert utils.RANDOM_ENCODER_NOTE in text and ".venv" not in text
     line = next(l for l in printed(executed["05_decode_and_evaluate"]).splitlines()
                 if l.startswith(str(executed["workdir"] / OWN_PHOTO)))
     assert len(line.split(": ", 1)[1].split()) >= 3
@@ -262,3 +314,45 @@ def test_the_attention_model_runs_through_the_notebooks_and_shows_where_it_looke
     control = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2), shuffled_images=True)
     print({entry["label"]: round(entry["scores"]["bleu4"], 3) for entry in results})
     assert greedy["scores"]["bleu4"] >= 1.5 * control["scores"]["bleu4"]
+
+
+RUNNABLE = '''{"cells": [
+ {"cell_type": "code", "execution_count": null, "metadata": {"tags": ["parameters"]},
+  "outputs": [], "source": ["DATASET = None"]},
+ {"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [],
+  "source": ["print('made for', DATASET)\\n", "%s"]}],
+ "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+ "nbformat": 4, "nbformat_minor": 5}'''
+
+
+def test_make_run_keeps_each_dataset_apart_and_a_failure_never_replaces_a_good_notebook(tmp_path):
+    """notebooks/run.py, which `make run` runs: executed notebooks in outputs/<DATASET>/; a
+    notebook that fails is kept apart, its one-line reason printed, the good copy untouched."""
+    notebooks, out = tmp_path / "notebooks", tmp_path / "outputs"
+    notebooks.mkdir()
+    (notebooks / "01_first.ipynb").write_text(RUNNABLE % "pass")
+    (notebooks / "02_second.ipynb").write_text(RUNNABLE % "pass")
+
+    def run(dataset):
+        return subprocess.run([sys.executable, str(REPO / "notebooks" / "run.py"), "--dataset",
+                               dataset, "--notebooks", str(notebooks), "--output", str(out)],
+                              capture_output=True, text=True)
+
+    assert run("sample").returncode == 0
+    good = (out / "sample" / "02_second.ipynb").read_text()
+    assert "made for sample" in good and (out / "sample" / "02_second.html").is_file()
+    failing = "raise FileNotFoundError('data/flickr8k: put the two zips there first')"
+    (notebooks / "02_second.ipynb").write_text(RUNNABLE % failing)
+    done = run("flickr8k")
+    assert done.returncode == 1
+    assert ("02_second stopped: FileNotFoundError: data/flickr8k: put the two zips there first\n"
+            f"the executed notebook, with the whole error: {out / 'flickr8k' / 'failed'}"
+            ) in done.stdout
+    assert "Traceback" not in done.stdout
+    assert "made for flickr8k" in (out / "flickr8k" / "01_first.ipynb").read_text()
+    assert "FileNotFoundError" in (out / "flickr8k" / "failed" / "02_second.ipynb").read_text()
+    assert not (out / "flickr8k" / "02_second.ipynb").exists()
+    assert (out / "sample" / "02_second.ipynb").read_text() == good  # another dataset's: kept
+    assert run("sample").returncode == 1
+    assert (out / "sample" / "02_second.ipynb").read_text() == good  # a failure replaces nothing
+    assert [p.name for p in (out / "sample").iterdir() if p.name.startswith(".")] == []

@@ -89,7 +89,9 @@ def assert_scores_are_those_of_the_captions(evaluation, dataset_root):
 
 def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_path):
     """A user's own features (.npz of names and features) and their own list of images, from the
-    command line: papermill's CLI runs notebooks 04 and 05 on them."""
+    command line: papermill's CLI runs notebooks 04 and 05 on them, as docs/datasets.md says.
+    The run is named after the features' file in both notebooks, and notebook 05 says in one
+    sentence why it cannot caption a new photo."""
     features = shared_flickr8k / "features" / "efficientnet_lite0_imagenet.npz"
     names_file = tmp_path / "my_images.txt"
     dev = utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt")
@@ -105,9 +107,10 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
                          "-y", json.dumps({"SPLIT_FILES": splits}), "-p", "MIN_COUNT", "5"]),
         ("03", common),
         ("04", common + ["-p", "FEATURES", str(features), "-p", "EPOCHS", "2",
-                         "-p", "MODELS_DIR", models, "-p", "RUN_NAME", "mine"]),
-        ("05", common + ["-p", "RUN_DIR", str(tmp_path / "models" / "mine"),
-                         "-p", "FEATURES", str(features), "-p", "SPLIT", str(names_file)]),
+                         "-p", "MODELS_DIR", models]),
+        ("05", common + ["-p", "MODELS_DIR", models, "-p", "FEATURES", str(features),
+                         "-p", "SPLIT", str(names_file),
+                         "-p", "IMAGE", str(shared_flickr8k / "Images" / chosen[0])]),
     ]
     for number, args in steps:
         out = tmp_path / NOTEBOOKS[number].name
@@ -115,9 +118,15 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
                                "--cwd", str(REPO), *args], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
 
-    _, _, config = utils.load_run(tmp_path / "models" / "mine")
+    run_dir = tmp_path / "models" / "shared8k-efficientnet_lite0_imagenet"
+    _, _, config = utils.load_run(run_dir)
     assert config.features == utils.FeatureSource("external", utils.portable_path(features), 1280)
-    evaluation = utils.read_evaluation(tmp_path / "models" / "mine", names_file)
+    executed = json.loads((tmp_path / NOTEBOOKS["05"].name).read_text())
+    printed = "".join("".join(o.get("text", "")) for c in executed["cells"]
+                      for o in c.get("outputs", []))
+    assert utils.why_no_encoder(config) in printed
+    assert "efficientnet_lite0_imagenet.npz), so it cannot encode a new photo" in printed
+    evaluation = utils.read_evaluation(run_dir, names_file)
     assert evaluation["images"] == len(chosen) == 40
     assert all(list(entry["captions"]) == chosen for entry in evaluation["results"])
     assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "shared8k")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["REPO_ROOT", "DATA_DIR", "GLOVE_DIR", "atomic_path", "write_json", "read_json",
-           "portable_path", "resolve_path", "save_npy", "dataset_paths", "require"]
+           "portable_path", "resolve_path", "save_npy", "dataset_paths", "run_name", "require"]
 
 # Not resolved: on Colab data/ and models/ are links to Google Drive, and the paths this package
 # stores must stay the repository's own (data/...), the same on every runtime.
@@ -78,6 +78,12 @@ def dataset_paths(dataset, data_dir=DATA_DIR):
     return {"root": root, "captions": prepared / "captions.json",
             "vocabulary": prepared / "vocabulary.json", "features": root / "features",
             "embedding": prepared / "embedding.npy"}
+
+
+def run_name(dataset, encoder, features=None):
+    """A run's folder name where RUN_NAME is not set, the same in notebooks 04 and 05:
+    `<dataset>-<encoder>`, or, trained on features made elsewhere, `<dataset>-<their file>`."""
+    return f"{dataset}-{Path(features).stem if features else encoder}"
 
 
 def require(path, notebook):
