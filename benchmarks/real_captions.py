@@ -83,7 +83,9 @@ def write_table(readme, rows, scores, n_images, epochs):
         f"the COCO evaluation: BLEU-4 {scores['bleu4']:.3f}, CIDEr-D {scores['cider_d']:.3f}. "
         "The dev split also chose "
         "the defaults, so these are not test figures. The photos are Flickr's, not ours to "
-        "publish: the script draws them with their captions in `outputs/real_captions.png`.",
+        "publish: the script draws them with their captions in `outputs/real_captions.png`. "
+        "Run elsewhere, a caption or the last digits may differ: float arithmetic differs from "
+        "machine to machine.",
         "",
         "| photo | our caption | a reference caption |",
         "| --- | --- | --- |",

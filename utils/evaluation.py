@@ -288,21 +288,21 @@ def evaluate(decoder, names, features, references, settings, training_captions, 
     if control is not None:
         shuffled = features[np.random.default_rng(0).permutation(len(features))]
         jobs.append((control, shuffled, True))
+    # Progress that stays in a saved notebook, as a widget would not: scoring runs Java and takes
+    # seconds to minutes, so a line says what runs before it runs.
+    say = print if verbose else (lambda *args, **kwargs: None)
     results = []
     for i, (setting, images, shuffled_images) in enumerate(jobs, 1):
         label = setting.label + (", shuffled images" if shuffled_images else "")
-        # Progress that stays in a saved notebook, as a widget would not: scoring runs Java and
-        # takes seconds to minutes, so each line says what is running before it runs.
-        say = print if verbose else (lambda *args, **kwargs: None)
-        say(f"[{i}/{len(jobs)}] {label}: decoding {len(images)} images... ", end="", flush=True)
+        say(f"[{i}/{len(jobs)}] {label}: decoding {len(images)} images, then scoring them (PTB "
+            "tokenizer and METEOR on Java, BLEU, ROUGE-L, CIDEr-D)...", flush=True)
         started = time.perf_counter()
         hypotheses = [decoder.vocab.decode(ids).split() for ids in decode(decoder, images, setting)]
-        say(f"{time.perf_counter() - started:.1f} s; scoring (PTB tokenizer and METEOR on Java, "
-            "BLEU, ROUGE-L, CIDEr-D)... ", end="", flush=True)
-        started = time.perf_counter()
+        decoded = time.perf_counter()
         scores, missing, each_cider = caption_scores(references, [" ".join(h) for h in hypotheses],
                                                      meteor, per_image=True)
-        say(f"{time.perf_counter() - started:.1f} s", flush=True)
+        say(f"    decoded in {decoded - started:.1f} s, scored in "
+            f"{time.perf_counter() - decoded:.1f} s", flush=True)
         results.append({
             "label": label, "decoding": dataclasses.asdict(setting),
             "shuffled_images": shuffled_images, "scores": scores, "missing": missing,
