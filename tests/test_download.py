@@ -127,41 +127,36 @@ def test_a_body_over_the_size_cap_is_refused(server, tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.part").exists()
 
 
-def test_a_trickle_cannot_outlast_the_deadline(server, tmp_path):
-    def trickle(handler):
-        handler.send_response(200)
-        handler.send_header("Content-Length", "1000")
-        handler.end_headers()
+def trickle(data, pause, as_headers=False):
+    """A server that sends `data` a byte every `pause` seconds: as the body after its headers,
+    or (`as_headers`) as its headers themselves."""
+    def answer(handler):
+        if not as_headers:
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
         try:
-            for _ in range(1000):
-                handler.wfile.write(b"x")
-                handler.wfile.flush()
-                time.sleep(0.5)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-    server.files["slow"] = trickle
-    started = time.time()
-    with pytest.raises(utils.DownloadError, match="took longer than 2 s"):
-        utils.download_file(server.url + "slow", tmp_path / "slow", policy=LOOPBACK_ADMITTED)
-    assert time.time() - started < 3.5
-
-
-def test_a_server_that_trickles_its_headers_is_cut_off_at_the_deadline(server, tmp_path):
-    """The deadline covers the whole exchange: each header byte arriving within the read timeout
-    must not keep the request alive past it."""
-    def trickle_headers(handler):
-        try:
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000:
+            for byte in data:
                 handler.wfile.write(bytes([byte]))
                 handler.wfile.flush()
-                time.sleep(0.2)
+                time.sleep(pause)
         except (BrokenPipeError, ConnectionResetError):
             pass
-    server.files["slow-headers"] = trickle_headers
+    return answer
+
+
+@pytest.mark.parametrize("answer", [
+    trickle(b"x" * 1000, 0.5),
+    trickle(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 1000, 0.2, as_headers=True)],
+    ids=["body", "headers"])
+def test_a_trickle_cannot_outlast_the_deadline(answer, server, tmp_path):
+    """The deadline covers the whole exchange: each byte arriving within the read timeout, of
+    the headers as of the body, must not keep the request alive past it."""
+    server.files["slow"] = answer
     started = time.time()
     with pytest.raises(utils.DownloadError, match="took longer than 2 s") as error:
-        utils.download_file(server.url + "slow-headers", tmp_path / "a", policy=LOOPBACK_ADMITTED)
-    assert time.time() - started < 3
+        utils.download_file(server.url + "slow", tmp_path / "slow", policy=LOOPBACK_ADMITTED)
+    assert time.time() - started < 3.5
     assert error.value.reason == "refused: took longer than 2 s"
     assert not list(tmp_path.iterdir())
 

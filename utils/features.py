@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text, not a widget: a widget renders blank in a saved notebook
 
 from .files import atomic_path, portable_path, read_json, resolve_path, save_npy, write_json
 
