@@ -140,7 +140,7 @@ def test_notebook_01_says_what_it_read_in_plain_words(executed):
 def test_notebook_02_explains_its_constant_dimensions(executed):
     text = printed(executed["02_extract_features"])
     assert re.search(r"constant dimensions \d+ of 2048", text)
-    markdown = "".join(c["source"] for c in executed["02_extract_features"]["cells"]
+    markdown = "".join("".join(c["source"]) for c in executed["02_extract_features"]["cells"]
                        if c["cell_type"] == "markdown")
     assert "no constant dimensions" not in markdown and "random weights many" in markdown
     assert not [o for o in outputs(executed["02_extract_features"])
