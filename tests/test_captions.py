@@ -289,7 +289,8 @@ def test_image_names_cannot_leave_the_images_folder(tmp_path):
     with pytest.warns(UserWarning, match="skipped 3 of 4 captions"):
         cf = utils.read_captions(path)
     assert list(cf.captions) == ["a.jpg"]
-    assert cf.malformed[0] == f"{path}:3: image name '/etc/hostname' points outside the images folder"
+    assert cf.malformed[0] == (f"{path}:3: image name '/etc/hostname' points outside the images "
+                               "folder")
     images = [{"filename": "/etc/hostname", "split": "train", "sentences": [{"raw": "A host ."}]},
               {"filepath": "..", "filename": "outside.jpg", "split": "train",
                "sentences": [{"raw": "Out ."}]},

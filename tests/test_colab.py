@@ -141,9 +141,9 @@ def test_on_colab_every_notebook_defaults_to_flickr8k(colab_env, tmp_path):
     with pytest.raises(papermill.PapermillExecutionError) as error:
         runtime = tmp_path / "runtime"
         runtime.mkdir()
-        papermill.execute_notebook(str(fork / "notebooks" / NOTEBOOKS[0]), str(runtime / "01.ipynb"),
-                                   parameters={"DRIVE_FOLDER": None}, cwd=str(runtime),
-                                   progress_bar=False)
+        papermill.execute_notebook(str(fork / "notebooks" / NOTEBOOKS[0]),
+                                   str(runtime / "01.ipynb"), parameters={"DRIVE_FOLDER": None},
+                                   cwd=str(runtime), progress_bar=False)
     assert "Flickr8k" in error.value.evalue and "flickr8k" in error.value.evalue
     assert utils.default_dataset() == "sample" and utils.default_dataset("mine") == "mine"
 

@@ -209,6 +209,7 @@ def test_a_checksum_refuses_the_wrong_file(server, tmp_path):
     ("https://example.com/photos/dog.jpg?size=2", "dog.jpg"), ("https://example.com/..", "image"),
     ("https://example.com/%2e%2e", "image"), ("https://example.com/a/%2F..%2Fetc", "etc"),
     ("https://example.com/" + "x" * 300 + ".jpg", "x" * 96 + ".jpg"),
-    ("https://example.com/", "image"), ("https://example.com/caf%C3%A9 au lait.png", "caf__au_lait.png")])
+    ("https://example.com/", "image"),
+    ("https://example.com/caf%C3%A9 au lait.png", "caf__au_lait.png")])
 def test_a_downloaded_file_is_named_safely(url, name):
     assert utils.safe_file_name(url) == name

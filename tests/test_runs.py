@@ -187,7 +187,8 @@ def test_a_record_or_vocabulary_that_disagrees_with_the_model_is_refused(run_cop
 
 
 def test_a_model_file_of_another_vocabulary_is_refused(run_copy, sample_training, tmp_path):
-    """A model.keras swapped in from a run with another vocabulary: its head predicts other words."""
+    """A model.keras swapped in from a run with another vocabulary: its head predicts other
+    words."""
     prepared, vocab, names, features = sample_training
     config = utils.RunConfig.load(run_copy / "config.json")
     other = utils.build_caption_model(dataclasses.replace(config.model, vocab_size=len(vocab) + 3))

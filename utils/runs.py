@@ -202,8 +202,8 @@ def load_run(run_dir):
         model = keras.models.load_model(run_dir / "model.keras")
     if model.output_shape[-1] != len(vocab):
         raise RunConfigError(f"{run_dir / 'model.keras'} predicts {model.output_shape[-1]} words "
-                             f"and its vocabulary has {len(vocab)}: not this run's model; train the "
-                             "run again with notebook 04")
+                             f"and its vocabulary has {len(vocab)}: not this run's model; train "
+                             "the run again with notebook 04")
     return model, vocab, config
 
 
