@@ -26,6 +26,9 @@ from pathlib import Path
 
 from tqdm import tqdm  # text, not a widget: it stays readable in a saved notebook
 
+# A saved notebook keeps each redraw of a text progress bar as a line: one every 10 s at most.
+PROGRESS_INTERVAL_S = 10
+
 __all__ = ["DownloadError", "FetchPolicy", "TRUSTED", "PUBLIC", "download_file", "safe_file_name",
            "check_zip", "extract_zip"]
 
@@ -300,7 +303,8 @@ def _receive(connection, response, part, start, clock, chunk_size, policy, label
     if policy.max_bytes and total and total > policy.max_bytes:
         raise _Refused(f"{total:,} bytes, over the limit of {policy.max_bytes:,}")
     with open(part, "ab" if start else "wb") as f, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, desc=label) as bar:
+            total=total, initial=start, unit="B", unit_scale=True, desc=label,
+            mininterval=PROGRESS_INTERVAL_S) as bar:
         received = start
         while not clock.expired:
             # `body_socket`, not kept by http.client once the response owns it.

@@ -23,6 +23,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 from tqdm import tqdm  # text, not a widget: a widget renders blank in a saved notebook
 
+from .download import PROGRESS_INTERVAL_S
 from .files import atomic_path, portable_path, read_json, resolve_path, save_npy, write_json
 
 __all__ = ["EncoderSpec", "ENCODERS", "encoder_spec", "weights_tag", "resolve_weights",
@@ -470,6 +471,7 @@ def _extract(images_dir, names, directory, encoder, weights, input_size, batch_s
     pending = sum(len(names[s:s + chunk_size]) for s in todo)
     started = time.time()
     with tqdm(total=len(names), initial=len(names) - pending, unit="img",
+              mininterval=PROGRESS_INTERVAL_S,
               desc=f"{encoder} features") as bar:
         for start in todo:
             requested = names[start:start + chunk_size]
@@ -561,7 +563,8 @@ def _reread(directory, names, paths, stats, changed, encoder, model, size, batch
     row = {n: i for i, n in enumerate(read_json(directory / "names.json"))}
     names = [names[i] for i in changed]
     if all(n in row for n in names):
-        with tqdm(total=len(changed), unit="img", desc="changed images") as bar:
+        with tqdm(total=len(changed), unit="img", desc="changed images",
+                  mininterval=PROGRESS_INTERVAL_S) as bar:
             fresh, errors = _extract_chunk(model, encoder, [paths[i] for i in changed], size,
                                            batch_size, bar)
         if not errors:
