@@ -42,8 +42,11 @@ def test_cider_rewards_agreement_with_the_references():
 @pytest.mark.skipif(not shutil.which("java"), reason="METEOR runs pycocoevalcap's Java jar")
 def test_meteor_with_java():
     good = utils.coco_scores(RAW, ["a dog runs", "a man rides a bike"])[0]
+    java = utils.meteor_scorer().meteor_p  # the Java process that scored them
     swapped = utils.coco_scores(RAW, ["a man rides a bike", "a dog runs"])[0]
     assert 1.0 >= good["meteor"] > swapped["meteor"] >= 0.0
+    # One scorer serves every call: Java's start (about 10 s) is paid once, not per decoding.
+    assert utils.meteor_scorer().meteor_p is java and java.poll() is None
 
 
 def test_scores_refuse_mismatched_lists():

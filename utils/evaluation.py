@@ -10,6 +10,7 @@ each decoding setting, score, diagnose, and decode it again with the images shuf
 Its results file, named after the split and the decodings, is read back by field.
 """
 import dataclasses
+import functools
 import inspect
 import shutil
 import time
@@ -34,7 +35,7 @@ __all__ = ["BLEU_WEIGHTS", "nltk_bleu", "coco_tokens", "coco_scores", "caption_s
            "COMPARED_SCORES", "image_statistics", "pooled_score", "compare_statistics",
            "grouped_statistics", "compare_captions", "caption_diagnostics",
            "evaluate", "find_result", "EVALUATION_FORMAT", "evaluation_path", "write_evaluation",
-           "read_evaluation", "read_evaluations"]
+           "read_evaluation", "read_evaluations", "meteor_scorer"]
 
 EVALUATION_FORMAT = 2  # of evaluation-<split>-<decodings>.json
 
@@ -45,6 +46,14 @@ BLEU_WEIGHTS = {f"bleu{n}": tuple([1 / n] * n) for n in range(1, 5)}
 # use (not possible offline): computed where they are present.
 SPICE_JAR = (Path(inspect.getfile(PTBTokenizer)).parents[1] / "spice" / "lib" /
              "stanford-corenlp-3.6.0.jar")
+
+
+@functools.cache
+def meteor_scorer():
+    """The one METEOR scorer of this process, for every decoding, notebook 05's and the
+    benchmarks': a Java process whose start and first score take about 10 s, each later score a
+    fraction of a second (0.14 s on 50 images here). pycocoevalcap's own lock serialises callers."""
+    return Meteor()
 
 
 def coco_tokens(references, caption_sets):
@@ -87,7 +96,8 @@ def coco_scores(references, hypotheses, meteor=True, per_image=False):
     scores = {f"bleu{n}": float(b) for n, b in enumerate(bleu, 1)}
     if not meteor:
         missing.setdefault("meteor", "left out (meteor=False)")
-    scores["meteor"] = None if "meteor" in missing else float(Meteor().compute_score(gts, res)[0])
+    scores["meteor"] = None if "meteor" in missing else float(
+        meteor_scorer().compute_score(gts, res)[0])
     scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     cider, each_cider = Cider().compute_score(gts, res)
     scores["cider_d"] = float(cider)
@@ -144,7 +154,7 @@ def image_statistics(references, caption_sets, drop_one_letter=False, meteor=Tru
         gts, sets = _without_one_letter(gts), [_without_one_letter(s) for s in sets]
     if not meteor:
         missing.setdefault("meteor", "left out (meteor=False)")
-    meteor_scorer = None if "meteor" in missing else Meteor()  # one Java start for every set
+    scorer = None if "meteor" in missing else meteor_scorer()
     cooked = [cook_refs(refs) for refs in gts.values()]
     statistics = []
     for res in sets:
@@ -153,8 +163,8 @@ def image_statistics(references, caption_sets, drop_one_letter=False, meteor=Tru
                                          for t in tests], float),  # (images, 10)
                 "rouge_l": np.asarray(Rouge().compute_score(gts, res)[1], float),
                 "cider_d": np.asarray(Cider().compute_score(gts, res)[1], float)}
-        if meteor_scorer:
-            each["meteor_stats"] = _meteor_statistics(meteor_scorer, gts, res)
+        if scorer:
+            each["meteor_stats"] = _meteor_statistics(scorer, gts, res)
         statistics.append(each)
     return statistics, missing
 
@@ -219,7 +229,7 @@ def compare_statistics(first, second, resamples=1000, seed=0, level=0.95):
     count = len(first[0]["cider_d"])
     draws = np.random.default_rng(seed).integers(0, count, (resamples, count))
     with_meteor = all("meteor_stats" in s for s in [*first, *second])
-    meteor = Meteor() if with_meteor else None
+    meteor = meteor_scorer() if with_meteor else None
     comparison = {}
     for name in COMPARED_SCORES if with_meteor else _WITHOUT_METEOR:
         full = [np.mean([pooled_score(s, name, np.arange(count), meteor) for s in runs])
