@@ -230,29 +230,32 @@ def download_file(url, dest, timeout=15, chunk_size=1 << 20, policy=TRUSTED, sha
         raise DownloadError(f"{url}: HTTP {e.status} {e.reason}; {hint}",
                             f"the server answered HTTP {e.status} {e.reason}") from None
     except (OSError, http.client.HTTPException) as e:
-        if clock.expired:
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"{url}: refused, took longer than {policy.deadline_s:g} s",
-                                f"refused: took longer than {policy.deadline_s:g} s") from None
+        if clock.expired:  # the socket shut down at the deadline
+            raise _too_slow(url, part, policy) from None
         reason = getattr(e, "reason", None) or e
         raise DownloadError(f"could not download {url} ({reason}); {hint}",
                             f"no answer from the server: {reason}") from None
     received = part.stat().st_size
     if clock.expired:
-        part.unlink()
-        raise DownloadError(f"{url}: refused, took longer than {policy.deadline_s:g} s",
-                            f"refused: took longer than {policy.deadline_s:g} s")
+        raise _too_slow(url, part, policy)
     if total is not None and received != total:
         raise DownloadError(f"{url}: connection closed after {received} of {total} bytes "
                             f"(kept in {part}); {hint}",
                             f"the connection closed after {received} of {total} bytes")
-    if sha256 and _sha256(part) != sha256.lower():
-        found = _sha256(part)
+    found = sha256 and _sha256(part)
+    if found and found != sha256.lower():
         part.unlink()
         raise DownloadError(f"{url}: the file's SHA-256 is {found}, not {sha256}: deleted; run "
                             "again, or check the address", "its checksum is not the expected one")
     os.replace(part, dest)
     return dest
+
+
+def _too_slow(url, part, policy):
+    """The error of an exchange past the policy's deadline; what arrived of it is deleted."""
+    part.unlink(missing_ok=True)
+    return DownloadError(f"{url}: refused, took longer than {policy.deadline_s:g} s",
+                         f"refused: took longer than {policy.deadline_s:g} s")
 
 
 def _sha256(path):

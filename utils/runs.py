@@ -222,8 +222,9 @@ def encoder_for_run(config, weights_file=None):
     """The CNN that made a run's features, so a new photo is encoded exactly like the training
     ones. Random weights are rebuilt from their seed; a weights file must be given again."""
     source = config.features
-    if why_no_encoder(config):
-        raise NoEncoderError(why_no_encoder(config))
+    why = why_no_encoder(config)
+    if why:
+        raise NoEncoderError(why)
     if source.weights.startswith("file-") and (
             weights_file is None or weights_tag(weights_file) != source.weights):
         raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
