@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make run    runs every notebook in order (papermill) on DATASET (default: the offline sample);
 #               executed copies, with their outputs, land in outputs/DATASET/ (also as HTML)
-#   make test   runs the test suite, which also executes every notebook on the sample dataset
+#   make test   runs the test suite, which also executes every notebook on the sample dataset, one
+#               test file per CPU core (pytest-xdist; a file's tests share what they execute)
 #   make app    serves the web page (app.py) that captions uploaded photos with the runs in models/
 #   make colab REPO_URL=https://github.com/OWNER/NAME
 #               writes your repository's address into utils/colab.py, every notebook's setup cell
@@ -28,7 +29,7 @@ run: .venv/.run-deps
 	$(BIN)/python notebooks/run.py --dataset $(DATASET)
 
 test: .venv/.test-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 app: .venv/.run-deps
 	$(BIN)/streamlit run app.py
