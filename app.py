@@ -42,10 +42,10 @@ def fetch_policy():
 
 
 def find_runs(models_dir):
-    """Run folders holding a finished model, by name."""
+    """Run folders holding a trained model, by name."""
     if not models_dir.is_dir():
         return []
-    return sorted(p.name for p in models_dir.iterdir() if (p / "model.keras").is_file())
+    return sorted(p.name for p in models_dir.iterdir() if utils.is_trained(p))
 
 
 @st.cache_resource(show_spinner="Loading the run: model, vocabulary and encoder...")

@@ -5,8 +5,8 @@
 Loads a trained run the way `app.py` does (model, vocabulary, the run's own encoder), captions one
 photo to trace the graphs, then times `utils.caption_image` (read, resize, encode, decode) on each
 further photo, one at a time, greedy and as the app does by default (utils.DEFAULT_DECODING:
-beam 5, length penalty 1), both without repeated word pairs, as in the app. `make run` leaves the default run and
-the sample images. Last line: one JSON object with the median and the slowest milliseconds.
+beam 5, length penalty 1), both without repeated word pairs, as in the app. `make run` leaves the
+default run and the sample images. Last line: one JSON object with the median and the slowest milliseconds.
 """
 import argparse
 import dataclasses
@@ -18,8 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-import numpy as np  # noqa: E402
+import numpy as np  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL, which TensorFlow reads once)
 
 import utils  # noqa: E402
 from utils import Captioner  # noqa: E402  (loads TensorFlow now, before the clock starts)
@@ -31,7 +30,7 @@ def main():
     parser.add_argument("--run", default=str(REPO / "models" / "sample-inceptionv3"))
     parser.add_argument("--images", default=str(REPO / "data" / "sample" / "Images"))
     args = parser.parse_args()
-    if not (Path(args.run) / "model.keras").is_file():
+    if not utils.is_trained(args.run):
         sys.exit(f"{args.run}: no trained run; `make run` makes this one")
     photos = sorted(Path(args.images).iterdir())[:11 if args.quick else 51]
 

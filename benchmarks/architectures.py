@@ -31,10 +31,10 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from our_recipe import (arguments, notebook_defaults, record, score, summarise,  # noqa: E402
-                        train_ours)
-from shared_data import FEATURES, GRIDS, REPO, SharedData  # noqa: E402
-import utils  # noqa: E402
+from our_recipe import arguments, notebook_defaults, record, score, summarise, train_ours
+
+import utils
+from shared_data import FEATURES, GRIDS, REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "architectures.json"
 DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy
@@ -134,8 +134,8 @@ def main():
         return
     seeds = range(1 if args.quick else args.seeds)
     pooled, default = SharedData(), notebook_defaults()
-    grids = SharedData(grid=True) if set(args.architectures or utils.ARCHITECTURES) & set(
-        utils.GRID_ARCHITECTURES) else None
+    grids = SharedData(grid=True) if any(utils.architecture_class(name).reads_grid for name in
+                                         args.architectures or utils.ARCHITECTURES) else None
     configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES}
     if args.tune:
         configs |= {f"{name}, {change}": default | {"architecture": name} | values
@@ -153,7 +153,7 @@ def main():
     results = {k: v for k, v in stored.get("runs", {}).items() if k not in configs}
     for name, config in configs.items():
         results[name] = []
-        data = grids if config["architecture"] in utils.GRID_ARCHITECTURES else pooled
+        data = grids if utils.architecture_class(config["architecture"]).reads_grid else pooled
         every_image = data.features  # train and dev: the speed of decoding many images
         for seed in seeds if name in utils.ARCHITECTURES else seeds[:1]:
             with tempfile.TemporaryDirectory() as run_dir:

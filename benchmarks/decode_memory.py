@@ -5,8 +5,8 @@
 Writes four images just under the 60-megapixel limit (7,700 x 7,700, a smooth picture) as PNG
 and as JPEG, then reads each set through `utils.image_batches` (tf.data, one decode per core, in
 one batch of four) in a fresh process, and reports that process's peak resident memory (sampled
-every 2 ms) above its level before reading. PNG is read twice: as shipped (large images decoded one at a time) and with
-that limit lifted (`LARGE_IMAGE_PIXELS` raised: one decode per core).
+every 2 ms) above its level before reading. PNG is read twice: as shipped (large images decoded
+one at a time) and with that limit lifted (`LARGE_IMAGE_PIXELS` raised: one decode per core).
 JPEGs are decoded at reduced scale. `--quick` uses two images. Last line: one JSON object.
 """
 import argparse
@@ -25,10 +25,9 @@ SIDE = 7_700  # 59.3 megapixels
 CHILD = """
 import os, sys, json, threading, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-sys.path.insert(0, {repo!r})
-import utils, utils.features
+import utils
 if {unlimited}:
-    utils.features.LARGE_IMAGE_PIXELS = 10 ** 12
+    utils.images.LARGE_IMAGE_PIXELS = 10 ** 12
 
 def rss_mb():  # resident memory now (the peak of the whole process would be TensorFlow's start)
     with open("/proc/self/statm") as f:
@@ -68,7 +67,7 @@ def write_images(folder, n):
 
 
 def peak(paths, unlimited=False):
-    code = CHILD.format(repo=str(REPO), unlimited=unlimited, paths=paths)
+    code = CHILD.format(unlimited=unlimited, paths=paths)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

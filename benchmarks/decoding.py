@@ -16,11 +16,11 @@ import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np  # noqa: E402
+import numpy as np
+import seed_recipe
 
-import seed_recipe  # noqa: E402
-from shared_data import SharedData  # noqa: E402
-import utils  # noqa: E402
+import utils
+from shared_data import SharedData
 
 
 def rate(function, n):

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from shared_data import SHARED, shared_dir  # noqa: E402
-import utils  # noqa: E402
+import utils
+from shared_data import SHARED, shared_dir
 
 
 def rate(n, seconds):
@@ -44,7 +44,8 @@ def main():
 
     sweep = {}
     for batch_size in (16, 32) if args.quick else (8, 16, 32, 64):
-        x = utils.preprocess("inceptionv3", np.random.default_rng(0).uniform(0, 255, (batch_size, 299, 299, 3)))
+        pixels = np.random.default_rng(0).uniform(0, 255, (batch_size, 299, 299, 3))
+        x = utils.preprocess("inceptionv3", pixels)
         model.predict_on_batch(x)  # the first call traces the graph
         repeats = max(1, 64 // batch_size)
         start = time.perf_counter()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared_data import shared_dir
 import utils
+from shared_data import shared_dir
 
 
 def make_file(n_words, path):

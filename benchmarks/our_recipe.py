@@ -7,12 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import papermill
 
-from shared_data import REPO
 import utils
+from shared_data import REPO
 
 # What the notebooks set of a model; the rest comes from the data (sizes, a grid's positions).
 MODEL_FIELDS = set(utils.ModelConfig.__dataclass_fields__) - {"vocab_size", "feature_dim",
@@ -47,7 +46,8 @@ def train_ours(shared, config, seed, run_dir):
     start = time.perf_counter()
     history = utils.train_caption_model(model, data, run_dir, training, verbose=0)
     seconds = time.perf_counter() - start
-    return keras.models.load_model(Path(run_dir) / "model.keras"), vocab, seconds, len(history)
+    model.load_weights(Path(run_dir) / utils.WEIGHTS_FILE)  # the best epoch's
+    return model, vocab, seconds, len(history)
 
 
 def score(model, vocab, shared, drop_one_letter, decodings):

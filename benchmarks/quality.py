@@ -34,11 +34,11 @@ import os
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import seed_recipe  # noqa: E402
-from our_recipe import (arguments, notebook_defaults, record, score, summarise,  # noqa: E402
-                        train_ours)
-from shared_data import FEATURES, REPO, SharedData  # noqa: E402
-import utils  # noqa: E402
+import seed_recipe
+from our_recipe import arguments, notebook_defaults, record, score, summarise, train_ours
+
+import utils
+from shared_data import FEATURES, REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "quality.json"
 # Each variant changes one setting of the current default. Earlier rounds, each against the

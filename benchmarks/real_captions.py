@@ -23,14 +23,13 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import keras  # noqa: E402
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image, ImageOps
 
-from shared_data import FEATURES, REPO, SharedData  # noqa: E402
-import utils  # noqa: E402
+import utils
+from shared_data import FEATURES, REPO, SharedData
 
 SHOWN = 9  # dev photos in the figure and the table
 
@@ -47,7 +46,7 @@ def main():
                               data.feature_statistics())
     with tempfile.TemporaryDirectory() as run_dir:
         history = utils.train_caption_model(model, data, run_dir, training, verbose=0)
-        model = keras.models.load_model(Path(run_dir) / "model.keras")
+        model.load_weights(Path(run_dir) / utils.WEIGHTS_FILE)  # the best epoch's
 
     names, features, references = shared.split("val")
     training_captions = [c.split() for c in utils.split_captions(shared.prepared(), "train")]

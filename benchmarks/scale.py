@@ -11,8 +11,9 @@ sampled every 10 ms: the mapped files' pages are the page cache's, not the proce
 captions per second over the timed steps. For contrast, the same steps with the tables held in
 memory (`np.asarray`, as `caption_dataset` read them before) at the sizes up to 100k (a few
 steps: memory only). Last, 100 steps on one device and under MirroredStrategy over two logical
-CPU devices, from the same initial weights and batches, with both losses. Last line: one JSON object with `sizes`, `peak_memory_ratio` and `throughput_ratio`
-(largest size over 10k), `in_memory` and `mirrored`.
+CPU devices, from the same initial weights and batches, with both losses. Last line: one JSON
+object with `sizes`, `peak_memory_ratio` and `throughput_ratio` (largest size over 10k),
+`in_memory` and `mirrored`.
 """
 import argparse
 import contextlib
@@ -81,7 +82,7 @@ print(json.dumps({"peak_rss_anon_mb": round(peak[0] / 1024, 1), "train_seconds":
                   "statistics_seconds": round(statistics_seconds, 2), "graph_bytes": graph_bytes,
                   "loss": round(float(history.history["loss"][-1]), 5),
                   "devices": strategy.num_replicas_in_sync}))
-""" % {"vocabulary": VOCABULARY}
+""" % {"vocabulary": VOCABULARY}  # noqa: UP031 (the child's code has braces of its own)
 
 
 def write_dataset(folder, images, seed=0):

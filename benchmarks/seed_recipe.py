@@ -10,7 +10,6 @@ import time
 import keras
 import numpy as np
 
-import shared_data  # noqa: F401  (it puts the repository on the path, for utils)
 import utils
 
 # The tutorials' settings.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+import utils
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-import utils  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "flickr8k"
 FEATURES = SHARED / "features" / "efficientnet_lite0_imagenet.npz"

@@ -4,7 +4,8 @@
 
 Both train the same merge model, from the same initial weights, on the same batches of captions
 of the shared Flickr8k subset, as our pipeline batches them (length buckets), with real ImageNet
-features from ../shared/flickr8k/features/ (the official train and dev images among them). The prefix formulation expands each batch of captions
+features from ../shared/flickr8k/features/ (the official train and dev images among them). The
+prefix formulation expands each batch of captions
 into one pre-padded sample per prefix, as the seed projects do, and takes one step on all of them,
 so both follow the same mathematics and should reach the same validation loss after the same
 number of caption passes. Last line: one JSON object with `speedup` (captions per second, ours
@@ -17,10 +18,10 @@ import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np  # noqa: E402
+import numpy as np
 
-from shared_data import SharedData  # noqa: E402
-import utils  # noqa: E402
+import utils
+from shared_data import SharedData
 
 
 def train(model, run_epoch, epochs, val):

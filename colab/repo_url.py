@@ -47,7 +47,7 @@ def write_repo_url(repo_url, root=ROOT, badges=True):
             text = "".join(cell["source"])
             text = SETUP_LINE.sub(f'REPO_URL = "{repo_url}"', text)
             if badges:
-                text = BADGE.sub(lambda m: badge(repo_url, path.name), text)
+                text = BADGE.sub(lambda m, name=path.name: badge(repo_url, name), text)
             cell["source"] = text.splitlines(keepends=True)
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     if badges:

@@ -1,7 +1,6 @@
 import http.server
 import io
 import os
-import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -10,7 +9,6 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "flickr8k"
 
 

@@ -257,7 +257,7 @@ def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample
         lambda d: all(c in d.find_element(By.TAG_NAME, "body").text for c in expected))
     assert "it knows only coloured shapes" in chromium.find_element(By.TAG_NAME, "body").text
     time.sleep(1)  # let the image finish painting before the screenshot
-    shots = [tmp_path / "app.png"] + ([os.environ["APP_SCREENSHOT"]] if "APP_SCREENSHOT" in os.environ else [])
+    shots = [tmp_path / "app.png", *filter(None, [os.environ.get("APP_SCREENSHOT")])]
     for shot in shots:
         assert chromium.save_screenshot(str(shot))
     assert Image.open(shots[0]).size[0] >= 1000
@@ -274,7 +274,7 @@ def test_a_broken_run_folder_does_not_take_the_page_down(monkeypatch, models_dir
     del config["training"]
     utils.write_json(tmp_path / "no-training" / "config.json", config)
     shutil.copytree(models_dir / "shapes-small", tmp_path / "garbage-model")
-    (tmp_path / "garbage-model" / "model.keras").write_bytes(b"PK\x03\x04 not a keras file")
+    (tmp_path / "garbage-model" / utils.WEIGHTS_FILE).write_bytes(b"\x89HDF not an HDF5 file")
     at = app(monkeypatch, tmp_path)
     at.sidebar.multiselect[0].set_value(["garbage-model", "good", "no-training"]).run()
     photo = sorted((sample_root / "Images").iterdir())[1]

@@ -8,14 +8,13 @@ The five notebooks then produce a run and its evaluation; a second pass in new d
 recycled runtime) finds it all on the Drive and recomputes nothing. Colab's install is checked
 against Colab's own package list (colab/pip-freeze.gpu.txt).
 """
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-
-import importlib.util
 
 import nbformat
 import papermill
@@ -109,7 +108,7 @@ def test_five_notebooks_on_five_runtimes_share_their_work_through_drive(colab_en
     home = top / "drive" / "image-captioning"
     first = {nb: run_on_a_new_runtime(fork, nb, top / "first" / nb[:2]) for nb in NOTEBOOKS}
     run_dir = home / "models" / "sample-inceptionv3"
-    assert (run_dir / "model.keras").is_file()
+    assert (run_dir / utils.WEIGHTS_FILE).is_file()
     evaluation = utils.read_evaluation(run_dir, "test")
     assert evaluation["images"] == 50 and all(e["captions"] for e in evaluation["results"])
     for nb in NOTEBOOKS:
@@ -122,7 +121,7 @@ def test_five_notebooks_on_five_runtimes_share_their_work_through_drive(colab_en
     made = {path: path.stat().st_mtime_ns for path in [
         home / "data" / "sample" / "Images" / "shapes_00000.jpg",
         *(home / "data" / "sample" / "features").glob("*/features.npy"),
-        run_dir / "model.keras", run_dir / "history.csv"]}
+        run_dir / utils.WEIGHTS_FILE, run_dir / "history.csv"]}
     assert len(made) == 4
     second = {nb: run_on_a_new_runtime(fork, nb, top / "second" / nb[:2]) for nb in NOTEBOOKS}
     assert {path: path.stat().st_mtime_ns for path in made} == made, "recomputed on the 2nd visit"

@@ -7,8 +7,7 @@ import pytest
 
 import utils
 
-
-# The tests every architecture passes, each on its own first step (utils.initial_state).
+# The tests every architecture passes, each with its own first state (CaptionModel.start).
 EVERY_ARCHITECTURE = pytest.mark.parametrize("architecture", utils.ARCHITECTURES)
 
 

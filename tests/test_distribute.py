@@ -79,7 +79,7 @@ def test_mirrored_over_two_devices_trains_as_one_device_does(sample_root, featur
     assert single[-1] < 0.9 * single[0]  # it learned
     assert mirrored[-1] == pytest.approx(single[-1], rel=0.02)
     np.testing.assert_allclose(mirrored, single, rtol=0.03)
-    assert (tmp_path / "two" / "model.keras").is_file()
+    assert (tmp_path / "two" / "model.weights.h5").is_file()
 
 
 def test_mirrored_training_resumes_after_an_interruption(sample_root, features_file, tmp_path):

@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from pycocoevalcap.meteor.meteor import Meteor
 
 import utils

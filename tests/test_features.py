@@ -1,8 +1,8 @@
 """Stage 2 with random weights (no download) and small images written by the tests."""
 import io
+import json
 import os
 import shutil
-import json
 import socket
 import urllib.request
 import warnings

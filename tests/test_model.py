@@ -48,6 +48,25 @@ def test_sequence_model_equals_prefix_expansion(architecture):
     assert compared >= 10
 
 
+@pytest.mark.parametrize("architecture", utils.ARCHITECTURES)
+def test_the_loss_keras_reports_is_the_mean_over_real_words(architecture):
+    """For every architecture: the probabilities carry no Keras mask, which would make Keras
+    average the loss over the real words a second time (init-inject and par-inject once did)."""
+    grid = 4 if utils.architecture_class(architecture).reads_grid else None
+    model = utils.build_model(utils.ModelConfig(V, F, architecture, units=16, positions=grid),
+                              utils.TrainingConfig(label_smoothing=0.1))
+    features = np.random.default_rng(5).normal(size=(6, *([grid] if grid else []), F))
+    captions = random_captions(6, 9, seed=5)
+    inputs, targets = captions[:, :-1], captions[:, 1:]
+    probs = model.predict([features.astype("float32"), inputs], verbose=0)
+    log_probs = np.log(np.clip(probs, 1e-7, 1.0))
+    chosen = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    per_word = -0.9 * chosen - 0.1 * log_probs.mean(-1)
+    expected = per_word[targets > 0].mean()
+    reported = model.evaluate([features.astype("float32"), inputs], targets, verbose=0)
+    assert reported == pytest.approx(expected, rel=1e-4)
+
+
 def test_caption_dataset_batches():
     tokens = random_captions(10, 8)
     features = np.arange(4 * F, dtype="float32").reshape(4, F)
@@ -126,7 +145,8 @@ def test_memory_mapped_tables_stream_the_same_batches(tmp_path):
 
 # A fresh process (TensorFlow's config is fixed once it starts) that reads batches from a mapped
 # table and prints its peak anonymous memory above the start (the file's pages are the page
-# cache's) and the warnings it gave; argv: the table, "tensorflow-first" to run TensorFlow before utils.model.
+# cache's) and the warnings it gave; argv: the table, "tensorflow-first" to run TensorFlow
+# before utils.pipeline.
 READ_MAPPED = """
 import sys, threading, time, warnings
 def anonymous_kb():
@@ -142,7 +162,7 @@ import numpy as np
 if sys.argv[2] == "tensorflow-first":
     import tensorflow as tf
     tf.constant(1) + 1
-import utils.model
+import utils.pipeline
 table = np.load(sys.argv[1], mmap_mode="r")
 rows = np.arange(len(table), dtype="int32")
 tokens = np.full((len(table), 6), 4, "int32")
@@ -150,7 +170,7 @@ time.sleep(0.1)
 start = peak[0]
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    for batch in utils.model.caption_dataset(table, rows, tokens, 64).take(20):
+    for batch in utils.pipeline.caption_dataset(table, rows, tokens, 64).take(20):
         pass
 time.sleep(0.1)
 print((peak[0] - start) // 1024, len([w for w in caught if "copied into memory" in str(w.message)]))
@@ -160,7 +180,7 @@ print((peak[0] - start) // 1024, len([w for w in caught if "copied into memory" 
 def test_a_mapped_table_is_never_copied_whole(tmp_path):
     """Reading batches of a 512 MB mapped feature table costs the process far less than the table
     (the classic constant folding that would copy it once is off); where TensorFlow has started
-    before utils.model could turn it off, reading a mapped table says it will be copied."""
+    before utils.pipeline could turn it off, reading a mapped table says it will be copied."""
     import subprocess
     import sys
     table = np.lib.format.open_memmap(tmp_path / "features.npy", "w+", "float16", (131072, 2048))
@@ -351,17 +371,19 @@ def test_interrupted_training_resumes(sample_training, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         fit(sample_training, run, 4, extra_callbacks=[StopAfter(2)])
-    assert (run / "model.keras").is_file()
+    assert (run / utils.WEIGHTS_FILE).is_file()
     assert [h["epoch"] for h in utils.read_history(run)] == [0, 1]
     counter = StopAfter(99)
     _, history = fit(sample_training, run, 4, extra_callbacks=[counter])
     assert counter.started == 2  # epochs 3 and 4 only
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     assert all(h["learning_rate"] > 0 for h in history)  # the schedule is logged
-    assert (run / "model.keras").is_file() and not (run / "backup").exists()
-    best = utils.compile_model(keras.models.load_model(run / "model.keras"),
-                               utils.TrainingConfig(**FAST_TRAINING))
+    assert (run / utils.WEIGHTS_FILE).is_file() and not (run / "backup").exists()
     prepared, vocab, names, features = sample_training
+    best = utils.build_caption_model(utils.ModelConfig(len(vocab), features.shape[1],
+                                                       **SMALL_MODEL))
+    best.load_weights(run / utils.WEIGHTS_FILE)  # with the feature statistics: weights too
+    best = utils.compile_model(best, utils.TrainingConfig(**FAST_TRAINING))
     val_data = utils.CaptionData.encode(prepared, vocab, names, features).datasets(64)[1]
     val_loss = best.evaluate(val_data, verbose=0)
     assert val_loss == pytest.approx(min(h["val_loss"] for h in history), rel=1e-3)

@@ -111,6 +111,20 @@ def test_importing_utils_does_not_load_tensorflow():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_every_public_name_is_listed_and_only_what_is_used_is_loaded():
+    """`dir(utils)` lists the lazily loaded names too (a notebook's tab completion offers them);
+    a mistyped name fails at once, and the pure metrics score captions, without TensorFlow."""
+    code = ("import sys, utils; assert {'build_caption_model', 'CaptionModel', 'beam_search', "
+            "'caption_scores', 'Vocabulary'} <= set(dir(utils)), 'hidden names'\n"
+            "try:\n    utils.beam_serch\nexcept AttributeError as e:\n    assert 'beam_serch' in str(e)\n"
+            "assert 'tensorflow' not in sys.modules, 'a mistyped name loaded TensorFlow'\n"
+            "scores = utils.caption_scores([['a dog runs on the grass']], ['a dog runs on grass'], "
+            "meteor=False)[0]\nassert 0 < scores['bleu1'] < 1, scores\n"
+            "assert 'tensorflow' not in sys.modules, 'the metrics loaded TensorFlow'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_papermill_reads_every_parameter(notebook):
     """`papermill --help-notebook` lists every name the parameters cell sets: a line it cannot
@@ -170,13 +184,13 @@ def test_notebook_defaults_are_the_package_defaults():
 def test_notebook_04_shows_one_line_and_captions_per_epoch(executed):
     text = printed(executed["04_train_model"])
     assert "training on one device: batches of 64 captions\n" in text  # STRATEGY = None
-    epochs = [l for l in text.splitlines() if l.startswith("epoch ")]
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == len(utils.read_json(
         executed["workdir"] / "models" / "sample-inceptionv3" / "history.json"))
-    assert all("validation loss" in l and "learning rate" in l for l in epochs)
-    captions = [l for l in text.splitlines() if l.startswith("    shapes_")]
-    assert len(captions) == 3 * len(epochs) and all(len(l.split(": ")[1].split()) >= 2
-                                                   for l in captions[-3:])
+    assert all("validation loss" in line and "learning rate" in line for line in epochs)
+    captions = [line for line in text.splitlines() if line.startswith("    shapes_")]
+    assert len(captions) == 3 * len(epochs) and all(len(line.split(": ")[1].split()) >= 2
+                                                   for line in captions[-3:])
     assert "\b" not in text  # no progress bar redrawn with backspaces
     assert len(text) < 30_000
     assert "ran out of data" not in text
@@ -199,15 +213,15 @@ def test_notebook_05_shows_examples_best_worst_and_your_own_photo(executed):
                      r"    decoded in [\d.]+ s, scored in [\d.]+ s\n", text)
     assert "[4/4] greedy, no repeated 2-gram, shuffled images" in text
     assert utils.RANDOM_ENCODER_NOTE in text and ".venv" not in text
-    line = next(l for l in printed(executed["05_decode_and_evaluate"]).splitlines()
-                if l.startswith(str(executed["workdir"] / OWN_PHOTO)))
+    line = next(line for line in printed(executed["05_decode_and_evaluate"]).splitlines()
+                if line.startswith(str(executed["workdir"] / OWN_PHOTO)))
     assert len(line.split(": ", 1)[1].split()) >= 3
 
 
 def test_notebook_05_shows_the_plain_greedy_loop_agreeing_with_the_fast_one(executed):
     lines = printed(executed["05_decode_and_evaluate"]).splitlines()
-    plain = next(l for l in lines if l.startswith("one word at a time:")).split(":", 1)[1].strip()
-    fast = next(l for l in lines if l.startswith("utils.greedy_search:")).split(":", 1)[1].strip()
+    plain = next(x for x in lines if x.startswith("one word at a time:")).split(":", 1)[1].strip()
+    fast = next(x for x in lines if x.startswith("utils.greedy_search:")).split(":", 1)[1].strip()
     assert plain == fast and len(plain.split()) >= 3
 
 

@@ -8,11 +8,16 @@ from pathlib import Path
 
 import papermill
 import pytest
+from test_datasets import (
+    layout_extracted,
+    layout_kaggle,
+    layout_kaggle_zip,
+    layout_original_zips,
+    shared_subset,
+)
 
 import utils
 from conftest import REPO, make_zip
-from test_datasets import (layout_extracted, layout_kaggle, layout_kaggle_zip, layout_original_zips,
-                           shared_subset)
 
 NOTEBOOKS = {p.stem[:2]: p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")}
 

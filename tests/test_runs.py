@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import utils
-from conftest import train_sample_run
+from conftest import REPO, train_sample_run
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_run_folder_is_self_contained_and_rebuilds_its_record(run_dir, sample_tr
     x = [features[:1], tokens[:, :-1]]
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-5)
-    with pytest.raises(FileNotFoundError, match="model.keras not found: run notebooks/04_train_model"):
+    with pytest.raises(FileNotFoundError, match="model.weights.h5 not found: run notebooks/04_train_mo"):
         utils.load_run(run_dir.parent / "nothing")
 
 
@@ -187,19 +187,66 @@ def test_a_record_or_vocabulary_that_disagrees_with_the_model_is_refused(run_cop
         utils.load_run(run_copy)
 
 
-def test_a_model_file_of_another_vocabulary_is_refused(run_copy, sample_training, tmp_path):
-    """A model.keras swapped in from a run with another vocabulary: its head predicts other
-    words."""
-    prepared, vocab, names, features = sample_training
+@pytest.mark.parametrize("change", [{"vocab_size": 3}, {"architecture": "par-inject"}])
+def test_a_weights_file_that_does_not_fit_the_record_is_refused(run_copy, change):
+    """Weights swapped in from a run with another vocabulary (its head predicts other words), or
+    from another architecture: the record says what the model is, and the weights must fit it."""
     config = utils.RunConfig.load(run_copy / "config.json")
-    other = utils.build_caption_model(dataclasses.replace(config.model, vocab_size=len(vocab) + 3))
-    other.save(run_copy / "model.keras")
-    with pytest.raises(utils.RunConfigError, match=f"model.keras predicts {len(vocab) + 3} words "
-                                                   f"and its vocabulary has {len(vocab)}"):
+    other = utils.build_caption_model(dataclasses.replace(config.model, **{
+        k: v + config.model.vocab_size if k == "vocab_size" else v for k, v in change.items()}))
+    other.save_weights(run_copy / utils.WEIGHTS_FILE)
+    with pytest.raises(utils.RunConfigError, match=(
+            f"{run_copy / utils.WEIGHTS_FILE} does not fit the model {run_copy / 'config.json'} "
+            r"describes \(.+\): not this run's weights")):
         utils.load_run(run_copy)
 
 
-@pytest.mark.parametrize("architecture", utils.ARCHITECTURES[1:])  # merge: run_dir above
+def test_each_architecture_is_one_registered_class():
+    """ARCHITECTURES maps each name to its class, and the record's name builds that class; a new
+    architecture is one class and its decorator line."""
+    for name, cls in utils.ARCHITECTURES.items():
+        assert issubclass(cls, utils.CaptionModel) and cls.architecture == name
+        model = utils.build_caption_model(utils.ModelConfig(
+            20, 6, name, embedding_dim=4, units=8, positions=4 if cls.reads_grid else None))
+        assert type(model) is cls and model.config.architecture == name
+
+    @utils.architectures.architecture("merge-twice")
+    class MergeTwice(utils.Merge):
+        def head(self, hidden, projected):
+            return super().head(hidden + utils.architectures._along(projected, hidden), projected)
+
+    try:
+        model = utils.build_caption_model(utils.ModelConfig(20, 6, "merge-twice", units=8))
+        assert type(model) is MergeTwice and model.parts() == MergeTwice.parts(model)
+        assert model((np.ones((2, 6)), np.ones((2, 3), "int32"))).shape == (2, 3, 20)
+    finally:
+        del utils.ARCHITECTURES["merge-twice"]
+
+
+@pytest.mark.parametrize("old_run", ["merge-2026-11", "attention-2026-11"])
+def test_a_run_folder_from_before_the_record_was_the_models_source_still_loads(old_run):
+    """Until December 2026 a run kept its whole Keras model (model.keras), whose graph said what
+    the model was. Such a folder still loads: rebuilt from its record, with the old file's weights
+    and feature statistics; it predicts what Keras reading the file predicts, and writes the
+    captions the code that trained it wrote (tests/data/old_runs, made by that code)."""
+    run = REPO / "tests" / "data" / "old_runs" / old_run
+    assert utils.is_trained(run) and not (run / utils.WEIGHTS_FILE).exists()
+    model, vocab, config = utils.load_run(run)
+    assert type(model) is utils.architecture_class(config.model.architecture)
+    saved = np.load(run / "features.npz")
+    tokens = np.array([vocab.encode("a red circle above a blue square")[:-1]] * 5)
+    by_keras = keras.models.load_model(run / "model.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(model.predict([saved["features"], tokens], verbose=0),
+                               by_keras.predict([saved["features"], tokens], verbose=0),
+                               rtol=1e-5, atol=1e-7)
+    decoder = utils.CaptionDecoder(model, vocab)
+    written = utils.read_json(run / "captions-by-the-code-that-wrote-it.json")
+    for setting in (utils.DecodingSetting(1, 0.0, 0), utils.DEFAULT_DECODING):
+        assert [vocab.decode(c) for c in utils.decode(decoder, saved["features"], setting)] \
+            == written[setting.slug]
+
+
+@pytest.mark.parametrize("architecture", list(utils.ARCHITECTURES)[1:])  # merge: run_dir above
 def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
         architecture, request, sample_root, tmp_path):
     grid = architecture in utils.GRID_ARCHITECTURES  # attention reads sample_grid_training's
@@ -207,9 +254,9 @@ def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
     run = train_sample_run(tmp_path / architecture, data, epochs=4, architecture=architecture)
     losses = [h["val_loss"] for h in utils.read_history(run)]
     assert losses[-1] < losses[0], losses  # it learns
-    model = keras.models.load_model(run / "model.keras", safe_mode=True)  # nothing beyond utils
-    assert utils.architecture_of(model) == architecture
-    assert utils.load_run(run)[2].model.architecture == architecture
+    model, _, config = utils.load_run(run)
+    assert type(model) is utils.architecture_class(architecture)
+    assert config.model.architecture == architecture
     photo = sorted((sample_root / "Images").iterdir())[0]
     captioner = utils.Captioner.from_run(run)
     words = set(captioner.decoder.vocab.words[len(utils.SPECIAL_TOKENS):])
@@ -234,9 +281,20 @@ def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
         assert len(figure.axes[0].images) == 2  # the photo, and the map blended over it
 
 
-def test_keras_loads_the_model_without_this_package_code_beyond_utils(run_dir):
-    model = keras.models.load_model(run_dir / "model.keras", safe_mode=True)
-    assert model.get_layer("next_word").units == utils.load_run(run_dir)[1].__len__()
+def test_the_weights_file_holds_arrays_and_no_code(run_dir):
+    """What a run loads beside its JSON record: plain HDF5 arrays, one per weight of the model
+    the record describes, and the optimizer's state (Keras keeps it; it is not loaded for
+    captioning): nothing executable, nothing pickled."""
+    import h5py
+
+    arrays = []
+    with h5py.File(run_dir / utils.WEIGHTS_FILE, "r") as f:
+        f.visititems(lambda _, item: arrays.append(item) if isinstance(item, h5py.Dataset)
+                     else None)
+        assert all(a.dtype.kind in "fiu" for a in arrays)
+        model = utils.load_run(run_dir)[0]
+        weights = [a.shape for a in arrays if not a.name.startswith("/optimizer/")]
+        assert sorted(weights) == sorted(tuple(w.shape) for w in model.weights)
 
 
 def test_a_finished_run_folder_is_one_run(run_copy):
@@ -270,7 +328,7 @@ def test_what_a_run_writes_others_may_read(run_dir):
     """Once mode 0600 (mkstemp's), so an app running as another user could not read a run."""
     umask = os.umask(0)
     os.umask(umask)
-    for name in ("config.json", "vocabulary.json", "history.json", "model.keras"):
+    for name in ("config.json", "vocabulary.json", "history.json", utils.WEIGHTS_FILE):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~umask, name
 
 

@@ -1,45 +1,82 @@
 """Shared code of the notebooks, one module per stage; `import utils` gives all of it.
 
     files       atomic writes, JSON, the repository's folders
-    captions    stage 1: reading caption files, splits, cleaning, vocabulary
+    captions    stage 1: reading caption files, splits, cleaning
+    vocabulary  stage 1: the training vocabulary, word ids, saved as JSON
     download    resumable downloads of any file
     datasets    Flickr8k by name, and the embedded sample dataset
     glove       stage 3: GloVe vectors from every source, the embedding matrix
+    images      reading any image file safely, for the encoders and for the figures
     plots       photos with their captions, as a figure
     startup     TensorFlow's start-up lines kept out of the notebooks
     colab       Google Colab: Drive for what must last, a light install, the repository's address
   loaded on first use (they import TensorFlow, or nltk and pycocoevalcap):
-    features    stage 2: CNN encoders, image loading, the resumable feature cache
-    model       stage 4: the merge model and its configs, tf.data input, resumable training
+    encoders    stage 2: the pretrained CNNs, their preprocessing and settings
+    features    stage 2: the resumable feature cache, extracted with an encoder
+    architectures  stage 4: the caption models, one class per architecture, and ModelConfig
+    pipeline    stage 4: captions encoded, tf.data batches streamed from the feature table
+    training    stage 4: TrainingConfig, the loss, resumable training with its callbacks
+    seed_recipe the seed projects' one-sample-per-prefix formulation, to compare with
     decoding    stage 5: decoding settings, incremental greedy and beam search
-    evaluation  stage 5: BLEU, CIDEr-D, diagnostics, and `evaluate` with its results file
+    metrics     stage 5: BLEU, METEOR, CIDEr-D as the COCO evaluation computes them; paired
+                intervals (nltk and pycocoevalcap, no TensorFlow)
+    evaluation  stage 5: `evaluate` (decode, score, diagnose, a control) and its results file
     runs        a run's record (config.json), loading it, captioning new photos with it
 
 Notebooks 01 and 03 never pay TensorFlow's start-up: the heavy modules are imported when one of
 their names is first used (PEP 562).
 """
+import ast
 import importlib
+from pathlib import Path
 
-from .captions import *  # noqa: F401,F403
-from .colab import *  # noqa: F401,F403
-from .datasets import *  # noqa: F401,F403
-from .download import *  # noqa: F401,F403
-from .files import *  # noqa: F401,F403
-from .glove import *  # noqa: F401,F403
-from .plots import *  # noqa: F401,F403
-from .startup import *  # noqa: F401,F403
+from .captions import *
+from .colab import *
+from .datasets import *
+from .download import *
+from .files import *
+from .glove import *
+from .images import *
+from .plots import *
+from .startup import *
+from .vocabulary import *
 
-LAZY_MODULES = ("features", "model", "decoding", "evaluation", "runs")
+LAZY_MODULES = ("encoders", "features", "pipeline", "architectures", "training", "seed_recipe",
+                "decoding", "metrics", "evaluation", "runs")
+
+
+def _public_names(module_name):
+    """A module's `__all__`, read from its source without importing it (nor TensorFlow)."""
+    tree = ast.parse((Path(__file__).parent / f"{module_name}.py").read_text())
+    return next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__all__"])
+
+
+# Every lazily loaded name -> its module: tab completion sees them (`__dir__`), and a mistyped
+# name fails at once instead of after importing TensorFlow.
+_LAZY_NAMES = {name: module for module in LAZY_MODULES for name in _public_names(module)}
+
+
+# Stage 2 and the pure metrics; every other lazy module (stages 4 and 5) loads `pipeline` first,
+# whose TensorFlow setting holds only if written before TensorFlow starts (utils/pipeline.py).
+WITHOUT_PIPELINE = ("encoders", "features", "metrics")
+
+
+def _load(module_name):
+    if module_name not in WITHOUT_PIPELINE:
+        importlib.import_module(".pipeline", __name__)
+    return importlib.import_module(f".{module_name}", __name__)
 
 
 def __getattr__(name):
     if name in LAZY_MODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if not name.startswith("__"):  # tools probe dunders; those must not load TensorFlow
-        for module_name in LAZY_MODULES:
-            module = importlib.import_module(f".{module_name}", __name__)
-            if name in module.__all__:
-                value = getattr(module, name)
-                globals()[name] = value  # found once, then an ordinary attribute
-                return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _load(name)
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_load(_LAZY_NAMES[name]), name)
+    globals()[name] = value  # found once, then an ordinary attribute
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *LAZY_MODULES, *_LAZY_NAMES})

@@ -174,14 +174,18 @@ def draw_shape(draw, shape, centre, radius, colour):
 
 def sample_scene(rng, size=128):
     """One random picture and its five captions."""
-    pick = lambda options: options[rng.integers(len(options))]  # noqa: E731
+    def pick(options):
+        return options[rng.integers(len(options))]
+
     bg = pick(list(BACKGROUNDS))
     c, c2 = rng.choice(list(COLOURS), 2, replace=False)
     s, s2 = pick(SHAPES), pick(SHAPES)
     layout = pick(("one", "same", "stacked", "beside"))
     image = Image.new("RGB", (size, size), BACKGROUNDS[bg])
     draw = ImageDraw.Draw(image)
-    jitter = lambda: int(rng.integers(-size // 16, size // 16 + 1))  # noqa: E731
+    def jitter():
+        return int(rng.integers(-size // 16, size // 16 + 1))
+
     q, r = size // 4, size // 6
     if layout == "one":
         draw_shape(draw, s, (size // 2 + jitter(), size // 2 + jitter()), size // 4, COLOURS[c])

@@ -1,13 +1,11 @@
 """Stage 5: writing captions with a trained caption model, greedy and beam search.
 
-Decoding is incremental: the trained model is split into its two halves, which share its weights.
-`encode_image` projects an image once and gives the LSTM's first state (the image itself for
-init-inject, the state after reading it for pre-inject, from the grid's mean for attention);
-`step` takes one word and the LSTM state and returns the next-word log-probabilities, the new
-state and, for the attention model, the weights it gave each position of the grid. A caption of
-L words costs L steps, where the seed projects re-run the LSTM over every padded prefix
-(1 + 2 + ... + L steps) and call `predict` once per word and image. Every image of a batch, and every beam of every image, goes
-through one step together.
+Decoding is incremental: every architecture (utils.architectures) has a `start`, which projects
+an image once and gives the LSTM's first state, and a `step`, which reads one word and returns the
+next word's probabilities, the new state and, for the attention model, the weights it gave each
+position of the grid. A caption of L words costs L steps, where the seed projects re-run the LSTM
+over every padded prefix (1 + 2 + ... + L steps) and call `predict` once per word and image. Every
+image of a batch, and every beam of every image, goes through one step together.
 
 How to decode is one record, a `DecodingSetting` (beam width, length penalty, the rule against
 repeated n-grams); `DEFAULT_DECODING` is the one default of notebook 05, the app and the
@@ -19,9 +17,6 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
-
-from .model import (GRID_ARCHITECTURES, architecture_of, initial_state, model_parts,
-                    predict_word, project_image, step_input)
 
 __all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "decode", "greedy_search",
            "beam_search", "EpochReport"]
@@ -62,57 +57,35 @@ DEFAULT_DECODING = DecodingSetting()
 
 
 class CaptionDecoder:
-    """A trained caption model as an image encoder and a one-word step, sharing its weights.
+    """A trained caption model's `start` and `step` (utils.architectures), each traced once per
+    batch shape instead of paying `predict`'s overhead at every word.
 
     `start(features)` gives what every step reads of the images (`context`: the projected image;
     for attention the standardised grid and its attention keys) and the LSTM's first state (h, c);
     `step(context, words, state)` gives the next word's log-probabilities, the new state, and the
-    attention weights over the grid that chose it (None for models that do not attend)."""
+    attention weights over the grid that chose it (None for models that do not attend). Built on
+    the model's own weights: it decodes with them as they are (during training too)."""
 
     def __init__(self, model, vocab):
-        self.vocab = vocab
-        parts, architecture = model_parts(model), architecture_of(model)
-        self.attends = architecture in GRID_ARCHITECTURES
-        image = keras.Input(model.input[0].shape[1:], name="image")
-        projected = project_image(parts, image)               # (B, units), or the grid (B, P, D)
-        context = [projected, parts["attention_lstm"].keys(projected)] if self.attends else [
-            projected]                                        # + the grid's keys (B, P, units)
-        state = initial_state(parts, architecture, projected)
-        self.encode_image = keras.Model(image, [*context, *state], name="encode_image")
+        self.vocab, self.attends = vocab, model.attends
 
-        context_in = [keras.Input(x.shape[1:], name=f"context_{i}") for i, x in enumerate(context)]
-        word = keras.Input((), dtype="int32", name="word")
-        units = state[0].shape[-1]
-        h, c = keras.Input((units,), name="h"), keras.Input((units,), name="c")
-        # The embedding's table looked up directly: a padding mask has no meaning for one word.
-        embedded = keras.ops.take(parts["embedding"].embeddings, word, axis=0)
-        if self.attends:
-            h_next, c_next, read, weights = parts["attention_lstm"].step(
-                *context_in, embedded, h, c)
-            probs, extra = predict_word(parts, architecture, h_next, read), [weights]
-        else:
-            output, (h_next, c_next) = parts["lstm"].cell(
-                step_input(architecture, embedded, context_in[0]), [h, c])
-            probs, extra = predict_word(parts, architecture, output, context_in[0]), []
-        log_probs = keras.ops.log(keras.ops.maximum(probs, 1e-12))
-        self.step_model = keras.Model([*context_in, word, h, c],
-                                      [log_probs, h_next, c_next, *extra], name="decode_step")
-        # One traced graph per batch shape, instead of `predict`'s per-call overhead.
-        self._step = tf.function(lambda *inputs: self.step_model(list(inputs), training=False),
-                                 reduce_retracing=True)
-        self._encode = tf.function(lambda x: self.encode_image(x, training=False),
-                                   reduce_retracing=True)
+        def step(context, words, state):
+            probs, state, weights = model.step(context, words, state)
+            return keras.ops.log(keras.ops.maximum(probs, 1e-12)), state, weights
+
+        self._start = tf.function(model.start, reduce_retracing=True)
+        self._step = tf.function(step, reduce_retracing=True)
 
     def start(self, features):
         """(context, state) for a batch of feature vectors (or grids): tuples of tensors."""
-        encoded = self._encode(tf.constant(features, tf.float32))
-        return tuple(encoded[:-2]), tuple(encoded[-2:])
+        context, state = self._start(tf.constant(features, tf.float32))
+        return tuple(context), tuple(state)
 
     def step(self, context, words, state):
         """Log-probabilities of the next word [B, V] (numpy), the new state, and the attention
         weights [B, positions] (numpy; None without attention)."""
-        log_probs, h, c, *weights = self._step(*context, tf.constant(words, tf.int32), *state)
-        return log_probs.numpy(), (h, c), weights[0].numpy() if weights else None
+        log_probs, state, weights = self._step(context, tf.constant(words, tf.int32), state)
+        return log_probs.numpy(), tuple(state), None if weights is None else weights.numpy()
 
 
 def decode(decoder, features, setting=DEFAULT_DECODING, attention=False):

@@ -33,7 +33,9 @@ def atomic_path(path):
     `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    suffix = "".join(path.suffixes)  # all of them: Keras wants ".weights.h5"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.removesuffix(suffix)}.",
+                               suffix=f".tmp{suffix}")
     os.close(fd)
     try:
         yield Path(tmp)

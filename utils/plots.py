@@ -4,7 +4,7 @@ No TensorFlow here (notebooks 01 and 03 use it too), and matplotlib only when a 
 """
 import textwrap
 
-__all__ = ["READABLE", "readable_figures", "caption_grid", "attention_figure"]
+__all__ = ["READABLE", "readable_figures", "caption_grid", "attention_figure", "draw_model"]
 
 # Figures at most 10 inches wide (1,000 pixels at the notebooks' 100 dpi) with 12-point text, so
 # that every label reads at about 10 points or more on a page 1,000 pixels wide.
@@ -76,4 +76,54 @@ def attention_figure(image, caption, maps, columns=5, width=10, title=None):
         ax.set_title(word, fontsize=12)
     if title:
         fig.suptitle(title, fontsize=14)
+    return fig
+
+
+# draw_model's columns: the image branch, the words (and the LSTM they feed), the head.
+_COLUMN = {"image": 0, "words": 1, "core": 1, "head": 0.5}
+
+
+def draw_model(model):
+    """A caption model (utils.architectures) as a picture, from its own description: its parts by
+    branch (`model.parts()`), each layer with its number of weights, and where the image enters
+    (`model.image_enters`), in orange."""
+    import matplotlib.pyplot as plt
+
+    parts = model.parts()
+    fig, ax = plt.subplots(figsize=(9, 6.5))
+    boxes = {}
+    rows = {"image": 0, "words": 0, "core": 2, "head": 3.3}
+    for branch, layers in parts.items():
+        for i, layer in enumerate(layers):
+            x, y = _COLUMN[branch], -(rows[branch] + i)
+            boxes[layer.name] = ax.text(
+                x, y, f"{layer.name} ({type(layer).__name__})\n{layer.count_params():,} weights",
+                ha="center", va="center",
+                bbox={"boxstyle": "round", "facecolor": "#f6e3db" if branch == "head" else "#dbe9f6"})
+
+    def arrow(a, b, start, end, **style):
+        """From layer a's box to layer b's, at points given as fractions of each box (so an arrow
+        meets a box at its edge however wide its text); shrunk past the boxes' rounded padding."""
+        ax.annotate("", end, xycoords=boxes[b.name], xytext=start, textcoords=boxes[a.name],
+                    arrowprops={"arrowstyle": "->", "shrinkA": 5, "shrinkB": 5, **style})
+
+    chain = [parts["image"], parts["words"] + parts["core"], parts["head"]]
+    for layers in chain:
+        for a, b in zip(layers, layers[1:]):
+            arrow(a, b, (0.5, 0), (0.5, 1))
+    arrow(parts["core"][-1], parts["head"][0], (0.5, 0), (0.5, 1))
+    enters, how = model.image_enters
+    image, target = parts["image"][-1], parts[enters][0]
+    orange = {"color": "#b5562a", "lw": 2}
+    if enters == "core":  # sideways into the LSTM
+        arrow(image, target, (1, 0.5), (0, 0.5), **orange)
+        ax.text(0.5, -rows["core"] + 0.3, how, ha="center", va="bottom", color="#b5562a")
+    else:  # down into the head
+        arrow(image, target, (0.5, 0), (0.5, 1), **orange)
+        ax.text(0.2, -2.95, how, ha="right", va="center", color="#b5562a")  # beside the arrow
+    ax.text(0, 0.6, "image features", ha="center", weight="bold")
+    ax.text(1, 0.6, "caption so far", ha="center", weight="bold")
+    ax.set_title(f"{model.architecture}: {type(model).__name__} (image in orange)")
+    ax.set(xlim=(-0.5, 1.5), ylim=(-4.8, 1))
+    ax.axis("off")
     return fig

@@ -1,6 +1,6 @@
 """A training run: its record, and everything that reads a run folder back.
 
-A run folder (`models/<RUN_NAME>/`) holds `model.keras`, `vocabulary.json`, `history.*`, the
+A run folder (`models/<RUN_NAME>/`) holds `model.weights.h5`, `vocabulary.json`, `history.*`, the
 evaluations of notebook 05 and `config.json`: the `RunConfig`, written when training starts and
 rebuilt from the file by `RunConfig.load`, as nanoGPT rebuilds `GPTConfig(**checkpoint[...])`. It
 says where the features came from (encoder, weights, input size: what a new photo must go through
@@ -12,16 +12,18 @@ from pathlib import Path
 
 import keras
 
-from .captions import Vocabulary
+from .architectures import ModelConfig, build_caption_model, set_feature_statistics
 from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
+from .encoders import KERAS_BUILDING, build_encoder, preprocess, weights_tag
 from .evaluation import read_evaluations
-from .features import (KERAS_BUILDING, FeatureSource, ImageError, build_encoder, load_image,
-                       preprocess, weights_tag)
+from .features import FeatureSource
 from .files import read_json, require, write_json
-from .model import GRID_ARCHITECTURES, ModelConfig, TrainingConfig
+from .images import ImageError, load_image
+from .training import WEIGHTS_FILE, TrainingConfig
+from .vocabulary import Vocabulary
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RANDOM_ENCODER_NOTE", "RunConfigError",
-           "NoEncoderError", "RunConfig", "save_run", "read_run", "load_run", "why_no_encoder",
+           "NoEncoderError", "RunConfig", "save_run", "read_run", "is_trained", "load_run", "why_no_encoder",
            "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
@@ -193,18 +195,50 @@ def read_run(run_dir):
     return vocab, config
 
 
+def is_trained(run_dir):
+    """Whether `run_dir` holds a trained run: its best weights (or, from before the record was
+    the model's source, its model.keras)."""
+    return any((Path(run_dir) / name).is_file() for name in (WEIGHTS_FILE, "model.keras"))
+
+
 def load_run(run_dir):
-    """(model, vocabulary, RunConfig) of a finished run: no pickle, no code beyond this package."""
+    """(model, vocabulary, RunConfig) of a finished run: the model rebuilt from the record's
+    ModelConfig, then its weights loaded; no pickle, no code beyond this package. A weights file
+    that does not fit the record is refused. A run saved before the record was the model's one
+    source (a whole `model.keras`, until December 2026) still loads: see `_weights_of_model_file`."""
     run_dir = Path(run_dir)
-    require(run_dir / "model.keras", "04_train_model")
+    weights = run_dir / WEIGHTS_FILE
+    old_model_file = run_dir / "model.keras"
+    if not old_model_file.is_file():
+        require(weights, "04_train_model")
     vocab, config = read_run(run_dir)
     with KERAS_BUILDING:  # its layers' initialisers would draw from a seeded encoder's state
-        model = keras.models.load_model(run_dir / "model.keras")
-    if model.output_shape[-1] != len(vocab):
-        raise RunConfigError(f"{run_dir / 'model.keras'} predicts {model.output_shape[-1]} words "
-                             f"and its vocabulary has {len(vocab)}: not this run's model; train "
-                             "the run again with notebook 04")
+        model = build_caption_model(config.model)
+        if weights.is_file():
+            try:
+                model.load_weights(weights)
+            except ValueError as e:
+                raise RunConfigError(
+                    f"{weights} does not fit the model {run_dir / 'config.json'} describes "
+                    f"({str(e).splitlines()[0]}): not this run's weights; train the run again "
+                    "with notebook 04") from None
+        else:
+            _weights_of_model_file(model, old_model_file)
     return model, vocab, config
+
+
+def _weights_of_model_file(model, path):
+    """Copy the weights of a run's old `model.keras` (a whole Keras model, read by Keras in safe
+    mode) into `model`, layer by layer of the same name; the feature statistics, constants of its
+    Normalization layer, become the weights they are now."""
+    old = keras.models.load_model(path, compile=False, safe_mode=True)
+    for layer in model.layers:
+        source = old.get_layer(layer.name)
+        if layer is model.feature_norm:
+            set_feature_statistics(model, keras.ops.reshape(source.mean, (-1,)),
+                                   keras.ops.reshape(source.variance, (-1,)))
+        else:
+            layer.set_weights(source.get_weights())
 
 
 def why_no_encoder(config):
@@ -230,8 +264,7 @@ def encoder_for_run(config, weights_file=None):
         raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
                          "path" + (f"; {weights_file} is another file" if weights_file else ""))
     weights = {"random": None, "imagenet": "imagenet"}.get(source.weights, weights_file)
-    return build_encoder(source.encoder, weights, source.input_size,
-                         grid=config.model.architecture in GRID_ARCHITECTURES)
+    return build_encoder(source.encoder, weights, source.input_size, grid=config.model.reads_grid)
 
 
 @dataclass

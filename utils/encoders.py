@@ -1,0 +1,132 @@
+"""Stage 2's encoders: the pretrained CNNs whose pooled output (or grid) describes an image.
+
+`build_encoder` makes a Keras application by name, with ImageNet's weights, a weights file or
+seeded random weights (the offline sample), at any input size; `preprocess` is that network's
+own input scaling; `extraction_settings` picks the batch size and precision for this machine.
+"""
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["EncoderSpec", "ENCODERS", "KERAS_BUILDING", "encoder_spec", "weights_tag",
+           "resolve_weights", "build_encoder", "preprocess", "ExtractionSettings",
+           "extraction_settings", "encoder_speed"]
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    application: str   # the constructor's name in keras.applications
+    module: str        # the keras.applications module holding its preprocess_input
+    input_size: int
+
+
+ENCODERS = {
+    "inceptionv3": EncoderSpec("InceptionV3", "inception_v3", 299),
+    "xception": EncoderSpec("Xception", "xception", 299),
+    "resnet50": EncoderSpec("ResNet50", "resnet50", 224),
+    "vgg16": EncoderSpec("VGG16", "vgg16", 224),
+}
+# Held while Keras makes layers: a seeded random encoder draws its initial weights from global
+# random state, which a model made at the same time in another thread (the app serves several
+# sessions) would draw from too, giving the encoder other weights than its run's features had.
+KERAS_BUILDING = threading.Lock()
+
+
+def encoder_spec(name):
+    try:
+        return ENCODERS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}") from None
+
+
+def weights_tag(weights):
+    """Short, stable name of a weights choice, used in cache keys and run records."""
+    if weights is None:
+        return "random"
+    if weights == "imagenet":
+        return "imagenet"
+    digest = hashlib.sha1(Path(weights).read_bytes()).hexdigest()[:10]
+    return f"file-{digest}"
+
+
+def resolve_weights(weights, dataset):
+    """`"auto"`: random weights for the synthetic sample (offline, no download), ImageNet otherwise."""
+    if weights != "auto":
+        return weights
+    return None if dataset == "sample" else "imagenet"
+
+
+def build_encoder(name, weights="imagenet", input_size=None, seed=0, grid=False):
+    """The CNN without its classifier, average-pooled to one vector per image; with `grid`, its
+    last convolutional map instead, as positions in row-major order: [images, rows x columns, dim]
+    (the pooled vector is their mean).
+
+    `weights`: "imagenet" (downloaded once by Keras), a path to a no-top weights file, or None for
+    random weights (seeded; for tests and the offline sample dataset only).
+    """
+    spec = encoder_spec(name)
+    size = input_size or spec.input_size
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: no such weights file")
+    constructor = getattr(keras.applications, spec.application)
+    try:
+        with KERAS_BUILDING:
+            keras.utils.set_random_seed(seed)
+            cnn = constructor(include_top=False, weights=weights, pooling=None if grid else "avg",
+                              input_shape=(size, size, 3))
+        if not grid:
+            return cnn
+        rows, columns, dim = cnn.output_shape[1:]
+        positions = keras.layers.Reshape((rows * columns, dim), name="grid")(cnn.output)
+        return keras.Model(cnn.input, positions, name=f"{cnn.name}_grid")
+    except Exception as e:  # Keras raises a bare Exception when the download fails
+        if weights != "imagenet":
+            raise
+        raise RuntimeError(
+            f"could not download the ImageNet weights of {spec.application} ({e}). Without "
+            f"internet, download the no-top weights file (keras.applications.{spec.application}, "
+            f"'..._notop.h5') on another machine and set WEIGHTS in notebook 02 to its path") from None
+
+
+def preprocess(name, images):
+    """The encoder's own input scaling, applied to a batch of RGB images in [0, 255]."""
+    module = getattr(keras.applications, encoder_spec(name).module)
+    return module.preprocess_input(np.array(images, dtype="float32"))
+
+
+# A GPU is fed larger batches, and computes in float16 where its tensor cores pay for it
+# (features then equal float32's to about 1e-3); a CPU gains from neither.
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 128, 32
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    device: str              # what extracts: "GPU: <name>" or "CPU"
+    batch_size: int
+    mixed_precision: bool
+
+
+def extraction_settings(batch_size=None, mixed_precision="auto"):
+    """Notebook 02's settings for this machine: None and "auto" pick by whether it has a GPU.
+    Sets Keras's float16 policy when mixed precision is on: call it before building the encoder."""
+    gpus = tf.config.list_physical_devices("GPU")
+    mixed = bool(gpus) if mixed_precision == "auto" else bool(mixed_precision)
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    return ExtractionSettings(f"GPU: {gpus[0].name}" if gpus else "CPU",
+                              batch_size or (GPU_BATCH_SIZE if gpus else CPU_BATCH_SIZE), mixed)
+
+
+def encoder_speed(model, encoder, batch_size):
+    """Images a second through the CNN alone on this machine: one batch timed after a warm-up."""
+    size = model.input_shape[1]
+    batch = preprocess(encoder, np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)))
+    model.predict_on_batch(batch)  # the first call traces the graph
+    started = time.perf_counter()
+    model.predict_on_batch(batch)
+    return batch_size / (time.perf_counter() - started)

@@ -1,0 +1,36 @@
+"""The seed projects' formulation of training, kept to compare ours with (tests, benchmarks).
+
+The seed projects train the merge model on one sample per caption prefix: every prefix of every
+caption, pre-padded, predicts the word after it. Because the LSTM is causal, running it once over
+the whole caption (`CaptionModel.call`) gives the same prediction for every prefix at once, for
+every architecture: one pass per caption instead of one per word. `prefix_model` wraps a caption
+model, sharing its weights, to predict as the seed projects do; `expand_prefixes` makes their
+samples. tests/test_model.py checks the two agree; benchmarks/training.py measures the speed.
+"""
+import keras
+import numpy as np
+
+__all__ = ["prefix_model", "expand_prefixes"]
+
+
+def prefix_model(model, prefix_length):
+    """The seed projects' formulation with `model`'s layers and weights: (features, pre-padded
+    prefix [B, prefix_length]) -> next-word probabilities [B, V]."""
+    image = keras.Input(model.config.image_shape, name="image")
+    prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
+    return keras.Model([image, prefix], model((image, prefix), last_word_only=True))
+
+
+def expand_prefixes(tokens, prefix_length):
+    """The seed projects' training samples: for every caption each prefix, pre-padded to
+    `prefix_length`, and the word that follows it. Returns (prefixes, next words, caption index)."""
+    prefixes, targets, owners = [], [], []
+    for i, caption in enumerate(tokens):
+        ids = caption[caption > 0]
+        for t in range(1, len(ids)):
+            padded = np.zeros(prefix_length, "int32")
+            padded[prefix_length - t:] = ids[:t]
+            prefixes.append(padded)
+            targets.append(ids[t])
+            owners.append(i)
+    return np.array(prefixes, "int32"), np.array(targets, "int32"), np.array(owners)
