@@ -252,9 +252,10 @@ def test_own_photo_is_captioned_like_its_cached_features(executed, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     files = [Path(prepared.images_dir) / n for n in names] + [broken]
-    own = utils.caption_image_files(captioner, files, utils.DEFAULT_DECODING)
+    own, unreadable = utils.caption_image_files(captioner, files, utils.DEFAULT_DECODING)
     assert [own[str(f)] for f in files[:3]] == [beam["captions"][n] for n in names]
-    assert own[str(broken)].startswith(f"error: {broken}: cannot read as an image")
+    assert list(unreadable) == [str(broken)] and str(broken) not in own
+    assert unreadable[str(broken)].startswith(f"{broken}: cannot read as an image")
 
 
 @pytest.mark.parametrize("notebook, first", [

@@ -295,14 +295,15 @@ def caption_image(captioner, image, setting=DEFAULT_DECODING, attention=False):
 
 
 def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):
-    """Captions for image files by path; an unreadable file gets "error: ..." instead."""
-    results = {}
+    """Captions of image files, and apart from them why each unreadable file was skipped:
+    ({path: caption}, {path: the ImageError's message, which names the file})."""
+    captions, unreadable = {}, {}
     for path in paths:
         try:
-            results[str(path)] = caption_image(captioner, path, setting)
+            captions[str(path)] = caption_image(captioner, path, setting)
         except ImageError as e:
-            results[str(path)] = f"error: {e}"
-    return results
+            unreadable[str(path)] = str(e)
+    return captions, unreadable
 
 
 SPLIT_ORDER = ("test", "val", "train")  # how the evaluations of a run are listed
