@@ -27,6 +27,7 @@ Notebooks 01 and 03 never pay TensorFlow's start-up: the heavy modules are impor
 their names is first used (PEP 562).
 """
 import ast
+import functools
 import importlib
 from pathlib import Path
 
@@ -52,9 +53,12 @@ def _public_names(module_name):
                 and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__all__"])
 
 
-# Every lazily loaded name -> its module: tab completion sees them (`__dir__`), and a mistyped
-# name fails at once instead of after importing TensorFlow.
-_LAZY_NAMES = {name: module for module in LAZY_MODULES for name in _public_names(module)}
+@functools.cache
+def _lazy_names():
+    """Every lazily loaded name -> its module: tab completion sees them (`__dir__`), and a
+    mistyped name fails at once instead of after importing TensorFlow. Read on first need, not
+    at `import utils` (parsing the modules takes about 70 ms)."""
+    return {name: module for module in LAZY_MODULES for name in _public_names(module)}
 
 
 # Stage 2 and the pure metrics; every other lazy module (stages 4 and 5) loads `pipeline` first,
@@ -71,12 +75,12 @@ def _load(module_name):
 def __getattr__(name):
     if name in LAZY_MODULES:
         return _load(name)
-    if name not in _LAZY_NAMES:
+    if name not in _lazy_names():
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_load(_LAZY_NAMES[name]), name)
+    value = getattr(_load(_lazy_names()[name]), name)
     globals()[name] = value  # found once, then an ordinary attribute
     return value
 
 
 def __dir__():
-    return sorted({*globals(), *LAZY_MODULES, *_LAZY_NAMES})
+    return sorted({*globals(), *LAZY_MODULES, *_lazy_names()})

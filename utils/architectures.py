@@ -189,6 +189,11 @@ class CaptionModel(keras.Model):
         """The next word's probabilities from the LSTM's output [B, [T,] units]."""
         return self.next_word(self.decoder(hidden))
 
+    def embed_word(self, word):
+        """One word of each caption [B] as its vector [B, E]: the embedding's table looked up
+        directly, since a padding mask has no meaning for one word."""
+        return ops.take(self.embedding.embeddings, word, axis=0)
+
     # The three calls every architecture answers.
     def start(self, image, training=False):
         """(what every step reads of the images, the LSTM's first state) for features [B, F]."""
@@ -200,9 +205,7 @@ class CaptionModel(keras.Model):
         """One word [B] of every caption read: (next-word probabilities [B, V], new state,
         attention weights [B, positions] or None)."""
         projected, = context
-        # The embedding's table looked up directly: a padding mask has no meaning for one word.
-        embedded = ops.take(self.embedding.embeddings, word, axis=0)             # (B, E)
-        hidden, state = self.lstm.cell(self.lstm_input(embedded, projected), state)
+        hidden, state = self.lstm.cell(self.lstm_input(self.embed_word(word), projected), state)
         return self.head(hidden, projected), state, None
 
     def call(self, inputs, training=False, last_word_only=False):
@@ -256,8 +259,7 @@ class PreInject(CaptionModel):
 
     def initial_state(self, projected):
         """The state after reading the image (its output is dropped, not its state)."""
-        zeros = ops.repeat(ops.zeros_like(projected[:, :1]), self.config.units, axis=1)
-        return self.lstm.cell(projected, [zeros, zeros])[1]
+        return self.lstm.cell(projected, super().initial_state(projected))[1]
 
 
 @architecture("par-inject")
@@ -374,8 +376,7 @@ class SoftAttention(CaptionModel):
         return super().head(ops.concatenate([hidden, context_vector], axis=-1), None)
 
     def step(self, context, word, state):
-        embedded = ops.take(self.embedding.embeddings, word, axis=0)             # (B, E)
-        h, c, read, weights = self.attention_lstm.step(*context, embedded, *state)
+        h, c, read, weights = self.attention_lstm.step(*context, self.embed_word(word), *state)
         return self.head(h, read), [h, c], weights
 
     def call(self, inputs, training=False, last_word_only=False):

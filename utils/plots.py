@@ -107,11 +107,9 @@ def draw_model(model):
         ax.annotate("", end, xycoords=boxes[b.name], xytext=start, textcoords=boxes[a.name],
                     arrowprops={"arrowstyle": "->", "shrinkA": 5, "shrinkB": 5, **style})
 
-    chain = [parts["image"], parts["words"] + parts["core"], parts["head"]]
-    for layers in chain:
+    for layers in (parts["image"], parts["words"] + parts["core"] + parts["head"]):
         for a, b in zip(layers, layers[1:]):
             arrow(a, b, (0.5, 0), (0.5, 1))
-    arrow(parts["core"][-1], parts["head"][0], (0.5, 0), (0.5, 1))
     enters, how = model.image_enters
     image, target = parts["image"][-1], parts[enters][0]
     orange = {"color": "#b5562a", "lw": 2}

@@ -23,10 +23,13 @@ from .training import WEIGHTS_FILE, TrainingConfig
 from .vocabulary import Vocabulary
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RANDOM_ENCODER_NOTE", "RunConfigError",
-           "NoEncoderError", "RunConfig", "save_run", "read_run", "is_trained", "load_run", "why_no_encoder",
-           "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "describe_run"]
+           "NoEncoderError", "RunConfig", "save_run", "read_run", "is_trained", "load_run",
+           "why_no_encoder", "encoder_for_run", "Captioner", "caption_image",
+           "caption_image_files", "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
+# What a run kept until December 2026 instead of WEIGHTS_FILE: the whole Keras model.
+OLD_MODEL_FILE = "model.keras"
 # What the app says of a run trained on the synthetic sample, whose scores look excellent.
 SAMPLE_RUN_WARNING = ("Trained on the synthetic sample: it knows only coloured shapes, whatever "
                       "the photo. For real photos, train on Flickr8k: `make run DATASET=flickr8k`.")
@@ -198,7 +201,7 @@ def read_run(run_dir):
 def is_trained(run_dir):
     """Whether `run_dir` holds a trained run: its best weights (or, from before the record was
     the model's source, its model.keras)."""
-    return any((Path(run_dir) / name).is_file() for name in (WEIGHTS_FILE, "model.keras"))
+    return any((Path(run_dir) / name).is_file() for name in (WEIGHTS_FILE, OLD_MODEL_FILE))
 
 
 def load_run(run_dir):
@@ -208,7 +211,7 @@ def load_run(run_dir):
     source (a whole `model.keras`, until December 2026) still loads: see `_weights_of_model_file`."""
     run_dir = Path(run_dir)
     weights = run_dir / WEIGHTS_FILE
-    old_model_file = run_dir / "model.keras"
+    old_model_file = run_dir / OLD_MODEL_FILE
     if not old_model_file.is_file():
         require(weights, "04_train_model")
     vocab, config = read_run(run_dir)
