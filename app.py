@@ -136,19 +136,17 @@ def main():
         picture.image(preview, caption=image_name)
         for column, (run, captioner) in zip(columns, captioners.items()):
             start = time.perf_counter()
-            attends = captioner.decoder.attends  # an attention run also says where it looked
-            caption = utils.caption_image(captioner, decoded, setting, attention=attends)
-            caption, maps = caption if attends else (caption, None)
+            caption = utils.caption_image(captioner, decoded, setting)
             column.markdown(f"**{run}**")
-            column.subheader(caption)
+            column.subheader(caption.text)
             column.caption(f"{setting.label}; {1000 * (time.perf_counter() - start):.0f} ms")
             if captioner.config.dataset == "sample":
                 column.warning(utils.SAMPLE_RUN_WARNING)
-            if attends:
+            if caption.maps is not None:  # an attention run also says where it looked
                 with column.expander("Where it looked, word by word"):
                     # drawn about as wide as the column shows it, so its words stay readable
                     figure = utils.attention_figure(utils.preview_image(decoded, 256), caption,
-                                                    maps, columns=3, width=3.6)
+                                                    columns=3, width=3.6)
                     st.pyplot(figure)
                     plt.close(figure)
 

@@ -47,7 +47,7 @@ def main():
             start = time.perf_counter()
             utils.caption_image(captioner, photo, setting)
             times.append(1000 * (time.perf_counter() - start))
-        milliseconds[setting.label] = {"median": round(float(np.median(times)), 1),
+        milliseconds[setting.slug] = {"median": round(float(np.median(times)), 1),
                                        "max": round(float(np.max(times)), 1)}
     source = captioner.config.features
     print(json.dumps({"milliseconds_per_photo": milliseconds,

@@ -76,11 +76,11 @@ def differences(results, references, baseline="merge"):
     out = {}
     for setting in DECODINGS:
         grouped, missing = utils.grouped_statistics(list(references.values()), {
-            name: [[run["scores"][setting.label]["captions"][n] for n in names] for run in runs]
+            name: [[run["scores"][setting.slug]["captions"][n] for n in names] for run in runs]
             for name, runs in results.items()})
-        out[setting.label] = {name: utils.compare_statistics(grouped[baseline], statistics)
-                              for name, statistics in grouped.items() if name != baseline}
-        out[setting.label]["missing"] = missing
+        out[setting.slug] = {name: utils.compare_statistics(grouped[baseline], statistics)
+                             for name, statistics in grouped.items() if name != baseline}
+        out[setting.slug]["missing"] = missing
     return out
 
 
@@ -94,12 +94,13 @@ def tables(report):
               + [f"{names[k]} minus merge's" for k in compared]
               + ["published: BLEU-4 / METEOR / CIDEr"])
     lines = []
-    for label in report["settings"]["decodings"]:
+    for slug in report["settings"]["decodings"]:
+        label = utils.DecodingSetting.from_slug(slug).label
         lines += [f"Decoded with {label}:", "", _row(header), _row(["---"] * len(header))]
         for name, entry in report["architectures"].items():
-            difference = entry["difference_from_merge"].get(label, {})
+            difference = entry["difference_from_merge"].get(slug, {})
             lines.append(_row(
-                [name] + [f"{entry[label][k]['mean']:.3f} ± {entry[label][k]['std']:.3f}"
+                [name] + [f"{entry[slug][k]['mean']:.3f} ± {entry[slug][k]['std']:.3f}"
                           for k in scores]
                 + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
                    if (d := difference.get(k)) else "" for k in compared] + [PUBLISHED[name]]))
@@ -114,7 +115,7 @@ def tables(report):
                            f"{entry['train_seconds']['mean']:.0f} ± "
                            f"{entry['train_seconds']['std']:.0f} s"]
                           + [f"{speed[s]:,.0f}" if s in speed else "-" for s in
-                             ("greedy", utils.DEFAULT_DECODING.label)]))
+                             (DECODINGS[0].slug, utils.DEFAULT_DECODING.slug)]))
     return "\n".join(lines)
 
 
@@ -161,23 +162,23 @@ def main():
             record(results[name], name, seed, seconds, epochs,
                    score(model, vocab, data, False, DECODINGS),
                    parameters=model.count_params(), captions_per_second={
-                       s.label: round(captions_per_second(model, vocab, every_image, s), 1)
+                       s.slug: round(captions_per_second(model, vocab, every_image, s), 1)
                        for s in (DECODINGS[0], utils.DEFAULT_DECODING)})
     # Against merge's runs, when there are some (`--quick --architectures` may have none).
     different = differences(results, dict(zip(names, raw))) if "merge" in results else {
-        s.label: {"missing": None} for s in DECODINGS}
+        s.slug: {"missing": None} for s in DECODINGS}
     entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
                       "captions_per_second": mean_speed(runs),
                       **summarise(runs),
-                      "difference_from_merge": {label: d[name] for label, d in different.items()
+                      "difference_from_merge": {slug: d[name] for slug, d in different.items()
                                                 if name in d}}
                for name, runs in results.items()}
     report = {
         "architectures": {name: entries[name] for name in utils.ARCHITECTURES if name in entries},
         "tuning": {name: entry for name, entry in entries.items()
                    if name not in utils.ARCHITECTURES},
-        "missing": different[DECODINGS[0].label]["missing"],
-        "settings": {"defaults": default, "decodings": [s.label for s in DECODINGS],
+        "missing": different[DECODINGS[0].slug]["missing"],
+        "settings": {"defaults": default, "decodings": [s.slug for s in DECODINGS],
                      "tuning": TUNING if args.tune or stored.get("settings", {}).get("tuning")
                      else None},
         "data": {"features": f"{FEATURES.name} ({pooled.features.shape[1]}-d); attention: "

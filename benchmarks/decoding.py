@@ -5,7 +5,7 @@
 A merge model is trained briefly (2 epochs) on the shared Flickr8k subset's real ImageNet features
 (../shared/flickr8k/features/), so that its captions have realistic lengths. Then captions are
 written for 1,000 feature vectors (the shared images' features, cycled), greedily and with beam
-width 3, by `utils.greedy_search` / `utils.beam_search`. The baseline is the seed projects' way:
+width 3, by `utils.decode`. The baseline is the seed projects' way:
 for each image, for each word, `model.predict` on the pre-padded prefix, until <end>. It is timed
 on a subset (it is slow) and its rate compared. Its greedy captions must equal ours. Last line:
 one JSON object with `greedy_speedup` and `beam3_speedup`.
@@ -47,10 +47,11 @@ def main():
     images = data.features[np.arange(n_images) % len(data.features)]
 
     decoder = utils.CaptionDecoder(model, vocab)
-    utils.greedy_search(decoder, images[:8])  # trace the step once, as any warm-up
-    utils.beam_search(decoder, images[:8], 3)
-    greedy_rate, greedy = rate(lambda: utils.greedy_search(decoder, images), n_images)
-    beam_rate, _ = rate(lambda: utils.beam_search(decoder, images, 3), n_images)
+    greedy_setting, beam_setting = utils.DecodingSetting(1, 0.0, 0), utils.DecodingSetting(3, 0.0, 0)
+    for setting in (greedy_setting, beam_setting):  # trace the step once, as any warm-up
+        utils.decode(decoder, images[:8], setting)
+    greedy_rate, greedy = rate(lambda: utils.decode(decoder, images, greedy_setting), n_images)
+    beam_rate, beam = rate(lambda: utils.decode(decoder, images, beam_setting), n_images)
 
     prefix = utils.prefix_model(model, vocab.sequence_length - 1)
     seed_recipe.greedy(prefix, vocab, images[0])
@@ -58,7 +59,7 @@ def main():
         lambda: [seed_recipe.greedy(prefix, vocab, im) for im in images[:n_baseline]], n_baseline)
     seed_beam_rate, _ = rate(
         lambda: [seed_recipe.beam(prefix, vocab, im, 3) for im in images[:n_baseline]], n_baseline)
-    same = sum(a == b for a, b in zip(seed_captions, greedy[:n_baseline]))
+    same = sum(list(a) == list(b.ids) for a, b in zip(seed_captions, greedy[:n_baseline]))
     print(json.dumps({
         "greedy_speedup": round(greedy_rate / seed_greedy_rate, 1),
         "beam3_speedup": round(beam_rate / seed_beam_rate, 1),
@@ -66,7 +67,8 @@ def main():
                               "seed_greedy": round(seed_greedy_rate, 2),
                               "seed_beam3": round(seed_beam_rate, 2)},
         "baseline_greedy_captions_equal_ours": f"{same}/{n_baseline}",
-        "mean_caption_words": float(np.mean([len(c) for c in greedy])),
+        "mean_caption_words": float(np.mean([len(c.ids) for c in greedy])),
+        "captions": {"greedy": [c.text for c in greedy[:20]], "beam3": [c.text for c in beam[:20]]},
         "images": n_images, "baseline_images": n_baseline, "vocabulary": len(vocab),
         "quick": args.quick}))
 

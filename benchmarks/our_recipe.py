@@ -27,10 +27,13 @@ def notebook_defaults():
     for stem in ("01_prepare_captions", "03_glove_embeddings", "04_train_model"):
         for name, p in papermill.inspect_notebook(str(REPO / "notebooks" / f"{stem}.ipynb")).items():
             values[name] = ast.literal_eval(p["default"])
-    settings = {"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
-                "glove": True, "embedding_dim": values["DIM"]}
-    return settings | {field: values[field.upper()] for field in MODEL_FIELDS | TRAINING_FIELDS
-                       if field != "embedding_dim"}
+    model = utils.config_from_parameters(utils.ModelConfig, values, vocab_size=0, feature_dim=0,
+                                         embedding_dim=values["DIM"])
+    training = utils.config_from_parameters(utils.TrainingConfig, values)
+    return ({"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
+             "glove": True}
+            | {f: getattr(model, f) for f in MODEL_FIELDS}
+            | {f: getattr(training, f) for f in TRAINING_FIELDS})
 
 
 def train_ours(shared, config, seed, run_dir):
@@ -52,23 +55,23 @@ def train_ours(shared, config, seed, run_dir):
 
 def score(model, vocab, shared, drop_one_letter, decodings):
     """Dev-split scores of each decoding (utils.evaluate), the distinct-caption count and every
-    caption, by image."""
+    caption, by image, keyed by the decoding's slug."""
     names, features, references = shared.split("val", drop_one_letter)
     training = [c.split() for c in utils.split_captions(shared.prepared(drop_one_letter), "train")]
     results = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
                              decodings, training, verbose=False)
-    return {entry["label"]: {k: round(v, 4) for k, v in entry["scores"].items() if v is not None}
-            | {"distinct_captions": entry["diagnostics"]["distinct_captions"],
-               "captions": entry["captions"]} for entry in results}
+    return {result.decoding.slug: {k: round(v, 4) for k, v in result.scores.items() if v is not None}
+            | {"distinct_captions": result.diagnostics["distinct_captions"],
+               "captions": result.captions} for result in results}
 
 
 def summarise(runs):
     """Mean and standard deviation over seeds of every number, per decoding."""
     out = {"train_seconds": _spread([r["train_seconds"] for r in runs]),
            "epochs": [r["epochs"] for r in runs]}
-    for label in runs[0]["scores"]:
-        out[label] = {k: _spread([r["scores"][label][k] for r in runs])
-                      for k in (*SCORES, "distinct_captions") if k in runs[0]["scores"][label]}
+    for slug in runs[0]["scores"]:
+        out[slug] = {k: _spread([r["scores"][slug][k] for r in runs])
+                     for k in (*SCORES, "distinct_captions") if k in runs[0]["scores"][slug]}
     return out
 
 

@@ -68,7 +68,7 @@ BASELINE_DECODINGS = [utils.DecodingSetting(1, 0.0, 0), utils.DecodingSetting(1,
 STEPS = {"seed recipe": ("baseline", "greedy"),
          "+ our cleaning": ("baseline, our cleaning", "greedy"),
          "+ our training": ("default", "greedy"),
-         "+ our decoding": ("default", utils.DEFAULT_DECODING.label)}
+         "+ our decoding": ("default", utils.DEFAULT_DECODING.slug)}
 # Tokenisations the decomposition is scored under: does each drop one-letter words?
 TOKENISATIONS = {"coco": False, "one_letter_words_dropped": True}
 
@@ -137,7 +137,7 @@ def make_report(results, configs, data, args):
     """Means and spreads of every score per configuration and decoding, and what was run."""
     return {
         "summary": {name: summarise(runs) for name, runs in results.items() if runs},
-        "default_decoding": utils.DEFAULT_DECODING.label,
+        "default_decoding": utils.DEFAULT_DECODING.slug,
         "settings": {"baseline": seed_recipe.CLEANING | seed_recipe.MODEL | seed_recipe.TRAINING,
                      "configurations": configs},
         "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",

@@ -53,8 +53,8 @@ def main():
     result, = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
                              [utils.DEFAULT_DECODING], training_captions, meteor=False,
                              verbose=False)
-    scores = {k: round(v, 3) for k, v in result["scores"].items() if v is not None}
-    rows = [(name, result["captions"][name], " ".join(utils.tokenize(refs[0])))
+    scores = {k: round(v, 3) for k, v in result.scores.items() if v is not None}
+    rows = [(name, result.captions[name], " ".join(utils.tokenize(refs[0])))
             for name, refs in zip(names[:SHOWN], references)]
     if not args.quick:
         figure = utils.caption_grid([(ImageOps.fit(Image.open(shared.images_dir / n), (320, 320)),
@@ -64,7 +64,7 @@ def main():
         figure.savefig(REPO / "outputs" / "real_captions.png", dpi=100)
         write_table(REPO / "README.md", rows, scores, len(names), len(history))
     print(json.dumps({"dev_images": len(names), "scores": scores, "epochs": len(history),
-                      "decoding": result["label"], "examples": rows[:3], "quick": args.quick}))
+                      "decoding": result.decoding.slug, "examples": rows[:3], "quick": args.quick}))
 
 
 MARKER = "<!-- real captions -->"

@@ -149,3 +149,10 @@ def make_zip(members):
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def scored_result(setting, scores, shuffled_images=False):
+    """A DecodingResult with these scores and nothing else, as the app's sidebar reads it."""
+    import utils
+
+    return utils.DecodingResult(setting, shuffled_images, scores, {}, {}, {}, {})

@@ -1,6 +1,5 @@
 """The Streamlit app: its logic through Streamlit's AppTest, and one upload in a real headless
 Chromium (Debian's chromium and chromedriver, driven by Selenium)."""
-import dataclasses
 import io
 import os
 import shutil
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 import utils
-from conftest import REPO, Server, train_sample_run
+from conftest import REPO, Server, scored_result, train_sample_run
 
 # Importing streamlit sets MPLBACKEND=Agg for the whole process; the notebook kernels that other
 # tests start inherit the environment and would then show no plots. Put it back as it was.
@@ -36,12 +35,10 @@ def models_dir(sample_training, tmp_path_factory):
     train_sample_run(root / "shapes-large", sample_training, seed=1, units=128)
     greedy, beam = utils.DecodingSetting(1, 0.0, 2), utils.DecodingSetting(3, 1.0, 2)
     utils.write_evaluation(root / "shapes-small", "test", [
-        {"label": "greedy", "decoding": dataclasses.asdict(greedy), "shuffled_images": False,
-         "scores": {"bleu4": 0.4321, "cider_d": 1.234, "meteor": 0.2345}},
-        {"label": "beam 3", "decoding": dataclasses.asdict(beam), "shuffled_images": False,
-         "scores": {"bleu4": 0.5432, "cider_d": 2.345, "meteor": None}},
-        {"label": "greedy, shuffled images", "decoding": dataclasses.asdict(greedy),
-         "shuffled_images": True, "scores": {"bleu4": 0.1111, "cider_d": 0.111}}], images=50)
+        scored_result(greedy, {"bleu4": 0.4321, "cider_d": 1.234, "meteor": 0.2345}),
+        scored_result(beam, {"bleu4": 0.5432, "cider_d": 2.345, "meteor": None}),
+        scored_result(greedy, {"bleu4": 0.1111, "cider_d": 0.111}, shuffled_images=True)],
+        images=50)
     shutil.copytree(root / "shapes-small", root / "theirs-external")
     config = utils.read_json(root / "theirs-external" / "config.json")
     config["features"] = {"kind": "external", "path": "mine.npz", "dim": config["features"]["dim"],
@@ -52,7 +49,7 @@ def models_dir(sample_training, tmp_path_factory):
 
 def expected_caption(run_dir, image, setting=utils.DEFAULT_DECODING):
     """The caption `utils` gives, by default with the app's default decoding."""
-    return utils.caption_image(utils.Captioner.from_run(run_dir), image, setting)
+    return utils.caption_image(utils.Captioner.from_run(run_dir), image, setting).text
 
 
 def app(monkeypatch, models_dir):
@@ -77,9 +74,10 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
     assert at.sidebar.multiselect[0].value == ["shapes-large", "shapes-small"]
     sidebar = " ".join(m.value for m in at.sidebar.markdown)
     assert "merge model, sample dataset, inceptionv3 (random weights)" in sidebar
-    assert "beam 3 on the sample test split (COCO evaluation): BLEU-4 0.543, CIDEr-D 2.35" in sidebar
-    assert ("greedy on the sample test split (COCO evaluation): BLEU-4 0.432, CIDEr-D 1.23, "
-            "METEOR 0.234") in sidebar
+    assert ("beam 3, length penalty 1, no repeated 2-gram on the sample test split (COCO "
+            "evaluation): BLEU-4 0.543, CIDEr-D 2.35") in sidebar
+    assert ("greedy, no repeated 2-gram on the sample test split (COCO evaluation): BLEU-4 0.432, "
+            "CIDEr-D 1.23, METEOR 0.234") in sidebar
     assert "shuffled" not in sidebar and "0.111" not in sidebar  # the control is for notebook 05
     assert sidebar.count(utils.SAMPLE_RUN_WARNING) == 2  # both runs know only shapes
     assert "shapes-large" in sidebar and "not evaluated yet" in sidebar

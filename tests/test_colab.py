@@ -110,7 +110,7 @@ def test_five_notebooks_on_five_runtimes_share_their_work_through_drive(colab_en
     run_dir = home / "models" / "sample-inceptionv3"
     assert (run_dir / utils.WEIGHTS_FILE).is_file()
     evaluation = utils.read_evaluation(run_dir, "test")
-    assert evaluation["images"] == 50 and all(e["captions"] for e in evaluation["results"])
+    assert evaluation.images == 50 and all(e.captions for e in evaluation.results)
     for nb in NOTEBOOKS:
         clone = top / "first" / nb[:2] / "image-captioning"
         assert (clone / "data").is_symlink() and (clone / "models").is_symlink()
@@ -126,8 +126,8 @@ def test_five_notebooks_on_five_runtimes_share_their_work_through_drive(colab_en
     second = {nb: run_on_a_new_runtime(fork, nb, top / "second" / nb[:2]) for nb in NOTEBOOKS}
     assert {path: path.stat().st_mtime_ns for path in made} == made, "recomputed on the 2nd visit"
     assert "already holds this run" in printed(second["04_train_model.ipynb"])
-    assert utils.read_evaluation(run_dir, "test")["results"][0]["captions"] == \
-        evaluation["results"][0]["captions"]
+    assert utils.read_evaluation(run_dir, "test").results[0].captions == \
+        evaluation.results[0].captions
 
 
 def test_on_colab_every_notebook_defaults_to_flickr8k(colab_env, tmp_path):

@@ -33,6 +33,18 @@ def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0, architec
     return model, utils.CaptionDecoder(model, vocab)
 
 
+def greedy(no_repeat_ngram=0):
+    return utils.DecodingSetting(1, 0.0, no_repeat_ngram)
+
+
+def beam(width, length_penalty=0.0, no_repeat_ngram=0):
+    return utils.DecodingSetting(width, length_penalty, no_repeat_ngram)
+
+
+def ids(captions):
+    return [caption.ids for caption in captions]
+
+
 def features(n, dim=6, seed=1, architecture="merge"):
     """Feature vectors, or for an attention model grids [n, POSITIONS, dim]."""
     shape = (n, POSITIONS, dim) if architecture in utils.GRID_ARCHITECTURES else (n, dim)
@@ -61,10 +73,29 @@ def test_step_gives_the_full_models_probabilities(architecture):
 def test_batched_greedy_equals_one_image_at_a_time(architecture):
     _, decoder = random_decoder(30, 8, architecture=architecture)
     images = features(12, architecture=architecture)
-    batched = utils.greedy_search(decoder, images, batch_size=5)
-    single = [utils.greedy_search(decoder, images[i:i + 1])[0] for i in range(12)]
+    batched = utils.decode(decoder, images, greedy(), images_per_batch=5)
+    single = [utils.decode(decoder, images[i:i + 1], greedy())[0] for i in range(12)]
     assert batched == single
-    assert len({tuple(c) for c in batched}) > 1  # the check means something: captions differ
+    assert len({c.ids for c in batched}) > 1  # the check means something: captions differ
+    assert [c.text for c in batched] == [decoder.vocab.decode(c.ids) for c in batched]
+
+
+def plain_greedy(decoder, image, no_repeat_ngram):
+    """The likeliest allowed word at each step, for one image, by the rules written out again:
+    never <pad>, <start> or <unk>; <end> after max_length words; no n-gram said twice."""
+    vocab = decoder.vocab
+    context, state = decoder.start(image[None])
+    caption, word = [], vocab.start_id
+    for t in range(vocab.max_length + 1):
+        log_probs, state, _ = decoder.step(context, [word], state)
+        allowed = {vocab.end_id} if t == vocab.max_length else set(range(len(vocab))) - {
+            vocab.pad_id, vocab.start_id, vocab.unk_id}
+        if no_repeat_ngram:
+            allowed -= {w for w in allowed if repeats_an_ngram(caption + [w], no_repeat_ngram)}
+        word = max(allowed, key=lambda w: log_probs[0, w])
+        if word == vocab.end_id:
+            return tuple(caption)
+        caption.append(word)
 
 
 @EVERY_ARCHITECTURE
@@ -72,17 +103,16 @@ def test_batched_greedy_equals_one_image_at_a_time(architecture):
 def test_beam_width_one_is_greedy(no_repeat_ngram, architecture):
     _, decoder = random_decoder(30, 8, architecture=architecture)
     images = features(10, architecture=architecture)
-    assert (utils.beam_search(decoder, images, beam_width=1, no_repeat_ngram=no_repeat_ngram)
-            == utils.greedy_search(decoder, images, no_repeat_ngram))
+    assert (ids(utils.decode(decoder, images, beam(1, 0.0, no_repeat_ngram)))
+            == [plain_greedy(decoder, image, no_repeat_ngram) for image in images])
 
 
 @EVERY_ARCHITECTURE
 def test_batched_beam_equals_one_image_at_a_time(architecture):
     _, decoder = random_decoder(30, 8, architecture=architecture)
     images = features(7, architecture=architecture)
-    batched = utils.beam_search(decoder, images, beam_width=3, batch_size=4)
-    assert batched == [utils.beam_search(decoder, images[i:i + 1], beam_width=3)[0]
-                       for i in range(7)]
+    batched = utils.decode(decoder, images, beam(3), images_per_batch=4)
+    assert batched == [utils.decode(decoder, images[i:i + 1], beam(3))[0] for i in range(7)]
 
 
 def caption_log_probs(model, vocab, image, candidates):
@@ -115,14 +145,14 @@ def test_wide_beam_finds_the_exhaustive_best(length_penalty, no_repeat_ngram, ar
                   if not (no_repeat_ngram and repeats_an_ngram(w, no_repeat_ngram))]
     lengths = np.array([len(w) + 1 for w in candidates])  # the words and <end>
     images = features(6, seed=5, architecture=architecture)
-    found = utils.beam_search(decoder, images, beam_width=len(candidates),
-                              length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram)
-    greedy = utils.greedy_search(decoder, images, no_repeat_ngram)
+    found = ids(utils.decode(decoder, images, beam(len(candidates), length_penalty,
+                                                    no_repeat_ngram)))
+    greedy_found = ids(utils.decode(decoder, images, greedy(no_repeat_ngram)))
     for image, caption in zip(images, found):
         scores = caption_log_probs(model, vocab, image, candidates) / lengths ** length_penalty
-        assert caption == candidates[int(np.argmax(scores))]
+        assert list(caption) == candidates[int(np.argmax(scores))]
     if not length_penalty:  # the search is not trivial: greedy misses the best caption somewhere
-        assert found != greedy
+        assert found != greedy_found
 
 
 @pytest.mark.parametrize("setting", [utils.DecodingSetting(1, 0.0, 2), utils.DEFAULT_DECODING])
@@ -131,17 +161,16 @@ def test_attention_maps_come_with_their_captions(setting):
     search reorders its beams: the step's own weights along the caption, re-run word by word."""
     _, decoder = random_decoder(30, 8, architecture="attention")
     images = features(5, architecture="attention")
-    captions, maps = utils.decode(decoder, images, setting, attention=True)
-    assert captions == utils.decode(decoder, images, setting)
-    for image, caption, weights in zip(images, captions, maps):
-        assert weights.shape == (len(caption) + 1, POSITIONS)
+    for image, caption in zip(images, utils.decode(decoder, images, setting)):
+        weights = caption.maps
+        assert weights.shape == (len(caption.ids) + 1, POSITIONS)
         np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
         context, state = decoder.start(image[None])
-        for t, word in enumerate([decoder.vocab.start_id, *caption]):
+        for t, word in enumerate([decoder.vocab.start_id, *caption.ids]):
             _, state, step_weights = decoder.step(context, [word], state)
             np.testing.assert_allclose(weights[t], step_weights[0], atol=1e-6)
-    with pytest.raises(ValueError, match="attention maps come from a model that attends"):
-        utils.decode(random_decoder(30, 8)[1], features(2), setting, attention=True)
+    # A model that reads one pooled vector has no maps to give.
+    assert all(c.maps is None for c in utils.decode(random_decoder(30, 8)[1], features(2), setting))
 
 
 def test_captions_end_at_max_length_when_the_model_never_says_end():
@@ -150,8 +179,8 @@ def test_captions_end_at_max_length_when_the_model_never_says_end():
     bias[1][decoder.vocab.end_id] = -50.0  # <end> practically impossible
     model.get_layer("next_word").set_weights(bias)
     images = features(3)
-    for captions in (utils.greedy_search(decoder, images),
-                     utils.beam_search(decoder, images, beam_width=3)):
+    for captions in (ids(utils.decode(decoder, images, greedy())),
+                     ids(utils.decode(decoder, images, beam(3)))):
         assert [len(c) for c in captions] == [4, 4, 4]
 
 
@@ -164,8 +193,8 @@ def test_captions_never_say_unknown_even_when_it_is_likeliest():
     context, state = decoder.start(images)
     first, _, _ = decoder.step(context, np.full(3, decoder.vocab.start_id, "int32"), state)
     assert (first.argmax(1) == decoder.vocab.unk_id).all()
-    for captions in (utils.greedy_search(decoder, images),
-                     utils.beam_search(decoder, images, beam_width=3)):
+    for captions in (ids(utils.decode(decoder, images, greedy())),
+                     ids(utils.decode(decoder, images, beam(3)))):
         assert all(captions) and all(i >= len(utils.SPECIAL_TOKENS) for c in captions for i in c)
 
 
@@ -176,24 +205,13 @@ def test_no_caption_repeats_an_ngram_under_the_rule_and_every_caption_ends(n):
     bias[1][decoder.vocab.end_id] = -50.0  # long captions over 4 words: repeats are certain
     model.get_layer("next_word").set_weights(bias)
     images = features(5)
-    free = utils.greedy_search(decoder, images) + utils.beam_search(decoder, images, 3)
+    free = ids(utils.decode(decoder, images, greedy()) + utils.decode(decoder, images, beam(3)))
     assert all(repeats_an_ngram(c, n) for c in free)  # what the rule must prevent
-    for captions in (utils.greedy_search(decoder, images, n),
-                     utils.beam_search(decoder, images, 3, no_repeat_ngram=n)):
+    for captions in (ids(utils.decode(decoder, images, greedy(n))),
+                     ids(utils.decode(decoder, images, beam(3, 0.0, n)))):
         assert all(c and not repeats_an_ngram(c, n) for c in captions)
         if n == 1:  # four words said once each, then <end>, the only word left
             assert [len(c) for c in captions] == [4] * 5
-
-
-def test_decode_picks_the_search_of_its_setting():
-    _, decoder = random_decoder(30, 8)
-    images = features(6)
-    assert (utils.decode(decoder, images, utils.DecodingSetting(1, 0.0, 2))
-            == utils.greedy_search(decoder, images, 2))
-    assert (utils.decode(decoder, images, utils.DecodingSetting(3, 0.0, 0))
-            == utils.beam_search(decoder, images, 3, 0.0, 0))
-    assert (utils.decode(decoder, images)
-            == utils.beam_search(decoder, images, 5, 1.0, 2))  # DEFAULT_DECODING
 
 
 def test_decoding_settings_are_checked_and_labelled():
@@ -202,6 +220,10 @@ def test_decoding_settings_are_checked_and_labelled():
     greedy = utils.DecodingSetting(1, 1.0, 0)
     assert greedy.length_penalty == 0.0 and greedy == utils.DecodingSetting(1, 0.0, 0)
     assert greedy.label == "greedy"
+    for setting in (utils.DEFAULT_DECODING, greedy, utils.DecodingSetting(3, 0.5, 3)):
+        assert utils.DecodingSetting.from_slug(setting.slug) == setting
+    with pytest.raises(ValueError, match="'beam 5' is not a decoding setting's slug"):
+        utils.DecodingSetting.from_slug("beam 5")
     for bad in [(0, 0.0, 0), (3, -1.0, 0), (3, 0.0, -2)]:
         with pytest.raises(ValueError, match="not a decoding setting"):
             utils.DecodingSetting(*bad)

@@ -79,30 +79,31 @@ def test_evaluate_scores_each_setting_and_the_shuffled_control(sample_training, 
     results = utils.evaluate(decoder, test, features[[row[n] for n in test]], references,
                              [greedy, beam], [c.split() for c in utils.split_captions(prepared, "train")],
                              control=greedy, meteor=False)
-    assert [e["label"] for e in results] == [
+    assert [result.label for result in results] == [
         "greedy, no repeated 2-gram", "beam 3, length penalty 1, no repeated 2-gram",
         "greedy, no repeated 2-gram, shuffled images"]
     for entry, setting in zip(results, [greedy, beam]):
         assert entry is utils.find_result(results, setting)
-        hypotheses = [vocab.decode(ids).split()
-                      for ids in utils.decode(decoder, features[[row[n] for n in test]], setting)]
-        assert list(entry["captions"].values()) == [" ".join(h) for h in hypotheses]
-        assert (entry["scores"], entry["missing"]) == utils.caption_scores(
+        hypotheses = [caption.text.split()
+                      for caption in utils.decode(decoder, features[[row[n] for n in test]], setting)]
+        assert list(entry.captions.values()) == [" ".join(h) for h in hypotheses]
+        assert (entry.scores, entry.missing) == utils.caption_scores(
             references, [" ".join(h) for h in hypotheses], meteor=False)
-        assert entry["scores"]["nltk_bleu4"] == utils.nltk_bleu(
+        assert entry.scores["nltk_bleu4"] == utils.nltk_bleu(
             [[utils.tokenize(r) for r in refs] for refs in references], hypotheses)["bleu4"]
-        assert list(entry["cider_d_per_image"]) == test
-        assert np.mean(list(entry["cider_d_per_image"].values())) == pytest.approx(
-            entry["scores"]["cider_d"])
-        assert entry["diagnostics"]["images"] == 20
+        assert list(entry.cider_d_per_image) == test
+        assert np.mean(list(entry.cider_d_per_image.values())) == pytest.approx(
+            entry.scores["cider_d"])
+        assert entry.diagnostics["images"] == 20
     control = utils.find_result(results, greedy, shuffled_images=True)
-    assert control["scores"]["bleu4"] < results[0]["scores"]["bleu4"]
+    assert control.scores["bleu4"] < results[0].scores["bleu4"]
     with pytest.raises(KeyError, match="no result for beam 5"):
         utils.find_result(results, utils.DEFAULT_DECODING)
     utils.write_evaluation(tmp_path / "run", "test", results, len(test))
-    assert utils.read_evaluation(tmp_path / "run", "test")["results"] == results
+    written = utils.read_evaluation(tmp_path / "run", "test")
+    assert written.results == results and written.result(beam) == results[1]
     utils.write_evaluation(tmp_path / "run", "testing", results[:1], len(test))  # written later
-    assert utils.read_evaluation(tmp_path / "run", "test")["split"] == "test", "not another split"
+    assert utils.read_evaluation(tmp_path / "run", "test").split == "test", "not another split"
     assert utils.read_evaluation(tmp_path / "run", "val") is None
 
 

@@ -90,7 +90,7 @@ def test_extraction_skips_and_reports_corrupt_images(tmp_path, encoder):
     kept, features = utils.load_features(tmp_path / "cache")
     assert kept == [n for n in names if n != "corrupt.jpg"]
     assert features.shape == (len(names) - 1, 2048) and features.dtype == np.float16
-    assert meta["skipped"] == 1 and meta["weights"] == "random"
+    assert meta.skipped == 1 and meta.weights == "random"
     assert list(json.loads((tmp_path / "cache" / "skipped.json").read_text())) == ["corrupt.jpg"]
     assert not (tmp_path / "cache" / "chunks").exists()
 
@@ -161,7 +161,7 @@ def test_changing_the_encoder_gives_new_features(sample_root, tmp_path, encoder)
     utils.extract_features(sample_root / "Images", names, inception, "inceptionv3", None, SIZE,
                            model=encoder)
     meta = utils.extract_features(sample_root / "Images", names, vgg, "vgg16", None, 32)
-    assert meta["encoder"] == "vgg16" and meta["dim"] == 512
+    assert meta.encoder == "vgg16" and meta.dim == 512
     assert utils.load_features(inception)[1].shape == (2, 2048)
 
 
@@ -301,7 +301,7 @@ def test_sharded_extraction_equals_the_unsharded_cache(sample_root, tmp_path, en
     assert again.images == 0  # a shard resumes: its chunks are done
     joiner = CountingEncoder(encoder)
     meta = utils.extract_features(images, names, cache, model=joiner, **args)
-    assert joiner.images == 0 and meta["count"] == 20 and not (cache / "chunks").exists()
+    assert joiner.images == 0 and meta.count == 20 and not (cache / "chunks").exists()
     whole, sharded = utils.load_features(tmp_path / "whole"), utils.load_features(cache)
     assert sharded[0] == whole[0] == names
     np.testing.assert_array_equal(np.asarray(sharded[1]), np.asarray(whole[1]))
@@ -344,13 +344,13 @@ def test_a_grid_cache_serves_both_requests_and_a_pooled_one_is_extracted_again(s
     for folder in (cache, cut):
         counting = CountingEncoder(grid_encoder)
         meta = utils.extract_features(images, names, folder, model=counting, grid=True, **args)
-        assert counting.images == 5 and meta["positions"] == 9
+        assert counting.images == 5 and meta.positions == 9
     assert utils.finished_cache(cache, names, grid=True) == utils.finished_cache(cache, names)
     again = CountingEncoder(grid_encoder)
     utils.extract_features(images, names, cache, model=again, **args)  # pooled asked: served
     assert again.images == 0
     loaded, grids = utils.load_features(cache, grid=True)
-    assert loaded == names and grids.shape == (5, 9, meta["dim"]) and grids.dtype == "float16"
+    assert loaded == names and grids.shape == (5, 9, meta.dim) and grids.dtype == "float16"
     np.testing.assert_allclose(np.asarray(utils.load_features(cache)[1], "float32"),
                                np.asarray(grids, "float32").mean(1), rtol=2e-3, atol=2e-3)
 
@@ -445,7 +445,7 @@ def test_a_second_extraction_into_one_cache_is_refused_while_shards_share_it(sam
             utils.extract_features(sample_root / "Images", names, cache, shard=(0, 2), **args)
         with pytest.raises(RuntimeError, match="being written by another extraction"):
             utils.extract_features(sample_root / "Images", names, cache, **args)  # the join
-    assert utils.extract_features(sample_root / "Images", names, cache, **args)["count"] == 4
+    assert utils.extract_features(sample_root / "Images", names, cache, **args).count == 4
 
 
 def test_a_preview_keeps_the_photos_shape():

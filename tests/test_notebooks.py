@@ -5,6 +5,7 @@ proves there is no hidden state between notebooks. The executed notebooks are sh
 here: each test asks for them, so any one of them runs alone as well as with the others.
 """
 import ast
+import dataclasses
 import json
 import re
 import shutil
@@ -114,7 +115,7 @@ def test_importing_utils_does_not_load_tensorflow():
 def test_every_public_name_is_listed_and_only_what_is_used_is_loaded():
     """`dir(utils)` lists the lazily loaded names too (a notebook's tab completion offers them);
     a mistyped name fails at once, and the pure metrics score captions, without TensorFlow."""
-    code = ("import sys, utils; assert {'build_caption_model', 'CaptionModel', 'beam_search', "
+    code = ("import sys, utils; assert {'build_caption_model', 'CaptionModel', 'decode', "
             "'caption_scores', 'Vocabulary'} <= set(dir(utils)), 'hidden names'\n"
             "try:\n    utils.beam_serch\nexcept AttributeError as e:\n    assert 'beam_serch' in str(e)\n"
             "assert 'tensorflow' not in sys.modules, 'a mistyped name loaded TensorFlow'\n"
@@ -169,14 +170,14 @@ def test_notebook_defaults_are_the_package_defaults():
     for stem in ("04_train_model", "05_decode_and_evaluate"):
         for name, p in papermill.inspect_notebook(str(REPO / "notebooks" / f"{stem}.ipynb")).items():
             values[name] = ast.literal_eval(p["default"])
-    training = utils.TrainingConfig(
-        values["EPOCHS"], values["BATCH_SIZE"], values["LEARNING_RATE"],
-        values["LR_PLATEAU_FACTOR"], values["LABEL_SMOOTHING"], values["PATIENCE"], values["SEED"],
-        values["MIXED_PRECISION"], values["XLA"])
+    training = utils.config_from_parameters(utils.TrainingConfig, values)
     assert training == utils.TrainingConfig()
-    model = utils.ModelConfig(1, 1, values["ARCHITECTURE"], 50, values["UNITS"], values["DROPOUT"],
-                              values["TRAIN_EMBEDDING"])
+    model = utils.config_from_parameters(utils.ModelConfig, values, vocab_size=1, feature_dim=1)
     assert model == utils.ModelConfig(1, 1)
+    # Every field is a parameter of notebook 04, but the sizes it reads off its data.
+    fields = {f.name.upper() for c in (utils.ModelConfig, utils.TrainingConfig)
+              for f in dataclasses.fields(c)}
+    assert fields - set(values) == {"VOCAB_SIZE", "FEATURE_DIM", "EMBEDDING_DIM", "POSITIONS"}
     assert utils.DecodingSetting(values["BEAM_WIDTHS"][0], values["LENGTH_PENALTY"],
                                  values["NO_REPEAT_NGRAM"]) == utils.DEFAULT_DECODING
 
@@ -221,7 +222,7 @@ def test_notebook_05_shows_examples_best_worst_and_your_own_photo(executed):
 def test_notebook_05_shows_the_plain_greedy_loop_agreeing_with_the_fast_one(executed):
     lines = printed(executed["05_decode_and_evaluate"]).splitlines()
     plain = next(x for x in lines if x.startswith("one word at a time:")).split(":", 1)[1].strip()
-    fast = next(x for x in lines if x.startswith("utils.greedy_search:")).split(":", 1)[1].strip()
+    fast = next(x for x in lines if x.startswith("utils.decode, greedy:")).split(":", 1)[1].strip()
     assert plain == fast and len(plain.split()) >= 3
 
 
@@ -229,15 +230,15 @@ def test_captions_show_real_learning(executed):
     """Notebook 05's results on the sample's test split: the model trained by notebook 04 must
     caption the shapes far better than it does given other images' features."""
     run_dir = executed["workdir"] / "models" / "sample-inceptionv3"
-    results = utils.read_evaluation(run_dir, "test")["results"]
-    greedy = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2))
-    control = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2), shuffled_images=True)
-    beam = utils.find_result(results, utils.DEFAULT_DECODING)
-    print({entry["label"]: round(entry["scores"]["bleu4"], 3) for entry in results})
-    assert greedy["scores"]["bleu4"] >= BLEU4_BAR
-    assert beam["scores"]["bleu4"] >= BLEU4_BAR
-    assert greedy["scores"]["bleu4"] >= 2 * control["scores"]["bleu4"]
-    assert greedy["diagnostics"]["distinct_captions"] >= 10
+    evaluation = utils.read_evaluation(run_dir, "test")
+    greedy = evaluation.result(utils.DecodingSetting(1, 0.0, 2))
+    control = evaluation.result(utils.DecodingSetting(1, 0.0, 2), shuffled_images=True)
+    beam = evaluation.result(utils.DEFAULT_DECODING)
+    print({result.label: round(result.scores["bleu4"], 3) for result in evaluation.results})
+    assert greedy.scores["bleu4"] >= BLEU4_BAR
+    assert beam.scores["bleu4"] >= BLEU4_BAR
+    assert greedy.scores["bleu4"] >= 2 * control.scores["bleu4"]
+    assert greedy.diagnostics["distinct_captions"] >= 10
 
 
 def test_own_photo_is_captioned_like_its_cached_features(executed, tmp_path):
@@ -246,14 +247,14 @@ def test_own_photo_is_captioned_like_its_cached_features(executed, tmp_path):
     workdir = executed["workdir"]
     captioner = utils.Captioner.from_run(workdir / "models" / "sample-inceptionv3")
     evaluation = utils.read_evaluation(workdir / "models" / "sample-inceptionv3", "test")
-    beam = utils.find_result(evaluation["results"], utils.DEFAULT_DECODING)
+    beam = evaluation.result(utils.DEFAULT_DECODING)
     prepared = utils.PreparedDataset.load(utils.dataset_paths("sample", workdir / "data")["captions"])
-    names = list(beam["captions"])[:3]
+    names = list(beam.captions)[:3]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     files = [Path(prepared.images_dir) / n for n in names] + [broken]
     own, unreadable = utils.caption_image_files(captioner, files, utils.DEFAULT_DECODING)
-    assert [own[str(f)] for f in files[:3]] == [beam["captions"][n] for n in names]
+    assert [own[str(f)].text for f in files[:3]] == [beam.captions[n] for n in names]
     assert list(unreadable) == [str(broken)] and str(broken) not in own
     assert unreadable[str(broken)].startswith(f"{broken}: cannot read as an image")
 
@@ -324,11 +325,11 @@ def test_the_attention_model_runs_through_the_notebooks_and_shows_where_it_looke
     # the scores, the first, best and worst captioned, your own photo; then the maps of the first
     # N_EXAMPLES (3) images of the split and of your own photo
     assert len(pictures) == 5 + 3 + 1
-    results = utils.read_evaluation(tmp_path / "models" / "sample-inceptionv3", "test")["results"]
-    greedy = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2))
-    control = utils.find_result(results, utils.DecodingSetting(1, 0.0, 2), shuffled_images=True)
-    print({entry["label"]: round(entry["scores"]["bleu4"], 3) for entry in results})
-    assert greedy["scores"]["bleu4"] >= 1.5 * control["scores"]["bleu4"]
+    evaluation = utils.read_evaluation(tmp_path / "models" / "sample-inceptionv3", "test")
+    greedy = evaluation.result(utils.DecodingSetting(1, 0.0, 2))
+    control = evaluation.result(utils.DecodingSetting(1, 0.0, 2), shuffled_images=True)
+    print({result.label: round(result.scores["bleu4"], 3) for result in evaluation.results})
+    assert greedy.scores["bleu4"] >= 1.5 * control.scores["bleu4"]
 
 
 RUNNABLE = '''{"cells": [

@@ -31,7 +31,8 @@ def test_attention_figure_puts_each_words_map_where_its_weight_is():
     maps = np.full((3, 9), 0.01, "float32")
     for word, position in enumerate((2, 3, 7)):  # row-major in a 3x3 grid: not symmetric
         maps[word, position] = 1 - 0.08
-    fig = utils.attention_figure(photo, "a dog", maps, columns=2, title="where it looked")
+    caption = utils.Caption((5, 6), "a dog", maps)
+    fig = utils.attention_figure(photo, caption, columns=2, title="where it looked")
     assert fig.get_size_inches()[0] == 10 and fig._suptitle.get_text() == "where it looked"
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert [ax.get_title() for ax in panels] == ["a", "dog", "<end>"]
@@ -43,7 +44,9 @@ def test_attention_figure_puts_each_words_map_where_its_weight_is():
         peak = np.unravel_index(overlay.argmax(), overlay.shape)
         assert (peak[0] * 3 // 60, peak[1] * 3 // 90) == (row, column)
     with pytest.raises(ValueError, match="3 words with <end> and maps \\(2, 9\\)"):
-        utils.attention_figure(photo, "a dog", maps[:2])
+        utils.attention_figure(photo, utils.Caption((5, 6), "a dog", maps[:2]))
+    with pytest.raises(ValueError, match="'a dog' has no attention maps"):
+        utils.attention_figure(photo, utils.Caption((5, 6), "a dog"))
     plt.close("all")
 
 

@@ -68,10 +68,10 @@ def test_flickr8k_is_one_parameter_away(shared_flickr8k, server, tmp_path):
     # The encoder's record comes from notebook 02's cache, not from notebook 04's parameters.
     assert config.features == utils.FeatureSource(
         "cache", config.features.path, 2048, "inceptionv3", utils.weights_tag(weights), 299)
-    assert config.data["train"]["images"] == len(splits["train"])
+    assert config.data.train.images == len(splits["train"])
     assert config.model.vocab_size == len(vocab) and config.vocabulary == vocab.fingerprint
     evaluation = utils.read_evaluation(run_dir, "test")
-    assert evaluation["images"] == len(splits["test"])
+    assert evaluation.images == len(splits["test"])
     assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "flickr8k")
 
 
@@ -80,16 +80,16 @@ def assert_scores_are_those_of_the_captions(evaluation, dataset_root):
     every image asked for. (A model trained for two epochs on 16 photos may say <end> first for
     some images: an empty caption is scored as such.)"""
     prepared = utils.PreparedDataset.load(dataset_root / "prepared" / "captions.json")
-    for entry in evaluation["results"]:
-        names = list(entry["captions"])
-        assert len(names) == evaluation["images"]
-        hypotheses = [entry["captions"][n] for n in names]
+    for entry in evaluation.results:
+        names = list(entry.captions)
+        assert len(names) == evaluation.images
+        hypotheses = [entry.captions[n] for n in names]
         assert any(hypotheses)
         recomputed, _ = utils.caption_scores(prepared.raw_references(names), hypotheses,
                                              meteor=False)
         for metric in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d", "nltk_bleu4"):
-            assert entry["scores"][metric] == pytest.approx(recomputed[metric])
-        assert entry["scores"]["bleu1"] > 0  # "a", at least, matches
+            assert entry.scores[metric] == pytest.approx(recomputed[metric])
+        assert entry.scores["bleu1"] > 0  # "a", at least, matches
 
 
 def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_path):
@@ -132,8 +132,8 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
     assert utils.why_no_encoder(config) in printed
     assert "efficientnet_lite0_imagenet.npz), so it cannot encode a new photo" in printed
     evaluation = utils.read_evaluation(run_dir, names_file)
-    assert evaluation["images"] == len(chosen) == 40
-    assert all(list(entry["captions"]) == chosen for entry in evaluation["results"])
+    assert evaluation.images == len(chosen) == 40
+    assert all(list(entry.captions) == chosen for entry in evaluation.results)
     assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "shared8k")
 
 

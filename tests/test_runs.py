@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import utils
-from conftest import REPO, train_sample_run
+from conftest import REPO, scored_result, train_sample_run
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def old_config(config, weights="random"):
         "input_size": source.input_size, "features": source.path, "feature_dim": source.dim,
         "max_length": 9, "vocab_size": model.vocab_size,
         "embedding": {"source": "pypi", "dim": model.embedding_dim, "oov": "random"},
-        "train": config.data["train"], "val": config.data["val"],
+        "train": dataclasses.asdict(config.data.train), "val": dataclasses.asdict(config.data.val),
         "params": {"epochs": training.epochs, "batch_size": training.batch_size,
                    "learning_rate": training.learning_rate, "lr_plateau_factor": 0.5,
                    "label_smoothing": 0.1, "units": model.units, "dropout": model.dropout,
@@ -138,32 +138,30 @@ def test_describe_run_reads_the_evaluation_by_field(run_copy):
     assert "not evaluated yet" in utils.describe_run(run_copy)
     (run_copy / "evaluation-test.json").write_text(json.dumps({"scores": {"greedy": {}}}))
     assert "written by an older notebook 05; run notebook 05 again" in utils.describe_run(run_copy)
-    beam = dataclasses.asdict(utils.DecodingSetting(2, 1.0, 2))
+    beam = utils.DecodingSetting(2, 1.0, 2)
     utils.write_evaluation(run_copy, "test", [
-        {"label": "beam 2", "decoding": beam, "shuffled_images": False,
-         "scores": {"bleu4": 0.25, "cider_d": 1.5, "meteor": 0.1875}},
-        {"label": "beam 2, shuffled images", "decoding": beam, "shuffled_images": True,
-         "scores": {"bleu4": 0.125, "cider_d": 0.5, "meteor": 0.0625}}], images=3)
+        scored_result(beam, {"bleu4": 0.25, "cider_d": 1.5, "meteor": 0.1875}),
+        scored_result(beam, {"bleu4": 0.125, "cider_d": 0.5, "meteor": 0.0625}, shuffled_images=True)],
+        images=3)
     text = utils.describe_run(run_copy)
-    assert ("beam 2 on the sample test split (COCO evaluation): BLEU-4 0.250, CIDEr-D 1.50, "
-            "METEOR 0.188") in text
+    assert ("beam 2, length penalty 1, no repeated 2-gram on the sample test split (COCO "
+            "evaluation): BLEU-4 0.250, CIDEr-D 1.50, METEOR 0.188") in text
     assert "0.125" not in text
 
 
 def test_describe_run_lists_every_split_evaluated_and_names_a_bad_file(run_copy, tmp_path):
     """Whichever evaluations a run has, labelled by split (the app's sidebar once looked for the
     test split's alone and said "not evaluated yet" of a run evaluated on dev)."""
-    beam = dataclasses.asdict(utils.DecodingSetting(2, 1.0, 2))
-    entry = {"label": "beam 2", "decoding": beam, "shuffled_images": False,
-             "scores": {"bleu4": 0.25, "cider_d": 1.5}}
-    utils.write_evaluation(run_copy, "val", [entry], images=3)
+    beam = utils.DecodingSetting(2, 1.0, 2)
+    utils.write_evaluation(run_copy, "val", [scored_result(beam, {"bleu4": 0.25, "cider_d": 1.5})],
+                           images=3)
     listed = tmp_path / "my_images.txt"
-    utils.write_evaluation(run_copy, str(listed), [dict(entry, scores={"bleu4": 0.5,
-                                                                       "cider_d": 2.0})], images=7)
+    utils.write_evaluation(run_copy, str(listed), [scored_result(beam, {"bleu4": 0.5, "cider_d": 2.0})],
+                           images=7)
     text = utils.describe_run(run_copy)
     assert "not evaluated" not in text
-    assert "beam 2 on the sample val split (COCO evaluation): BLEU-4 0.250, CIDEr-D 1.50" in text
-    assert "beam 2 on my_images.txt (7 images) (COCO evaluation): BLEU-4 0.500" in text
+    assert "gram on the sample val split (COCO evaluation): BLEU-4 0.250, CIDEr-D 1.50" in text
+    assert "gram on my_images.txt (7 images) (COCO evaluation): BLEU-4 0.500" in text
     assert str(tmp_path) not in text
     for garbage in ("[1, 2]", '{"format_version": 2, "results": "none"}', "\x00\xff"):
         (run_copy / "evaluation-test-beam2.json").write_text(garbage)
@@ -242,7 +240,7 @@ def test_a_run_folder_from_before_the_record_was_the_models_source_still_loads(o
     decoder = utils.CaptionDecoder(model, vocab)
     written = utils.read_json(run / "captions-by-the-code-that-wrote-it.json")
     for setting in (utils.DecodingSetting(1, 0.0, 0), utils.DEFAULT_DECODING):
-        assert [vocab.decode(c) for c in utils.decode(decoder, saved["features"], setting)] \
+        assert [c.text for c in utils.decode(decoder, saved["features"], setting)] \
             == written[setting.slug]
 
 
@@ -261,23 +259,22 @@ def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
     captioner = utils.Captioner.from_run(run)
     words = set(captioner.decoder.vocab.words[len(utils.SPECIAL_TOKENS):])
     for setting in (utils.DEFAULT_DECODING, utils.DecodingSetting(1, 0.0, 0)):
-        caption = utils.caption_image(captioner, photo, setting).split()
+        caption = utils.caption_image(captioner, photo, setting).text.split()
         assert caption and set(caption) <= words
     assert f"{architecture} model" in utils.describe_run(run)
     if grid:  # the new photo's attention maps: one a word and one for <end>, each a distribution
-        caption, maps = utils.caption_image(captioner, photo, attention=True)
-        assert caption == utils.caption_image(captioner, photo)
-        assert maps.shape == (len(caption.split()) + 1, 9)
+        caption = utils.caption_image(captioner, photo)
+        maps = caption.maps
+        assert maps.shape == (len(caption.text.split()) + 1, 9)
         np.testing.assert_allclose(maps.sum(1), 1, atol=1e-5)
         # ...the same as for its cached grid, so the photo was read as the training images were
         names, grids = data[2], data[3]
-        cached = utils.decode(captioner.decoder, grids[names.index(photo.name)][None],
-                              attention=True)
-        assert captioner.decoder.vocab.decode(cached[0][0]) == caption
-        np.testing.assert_allclose(cached[1][0], maps, atol=2e-3)
-        figure = utils.attention_figure(utils.load_image(photo, 128).astype("uint8"), caption,
-                                        maps)
-        assert [ax.get_title() for ax in figure.axes[:len(maps)]] == [*caption.split(), "<end>"]
+        cached = utils.decode(captioner.decoder, grids[names.index(photo.name)][None])[0]
+        assert cached == caption
+        np.testing.assert_allclose(cached.maps, maps, atol=2e-3)
+        figure = utils.attention_figure(utils.load_image(photo, 128).astype("uint8"), caption)
+        assert [ax.get_title() for ax in figure.axes[:len(maps)]] == [*caption.text.split(),
+                                                                      "<end>"]
         assert len(figure.axes[0].images) == 2  # the photo, and the map blended over it
 
 
@@ -345,7 +342,7 @@ captioner = utils.Captioner.from_run(run)
 if history == "busy":
     other.join()
 weights = hashlib.sha1(b"".join(np.asarray(w).tobytes() for w in captioner.encoder.weights))
-print(weights.hexdigest(), "|", utils.caption_image(captioner, photo))
+print(weights.hexdigest(), "|", utils.caption_image(captioner, photo).text)
 """
 
 
@@ -371,4 +368,4 @@ def test_a_photo_gets_the_same_caption_in_every_fresh_process(run_dir, tmp_path)
     captioner = utils.Captioner.from_run(run_dir)
     assert weights == hashlib.sha1(b"".join(np.asarray(w).tobytes()
                                             for w in captioner.encoder.weights)).hexdigest()
-    assert caption == utils.caption_image(captioner, photo)
+    assert caption == utils.caption_image(captioner, photo).text

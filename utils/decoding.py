@@ -9,17 +9,19 @@ image of a batch, and every beam of every image, goes through one step together.
 
 How to decode is one record, a `DecodingSetting` (beam width, length penalty, the rule against
 repeated n-grams); `DEFAULT_DECODING` is the one default of notebook 05, the app and the
-benchmarks, and `decode` picks greedy or beam search from it.
+benchmarks. `decode` writes one `Caption` per image (its word ids, its text and, for a model that
+attends, its maps) by one search: beam search, whose width 1 is greedy search.
 """
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "decode", "greedy_search",
-           "beam_search", "EpochReport"]
+__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Caption", "decode",
+           "EpochReport"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,20 @@ class DecodingSetting:
 
     @property
     def slug(self):
-        """The label for a file name: "beam5-lp1-nr2", "greedy-nr2"."""
+        """The setting written as a key of stored results and in file names: "beam5-lp1-nr2",
+        "greedy-nr2"; `from_slug` reads it back."""
         slug = "greedy" if self.beam_width == 1 else f"beam{self.beam_width}"
         if self.length_penalty:
             slug += f"-lp{self.length_penalty:g}"
         return slug + (f"-nr{self.no_repeat_ngram}" if self.no_repeat_ngram else "")
+
+    @classmethod
+    def from_slug(cls, slug):
+        found = re.fullmatch(r"(?:greedy|beam(\d+))(?:-lp([\d.]+))?(?:-nr(\d+))?", slug)
+        if not found:
+            raise ValueError(f"{slug!r} is not a decoding setting's slug, such as 'beam5-lp1-nr2'")
+        width, penalty, ngram = found.groups()
+        return cls(int(width or 1), float(penalty or 0), int(ngram or 0))
 
 
 DEFAULT_DECODING = DecodingSetting()
@@ -88,63 +99,32 @@ class CaptionDecoder:
         return log_probs.numpy(), tuple(state), None if weights is None else weights.numpy()
 
 
-def decode(decoder, features, setting=DEFAULT_DECODING, attention=False):
-    """Word ids of one caption per feature vector, as `setting` says; with `attention` (a model
-    that attends), also each caption's attention maps (see `greedy_search`)."""
-    if setting.beam_width == 1:
-        return greedy_search(decoder, features, setting.no_repeat_ngram, attention=attention)
-    return beam_search(decoder, features, setting.beam_width, setting.length_penalty,
-                       setting.no_repeat_ngram, attention=attention)
+# Beams stepped together (images x beam width): bounds the memory of one step, large enough
+# that the step's fixed cost is shared by many images.
+ROWS_PER_STEP = 320
 
 
-def _check_attends(decoder, attention):
-    if attention and not decoder.attends:
-        raise ValueError("attention maps come from a model that attends (ARCHITECTURE = "
-                         "'attention'); this one reads one pooled vector an image")
+@dataclass(frozen=True)
+class Caption:
+    """One written caption. Captions compare by their words; `maps` are not compared."""
+    ids: tuple          # word ids, without <start> and <end>
+    text: str           # the words, as the vocabulary spells them
+    # Attention weights over the grid of each word and of <end> [words + 1, positions], each row
+    # summing to one; None for a model that does not attend.
+    maps: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
-def _with_maps(captions, maps, attention):
-    """The captions, and with `attention` the weights of each word and of <end> [words + 1, P]."""
-    if not attention:
-        return captions
-    return captions, [m[:len(c) + 1] for c, m in zip(captions, maps)]
+def decode(decoder, features, setting=DEFAULT_DECODING, images_per_batch=None):
+    """One `Caption` per image of `features` (feature vectors, or grids), written as `setting`
+    says, `images_per_batch` images at a time (default: ROWS_PER_STEP beams a step)."""
+    per_batch = images_per_batch or max(1, ROWS_PER_STEP // setting.beam_width)
+    return [caption for first in range(0, len(features), per_batch)
+            for caption in _search(decoder, features[first:first + per_batch], setting)]
 
 
-def greedy_search(decoder, features, no_repeat_ngram=0, batch_size=256, attention=False):
-    """The most likely next word at every step, for many images at once; with `no_repeat_ngram`
-    n > 0, never a word that repeats an n-gram of the caption so far. Returns one list of word ids
-    per image (without <start> and <end>); with `attention`, (those, the attention weights over
-    the grid of each word and of <end>, one [words + 1, positions] array per image)."""
-    _check_attends(decoder, attention)
-    vocab = decoder.vocab
-    captions, maps = [], []
-    for first in range(0, len(features), batch_size):
-        context, state = decoder.start(features[first:first + batch_size])
-        n = context[0].shape[0]
-        words = np.full(n, vocab.start_id, "int32")
-        out = np.zeros((n, vocab.max_length + 1), "int32")
-        seen = []                                   # attention weights of each step, (n, P)
-        done = np.zeros(n, bool)
-        for t in range(vocab.max_length + 1):
-            log_probs, state, weights = decoder.step(context, words, state)
-            _rule_out_impossible_words(log_probs, t, vocab)
-            _rule_out_repeated_ngrams(log_probs, out[:, :t], ~done, no_repeat_ngram)
-            words = np.where(done, vocab.pad_id, log_probs.argmax(1)).astype("int32")
-            out[:, t] = words
-            if attention:
-                seen.append(weights)
-            done |= words == vocab.end_id
-            if done.all():
-                break
-        captions += [_words(row, vocab) for row in out]
-        if attention:
-            maps += list(np.stack(seen, axis=1))    # (n, steps, P)
-    return _with_maps(captions, maps, attention)
-
-
-def beam_search(decoder, features, beam_width=3, length_penalty=0.0, no_repeat_ngram=0,
-                batch_size=64, attention=False):
-    """Beam search for many images at once: every beam of every image in one step.
+def _search(decoder, features, setting):
+    """Beam search for a batch of images: every beam of every image in one step. Greedy search
+    is its width 1: one beam an image, the likeliest word at each step.
 
     Each image keeps `beam_width` partial captions ranked by their summed log-probability. A beam
     that emits <end> is finished: it stays in the beam with its score frozen (it can only be
@@ -153,50 +133,55 @@ def beam_search(decoder, features, beam_width=3, length_penalty=0.0, no_repeat_n
     that never says <end> still gets a caption. The winner is the highest score divided by
     length ** `length_penalty` (0 = raw log-probability, which favours short captions; 1 = mean
     per word), where length counts the words and the <end> token. With `no_repeat_ngram` n > 0, no
-    beam repeats one of its own n-grams. Returns one list of word ids per image (without <start>
-    and <end>); with `attention`, also their attention maps, reordered with their beams (see
-    `greedy_search`).
+    beam repeats one of its own n-grams. An attending model's weights travel with their beams.
     """
-    _check_attends(decoder, attention)
-    vocab, k = decoder.vocab, beam_width
-    captions, maps = [], []
-    for first in range(0, len(features), batch_size):
-        context, state = decoder.start(features[first:first + batch_size])
-        n = context[0].shape[0]
-        # Every image repeated once per beam: beam b of image i is row i * k + b.
-        context, state = (tuple(tf.repeat(x, k, axis=0) for x in xs) for xs in (context, state))
-        words = np.full(n * k, vocab.start_id, "int32")                            # (n * k,)
-        sequences = np.zeros((n * k, 0), "int32")                                  # (n * k, t)
-        seen = None                                 # attention of each beam's words (n * k, t, P)
-        scores = np.tile([0.0] + [-np.inf] * (k - 1), n)  # identical beams start as one
-        done = np.zeros(n * k, bool)
-        for t in range(vocab.max_length + 1):
-            log_probs, state, weights = decoder.step(context, words, state)  # (n * k, vocab_size)
-            _rule_out_impossible_words(log_probs, t, vocab)
-            _rule_out_repeated_ngrams(log_probs, sequences, ~done, no_repeat_ngram)
-            log_probs[done] = -np.inf
-            log_probs[done, vocab.pad_id] = 0.0  # a finished beam carries over unchanged
-            log_probs[~done, vocab.pad_id] = -np.inf
-            total = (scores[:, None] + log_probs).reshape(n, -1)  # (n, k * vocab_size)
-            best = np.argsort(-total, axis=1, kind="stable")[:, :k]  # (n, k) into k * vocab_size
-            parents = (np.arange(n)[:, None] * k + best // len(vocab)).ravel()  # (n * k,) rows
-            words = (best % len(vocab)).ravel().astype("int32")                 # (n * k,)
-            scores = np.take_along_axis(total, best, axis=1).ravel()            # (n * k,)
-            sequences = np.concatenate([sequences[parents], words[:, None]], 1)  # (n * k, t + 1)
-            if attention:  # the weights that chose each new word come from its parent's step
-                step = weights[parents][:, None]                                 # (n * k, 1, P)
-                seen = step if seen is None else np.concatenate([seen[parents], step], 1)
-            done = done[parents] | (words == vocab.end_id)
-            state = tuple(tf.gather(x, parents) for x in state)
-            if done.all():
-                break
-        lengths = np.maximum((sequences != vocab.pad_id).sum(1), 1)
-        normalised = (scores / lengths ** length_penalty).reshape(n, k)  # (n, k)
-        winners = np.arange(n) * k + normalised.argmax(1)               # (n,) rows
-        captions += [_words(sequences[i], vocab) for i in winners]
-        if attention:
-            maps += [seen[i] for i in winners]
-    return _with_maps(captions, maps, attention)
+    vocab, k = decoder.vocab, setting.beam_width
+    context, state = decoder.start(features)
+    n = context[0].shape[0]
+    # Every image repeated once per beam: beam b of image i is row i * k + b.
+    context, state = (tuple(tf.repeat(x, k, axis=0) for x in xs) for xs in (context, state))
+    words = np.full(n * k, vocab.start_id, "int32")                            # (n * k,)
+    sequences = np.zeros((n * k, 0), "int32")                                  # (n * k, t)
+    seen = None                                     # attention of each beam's words (n * k, t, P)
+    scores = np.tile([0.0] + [-np.inf] * (k - 1), n)  # identical beams start as one
+    done = np.zeros(n * k, bool)
+    for t in range(vocab.max_length + 1):
+        log_probs, state, weights = decoder.step(context, words, state)  # (n * k, vocab_size)
+        _rule_out_impossible_words(log_probs, t, vocab)
+        _rule_out_repeated_ngrams(log_probs, sequences, ~done, setting.no_repeat_ngram)
+        log_probs[done] = -np.inf
+        log_probs[done, vocab.pad_id] = 0.0  # a finished beam carries over unchanged
+        log_probs[~done, vocab.pad_id] = -np.inf
+        total = (scores[:, None] + log_probs).reshape(n, -1)  # (n, k * vocab_size)
+        best = _best(total, k)                                  # (n, k) into k * vocab_size
+        parents = (np.arange(n)[:, None] * k + best // len(vocab)).ravel()  # (n * k,) rows
+        words = (best % len(vocab)).ravel().astype("int32")                 # (n * k,)
+        scores = np.take_along_axis(total, best, axis=1).ravel()            # (n * k,)
+        sequences = np.concatenate([sequences[parents], words[:, None]], 1)  # (n * k, t + 1)
+        if weights is not None:  # the weights that chose each new word come from its parent's step
+            step = weights[parents][:, None]                                 # (n * k, 1, P)
+            seen = step if seen is None else np.concatenate([seen[parents], step], 1)
+        done = done[parents] | (words == vocab.end_id)
+        state = tuple(tf.gather(x, parents) for x in state)
+        if done.all():
+            break
+    lengths = np.maximum((sequences != vocab.pad_id).sum(1), 1)
+    normalised = (scores / lengths ** setting.length_penalty).reshape(n, k)  # (n, k)
+    winners = np.arange(n) * k + normalised.argmax(1)                       # (n,) rows
+    captions = []
+    for row in winners:
+        ids = _words(sequences[row], vocab)
+        maps = None if seen is None else seen[row, :len(ids) + 1]  # its words and <end>
+        captions.append(Caption(ids, vocab.decode(ids), maps))
+    return captions
+
+
+def _best(total, k):
+    """The columns of the k best scores of each row, best first; of equal scores the first, as a
+    stable sort ranks them. Width 1 takes the argmax, which is that, without sorting the row."""
+    if k == 1:
+        return total.argmax(1)[:, None]
+    return np.argsort(-total, axis=1, kind="stable")[:, :k]
 
 
 def _rule_out_impossible_words(log_probs, t, vocab):
@@ -232,7 +217,7 @@ def _words(ids, vocab):
         if i in (vocab.end_id, vocab.pad_id):
             break
         out.append(int(i))
-    return out
+    return tuple(out)
 
 
 class EpochReport(keras.callbacks.Callback):
@@ -256,5 +241,5 @@ class EpochReport(keras.callbacks.Callback):
         seconds = time.perf_counter() - self.started
         print(f"epoch {epoch + 1}: loss {logs['loss']:.3f}, validation loss {logs['val_loss']:.3f}, "
               f"learning rate {self.learning_rate:.2g}, {seconds:.1f} s")
-        for name, ids in zip(self.names, decode(self.decoder, self.features, self.setting)):
-            print(f"    {name}: {self.vocab.decode(ids)}")
+        for name, caption in zip(self.names, decode(self.decoder, self.features, self.setting)):
+            print(f"    {name}: {caption.text}")

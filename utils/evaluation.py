@@ -2,10 +2,12 @@
 
 It decodes a split with each decoding setting, scores the captions as the papers do
 (`utils.metrics`), diagnoses them, and decodes the split again with the images shuffled as a
-control. Its results file, named after the split and the decodings, is read back by field.
+control. Each decoding's outcome is one `DecodingResult`; the results file, named after the split
+and the decodings, holds them and is read back as an `Evaluation`.
 """
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,47 @@ from .decoding import DecodingSetting, decode
 from .files import read_json, write_json
 from .metrics import caption_diagnostics, caption_scores
 
-__all__ = ["evaluate", "find_result", "EVALUATION_FORMAT", "evaluation_path", "write_evaluation",
-           "read_evaluation", "read_evaluations"]
+__all__ = ["DecodingResult", "Evaluation", "evaluate", "find_result", "EVALUATION_FORMAT",
+           "evaluation_path", "write_evaluation", "read_evaluation", "read_evaluations"]
 
 EVALUATION_FORMAT = 2  # of evaluation-<split>-<decodings>.json
+
+
+@dataclass(frozen=True)
+class DecodingResult:
+    """A split decoded with one setting, and scored: a row of notebook 05's table."""
+    decoding: DecodingSetting
+    shuffled_images: bool     # the control: each image decoded from another image's features
+    scores: dict              # metric ("bleu4", "cider_d", ...) -> score; None: not computed
+    missing: dict             # metric -> why it was not computed
+    diagnostics: dict         # distinct captions, share copied from training, mean length...
+    captions: dict            # image name -> its caption
+    cider_d_per_image: dict   # image name -> its caption's CIDEr-D
+
+    @property
+    def label(self):
+        """"beam 5, length penalty 1, no repeated 2-gram", ", shuffled images" for the control."""
+        return self.decoding.label + (", shuffled images" if self.shuffled_images else "")
+
+    def to_json(self):
+        return {"label": self.label, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data):
+        fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        return cls(**fields | {"decoding": DecodingSetting(**data["decoding"])})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation file of notebook 05: a split of a run, decoded with several settings."""
+    run: str
+    split: str                      # "test", "val", "train", or the file of image names
+    images: int                     # images decoded
+    results: list                   # [DecodingResult], the shuffled-image control last
+
+    def result(self, setting, shuffled_images=False):
+        return find_result(self.results, setting, shuffled_images)
 
 
 def evaluate(decoder, names, features, references, settings, training_captions, control=None,
@@ -41,27 +80,24 @@ def evaluate(decoder, names, features, references, settings, training_captions, 
         say(f"[{i}/{len(jobs)}] {label}: decoding {len(images)} images, then scoring them (PTB "
             "tokenizer and METEOR on Java, BLEU, ROUGE-L, CIDEr-D)...", flush=True)
         started = time.perf_counter()
-        hypotheses = [decoder.vocab.decode(ids).split() for ids in decode(decoder, images, setting)]
+        hypotheses = [caption.text.split() for caption in decode(decoder, images, setting)]
         decoded = time.perf_counter()
         scores, missing, each_cider = caption_scores(references, [" ".join(h) for h in hypotheses],
                                                      meteor, per_image=True)
         say(f"    decoded in {decoded - started:.1f} s, scored in "
             f"{time.perf_counter() - decoded:.1f} s", flush=True)
-        results.append({
-            "label": label, "decoding": dataclasses.asdict(setting),
-            "shuffled_images": shuffled_images, "scores": scores, "missing": missing,
-            "diagnostics": caption_diagnostics(hypotheses, training_captions),
-            "captions": dict(zip(names, map(" ".join, hypotheses))),
-            "cider_d_per_image": dict(zip(names, each_cider))})
+        results.append(DecodingResult(
+            setting, shuffled_images, scores, missing,
+            caption_diagnostics(hypotheses, training_captions),
+            dict(zip(names, map(" ".join, hypotheses))), dict(zip(names, each_cider))))
     return results
 
 
 def find_result(results, setting, shuffled_images=False):
-    """The entry of `results` (from `evaluate`) for one DecodingSetting."""
-    wanted = dataclasses.asdict(setting)
-    for entry in results:
-        if entry["decoding"] == wanted and entry["shuffled_images"] == shuffled_images:
-            return entry
+    """The DecodingResult of `results` for one DecodingSetting (and the control or not)."""
+    for result in results:
+        if (result.decoding, result.shuffled_images) == (setting, shuffled_images):
+            return result
     raise KeyError(f"no result for {setting.label}{', shuffled images' if shuffled_images else ''}")
 
 
@@ -74,16 +110,15 @@ def evaluation_path(run_dir, split, settings):
 
 def write_evaluation(run_dir, split, results, images):
     """`results` of `evaluate` in the file named after the split and their decodings."""
-    settings = [DecodingSetting(**entry["decoding"]) for entry in results
-                if not entry["shuffled_images"]]
-    path = evaluation_path(run_dir, split, settings)
+    path = evaluation_path(run_dir, split, [r.decoding for r in results if not r.shuffled_images])
     write_json(path, {"format_version": EVALUATION_FORMAT, "run": str(run_dir),
-                      "split": str(split), "images": images, "results": results})
+                      "split": str(split), "images": images,
+                      "results": [result.to_json() for result in results]})
     return path
 
 
 def read_evaluation(run_dir, split):
-    """The newest evaluation of a split written by notebook 05, or None if there is none."""
+    """The newest Evaluation of a split written by notebook 05, or None if there is none."""
     stem = Path(str(split)).stem
     # This split's files, and the one an older notebook 05 wrote (to say so), not another split's
     # whose name starts with this one's.
@@ -104,7 +139,7 @@ def read_evaluations(run_dir):
             if not newest:
                 raise
             continue
-        newest.setdefault(evaluation["split"], evaluation)
+        newest.setdefault(evaluation.split, evaluation)
     return newest
 
 
@@ -123,11 +158,13 @@ def _checked_evaluation(path):
         raise ValueError(f"{path}: not an evaluation this code reads (format "
                          f"{data.get('format_version')!r}); run notebook 05 again, or delete it")
     try:
-        assert isinstance(data["split"], str) and isinstance(data["images"], int)
-        for entry in data["results"]:
-            assert isinstance(entry["label"], str) and isinstance(entry["shuffled_images"], bool)
-            assert all(isinstance(entry["scores"][s], (int, float)) for s in ("bleu4", "cider_d"))
-    except (AssertionError, KeyError, TypeError):
-        raise ValueError(f"{path}: an evaluation without the split, images, labels and BLEU-4 and "
-                         "CIDEr-D of each decoding; run notebook 05 again, or delete it") from None
-    return data
+        evaluation = Evaluation(data["run"], data["split"], data["images"],
+                                [DecodingResult.from_json(entry) for entry in data["results"]])
+        assert isinstance(evaluation.split, str) and isinstance(evaluation.images, int)
+        for result in evaluation.results:
+            assert isinstance(result.shuffled_images, bool)
+            assert all(isinstance(result.scores[s], (int, float)) for s in ("bleu4", "cider_d"))
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: an evaluation without the split, images, decodings and BLEU-4 "
+                         "and CIDEr-D of each; run notebook 05 again, or delete it") from None
+    return evaluation

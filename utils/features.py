@@ -8,11 +8,13 @@ encoder, weights and input size so that changing any of them never reuses stale 
 Extraction writes chunks as it goes: an interrupted run resumes from the last finished chunk.
 """
 import contextlib
+import dataclasses
 import fcntl
 import os
 import time
 import warnings
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,9 @@ from .encoders import build_encoder, encoder_spec, preprocess, weights_tag
 from .files import atomic_path, portable_path, read_json, resolve_path, save_npy, write_json
 from .images import ImageError, load_image
 
-__all__ = ["image_batches", "cache_dir", "find_feature_cache", "FeatureSource", "feature_source",
-           "load_features", "grid_bytes", "FeatureRows", "finished_cache", "extract_features"]
+__all__ = ["image_batches", "cache_dir", "find_feature_cache", "CacheRecord", "FeatureKind",
+           "FeatureSource", "feature_source", "load_features", "grid_bytes", "FeatureRows",
+           "finished_cache", "extract_features"]
 
 
 
@@ -74,16 +77,48 @@ def find_feature_cache(features_root, encoder):
     return found[0]
 
 
+class FeatureKind(StrEnum):
+    """Who made a run's features."""
+    CACHE = "cache"           # notebook 02, whose encoder a run can rebuild
+    EXTERNAL = "external"     # elsewhere: an .npz of names and features
+
+
 @dataclass(frozen=True)
 class FeatureSource:
     """Where a run's features came from, as its record keeps it: enough to encode a new photo
     exactly like the training ones, or to say why that cannot be done."""
-    kind: str                 # "cache": notebook 02's; "external": an .npz made elsewhere
+    kind: FeatureKind
     path: str                 # the cache folder or the .npz, relative to the repository if inside
     dim: int                  # feature size
     encoder: str = None       # the rest only for a cache: ENCODERS key...
     weights: str = None       # ...`weights_tag` of its weights...
     input_size: int = None    # ...and the square input size it read images at
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", FeatureKind(self.kind))  # as read from JSON: a string
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """A finished feature cache's meta.json: what made it and what it holds. Written last, it
+    marks the cache finished."""
+    encoder: str                    # ENCODERS key
+    weights: str                    # `weights_tag` of the encoder's weights
+    input_size: int                 # the square side the images were read at
+    dtype: str                      # of the stored features
+    seconds: float                  # extraction time of the run that finished it
+    images_per_second: float        # of that run; None when it extracted nothing
+    count: int                      # images with features, one row each (names.json)
+    dim: int                        # feature size
+    skipped: int                    # unreadable images, listed in skipped.json
+    requested: list                 # the image names asked for, in order
+    positions: int = None           # grid positions an image, when the cache kept grids
+
+    @classmethod
+    def read(cls, directory):
+        """The record of the cache in `directory`; None while it is unfinished."""
+        path = Path(directory) / "meta.json"
+        return cls(**read_json(path)) if path.is_file() else None
 
 
 def feature_source(path):
@@ -92,13 +127,13 @@ def feature_source(path):
     if path.suffix == ".npz":
         with np.load(path) as data:
             dim = int(data["features"].shape[-1])  # of a vector, or of each position of a grid
-        return FeatureSource("external", portable_path(path), dim)
-    meta = read_json(path / "meta.json") if (path / "meta.json").is_file() else None
+        return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim)
+    meta = CacheRecord.read(path)
     if meta is None:
         raise FileNotFoundError(f"{path}: no finished feature cache "
                                 "(run notebooks/02_extract_features.ipynb first)")
-    return FeatureSource("cache", portable_path(path), int(meta["dim"]), meta["encoder"],
-                         meta["weights"], int(meta["input_size"]))
+    return FeatureSource(FeatureKind.CACHE, portable_path(path), meta.dim, meta.encoder,
+                         meta.weights, meta.input_size)
 
 
 def load_features(directory, grid=False):
@@ -160,7 +195,7 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     """Extract and cache features of the images `names` (relative to `images_dir`) in `directory`.
 
     Resumes an interrupted run from its finished chunks (of `chunk_size` images); returns the
-    cache's meta record. Unreadable images are skipped, warned about and listed in `skipped.json`.
+    cache's CacheRecord. Unreadable images are skipped, warned about and listed in `skipped.json`.
     A finished cache re-reads the images whose size or modification time changed since (and
     their grids, if it has them). `model` lets a caller pass an already built encoder (with
     `grid`, one of `build_encoder(..., grid=True)`).
@@ -212,7 +247,7 @@ def _extract(images_dir, names, directory, encoder, weights, input_size, batch_s
     meta = finished_cache(directory, names, grid)
     if meta:
         changed = _changed_images(directory, stats)
-        has_grids = bool(meta.get("positions"))  # then the changed images' grids too
+        has_grids = bool(meta.positions)  # then the changed images' grids too
         if changed and (model is None or len(model.output_shape) != 2 + has_grids):
             model = build_encoder(encoder, weights, size, grid=has_grids)
         if not changed or _reread(directory, names, paths, stats, changed, encoder, model, size,
@@ -256,11 +291,10 @@ def _extract(images_dir, names, directory, encoder, weights, input_size, batch_s
 
 
 def finished_cache(directory, names, grid=False):
-    """The meta record of the finished cache in `directory` if it holds the images `names`, with
+    """The CacheRecord of the finished cache in `directory` if it holds the images `names`, with
     their grids when `grid` asks for them; else None (it must be extracted, or extracted on)."""
-    path = Path(directory) / "meta.json"
-    meta = read_json(path) if path.is_file() else None
-    return meta if meta and _serves(meta, list(names), bool(meta.get("positions")), grid) else None
+    meta = CacheRecord.read(directory)
+    return meta if meta and _serves(meta.requested, list(names), bool(meta.positions), grid) else None
 
 
 def _chunk_done(chunks, start, requested, grid):
@@ -268,13 +302,13 @@ def _chunk_done(chunks, start, requested, grid):
     if not path.is_file():
         return False
     record = read_json(path)
-    return _serves(record, requested, record.get("grid", False), grid)
+    return _serves(record["requested"], requested, record.get("grid", False), grid)
 
 
-def _serves(record, requested, has_grids, grid):
+def _serves(held, requested, has_grids, grid):
     """A finished cache or chunk serves a request: the same images, and grids unless none are
     asked for (a cache with grids serves a request without)."""
-    return record["requested"] == requested and (has_grids or not grid)
+    return held == requested and (has_grids or not grid)
 
 
 def _extract_chunk(model, encoder, paths, size, batch_size, bar):
@@ -342,9 +376,10 @@ def _reread(directory, names, paths, stats, changed, encoder, model, size, batch
     return False
 
 
-def _finish_cache(directory, chunks, starts, requested, stats, meta, grid=False):
+def _finish_cache(directory, chunks, starts, requested, stats, made_by, grid=False):
     """Join the chunks into the final files; meta.json, written last, marks the cache finished.
-    Grids are copied chunk by chunk into the mapped file: never all in memory."""
+    Grids are copied chunk by chunk into the mapped file: never all in memory. `made_by`: the
+    CacheRecord's fields of the encoder and the extraction."""
     arrays, names, skipped = [], [], {}
     for start in starts:
         record = read_json(chunks / f"{start:08d}.json")
@@ -363,13 +398,13 @@ def _finish_cache(directory, chunks, starts, requested, stats, meta, grid=False)
                 table[row:row + len(piece)] = piece
             table.flush()
             del table
-        meta["positions"] = int(pieces[0].shape[1])
+        made_by["positions"] = int(pieces[0].shape[1])
     write_json(directory / "names.json", names)
     write_json(directory / "skipped.json", skipped)
     write_json(directory / "stats.json", stats)
-    meta = {**meta, "count": len(names), "dim": int(features.shape[1]), "skipped": len(skipped),
-            "requested": requested}
-    write_json(directory / "meta.json", meta)
+    meta = CacheRecord(**made_by, count=len(names), dim=int(features.shape[1]),
+                       skipped=len(skipped), requested=requested)
+    write_json(directory / "meta.json", dataclasses.asdict(meta))
     for path in chunks.iterdir():
         path.unlink()
     chunks.rmdir()

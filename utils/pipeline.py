@@ -17,7 +17,7 @@ import tensorflow as tf
 from .files import save_npy
 
 __all__ = ["PIECE_ROWS", "feature_statistics", "encode_captions", "caption_dataset",
-           "batch_count", "CaptionData"]
+           "batch_count", "SplitCount", "DataCounts", "CaptionData"]
 
 def _fold_no_mapped_files():
     """Keep TensorFlow from copying a memory-mapped table once when a tf.data function starts.
@@ -194,6 +194,23 @@ def batch_count(tokens, batch_size, bucket_width=4):
     return int(sum(-(-n // batch_size) for n in np.bincount(buckets) if n))
 
 
+@dataclass(frozen=True)
+class SplitCount:
+    """How much of one split a run trained or validated on."""
+    images: int
+    captions: int
+
+    def __str__(self):
+        return f"{self.captions:,} captions of {self.images:,} images"
+
+
+@dataclass(frozen=True)
+class DataCounts:
+    """The run record's `data`: what each split held."""
+    train: SplitCount
+    val: SplitCount
+
+
 @dataclass
 class CaptionData:
     """The train and val captions of a dataset, encoded, with the feature table they index (as
@@ -210,8 +227,8 @@ class CaptionData:
 
     def counts(self):
         """Images and captions per split, as the run record keeps them."""
-        return {split: {"images": int(len(np.unique(rows))), "captions": int(len(rows))}
-                for split, (rows, _) in (("train", self.train), ("val", self.val))}
+        return DataCounts(*(SplitCount(int(len(np.unique(rows))), int(len(rows)))
+                            for rows, _ in (self.train, self.val)))
 
     def feature_statistics(self):
         return feature_statistics(self.features, self.train[0])

@@ -42,20 +42,22 @@ def caption_grid(panels, columns=3, width=10, title=None):
     return fig
 
 
-def attention_figure(image, caption, maps, columns=5, width=10, title=None):
+def attention_figure(image, caption, columns=5, width=10, title=None):
     """Each word of a caption over the photo, with where the model looked to say it: its
     attention map (weights over a square grid of positions, row-major), upsampled to the photo
     and blended over it, one small panel a word, as the TensorFlow tutorial plots them.
-    `image`: RGB [H, W, 3] uint8; `caption`: the caption as decoded, words split at spaces;
-    `maps`: [words + 1, positions], each row summing to one, the last the map of "<end>" (as
-    `decode(..., attention=True)` and `caption_image(..., attention=True)` return them);
+    `image`: RGB [H, W, 3] uint8; `caption`: a `Caption` of a model that attends (from `decode`
+    or `caption_image`), whose maps are [words + 1, positions], the last the map of "<end>";
     `title` above them all."""
     import matplotlib.pyplot as plt
     import numpy as np
     from PIL import Image
 
-    words = [*caption.split(), "<end>"]
-    maps = np.asarray(maps, "float32")
+    if caption.maps is None:
+        raise ValueError(f"{caption.text!r} has no attention maps: they come from a model that "
+                         "attends (ARCHITECTURE = 'attention')")
+    words = [*caption.text.split(), "<end>"]
+    maps = np.asarray(caption.maps, "float32")
     side = int(round(np.sqrt(maps.shape[1])))
     if side * side != maps.shape[1] or len(words) != len(maps):
         raise ValueError(f"{len(words)} words with <end> and maps {maps.shape}: one map a word, "

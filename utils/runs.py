@@ -16,16 +16,17 @@ from .architectures import ModelConfig, build_caption_model, set_feature_statist
 from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
 from .encoders import KERAS_BUILDING, build_encoder, preprocess, weights_tag
 from .evaluation import read_evaluations
-from .features import FeatureSource
+from .features import FeatureKind, FeatureSource
 from .files import read_json, require, write_json
 from .images import ImageError, load_image
+from .pipeline import DataCounts
 from .training import WEIGHTS_FILE, TrainingConfig
 from .vocabulary import Vocabulary
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RANDOM_ENCODER_NOTE", "RunConfigError",
-           "NoEncoderError", "RunConfig", "save_run", "read_run", "is_trained", "load_run",
-           "why_no_encoder", "encoder_for_run", "Captioner", "caption_image",
-           "caption_image_files", "describe_run"]
+           "NoEncoderError", "RunConfig", "config_from_parameters", "save_run", "read_run",
+           "is_trained", "load_run", "why_no_encoder", "encoder_for_run", "Captioner",
+           "caption_image", "caption_image_files", "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
 # What a run kept until December 2026 instead of WEIGHTS_FILE: the whole Keras model.
@@ -60,7 +61,7 @@ class RunConfig:
     embedding: dict             # the initial word vectors: notebook 03's source, dim and oov rule
     model: ModelConfig
     training: TrainingConfig
-    data: dict                  # {"train": {"images": ..., "captions": ...}, "val": {...}}
+    data: DataCounts            # images and captions of its train and val splits
     format_version: int = FORMAT_VERSION
 
     def save(self, path):
@@ -81,11 +82,21 @@ class RunConfig:
                                  f"{FORMAT_VERSION}; update the repository (git pull)")
         record = _record(cls, data, path)
         weights = record.features.weights
-        if record.features.kind == "cache" and not (
+        if record.features.kind == FeatureKind.CACHE and not (
                 weights in ("random", "imagenet") or str(weights).startswith("file-")):
             raise RunConfigError(f"{path}: field 'features.weights' is {weights!r}, not random, "
                                  "imagenet or file-<digest>")
         return record
+
+
+def config_from_parameters(config_class, parameters, **measured):
+    """A config record (ModelConfig, TrainingConfig) from a notebook's parameters: each field from
+    the parameter of its name in upper case (UNITS -> units), unless `measured` gives it (a size
+    read off the data, the batch across devices); a field with neither keeps its default. The one
+    mapping from parameters to records: notebook 04, the benchmarks and the tests use it."""
+    named = {f.name: parameters[f.name.upper()] for f in dataclasses.fields(config_class)
+             if f.name.upper() in parameters}
+    return config_class(**named | measured)
 
 
 # Fields added to format 1 after records were written: missing, they mean their default (a
@@ -110,7 +121,10 @@ def _record(cls, data, path, where=""):
             raise RunConfigError(f"{path}: missing field {where + name!r}")
         values[name] = (_record(field.type, data[name], path, f"{where}{name}.")
                         if dataclasses.is_dataclass(field.type) else data[name])
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:  # a value the record's type refuses, such as an unknown kind
+        raise RunConfigError(f"{path}: field {where.rstrip('.') or cls.__name__!r}: {e}") from None
 
 
 def _upgrade_v0(old, vocab, path):
@@ -247,7 +261,7 @@ def _weights_of_model_file(model, path):
 def why_no_encoder(config):
     """Why a run cannot caption a new photo, in one sentence with what to do instead; None when
     it can (its features came from notebook 02's cache, whose encoder is rebuilt)."""
-    if config.features.kind != "external":
+    if config.features.kind != FeatureKind.EXTERNAL:
         return None
     return (f"This run was trained on features made outside this repository "
             f"({Path(config.features.path).name}), so it cannot encode a new photo the same way: "
@@ -283,23 +297,19 @@ class Captioner:
         return cls(CaptionDecoder(model, vocab), encoder_for_run(config, weights_file), config)
 
 
-def caption_image(captioner, image, setting=DEFAULT_DECODING, attention=False):
-    """The caption of one image (a path, an open file or a decoded image), read and scaled by the
-    same `load_image` and `preprocess` as the feature cache. Raises ImageError, naming the image,
-    for anything unusable. With `attention` (a run that attends), (the caption, its words'
-    attention maps [words + 1, positions], <end> last)."""
+def caption_image(captioner, image, setting=DEFAULT_DECODING):
+    """The `Caption` of one image (a path, an open file or a decoded image), read and scaled by the
+    same `load_image` and `preprocess` as the feature cache, with its maps if the run attends.
+    Raises ImageError, naming the image, for anything unusable."""
     source = captioner.config.features
     pixels = load_image(image, source.input_size)
     features = captioner.encoder.predict(preprocess(source.encoder, pixels[None]), verbose=0)
-    decoded = decode(captioner.decoder, features, setting, attention=attention)
-    if attention:
-        return captioner.decoder.vocab.decode(decoded[0][0]), decoded[1][0]
-    return captioner.decoder.vocab.decode(decoded[0])
+    return decode(captioner.decoder, features, setting)[0]
 
 
 def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):
     """Captions of image files, and apart from them why each unreadable file was skipped:
-    ({path: caption}, {path: the ImageError's message, which names the file})."""
+    ({path: Caption}, {path: the ImageError's message, which names the file})."""
     captions, unreadable = {}, {}
     for path in paths:
         try:
@@ -319,11 +329,11 @@ def describe_run(run_dir):
     run_dir = Path(run_dir)
     config = read_run(run_dir)[1]
     source = config.features
-    made_by = ("external features" if source.kind == "external"
+    made_by = ("external features" if source.kind == FeatureKind.EXTERNAL
                else f"{source.encoder} ({source.weights} weights)")
     lines = [f"**{run_dir.name}**: {config.model.architecture} model, {config.dataset} dataset, "
              f"{made_by}, {config.model.vocab_size} words, trained on "
-             f"{config.data['train']['images']} images"]
+             f"{config.data.train.images} images"]
     if config.dataset == "sample":
         lines.append(SAMPLE_RUN_WARNING)
     try:
@@ -335,10 +345,10 @@ def describe_run(run_dir):
     order = {split: i for i, split in enumerate(SPLIT_ORDER)}
     for split in sorted(evaluations, key=lambda s: (order.get(s, len(order)), s)):
         where = (f"the {config.dataset} {split} split" if split in order
-                 else f"{Path(split).name} ({evaluations[split]['images']} images)")
-        lines += [f"{entry['label']} on {where} (COCO evaluation): "
-                  f"BLEU-4 {entry['scores']['bleu4']:.3f}, CIDEr-D {entry['scores']['cider_d']:.2f}"
-                  + (f", METEOR {entry['scores']['meteor']:.3f}" if entry["scores"].get("meteor")
+                 else f"{Path(split).name} ({evaluations[split].images} images)")
+        lines += [f"{result.label} on {where} (COCO evaluation): "
+                  f"BLEU-4 {result.scores['bleu4']:.3f}, CIDEr-D {result.scores['cider_d']:.2f}"
+                  + (f", METEOR {result.scores['meteor']:.3f}" if result.scores.get("meteor")
                      is not None else "")
-                  for entry in evaluations[split]["results"] if not entry["shuffled_images"]]
+                  for result in evaluations[split].results if not result.shuffled_images]
     return "  \n".join(lines)
