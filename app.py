@@ -4,7 +4,8 @@ Upload photos (or give a URL), choose one or more trained runs from models/ and 
 read each run's caption beside each photo (for an attention run, with where it looked for each
 word). A run is loaded once (model, vocabulary and the encoder
 that made its training features) and kept for every later request; each photo goes through that
-encoder with the same `utils.load_image` and `utils.preprocess` as the training features.
+encoder with the same `utils.load_image` and the encoder's own `preprocess` (its `EncoderSpec`)
+as the training features.
 `CAPTIONING_MODELS_DIR` points the app at another folder of runs. An image address is fetched
 with `utils.PUBLIC`: public addresses only, at most 20 MB, within 20 s for the whole exchange;
 `CAPTIONING_ALLOW_NETWORKS` (comma-separated, e.g. "10.0.0.0/8") admits private networks too,

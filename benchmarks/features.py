@@ -36,7 +36,8 @@ def main():
         shared_dir()
     names = sorted(p.name for p in args.images.glob("*.jpg"))[:64 if args.quick else 320]
     paths = [str(args.images / n) for n in names]
-    model = utils.build_encoder("inceptionv3", None)
+    encoder = utils.Encoder("inceptionv3", None)
+    model = encoder.build()
 
     start = time.perf_counter()
     decoded = sum(len(batch) for batch, _ in utils.image_batches(paths, 299, 32, errors={}))
@@ -45,7 +46,7 @@ def main():
     sweep = {}
     for batch_size in (16, 32) if args.quick else (8, 16, 32, 64):
         pixels = np.random.default_rng(0).uniform(0, 255, (batch_size, 299, 299, 3))
-        x = utils.preprocess("inceptionv3", pixels)
+        x = encoder.spec.preprocess(pixels)
         model.predict_on_batch(x)  # the first call traces the graph
         repeats = max(1, 64 // batch_size)
         start = time.perf_counter()
@@ -56,7 +57,7 @@ def main():
     cache = Path(tempfile.mkdtemp())
     try:
         start = time.perf_counter()
-        utils.extract_features(args.images, names, cache / "f", "inceptionv3", None, batch_size=32,
+        utils.extract_features(args.images, names, cache / "f", encoder, batch_size=32,
                                model=model)
         end_to_end = rate(len(names), time.perf_counter() - start)
     finally:

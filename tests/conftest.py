@@ -40,7 +40,8 @@ def sample_training(sample_root, tmp_path_factory):
     prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
     vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"))
     cache = tmp_path_factory.mktemp("features")
-    utils.extract_features(images_dir, sorted(prepared.images), cache, "inceptionv3", None, 75)
+    utils.extract_features(images_dir, sorted(prepared.images), cache,
+                           utils.Encoder("inceptionv3", None, 75))
     names, features = utils.load_features(cache)
     return prepared, vocab, names, np.asarray(features, "float32")
 
@@ -61,7 +62,7 @@ def sample_grid_training(sample_training, sample_root, tmp_path_factory):
     prepared, vocab, _, _ = sample_training
     cache = tmp_path_factory.mktemp("grids")
     utils.extract_features(utils.find_dataset_files(sample_root)[0], sorted(prepared.images),
-                           cache, "inceptionv3", None, GRID_INPUT_SIZE, grid=True)
+                           cache, utils.Encoder("inceptionv3", None, GRID_INPUT_SIZE), grid=True)
     names, grids = utils.load_features(cache, grid=True)
     return prepared, vocab, names, np.asarray(grids, "float32")
 

@@ -18,7 +18,7 @@ SIZE = 75  # InceptionV3's smallest input: the same network, fast enough for CI
 
 @pytest.fixture(scope="module")
 def encoder():
-    return utils.build_encoder("inceptionv3", None, SIZE)
+    return utils.Encoder("inceptionv3", None, SIZE).build()
 
 
 def two_colour_image(mode="RGB", size=(40, 30)):
@@ -85,8 +85,9 @@ def test_extraction_skips_and_reports_corrupt_images(tmp_path, encoder):
     (tmp_path / "img" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     names.insert(3, "corrupt.jpg")
     with pytest.warns(UserWarning, match="corrupt.jpg: cannot read"):
-        meta = utils.extract_features(tmp_path / "img", names, tmp_path / "cache", weights=None,
-                                      input_size=SIZE, batch_size=3, model=encoder)
+        meta = utils.extract_features(tmp_path / "img", names, tmp_path / "cache",
+                                      utils.Encoder("inceptionv3", None, SIZE), batch_size=3,
+                                      model=encoder)
     kept, features = utils.load_features(tmp_path / "cache")
     assert kept == [n for n in names if n != "corrupt.jpg"]
     assert features.shape == (len(names) - 1, 2048) and features.dtype == np.float16
@@ -99,8 +100,9 @@ def test_features_do_not_depend_on_the_batch(sample_root, tmp_path, encoder):
     names = [f"shapes_{i:05d}.jpg" for i in range(7)]
     runs = []
     for batch_size in (1, 4):
-        utils.extract_features(sample_root / "Images", names, tmp_path / str(batch_size), weights=None,
-                               input_size=SIZE, batch_size=batch_size, dtype="float32", model=encoder)
+        utils.extract_features(sample_root / "Images", names, tmp_path / str(batch_size),
+                               utils.Encoder("inceptionv3", None, SIZE), batch_size=batch_size,
+                               dtype="float32", model=encoder)
         runs.append(utils.load_features(tmp_path / str(batch_size))[1])
     assert np.allclose(runs[0], runs[1], rtol=1e-4, atol=1e-7)
     assert not np.allclose(runs[0][0], runs[0][1])  # different images, different features
@@ -123,7 +125,7 @@ class CountingEncoder:
 
 def test_interrupted_extraction_resumes_without_recomputing(sample_root, tmp_path, encoder):
     names = [f"shapes_{i:05d}.jpg" for i in range(20)]
-    args = dict(weights=None, input_size=SIZE, batch_size=2, chunk_size=6, dtype="float32")
+    args = dict(encoder=utils.Encoder("inceptionv3", None, SIZE), batch_size=2, chunk_size=6, dtype="float32")
     first = CountingEncoder(encoder, fail_after=7)  # dies in the third chunk (batches 7-9)
     with pytest.raises(KeyboardInterrupt):
         utils.extract_features(sample_root / "Images", names, tmp_path / "c", model=first, **args)
@@ -146,35 +148,35 @@ def test_interrupted_extraction_resumes_without_recomputing(sample_root, tmp_pat
 def test_cache_is_keyed_by_encoder_weights_and_size(tmp_path):
     weights = tmp_path / "w.weights.h5"
     weights.write_bytes(b"pretend weights")
-    dirs = {utils.cache_dir(tmp_path, "inceptionv3", None), utils.cache_dir(tmp_path, "vgg16", None),
-            utils.cache_dir(tmp_path, "inceptionv3", "imagenet"),
-            utils.cache_dir(tmp_path, "inceptionv3", None, 150),
-            utils.cache_dir(tmp_path, "inceptionv3", weights)}
+    encoders = [("inceptionv3", None), ("vgg16", None), ("inceptionv3", "imagenet"),
+                ("inceptionv3", None, 150), ("inceptionv3", weights)]
+    dirs = {utils.cache_dir(tmp_path, utils.Encoder(*e)) for e in encoders}
     assert len(dirs) == 5
-    assert utils.cache_dir(tmp_path, "inceptionv3", None).name == "inceptionv3-random-299"
+    assert utils.cache_dir(tmp_path, utils.Encoder("InceptionV3", None)).name == \
+        "inceptionv3-random-299"
 
 
 def test_changing_the_encoder_gives_new_features(sample_root, tmp_path, encoder):
     names = ["shapes_00000.jpg", "shapes_00001.jpg"]
-    inception = utils.cache_dir(tmp_path, "inceptionv3", None, SIZE)
-    vgg = utils.cache_dir(tmp_path, "vgg16", None, 32)
-    utils.extract_features(sample_root / "Images", names, inception, "inceptionv3", None, SIZE,
-                           model=encoder)
-    meta = utils.extract_features(sample_root / "Images", names, vgg, "vgg16", None, 32)
+    inception = utils.cache_dir(tmp_path, utils.Encoder("inceptionv3", None, SIZE))
+    vgg = utils.cache_dir(tmp_path, utils.Encoder("vgg16", None, 32))
+    utils.extract_features(sample_root / "Images", names, inception,
+                           utils.Encoder("inceptionv3", None, SIZE), model=encoder)
+    meta = utils.extract_features(sample_root / "Images", names, vgg, utils.Encoder("vgg16", None, 32))
     assert meta.encoder == "vgg16" and meta.dim == 512
     assert utils.load_features(inception)[1].shape == (2, 2048)
 
 
 def test_local_weights_file(tmp_path):
-    model = utils.build_encoder("vgg16", None, 32, seed=1)
+    model = utils.Encoder("vgg16", None, 32).build(seed=1)
     model.save_weights(tmp_path / "vgg.weights.h5")
-    loaded = utils.build_encoder("vgg16", tmp_path / "vgg.weights.h5", 32, seed=2)
+    loaded = utils.Encoder("vgg16", tmp_path / "vgg.weights.h5", 32).build(seed=2)
     x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
     assert np.allclose(model.predict_on_batch(x), loaded.predict_on_batch(x))
     with pytest.raises(FileNotFoundError, match="nope.h5"):
-        utils.build_encoder("vgg16", tmp_path / "nope.h5", 32)
+        utils.Encoder("vgg16", tmp_path / "nope.h5", 32).build()
     with pytest.raises(ValueError, match="unknown encoder 'alexnet'"):
-        utils.build_encoder("alexnet", None)
+        utils.Encoder("alexnet", None).build()
 
 
 def test_imagenet_weights_offline_say_what_to_do(monkeypatch, tmp_path):
@@ -191,26 +193,26 @@ def test_imagenet_weights_offline_say_what_to_do(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="could not download the ImageNet weights of VGG16"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            utils.build_encoder("vgg16", "imagenet", 32)
+            utils.Encoder("vgg16", "imagenet", 32).build()
 
 
 def test_feature_source_of_a_cache_and_of_an_npz(sample_root, tmp_path, encoder):
     names = ["shapes_00000.jpg", "shapes_00001.jpg"]
-    cache = utils.cache_dir(tmp_path / "features", "inceptionv3", None, SIZE)
+    cache = utils.cache_dir(tmp_path / "features", utils.Encoder("inceptionv3", None, SIZE))
     with pytest.raises(FileNotFoundError, match="none finished feature caches of inceptionv3; run "
                                                 "notebooks/02_extract_features.ipynb first"):
         utils.find_feature_cache(tmp_path / "features", "inceptionv3")
-    utils.extract_features(sample_root / "Images", names, cache, "inceptionv3", None, SIZE,
-                           model=encoder)
+    utils.extract_features(sample_root / "Images", names, cache,
+                           utils.Encoder("inceptionv3", None, SIZE), model=encoder)
     assert utils.find_feature_cache(tmp_path / "features", "InceptionV3") == cache
     assert utils.feature_source(cache) == utils.FeatureSource(
         "cache", utils.portable_path(cache), 2048, "inceptionv3", "random", SIZE)
     npz = tmp_path / "mine.npz"
     np.savez(npz, names=np.array(names), features=np.zeros((2, 7), "float16"))
     assert utils.feature_source(npz) == utils.FeatureSource("external", utils.portable_path(npz), 7)
+    other_size = utils.Encoder("inceptionv3", None, 80)
     utils.extract_features(sample_root / "Images", names[:1],
-                           utils.cache_dir(tmp_path / "features", "inceptionv3", None, 80),
-                           "inceptionv3", None, 80)
+                           utils.cache_dir(tmp_path / "features", other_size), other_size)
     with pytest.raises(FileNotFoundError, match="2 .*inceptionv3-random-75.*set FEATURES"):
         utils.find_feature_cache(tmp_path / "features", "inceptionv3")
 
@@ -263,7 +265,7 @@ def test_a_changed_image_is_read_again(sample_root, tmp_path, encoder):
     images = tmp_path / "Images"
     shutil.copytree(sample_root / "Images", images)
     names = [f"shapes_{i:05d}.jpg" for i in range(8)]
-    args = dict(weights=None, input_size=SIZE, batch_size=4, dtype="float32")
+    args = dict(encoder=utils.Encoder("inceptionv3", None, SIZE), batch_size=4, dtype="float32")
     utils.extract_features(images, names, tmp_path / "c", model=encoder, **args)
     before = np.array(utils.load_features(tmp_path / "c")[1])
     shutil.copy(sample_root / "Images" / "shapes_00100.jpg", images / "shapes_00003.jpg")
@@ -286,7 +288,7 @@ def test_sharded_extraction_equals_the_unsharded_cache(sample_root, tmp_path, en
     """Three shards, extracted in any order, each resuming on its own, then joined: the same
     cache as one run, value for value; and a join refuses chunks that miss or repeat an image."""
     names = [f"shapes_{i:05d}.jpg" for i in range(20)]
-    args = dict(weights=None, input_size=SIZE, batch_size=2, chunk_size=3, dtype="float32")
+    args = dict(encoder=utils.Encoder("inceptionv3", None, SIZE), batch_size=2, chunk_size=3, dtype="float32")
     images = sample_root / "Images"
     utils.extract_features(images, names, tmp_path / "whole", model=encoder, **args)
     cache = tmp_path / "sharded"
@@ -332,9 +334,9 @@ def test_a_grid_cache_serves_both_requests_and_a_pooled_one_is_extracted_again(s
     images.mkdir()
     for name in names + ["shapes_00100.jpg"]:
         shutil.copy(sample_root / "Images" / name, images / name)
-    args = dict(weights=None, input_size=GRID_INPUT_SIZE, batch_size=2, chunk_size=3)
-    pooled = utils.build_encoder("inceptionv3", None, GRID_INPUT_SIZE)
-    grid_encoder = utils.build_encoder("inceptionv3", None, GRID_INPUT_SIZE, grid=True)
+    args = dict(encoder=utils.Encoder("inceptionv3", None, GRID_INPUT_SIZE), batch_size=2, chunk_size=3)
+    pooled = utils.Encoder("inceptionv3", None, GRID_INPUT_SIZE).build()
+    grid_encoder = utils.Encoder("inceptionv3", None, GRID_INPUT_SIZE).build(grid=True)
     cache, cut = tmp_path / "cache", tmp_path / "interrupted"
     utils.extract_features(images, names, cache, model=pooled, **args)
     assert utils.finished_cache(cache, names) and not utils.finished_cache(cache, names, grid=True)
@@ -377,11 +379,11 @@ def test_random_encoders_built_at_once_in_threads_get_their_seeded_weights(tmp_p
     weights of its seed), and captioned new photos from features unlike their training ones."""
     import threading
 
-    expected = utils.build_encoder("inceptionv3", None, SIZE).get_weights()
+    expected = utils.Encoder("inceptionv3", None, SIZE).build().get_weights()
     built = {}
 
     def build(i):
-        built[i] = utils.build_encoder("inceptionv3", None, SIZE).get_weights()
+        built[i] = utils.Encoder("inceptionv3", None, SIZE).build().get_weights()
 
     threads = [threading.Thread(target=build, args=(i,)) for i in range(3)]
     for thread in threads:
@@ -428,7 +430,7 @@ def test_a_second_extraction_into_one_cache_is_refused_while_shards_share_it(sam
     import fcntl
 
     names = [f"shapes_{i:05d}.jpg" for i in range(4)]
-    args = dict(weights=None, input_size=SIZE, batch_size=2, chunk_size=2, model=encoder)
+    args = dict(encoder=utils.Encoder("inceptionv3", None, SIZE), batch_size=2, chunk_size=2, model=encoder)
     cache = tmp_path / "cache"
     cache.mkdir()
     with open(cache / ".lock", "a") as running:  # an extraction in another process, say

@@ -295,7 +295,7 @@ def test_notebook_02_extracts_in_shards_and_joins_them(executed, tmp_path):
     joined = run(None)
     assert "400 images in" in printed(joined)
     assert sum("image/png" in o.get("data", {}) for o in outputs(joined)) == 2
-    cache = utils.cache_dir(data / "sample" / "features", "inceptionv3", None, 75)
+    cache = utils.cache_dir(data / "sample" / "features", utils.Encoder("inceptionv3", None, 75))
     assert utils.load_features(cache)[0] == sorted(utils.PreparedDataset.load(
         data / "sample" / "prepared" / "captions.json").images)
 

@@ -52,7 +52,7 @@ def test_flickr8k_is_one_parameter_away(shared_flickr8k, server, tmp_path):
     the ImageNet ones), which is how an offline user gives them too."""
     server.files, splits = flickr8k_mirror(shared_flickr8k)
     weights = tmp_path / "inception_v3_notop.weights.h5"
-    utils.build_encoder("inceptionv3", None).save_weights(weights)
+    utils.Encoder("inceptionv3", None).build().save_weights(weights)
     common = {"DATASET": "flickr8k", "DATA_DIR": str(tmp_path / "data")}
     run_notebook("01", tmp_path, **common, FLICKR8K_URL=server.url)
     extracted = run_notebook("02", tmp_path, **common, WEIGHTS=str(weights), BATCH_SIZE=8)

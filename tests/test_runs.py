@@ -335,8 +335,8 @@ import numpy as np
 import utils
 run, photo, history = sys.argv[1:4]
 if history == "busy":  # other models made first, one of them while the run loads, as in the app
-    utils.build_encoder("vgg16", None, 32, seed=5)
-    other = threading.Thread(target=utils.build_encoder, args=("inceptionv3", None, 75, 9))
+    utils.Encoder("vgg16", None, 32).build(seed=5)
+    other = threading.Thread(target=utils.Encoder("inceptionv3", None, 75).build, args=(False, 9))
     other.start()
 captioner = utils.Captioner.from_run(run)
 if history == "busy":

@@ -1,8 +1,9 @@
 """Stage 2's encoders: the pretrained CNNs whose pooled output (or grid) describes an image.
 
-`build_encoder` makes a Keras application by name, with ImageNet's weights, a weights file or
-seeded random weights (the offline sample), at any input size; `preprocess` is that network's
-own input scaling; `extraction_settings` picks the batch size and precision for this machine.
+An `Encoder` names one: the network, its weights (ImageNet's, a weights file or seeded random
+weights, for the offline sample) and the size it reads images at. `Encoder.build` makes it, a
+Keras application; its spec's `preprocess` is that network's own input scaling;
+`extraction_settings` picks the batch size and precision for this machine.
 """
 import hashlib
 import threading
@@ -15,14 +16,21 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["EncoderSpec", "ENCODERS", "KERAS_BUILDING", "encoder_spec", "weights_tag",
-           "resolve_weights", "build_encoder", "preprocess", "ExtractionSettings",
-           "extraction_settings", "encoder_speed"]
+           "resolve_weights", "Encoder", "ExtractionSettings", "extraction_settings",
+           "encoder_speed"]
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
+    """A network of keras.applications, as this repository uses it."""
     application: str   # the constructor's name in keras.applications
     module: str        # the keras.applications module holding its preprocess_input
-    input_size: int
+    input_size: int    # the size it was trained at, the default
+
+    def preprocess(self, images):
+        """The network's own input scaling, applied to a batch of RGB images in [0, 255]."""
+        module = getattr(keras.applications, self.module)
+        return module.preprocess_input(np.array(images, dtype="float32"))
 
 
 ENCODERS = {
@@ -61,42 +69,55 @@ def resolve_weights(weights, dataset):
     return None if dataset == "sample" else "imagenet"
 
 
-def build_encoder(name, weights="imagenet", input_size=None, seed=0, grid=False):
-    """The CNN without its classifier, average-pooled to one vector per image; with `grid`, its
-    last convolutional map instead, as positions in row-major order: [images, rows x columns, dim]
-    (the pooled vector is their mean).
+@dataclass(frozen=True)
+class Encoder:
+    """The CNN that makes a feature cache, as notebook 02's parameters name it. Its `tag` names
+    the cache, so features of another network, weights or size never mix with these."""
+    name: str                 # an ENCODERS key
+    weights: str = "imagenet"  # "imagenet", a no-top weights file, or None: seeded random weights
+    input_size: int = None    # the square side images are read at; None: the network's own
 
-    `weights`: "imagenet" (downloaded once by Keras), a path to a no-top weights file, or None for
-    random weights (seeded; for tests and the offline sample dataset only).
-    """
-    spec = encoder_spec(name)
-    size = input_size or spec.input_size
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise FileNotFoundError(f"{weights}: no such weights file")
-    constructor = getattr(keras.applications, spec.application)
-    try:
-        with KERAS_BUILDING:
-            keras.utils.set_random_seed(seed)
-            cnn = constructor(include_top=False, weights=weights, pooling=None if grid else "avg",
-                              input_shape=(size, size, 3))
-        if not grid:
-            return cnn
-        rows, columns, dim = cnn.output_shape[1:]
-        positions = keras.layers.Reshape((rows * columns, dim), name="grid")(cnn.output)
-        return keras.Model(cnn.input, positions, name=f"{cnn.name}_grid")
-    except Exception as e:  # Keras raises a bare Exception when the download fails
-        if weights != "imagenet":
-            raise
-        raise RuntimeError(
-            f"could not download the ImageNet weights of {spec.application} ({e}). Without "
-            f"internet, download the no-top weights file (keras.applications.{spec.application}, "
-            f"'..._notop.h5') on another machine and set WEIGHTS in notebook 02 to its path") from None
+    def __post_init__(self):
+        object.__setattr__(self, "name", self.name.lower())
+        object.__setattr__(self, "input_size", self.input_size or self.spec.input_size)
 
+    @property
+    def spec(self):
+        return encoder_spec(self.name)
 
-def preprocess(name, images):
-    """The encoder's own input scaling, applied to a batch of RGB images in [0, 255]."""
-    module = getattr(keras.applications, encoder_spec(name).module)
-    return module.preprocess_input(np.array(images, dtype="float32"))
+    @property
+    def tag(self):
+        """"inceptionv3-imagenet-299": the network, `weights_tag` of its weights, the size."""
+        return f"{self.name}-{weights_tag(self.weights)}-{self.input_size}"
+
+    def build(self, grid=False, seed=0):
+        """The CNN without its classifier, average-pooled to one vector per image; with `grid`,
+        its last convolutional map instead, as positions in row-major order: [images, rows x
+        columns, dim] (the pooled vector is their mean). ImageNet's weights are downloaded once
+        by Keras; random ones are seeded (for tests and the offline sample dataset only)."""
+        weights, size = self.weights, self.input_size
+        if weights not in (None, "imagenet") and not Path(weights).is_file():
+            raise FileNotFoundError(f"{weights}: no such weights file")
+        constructor = getattr(keras.applications, self.spec.application)
+        try:
+            with KERAS_BUILDING:
+                keras.utils.set_random_seed(seed)
+                cnn = constructor(include_top=False, weights=weights,
+                                  pooling=None if grid else "avg", input_shape=(size, size, 3))
+            if not grid:
+                return cnn
+            rows, columns, dim = cnn.output_shape[1:]
+            positions = keras.layers.Reshape((rows * columns, dim), name="grid")(cnn.output)
+            return keras.Model(cnn.input, positions, name=f"{cnn.name}_grid")
+        except Exception as e:  # Keras raises a bare Exception when the download fails
+            if weights != "imagenet":
+                raise
+            application = self.spec.application
+            raise RuntimeError(
+                f"could not download the ImageNet weights of {application} ({e}). Without "
+                f"internet, download the no-top weights file (keras.applications.{application}, "
+                f"'..._notop.h5') on another machine and set WEIGHTS in notebook 02 to its "
+                "path") from None
 
 
 # A GPU is fed larger batches, and computes in float16 where its tensor cores pay for it
@@ -123,9 +144,11 @@ def extraction_settings(batch_size=None, mixed_precision="auto"):
 
 
 def encoder_speed(model, encoder, batch_size):
-    """Images a second through the CNN alone on this machine: one batch timed after a warm-up."""
-    size = model.input_shape[1]
-    batch = preprocess(encoder, np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)))
+    """Images a second through the CNN alone (`model`, built by `encoder`) on this machine: one
+    batch timed after a warm-up."""
+    size = encoder.input_size
+    batch = encoder.spec.preprocess(
+        np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)))
     model.predict_on_batch(batch)  # the first call traces the graph
     started = time.perf_counter()
     model.predict_on_batch(batch)

@@ -22,7 +22,7 @@ import tensorflow as tf
 from tqdm import tqdm  # text, not a widget: a widget renders blank in a saved notebook
 
 from .download import PROGRESS_INTERVAL_S
-from .encoders import build_encoder, encoder_spec, preprocess, weights_tag
+from .encoders import weights_tag
 from .files import atomic_path, portable_path, read_json, resolve_path, save_npy, write_json
 from .images import ImageError, load_image
 
@@ -59,10 +59,9 @@ def image_batches(paths, size, batch_size, errors):
 # The feature cache
 # ---------------------------------------------------------------------------------------------
 
-def cache_dir(features_root, encoder, weights, input_size=None):
-    """Features of one (encoder, weights, input size) live in their own folder."""
-    size = input_size or encoder_spec(encoder).input_size
-    return Path(features_root) / f"{encoder.lower()}-{weights_tag(weights)}-{size}"
+def cache_dir(features_root, encoder):
+    """Features of one Encoder (network, weights, input size) live in their own folder."""
+    return Path(features_root) / encoder.tag
 
 
 def find_feature_cache(features_root, encoder):
@@ -189,16 +188,16 @@ class FeatureRows:
         return FeatureRows(self.table, self.rows[index])
 
 
-def extract_features(images_dir, names, directory, encoder="inceptionv3", weights="imagenet",
-                     input_size=None, batch_size=32, chunk_size=256, dtype="float16",
-                     model=None, shard=None, grid=False):
-    """Extract and cache features of the images `names` (relative to `images_dir`) in `directory`.
+def extract_features(images_dir, names, directory, encoder, batch_size=32, chunk_size=256,
+                     dtype="float16", model=None, shard=None, grid=False):
+    """Extract and cache features of the images `names` (relative to `images_dir`) in `directory`,
+    made by `encoder` (an Encoder).
 
     Resumes an interrupted run from its finished chunks (of `chunk_size` images); returns the
     cache's CacheRecord. Unreadable images are skipped, warned about and listed in `skipped.json`.
     A finished cache re-reads the images whose size or modification time changed since (and
     their grids, if it has them). `model` lets a caller pass an already built encoder (with
-    `grid`, one of `build_encoder(..., grid=True)`).
+    `grid`, one of `encoder.build(grid=True)`).
 
     `grid`: also keep each image's grid of positions (`grid.npy`, [images, positions, dim]); the
     pooled vectors are then their means. A finished cache without grids is extracted again.
@@ -211,8 +210,8 @@ def extract_features(images_dir, names, directory, encoder="inceptionv3", weight
     if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard {shard!r}: give (i, n), the i-th of n shards, 0 <= i < n")
     with _one_writer(Path(directory), shard):
-        return _extract(images_dir, list(names), Path(directory), encoder, weights, input_size,
-                        batch_size, chunk_size, dtype, model, shard, grid)
+        return _extract(images_dir, list(names), Path(directory), encoder, batch_size,
+                        chunk_size, dtype, model, shard, grid)
 
 
 @contextlib.contextmanager
@@ -239,18 +238,17 @@ def _one_writer(directory, shard):
         yield
 
 
-def _extract(images_dir, names, directory, encoder, weights, input_size, batch_size, chunk_size,
-             dtype, model, shard, grid):
+def _extract(images_dir, names, directory, encoder, batch_size, chunk_size, dtype, model, shard,
+             grid):
     paths = [str(Path(images_dir) / n) for n in names]
-    size = input_size or encoder_spec(encoder).input_size
     stats = _image_stats(paths)  # before reading: a change while extracting is seen next time
     meta = finished_cache(directory, names, grid)
     if meta:
         changed = _changed_images(directory, stats)
         has_grids = bool(meta.positions)  # then the changed images' grids too
         if changed and (model is None or len(model.output_shape) != 2 + has_grids):
-            model = build_encoder(encoder, weights, size, grid=has_grids)
-        if not changed or _reread(directory, names, paths, stats, changed, encoder, model, size,
+            model = encoder.build(grid=has_grids)
+        if not changed or _reread(directory, names, paths, stats, changed, encoder, model,
                                   batch_size):
             return meta
     chunks = directory / "chunks"
@@ -258,15 +256,15 @@ def _extract(images_dir, names, directory, encoder, weights, input_size, batch_s
     starts = range(0, len(paths), chunk_size)
     mine = [s for s in starts if shard is None or (s // chunk_size) % shard[1] == shard[0]]
     todo = [s for s in mine if not _chunk_done(chunks, s, names[s:s + chunk_size], grid)]
-    model = model or (build_encoder(encoder, weights, size, grid=grid) if todo else None)
+    model = model or (encoder.build(grid=grid) if todo else None)
     pending = sum(len(names[s:s + chunk_size]) for s in todo)
     started = time.time()
     with tqdm(total=len(names), initial=len(names) - pending, unit="img",
               mininterval=PROGRESS_INTERVAL_S,
-              desc=f"{encoder} features") as bar:
+              desc=f"{encoder.name} features") as bar:
         for start in todo:
             requested = names[start:start + chunk_size]
-            feats, errors = _extract_chunk(model, encoder, paths[start:start + chunk_size], size,
+            feats, errors = _extract_chunk(model, encoder, paths[start:start + chunk_size],
                                            batch_size, bar)
             kept = [n for i, n in enumerate(requested) if i not in errors]
             skipped = {requested[i]: message for i, message in errors.items()}
@@ -285,7 +283,8 @@ def _extract(images_dir, names, directory, encoder, weights, input_size, batch_s
                  if waiting else "every shard is done: join them (SHARD = None)"))
         return None
     return _finish_cache(directory, chunks, starts, names, stats, {
-        "encoder": encoder.lower(), "weights": weights_tag(weights), "input_size": size,
+        "encoder": encoder.name, "weights": weights_tag(encoder.weights),
+        "input_size": encoder.input_size,
         "dtype": dtype, "seconds": round(elapsed, 2),
         "images_per_second": round(pending / elapsed, 2) if pending else None}, grid)
 
@@ -311,12 +310,13 @@ def _serves(held, requested, has_grids, grid):
     return held == requested and (has_grids or not grid)
 
 
-def _extract_chunk(model, encoder, paths, size, batch_size, bar):
+def _extract_chunk(model, encoder, paths, batch_size, bar):
     """Features of the readable images among `paths`, and {index: why} for the others."""
     features, errors = [], {}
-    for images, ok in image_batches(paths, size, batch_size, errors):
+    for images, ok in image_batches(paths, encoder.input_size, batch_size, errors):
         if ok.any():
-            features.append(np.asarray(model.predict_on_batch(preprocess(encoder, images[ok]))))
+            batch = encoder.spec.preprocess(images[ok])
+            features.append(np.asarray(model.predict_on_batch(batch)))
         bar.update(len(ok))
     for message in errors.values():
         warnings.warn(f"skipped {message}", stacklevel=3)
@@ -346,7 +346,7 @@ def _changed_images(directory, stats):
             if old != new]
 
 
-def _reread(directory, names, paths, stats, changed, encoder, model, size, batch_size):
+def _reread(directory, names, paths, stats, changed, encoder, model, batch_size):
     """Replace the rows of changed images in a finished cache (with a grid `model`, their grids
     too); False (the cache then removed, to be made anew) when one of them was skipped before or
     cannot be read now."""
@@ -355,7 +355,7 @@ def _reread(directory, names, paths, stats, changed, encoder, model, size, batch
     if all(n in row for n in names):
         with tqdm(total=len(changed), unit="img", desc="changed images",
                   mininterval=PROGRESS_INTERVAL_S) as bar:
-            fresh, errors = _extract_chunk(model, encoder, [paths[i] for i in changed], size,
+            fresh, errors = _extract_chunk(model, encoder, [paths[i] for i in changed],
                                            batch_size, bar)
         if not errors:
             rows = [row[n] for n in names]

@@ -14,7 +14,7 @@ import keras
 
 from .architectures import ModelConfig, build_caption_model, set_feature_statistics
 from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
-from .encoders import KERAS_BUILDING, build_encoder, preprocess, weights_tag
+from .encoders import KERAS_BUILDING, Encoder, encoder_spec, weights_tag
 from .evaluation import read_evaluations
 from .features import FeatureKind, FeatureSource
 from .files import read_json, require, write_json
@@ -281,7 +281,7 @@ def encoder_for_run(config, weights_file=None):
         raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
                          "path" + (f"; {weights_file} is another file" if weights_file else ""))
     weights = {"random": None, "imagenet": "imagenet"}.get(source.weights, weights_file)
-    return build_encoder(source.encoder, weights, source.input_size, grid=config.model.reads_grid)
+    return Encoder(source.encoder, weights, source.input_size).build(grid=config.model.reads_grid)
 
 
 @dataclass
@@ -303,7 +303,8 @@ def caption_image(captioner, image, setting=DEFAULT_DECODING):
     Raises ImageError, naming the image, for anything unusable."""
     source = captioner.config.features
     pixels = load_image(image, source.input_size)
-    features = captioner.encoder.predict(preprocess(source.encoder, pixels[None]), verbose=0)
+    pixels = encoder_spec(source.encoder).preprocess(pixels[None])
+    features = captioner.encoder.predict(pixels, verbose=0)
     return decode(captioner.decoder, features, setting)[0]
 
 
