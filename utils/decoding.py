@@ -162,7 +162,8 @@ def _search(decoder, features, setting):
             step = weights[parents][:, None]                                 # (n * k, 1, P)
             seen = step if seen is None else np.concatenate([seen[parents], step], 1)
         done = done[parents] | (words == vocab.end_id)
-        state = tuple(tf.gather(x, parents) for x in state)
+        if k > 1:  # with one beam an image, every row is its own parent
+            state = tuple(tf.gather(x, parents) for x in state)
         if done.all():
             break
     lengths = np.maximum((sequences != vocab.pad_id).sum(1), 1)
