@@ -1,6 +1,6 @@
 """Where to put the image: merge, the three injects and attention side by side on real photos.
 
-    python benchmarks/architectures.py [--quick] [--seeds N] [--tune] [--architectures NAME ...]
+    python benchmarks/architectures.py [--quick] [--full] [--seeds N] [--tune] [--architectures NAME ...]
 
 Tanti, Gatt and Camilleri's comparison ("Where to put the image in an image caption generator",
 2018), with our defaults (the notebooks' `parameters` cells) and only ARCHITECTURE changed: each
@@ -11,6 +11,10 @@ beam 3 as the paper decodes, and with our default decoding. Each architecture's 
 merge comes with a paired bootstrap interval over the dev images (utils.compare_statistics:
 images resampled, every seed averaged). Attention (Xu et al. 2015) reads the same network's 7x7
 grids of the same photos (shared_data.GRIDS), whose mean is the others' pooled vector.
+
+`--full` trains on the whole official split instead: the 6,000 train photos and the 1,000 dev
+photos of shared_data.TRAINVAL, a features-only dataset (pooled vectors only: attention, which
+needs grids, is left out, saying so); its results go to benchmarks/results/architectures-full.json.
 
 `--architectures` trains only those; the stored runs of the others (in `--out`) are kept and the
 report is made from all of them, so one architecture can be added without retraining the rest.
@@ -34,9 +38,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from our_recipe import arguments, notebook_defaults, record, score, summarise, train_ours
 
 import utils
-from shared_data import FEATURES, GRIDS, REPO, SharedData
+from shared_data import GRIDS, REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "architectures.json"
+FULL_RESULTS = REPO / "benchmarks" / "results" / "architectures-full.json"
 DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy
              utils.DecodingSetting(3, 0.0, 0),   # beam 3, as the paper decodes
              utils.DEFAULT_DECODING]             # ours: beam 5, length penalty 1, no repeated pair
@@ -129,15 +134,25 @@ def main():
                         help="train only these; the others' runs are read from --out")
     parser.add_argument("--tables", action="store_true",
                         help="print the stored results as Markdown tables; train nothing")
+    parser.add_argument("--full", action="store_true",
+                        help="the whole official split (6,000 train, 1,000 dev photos), pooled "
+                             f"features only; results in {FULL_RESULTS.name} unless --out")
     args = parser.parse_args()
+    if args.full and args.out == str(RESULTS):
+        args.out = str(FULL_RESULTS)
     if args.tables:
         print(tables(utils.read_json(args.out)))
         return
     seeds = range(1 if args.quick else args.seeds)
-    pooled, default = SharedData(), notebook_defaults()
-    grids = SharedData(grid=True) if any(utils.architecture_class(name).reads_grid for name in
-                                         args.architectures or utils.ARCHITECTURES) else None
-    configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES}
+    pooled, default = SharedData(full=args.full), notebook_defaults()
+    # The whole split has no grids: the architectures that read them are left out.
+    names_run = [name for name in args.architectures or utils.ARCHITECTURES
+                 if not (args.full and utils.architecture_class(name).reads_grid)]
+    left_out = sorted(set(args.architectures or utils.ARCHITECTURES) - set(names_run))
+    grids = SharedData(grid=True) if any(utils.architecture_class(name).reads_grid
+                                         for name in names_run) else None
+    configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES
+               if name in names_run}
     if args.tune:
         configs |= {f"{name}, {change}": default | {"architecture": name} | values
                     for name in ("init-inject", "pre-inject", "par-inject")
@@ -169,6 +184,8 @@ def main():
         s.slug: {"missing": None} for s in DECODINGS}
     entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
                       "captions_per_second": mean_speed(runs),
+                      "seconds_per_epoch": round(sum(r["train_seconds"] / r["epochs"]
+                                                     for r in runs) / len(runs), 1),
                       **summarise(runs),
                       "difference_from_merge": {slug: d[name] for slug, d in different.items()
                                                 if name in d}}
@@ -181,9 +198,10 @@ def main():
         "settings": {"defaults": default, "decodings": [s.slug for s in DECODINGS],
                      "tuning": TUNING if args.tune or stored.get("settings", {}).get("tuning")
                      else None},
-        "data": {"features": f"{FEATURES.name} ({pooled.features.shape[1]}-d); attention: "
+        "data": {"features": f"{pooled.path.name} ({pooled.features.shape[1]}-d); attention: "
                              f"{GRIDS.name} ({'x'.join(map(str, grids.features.shape[1:]))})"
-                             if grids else f"{FEATURES.name} ({pooled.features.shape[1]}-d)",
+                             if grids else f"{pooled.path.name} ({pooled.features.shape[1]}-d)",
+                 "left_out": {name: "the whole split has no grids" for name in left_out},
                  "train_images": len(pooled.prepared(False).names("train")),
                  "dev_images": len(names)},
         "seeds": len(seeds), "quick": args.quick}

@@ -1,6 +1,7 @@
-"""The real Flickr8k subset beside the checkout (../shared/flickr8k), read in one place for every
+"""The real Flickr8k files beside the checkout (../shared/flickr8k), read in one place for every
 benchmark: its captions and official splits, prepared as notebook 01 prepares them, and the
-ImageNet features of its 875 photos (an external .npz, as a user would bring)."""
+ImageNet features of its 875 photos (an external .npz, as a user would bring), or with `full` of
+all 6,997 train and dev photos of the official split (a features-only dataset: no photo read)."""
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,9 @@ SHARED = REPO.parent / "shared" / "flickr8k"
 FEATURES = SHARED / "features" / "efficientnet_lite0_imagenet.npz"
 # The same network's 7x7 grids of the same photos (their mean is the pooled vector), for attention.
 GRIDS = SHARED / "features" / "efficientnet_lite0_spatial.npz"
+# The same network's pooled features of every train and dev photo of the official split (from
+# 224-px copies, squashed whole; the test split's are withheld), for the full-split benchmarks.
+TRAINVAL = SHARED / "features" / "flickr8k_trainval_efficientnet_lite0.npz"
 
 
 def shared_dir():
@@ -26,23 +30,30 @@ def shared_dir():
 
 
 class SharedData:
-    """The shared subset's features (with `grid`, its grids of positions) and captions, each
-    prepared once per cleaning option."""
+    """The shared subset's features (with `grid`, its grids of positions; with `full`, the whole
+    official split's pooled features) and captions, each prepared once per cleaning option."""
 
-    def __init__(self, grid=False):
-        self.names, features = utils.load_features(
-            shared_dir() / "features" / (GRIDS if grid else FEATURES).name, grid=grid)
+    def __init__(self, grid=False, full=False):
+        if grid and full:
+            raise ValueError("the whole split has pooled features only, no grids")
+        self.path = TRAINVAL if full else GRIDS if grid else FEATURES
+        self.names, features = utils.load_features(shared_dir() / "features" / self.path.name,
+                                                   grid=grid)
         self.features = np.asarray(features, "float32")
         self.images_dir, self.captions_file, self.split_files = utils.find_dataset_files(SHARED)
+        if full:  # features-only: their names stand for the photos, none of which is read
+            self.images_dir = None
+        self.full = full
         self._prepared, self._glove = {}, None
 
     def prepared(self, drop_one_letter=False):
         if drop_one_letter not in self._prepared:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the token file names 8,090 images; 875 are here
+                warnings.simplefilter("ignore")  # the token file names 8,090 images, not all here
                 self._prepared[drop_one_letter] = utils.prepare_dataset(
                     self.captions_file, self.images_dir, self.split_files,
-                    drop_one_letter=drop_one_letter)[0]
+                    drop_one_letter=drop_one_letter,
+                    feature_names=self.names if self.full else None)[0]
         return self._prepared[drop_one_letter]
 
     def captions(self, min_count=5, drop_one_letter=False):

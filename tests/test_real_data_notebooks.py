@@ -137,6 +137,41 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
     assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "shared8k")
 
 
+def test_a_features_only_dataset_runs_every_notebook(shared_flickr8k, tmp_path):
+    """Flickr8k's captions and the shared subset's features, no photo: the features' names stand
+    for the images present, notebooks 01 to 05 run, notebook 05 evaluates the dev split, and
+    what needs pixels says in one line why it is skipped."""
+    features = shared_flickr8k / "features" / "efficientnet_lite0_imagenet.npz"
+    common = {"DATASET": "features8k", "DATA_DIR": str(tmp_path / "data"),
+              "MODELS_DIR": str(tmp_path / "models")}
+    splits = {"train": str(shared_flickr8k / "Flickr_8k.trainImages.txt"),
+              "val": str(shared_flickr8k / "Flickr_8k.devImages.txt")}
+    given = {"01": {"CAPTIONS_FILE": str(shared_flickr8k / "Flickr8k.token.txt"),
+                    "SPLIT_FILES": splits, "FEATURES": str(features)},
+             "04": {"FEATURES": str(features), "EPOCHS": 2},
+             "05": {"FEATURES": str(features), "SPLIT": "val", "BEAM_WIDTHS": [3]}}
+    printed = {}
+    for number in ("01", "02", "03", "04", "05"):
+        parameters = {k: v for k, v in common.items() if k in papermill.inspect_notebook(
+            str(NOTEBOOKS[number]))} | given.get(number, {})
+        executed = json.loads(run_notebook(number, tmp_path, **parameters).read_text())
+        printed[number] = "".join("".join(o.get("text", "")) for c in executed["cells"]
+                                  for o in c.get("outputs", []))
+    prepared = utils.PreparedDataset.load(tmp_path / "data" / "features8k" / "prepared" /
+                                          "captions.json")
+    with_features = set(utils.load_features(features)[0])
+    assert prepared.images_dir is None and set(prepared.images) <= with_features
+    dev = [n for n in utils.read_split_file(splits["val"]) if n in with_features]
+    assert prepared.names("val") == sorted(dev) and len(dev) > 100
+    for number in ("01", "04", "05"):
+        assert utils.NO_PHOTOS in printed[number], number
+    assert "Nothing to extract: this dataset's images are not on this machine" in printed["02"]
+    evaluation = utils.read_evaluation(tmp_path / "models" / "features8k-efficientnet_lite0_imagenet",
+                                       "val")
+    assert evaluation.images == len(dev)
+    assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "features8k")
+
+
 @pytest.mark.parametrize("layout", [layout_original_zips, layout_extracted, layout_kaggle,
                                     layout_kaggle_zip], ids=lambda f: f.__name__[7:])
 def test_notebook_01_prepares_flickr8k_from_each_layout(layout, shared_flickr8k, tmp_path):

@@ -246,10 +246,14 @@ def seeded_split(names, val_size, test_size, seed=0):
             "test": sorted(order[n_val:n_val + n_test])}
 
 
-def keep_existing(names, images_dir):
-    """Split names into those whose image is on disk and those that are not (reported, not fatal)."""
-    images_dir = Path(images_dir)
-    kept = [n for n in names if (images_dir / n).is_file()]
+def keep_existing(names, images_dir, feature_names=None):
+    """Split names into those whose image is present and those that are not (reported, not
+    fatal): on disk in `images_dir`, or, for a features-only dataset, among `feature_names`."""
+    if feature_names is not None:
+        present = set(feature_names)
+        kept = [n for n in names if n in present]
+    else:
+        kept = [n for n in names if (Path(images_dir) / n).is_file()]
     dropped = sorted(set(names) - set(kept))
     return kept, dropped
 
@@ -311,7 +315,7 @@ def find_dataset_files(root):
 @dataclass
 class PreparedDataset:
     """What stage 1 saves: every kept image with its split, training captions and references."""
-    images_dir: str
+    images_dir: str     # None: a features-only dataset, whose photos are not on this machine
     images: dict        # name -> {"split": ..., "captions": [clean], "references": [[tokens]]}
     options: dict
     images_zip: dict = None  # {"path", "folder"} when the images come out of a zip: see images_folder
@@ -329,19 +333,23 @@ class PreparedDataset:
                              "notebooks/01_prepare_captions.ipynb again") from None
 
     def save(self, path):
-        write_json(path, {"images_dir": portable_path(self.images_dir), "images_zip": self.images_zip,
+        images_dir = self.images_dir and portable_path(self.images_dir)
+        write_json(path, {"images_dir": images_dir, "images_zip": self.images_zip,
                           "options": self.options, "images": self.images})
 
     @classmethod
     def load(cls, path):
         data = read_json(require(path, "01_prepare_captions"))
-        return cls(str(resolve_path(data["images_dir"])), data["images"], data["options"],
-                   data.get("images_zip"))
+        images_dir = data["images_dir"] and str(resolve_path(data["images_dir"]))
+        return cls(images_dir, data["images"], data["options"], data.get("images_zip"))
 
 
 def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, test_size=0.1,
-                    seed=0, drop_one_letter=False, images_zip=None):
+                    seed=0, drop_one_letter=False, images_zip=None, feature_names=None):
     """Read, split, keep images that exist, clean: returns (PreparedDataset, report).
+
+    A features-only dataset (its photos elsewhere, their features given) has `images_dir` None
+    and `feature_names`, the names of the features' rows, which stand for the images present.
 
     Splits come from the official split files when given, else from the caption file (Karpathy's
     JSON), else from a seeded split of the images on disk. `images_zip` ({"path", "folder"}) is
@@ -349,13 +357,17 @@ def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, t
     can extract them again.
     """
     caption_file = read_captions(captions_file)
-    on_disk, missing = keep_existing(list(caption_file.captions), images_dir)  # names checked
+    if (images_dir is None) == (feature_names is None):
+        raise ValueError("give the images folder, or for a features-only dataset the names of "
+                         "its features, not both")
+    on_disk, missing = keep_existing(list(caption_file.captions), images_dir, feature_names)
     if split_files:
         splits = {split: read_split_file(path) for split, path in split_files.items()}
     else:
         splits = caption_file.splits or seeded_split(on_disk, val_size, test_size, seed)
     if missing:
-        warnings.warn(f"{len(missing)} image(s) named in {captions_file} are not in {images_dir}, "
+        where = images_dir if feature_names is None else "the features given"
+        warnings.warn(f"{len(missing)} image(s) named in {captions_file} are not in {where}, "
                       f"dropped (first: {missing[0]})", stacklevel=2)
     on_disk = set(on_disk)
     images, without_captions, emptied = {}, [], []
@@ -380,7 +392,8 @@ def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, t
               "empty_after_cleaning": emptied,
               "missing_images": missing, "split_names_without_captions": without_captions,
               "images_per_split": {s: sum(i["split"] == s for i in images.values()) for s in splits}}
-    return PreparedDataset(str(images_dir), images, options, images_zip), report
+    images_dir = None if images_dir is None else str(images_dir)
+    return PreparedDataset(images_dir, images, options, images_zip), report
 
 
 def split_images(prepared, split, feature_names):

@@ -19,6 +19,7 @@ from .files import DATA_DIR, atomic_path, portable_path, read_json, require, res
 
 __all__ = ["FLICKR8K_URL", "FLICKR8K_ZIPS", "KAGGLE_ZIPS", "FLICKR8K_SPLITS", "LOCAL_DIR_VARIABLE",
            "DatasetFiles", "find_flickr8k", "extraction_dir", "extract_images", "images_folder",
+           "NO_PHOTOS",
            "COLOURS", "BACKGROUNDS", "SHAPES", "sample_scene", "make_sample_dataset"]
 
 # ---------------------------------------------------------------------------------------------
@@ -36,6 +37,9 @@ FLICKR8K_SPLITS = Path(__file__).parent / "flickr8k_splits"
 # extracted there rather than beside their zip, which lies on Google Drive, where reading
 # thousands of small files is slow.
 LOCAL_DIR_VARIABLE = "IMAGE_CAPTIONING_LOCAL_DIR"
+# What a notebook prints in place of a figure of photos, for a features-only dataset.
+NO_PHOTOS = ("No photos to show: this dataset's images are not on this machine (its features "
+             "were given: FEATURES in notebook 01).")
 
 
 class DatasetFiles(NamedTuple):
@@ -69,8 +73,11 @@ def extract_images(zip_path, folder):
 
 
 def images_folder(prepared):
-    """The images of a prepared dataset. Those that came out of a zip are extracted again where
-    this machine lacks them: a new Colab runtime has an empty disk, but the zip is on Drive."""
+    """The images of a prepared dataset; None for a features-only one (NO_PHOTOS says so). Those
+    that came out of a zip are extracted again where this machine lacks them: a new Colab
+    runtime has an empty disk, but the zip is on Drive."""
+    if prepared.images_dir is None:
+        return None
     if prepared.images_zip:
         zipped = prepared.images_zip
         return extract_images(resolve_path(zipped["path"]), zipped["folder"])
