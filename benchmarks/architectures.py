@@ -33,6 +33,7 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from our_recipe import arguments, notebook_defaults, record, score, summarise, train_ours
@@ -162,7 +163,9 @@ def main():
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
     names, _, raw = pooled.split("val")
-    stored = utils.read_json(args.out) if args.architectures and not args.quick else {}
+    # The other architectures' stored runs, when there are some (a first run has none).
+    stored = (utils.read_json(args.out) if args.architectures and not args.quick
+              and Path(args.out).is_file() else {})
     if stored and stored["seeds"] != len(seeds):
         parser.error(f"{args.out} holds runs of {stored['seeds']} seeds: give --seeds "
                      f"{stored['seeds']}")
