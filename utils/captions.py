@@ -360,20 +360,20 @@ def prepare_dataset(captions_file, images_dir, split_files=None, val_size=0.1, t
     if (images_dir is None) == (feature_names is None):
         raise ValueError("give the images folder, or for a features-only dataset the names of "
                          "its features, not both")
-    on_disk, missing = keep_existing(list(caption_file.captions), images_dir, feature_names)
+    present, missing = keep_existing(list(caption_file.captions), images_dir, feature_names)
     if split_files:
         splits = {split: read_split_file(path) for split, path in split_files.items()}
     else:
-        splits = caption_file.splits or seeded_split(on_disk, val_size, test_size, seed)
+        splits = caption_file.splits or seeded_split(present, val_size, test_size, seed)
     if missing:
         where = images_dir if feature_names is None else "the features given"
         warnings.warn(f"{len(missing)} image(s) named in {captions_file} are not in {where}, "
                       f"dropped (first: {missing[0]})", stacklevel=2)
-    on_disk = set(on_disk)
+    present = set(present)
     images, without_captions, emptied = {}, [], []
     for split, names in splits.items():
         without_captions += [n for n in names if n not in caption_file.captions]
-        for name in (n for n in names if n in on_disk):
+        for name in (n for n in names if n in present):
             raw = caption_file.captions[name]
             cleaned = [clean_caption(c, drop_one_letter) for c in raw]
             emptied += [f"{name}: {r!r}" for r, c in zip(raw, cleaned) if not c]
