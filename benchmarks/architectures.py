@@ -31,12 +31,11 @@ name.
 """
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from our_recipe import arguments, notebook_defaults, record, score, summarise, train_ours
+from our_recipe import arguments, notebook_defaults, record, run_folder, score, summarise, train_ours
 
 import utils
 from shared_data import GRIDS, REPO, SharedData
@@ -175,10 +174,10 @@ def main():
         data = grids if utils.architecture_class(config["architecture"]).reads_grid else pooled
         every_image = data.features  # train and dev: the speed of decoding many images
         for seed in seeds if name in utils.ARCHITECTURES else seeds[:1]:
-            with tempfile.TemporaryDirectory() as run_dir:
-                model, vocab, seconds, epochs = train_ours(data, config, seed, run_dir)
-            record(results[name], name, seed, seconds, epochs,
-                   score(model, vocab, data, False, DECODINGS),
+            with run_folder(args.runs, name, seed) as run_dir:
+                model, vocab, seconds, curve = train_ours(data, config, seed, run_dir)
+            record(results[name], name, seed, seconds, len(curve),
+                   score(model, vocab, data, False, DECODINGS), curve=curve,
                    parameters=model.count_params(), captions_per_second={
                        s.slug: round(captions_per_second(model, vocab, every_image, s), 1)
                        for s in (DECODINGS[0], utils.DEFAULT_DECODING)})

@@ -3,10 +3,14 @@
 notebook 05 evaluation of the dev split (the COCO evaluation, nltk's BLEU beside it)."""
 import argparse
 import ast
+import contextlib
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import papermill
 
@@ -18,6 +22,8 @@ MODEL_FIELDS = set(utils.ModelConfig.__dataclass_fields__) - {"vocab_size", "fea
                                                                "positions"}
 TRAINING_FIELDS = set(utils.TrainingConfig.__dataclass_fields__) - {"seed"}
 SCORES = (*utils.COMPARED_SCORES, "nltk_bleu4")  # summarised over seeds
+GREEDY = utils.DecodingSetting(1, 0.0, 0)  # the decoding of the per-epoch dev curve
+CURVE_FILE = "dev_curve.json"  # a benchmark run folder's per-epoch seconds, loss and dev scores
 
 
 def notebook_defaults():
@@ -36,8 +42,37 @@ def notebook_defaults():
             | {f: getattr(training, f) for f in TRAINING_FIELDS})
 
 
+class DevCurve(keras.callbacks.Callback):
+    """Each epoch's seconds (training and validation loss), and its greedy captions of the dev
+    images scored by the COCO evaluation without METEOR (BLEU-4, CIDEr-D): the epoch a caption
+    score would pick, beside the one validation loss picks. Kept in the run folder as it grows
+    (CURVE_FILE), so that a resumed run keeps its earlier epochs'."""
+
+    def __init__(self, path, vocab, features, references):
+        super().__init__()
+        self.path, self.vocab, self.features, self.references = path, vocab, features, references
+        self.epochs = utils.read_json(path) if path.is_file() else []
+
+    def on_train_begin(self, logs=None):
+        self.decoder = utils.CaptionDecoder(self.model, self.vocab)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        captions = [c.text for c in utils.decode(self.decoder, self.features, GREEDY)]
+        scores, _ = utils.coco_scores(self.references, captions, meteor=False)
+        self.epochs = [e for e in self.epochs if e["epoch"] < epoch + 1] + [
+            {"epoch": epoch + 1, "seconds": round(seconds, 1), "val_loss": round(logs["val_loss"], 5)}
+            | {f"greedy_{k}": round(scores[k], 4) for k in ("bleu4", "cider_d")}]
+        utils.write_json(self.path, self.epochs)
+
+
 def train_ours(shared, config, seed, run_dir):
-    """The notebook 04 path: returns (best model, vocabulary, training seconds, epochs run)."""
+    """The notebook 04 path, with the dev curve (DevCurve) kept: returns (best model, vocabulary,
+    training seconds, the curve: one entry per epoch). A `run_dir` that holds an interrupted run
+    of the same configuration and seed resumes it."""
     vocab, data = shared.captions(config["min_count"], config["drop_one_letter"])
     grid = data.features.ndim == 3  # [images, positions, dim]: SharedData(grid=True)
     model_config = utils.ModelConfig(len(vocab), data.features.shape[-1],
@@ -46,11 +81,32 @@ def train_ours(shared, config, seed, run_dir):
     training = utils.TrainingConfig(seed=seed, **{f: config[f] for f in TRAINING_FIELDS})
     embedding = shared.embedding(vocab, seed) if config["glove"] else None
     model = utils.build_model(model_config, training, embedding, data.feature_statistics())
-    start = time.perf_counter()
-    history = utils.train_caption_model(model, data, run_dir, training, verbose=0)
-    seconds = time.perf_counter() - start
+    _, features, references = shared.split("val", config["drop_one_letter"])
+    curve = DevCurve(Path(run_dir) / CURVE_FILE, vocab, features, references)
+    if not _finished(run_dir):
+        utils.train_caption_model(model, data, run_dir, training, [curve], verbose=0)
     model.load_weights(Path(run_dir) / utils.WEIGHTS_FILE)  # the best epoch's
-    return model, vocab, seconds, len(history)
+    return model, vocab, sum(e["seconds"] for e in curve.epochs), curve.epochs
+
+
+def _finished(run_dir):
+    """Whether a kept run folder holds a finished run (training wrote its history, and
+    BackupAndRestore removed its backup)."""
+    return (Path(run_dir) / "history.json").is_file() and not (Path(run_dir) / "backup").exists()
+
+
+@contextlib.contextmanager
+def run_folder(runs_dir, name, seed):
+    """Where a benchmark run trains: a temporary folder, or in `runs_dir` a kept one named after
+    the configuration and seed, where an interrupted run resumes, a finished one is read back
+    instead of trained again, and later decodings find its weights."""
+    if runs_dir is None:
+        with tempfile.TemporaryDirectory() as folder:
+            yield folder
+    else:
+        folder = Path(runs_dir) / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
 
 
 def score(model, vocab, shared, drop_one_letter, decodings):
@@ -86,12 +142,15 @@ def arguments(doc, results, tune_help):
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tune", action="store_true", help=tune_help)
     parser.add_argument("--out", default=str(results), help="where every score is written")
+    parser.add_argument("--runs", help="keep each run's folder in this one: an interrupted "
+                                       "benchmark resumes there, a finished run is not trained again")
     return parser
 
 
 def record(runs, name, seed, seconds, epochs, scores, **measured):
-    """One trained run's figures appended to `runs` (with anything else `measured`), and a line
-    of its BLEU-4 and CIDEr-D per decoding on stderr, so that a long benchmark shows progress."""
+    """One trained run's figures appended to `runs` (with anything else `measured`: our runs'
+    dev curve), and a line of its BLEU-4 and CIDEr-D per decoding on stderr, so that a long
+    benchmark shows progress."""
     runs.append({"seed": seed, "train_seconds": seconds, "epochs": epochs, "scores": scores,
                  **measured})
     print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in scores.items()}, file=sys.stderr)

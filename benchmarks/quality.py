@@ -1,7 +1,7 @@
 """Caption quality on real photos: our default configuration against the seed projects' recipe,
 and where the difference comes from.
 
-    python benchmarks/quality.py [--quick] [--seeds N] [--tune]
+    python benchmarks/quality.py [--quick] [--seeds N] [--tune] [--full] [--only NAME ...] [--runs DIR]
 
 Both train on the official train images of the shared Flickr8k subset (753 of them, 5 captions
 each), from the real ImageNet features in ../shared/flickr8k/features/ (an external .npz, as a
@@ -24,23 +24,30 @@ the dev images (utils.compare_statistics: images resampled, every seed averaged)
 tokenisations: the COCO evaluation's, and the same with one-letter words dropped from captions
 and references alike (the seed recipe's own, which can never say "a").
 
-`--tune` also trains each variant of VARIANTS (one change to the default each). Every score and
-caption is written to benchmarks/results/quality.json (`--out`), except with `--quick`. Last line:
+`--tune` also trains each variant of VARIANTS (one change to the default each). `--full` tunes on
+the whole official split instead (6,000 train and 1,000 dev photos, features only: SharedData's
+`full`), without the seed recipe, into benchmarks/results/quality-full.json. Each run records its
+dev curve: per epoch, its seconds, validation loss and greedy BLEU-4 and CIDEr-D on dev (which
+epoch each rule would pick). `--runs DIR` keeps every run's folder there: an interrupted benchmark
+started again resumes its run, and reads finished runs back instead of training them again.
+Every score and caption is written to benchmarks/results/quality.json (`--out`), except with
+`--quick`. Last line:
 one JSON object with `decomposition`, and per configuration and decoding the mean and standard
 deviation over seeds of every score.
 """
 import json
 import os
-import tempfile
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import seed_recipe
-from our_recipe import arguments, notebook_defaults, record, score, summarise, train_ours
+from our_recipe import arguments, notebook_defaults, record, run_folder, score, summarise, train_ours
 
 import utils
-from shared_data import FEATURES, REPO, SharedData
+from shared_data import REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "quality.json"
+FULL_RESULTS = REPO / "benchmarks" / "results" / "quality-full.json"
 # Each variant changes one setting of the current default. Earlier rounds, each against the
 # defaults of its day, are in benchmarks/results/quality-tuning*.json and docs/results.md's tuning table.
 VARIANTS = {
@@ -95,9 +102,15 @@ def main():
     parser.add_argument("--only", nargs="*", help="variants to tune (default: all)")
     parser.add_argument("--variants-only", action="store_true",
                         help="a further tuning round: no baseline, no default, no decomposition")
+    parser.add_argument("--full", action="store_true",
+                        help="tune on the whole official split (6,000 train, 1,000 dev photos): "
+                             f"no baseline, no decomposition; results in {FULL_RESULTS.name} "
+                             "unless --out")
     args = parser.parse_args()
+    if args.full and args.out == str(RESULTS):
+        args.out = str(FULL_RESULTS)
     seeds = range(1 if args.quick else args.seeds)
-    data = SharedData()
+    data = SharedData(full=args.full)
     default = notebook_defaults()
     configs = {} if args.variants_only else {"default": default}
     if args.tune:
@@ -105,10 +118,17 @@ def main():
                     if not args.only or name in args.only}
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
-    baselines = {} if args.variants_only else {
+    # The comparison with the seed recipe stays the subset's (docs/results.md): --full tunes ours.
+    baselines = {} if args.variants_only or args.full else {
         "baseline": seed_recipe.CLEANING,
         "baseline, our cleaning": {k: default[k] for k in seed_recipe.CLEANING}}
-    results = {}
+    # The whole split's tuning grows over several invocations: the stored configurations that
+    # this one does not train are kept.
+    stored = (utils.read_json(args.out) if args.full and not args.quick
+              and Path(args.out).is_file() else {"runs": {}, "settings": {"configurations": {}}})
+    results = {k: v for k, v in stored["runs"].items() if k not in configs}
+    configs_run, configs = configs, {k: v for k, v in stored["settings"]["configurations"].items()
+                                     if k in results} | configs
     for name, cleaning in baselines.items():
         results[name] = []
         for seed in seeds:
@@ -116,17 +136,17 @@ def main():
                                                               cleaning)
             record(results[name], name, seed, seconds, epochs,
                    score(model, vocab, data, cleaning["drop_one_letter"], BASELINE_DECODINGS))
-    for name, config in configs.items():
+    for name, config in configs_run.items():
         results[name] = []
         for seed in seeds:
-            with tempfile.TemporaryDirectory() as run_dir:
-                model, vocab, seconds, epochs = train_ours(data, config, seed, run_dir)
-            record(results[name], name, seed, seconds, epochs,
-                   score(model, vocab, data, config["drop_one_letter"], DECODINGS))
+            with run_folder(args.runs, name, seed) as run_dir:
+                model, vocab, seconds, curve = train_ours(data, config, seed, run_dir)
+            record(results[name], name, seed, seconds, len(curve),
+                   score(model, vocab, data, config["drop_one_letter"], DECODINGS), curve=curve)
         if not args.quick:  # kept as it grows: a long run can be cut short
             utils.write_json(args.out, make_report(results, configs, data, args) | {"runs": results})
     report = make_report(results, configs, data, args)
-    if not args.variants_only:
+    if baselines:
         report = {"decomposition": decompose(results, data)} | report
     if not args.quick:
         utils.write_json(args.out, report | {"runs": results})
@@ -140,7 +160,7 @@ def make_report(results, configs, data, args):
         "default_decoding": utils.DEFAULT_DECODING.slug,
         "settings": {"baseline": seed_recipe.CLEANING | seed_recipe.MODEL | seed_recipe.TRAINING,
                      "configurations": configs},
-        "data": {"features": f"{FEATURES.name} ({data.features.shape[1]}-d)",
+        "data": {"features": f"{data.path.name} ({data.features.shape[1]}-d)",
                  "train_images": len(data.prepared(False).names("train")),
                  "dev_images": len(data.prepared(False).names("val"))},
         "seeds": max(len(runs) for runs in results.values()), "quick": args.quick}

@@ -100,7 +100,7 @@ def test_a_run_from_before_records_still_loads_and_captions(run_copy, sample_roo
     model, vocab, upgraded = utils.load_run(run_copy)
     assert upgraded.features == config.features and upgraded.model == config.model
     assert upgraded.training == dataclasses.replace(config.training, lr_plateau_factor=0.5,
-                                                    label_smoothing=0.1)
+                                                    label_smoothing=0.1, min_gain=0.0)
     assert upgraded.vocabulary == vocab.fingerprint and upgraded.data == config.data
     photo = sorted((sample_root / "Images").iterdir())[0]
     assert utils.caption_image(utils.Captioner.from_run(run_copy), photo)
@@ -231,6 +231,10 @@ def test_a_run_folder_from_before_the_record_was_the_models_source_still_loads(o
     assert utils.is_trained(run) and not (run / utils.WEIGHTS_FILE).exists()
     model, vocab, config = utils.load_run(run)
     assert type(model) is utils.architecture_class(config.model.architecture)
+    # Its record has no minimum gain: it stopped on any fall of validation loss, whatever the
+    # default is now.
+    assert "min_gain" not in utils.read_json(run / "config.json")["training"]
+    assert config.training.min_gain == 0.0
     saved = np.load(run / "features.npz")
     tokens = np.array([vocab.encode("a red circle above a blue square")[:-1]] * 5)
     by_keras = keras.models.load_model(run / "model.keras", safe_mode=True, compile=False)

@@ -99,14 +99,16 @@ def config_from_parameters(config_class, parameters, **measured):
     return config_class(**named | measured)
 
 
-# Fields added to format 1 after records were written: missing, they mean their default (a
-# record from before the attention model describes a model without a grid).
-ADDED_LATER = ("model.positions", "model.attention_regularization")
+# Fields added to format 1 after records were written, and what a record without one means: how
+# its run was made (a record from before the attention model describes a model without a grid, a
+# run from before `min_gain` stopped on any fall of validation loss).
+ADDED_LATER = {"model.positions": None, "model.attention_regularization": 1.0,
+               "training.min_gain": 0.0}
 
 
 def _record(cls, data, path, where=""):
     """A dataclass from its dict, refusing unknown and missing fields by name (but those of
-    ADDED_LATER, which take their defaults)."""
+    ADDED_LATER, which take the value they had before)."""
     if not isinstance(data, dict):
         raise RunConfigError(f"{path}: field {where.rstrip('.')!r} should be an object")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -116,11 +118,12 @@ def _record(cls, data, path, where=""):
     values = {}
     for name, field in fields.items():
         if name not in data and where + name in ADDED_LATER:
-            continue
-        if name not in data:
+            values[name] = ADDED_LATER[where + name]
+        elif name not in data:
             raise RunConfigError(f"{path}: missing field {where + name!r}")
-        values[name] = (_record(field.type, data[name], path, f"{where}{name}.")
-                        if dataclasses.is_dataclass(field.type) else data[name])
+        else:
+            values[name] = (_record(field.type, data[name], path, f"{where}{name}.")
+                            if dataclasses.is_dataclass(field.type) else data[name])
     try:
         return cls(**values)
     except ValueError as e:  # a value the record's type refuses, such as an unknown kind
@@ -144,9 +147,10 @@ def _upgrade_v0(old, vocab, path):
                 params["units"], params["dropout"], params["train_embedding"])),
             # Runs older than these two options trained without them.
             "training": dataclasses.asdict(TrainingConfig(
-                params["epochs"], params["batch_size"], params["learning_rate"],
-                params.get("lr_plateau_factor"), params.get("label_smoothing", 0.0),
-                params["patience"], params["seed"], params["mixed_precision"], params["xla"])),
+                **{k: params[k] for k in ("epochs", "batch_size", "learning_rate", "patience",
+                                          "seed", "mixed_precision", "xla")},
+                lr_plateau_factor=params.get("lr_plateau_factor"),
+                label_smoothing=params.get("label_smoothing", 0.0), min_gain=0.0)),
             "data": {"train": old["train"], "val": old["val"]}, "format_version": FORMAT_VERSION}
     except KeyError as e:
         raise RunConfigError(
@@ -156,14 +160,14 @@ def _upgrade_v0(old, vocab, path):
 
 # Settings that change how long a run trains, not what it learns: an unfinished run resumes with
 # new values of these. Any other difference is another run, refused in the same folder.
-EXTENDING = ("training.epochs", "training.patience")
+EXTENDING = ("training.epochs", "training.patience", "training.min_gain")
 
 
 def save_run(run_dir, config, vocab):
     """The record and the vocabulary of a run, written before training starts. Returns True when
     `run_dir` already holds this very run, finished (nothing to train: on Colab, a second visit).
     A folder holding a run with other settings is refused, never mixed with the new one; an
-    unfinished run may resume with more epochs or more patience."""
+    unfinished run may resume with more epochs, more patience or another minimum gain."""
     if config.vocabulary != vocab.fingerprint:
         raise ValueError("the run record names another vocabulary than the one given")
     run_dir = Path(run_dir)
