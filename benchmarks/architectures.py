@@ -174,7 +174,7 @@ def main():
         data = grids if utils.architecture_class(config["architecture"]).reads_grid else pooled
         every_image = data.features  # train and dev: the speed of decoding many images
         for seed in seeds if name in utils.ARCHITECTURES else seeds[:1]:
-            with run_folder(args.runs, name, seed) as run_dir:
+            with run_folder(args.runs, name, config, seed) as run_dir:
                 model, vocab, seconds, curve = train_ours(data, config, seed, run_dir)
             record(results[name], name, seed, seconds, len(curve),
                    score(model, vocab, data, False, DECODINGS), curve=curve,

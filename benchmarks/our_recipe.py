@@ -24,6 +24,7 @@ TRAINING_FIELDS = set(utils.TrainingConfig.__dataclass_fields__) - {"seed"}
 SCORES = (*utils.COMPARED_SCORES, "nltk_bleu4")  # summarised over seeds
 GREEDY = utils.DecodingSetting(1, 0.0, 0)  # the decoding of the per-epoch dev curve
 CURVE_FILE = "dev_curve.json"  # a benchmark run folder's per-epoch seconds, loss and dev scores
+SETTINGS_FILE = "benchmark_settings.json"  # the configuration a kept run folder was trained with
 
 
 def notebook_defaults():
@@ -96,17 +97,23 @@ def _finished(run_dir):
 
 
 @contextlib.contextmanager
-def run_folder(runs_dir, name, seed):
+def run_folder(runs_dir, name, config, seed):
     """Where a benchmark run trains: a temporary folder, or in `runs_dir` a kept one named after
     the configuration and seed, where an interrupted run resumes, a finished one is read back
-    instead of trained again, and later decodings find its weights."""
+    instead of trained again, and later decodings find its weights. A kept folder of the same
+    name trained with other settings is refused, never resumed."""
     if runs_dir is None:
         with tempfile.TemporaryDirectory() as folder:
             yield folder
-    else:
-        folder = Path(runs_dir) / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-seed{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
-        yield folder
+        return
+    folder = Path(runs_dir) / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = folder / SETTINGS_FILE
+    if settings.is_file() and utils.read_json(settings) != config:
+        sys.exit(f"{folder} holds a run of {name!r} with other settings than today's "
+                 f"({settings}): move it away, or give another --runs folder")
+    utils.write_json(settings, config)
+    yield folder
 
 
 def score(model, vocab, shared, drop_one_letter, decodings):

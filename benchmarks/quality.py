@@ -139,7 +139,7 @@ def main():
     for name, config in configs_run.items():
         results[name] = []
         for seed in seeds:
-            with run_folder(args.runs, name, seed) as run_dir:
+            with run_folder(args.runs, name, config, seed) as run_dir:
                 model, vocab, seconds, curve = train_ours(data, config, seed, run_dir)
             record(results[name], name, seed, seconds, len(curve),
                    score(model, vocab, data, config["drop_one_letter"], DECODINGS), curve=curve)
