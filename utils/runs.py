@@ -160,14 +160,14 @@ def _upgrade_v0(old, vocab, path):
 
 # Settings that change how long a run trains, not what it learns: an unfinished run resumes with
 # new values of these. Any other difference is another run, refused in the same folder.
-EXTENDING = ("training.epochs", "training.patience", "training.min_gain")
+EXTENDING = ("training.epochs", "training.patience")
 
 
 def save_run(run_dir, config, vocab):
     """The record and the vocabulary of a run, written before training starts. Returns True when
     `run_dir` already holds this very run, finished (nothing to train: on Colab, a second visit).
     A folder holding a run with other settings is refused, never mixed with the new one; an
-    unfinished run may resume with more epochs, more patience or another minimum gain."""
+    unfinished run may resume with more epochs or more patience."""
     if config.vocabulary != vocab.fingerprint:
         raise ValueError("the run record names another vocabulary than the one given")
     run_dir = Path(run_dir)

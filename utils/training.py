@@ -31,6 +31,9 @@ __all__ = ["TrainingConfig", "WEIGHTS_FILE", "build_model", "compile_model",
 # The run folder's file of the model's best weights (the lowest validation loss); the model
 # itself is rebuilt from the run record (utils.runs.load_run).
 WEIGHTS_FILE = "model.weights.h5"
+# The least progress the learning-rate schedule counts, whatever a smaller `min_gain` says: Keras's
+# default, which every run trained before `min_gain` existed used.
+PLATEAU_MIN_GAIN = 1e-4
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class TrainingConfig:
     lr_plateau_factor: float = 0.5  # learning rate x this after an epoch without progress; None: constant
     label_smoothing: float = 0.1    # share of each target spread over the whole vocabulary
     patience: int = 4               # early stopping, in epochs without a better validation loss
-    min_gain: float = 0.0           # early stopping: the least fall of validation loss that counts as better
+    min_gain: float = 0.0           # the least fall of validation loss that counts as progress
     seed: int = 0                   # initial weights, dropout and the order of batches
     mixed_precision: bool = False   # float16 compute (GPU)
     xla: bool = False               # compile the training step with XLA
@@ -251,13 +254,15 @@ def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_c
     first, history = resumed_epoch(run_dir), read_history(run_dir)
     logged = [h for h in history if h["epoch"] < first]
     best_so_far = min((h["val_loss"] for h in history), default=np.inf)
-    # A fall of validation loss under `min_gain` is no progress to early stopping (the best
-    # checkpoint still keeps the lowest loss): late epochs that gain a few thousandths each end.
+    # A fall of validation loss under `min_gain` is no progress, to the schedule and to early
+    # stopping alike (the best checkpoint still keeps the lowest loss): epochs that gain a few
+    # thousandths each halve the learning rate, and then end the run.
     counted = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.patience,
                                              min_delta=training.min_gain)]
     if training.lr_plateau_factor is not None:  # before the CSV log, so that it logs the rate
         counted.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=training.lr_plateau_factor, patience=1, min_lr=1e-5))
+            monitor="val_loss", factor=training.lr_plateau_factor, patience=1, min_lr=1e-5,
+            min_delta=max(training.min_gain, PLATEAU_MIN_GAIN)))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         RandomStateBackup(run_dir / "backup"),
