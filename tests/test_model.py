@@ -338,6 +338,37 @@ def fit(sample_training, run_dir, epochs, shuffle_images=False, seed=0, extra_ca
     return model, history
 
 
+def test_a_fall_of_validation_loss_under_the_minimum_gain_is_no_progress(sample_training,
+                                                                        tmp_path):
+    """MIN_GAIN: an epoch whose validation loss falls by less than it is no progress, to the
+    learning-rate schedule (which halves the rate after it) and to early stopping (whose
+    patience counts it), while the checkpoint still keeps the lowest loss."""
+    prepared, vocab, names, features = sample_training
+    data = utils.CaptionData.encode(prepared, vocab, names, features)
+    histories = {}
+    for gain in (0.0, 10.0):  # 10: no fall of the loss is that large
+        training = utils.TrainingConfig(epochs=4, patience=2, min_gain=gain, **FAST_TRAINING)
+        model = utils.build_model(utils.ModelConfig(len(vocab), features.shape[1], units=32),
+                                  training, feature_stats=data.feature_statistics())
+        histories[gain] = utils.train_caption_model(model, data, tmp_path / str(gain), training,
+                                                    verbose=0)
+        kept = utils.build_model(utils.ModelConfig(len(vocab), features.shape[1], units=32),
+                                 training)
+        kept.load_weights(tmp_path / str(gain) / utils.WEIGHTS_FILE)
+        assert kept.evaluate(data.datasets(64)[1], verbose=0) == pytest.approx(
+            min(h["val_loss"] for h in histories[gain]), rel=1e-5)
+    losses = [h["val_loss"] for h in histories[0.0]]
+    assert all(a - b > utils.PLATEAU_MIN_GAIN for a, b in zip(losses, losses[1:]))
+    rate = FAST_TRAINING["learning_rate"]
+    assert [h["learning_rate"] for h in histories[0.0]] == pytest.approx([rate] * 4)
+    # The first epoch is progress (from no loss at all); then each is none: the rate halves after
+    # each (the history logs the rate an epoch trained at), and the run stops after `patience`
+    # of them, though its loss still falls.
+    assert [h["learning_rate"] for h in histories[10.0]] == pytest.approx(
+        [rate, rate, rate / 2])
+    assert histories[10.0][2]["val_loss"] < histories[10.0][0]["val_loss"]
+
+
 def test_model_learns_from_the_images(sample_training, tmp_path):
     _, real = fit(sample_training, tmp_path / "real", 12)
     _, shuffled = fit(sample_training, tmp_path / "shuffled", 12, shuffle_images=True)

@@ -23,7 +23,7 @@ from .architectures import build_caption_model
 from .files import atomic_path, read_json, write_json
 from .pipeline import batch_count
 
-__all__ = ["TrainingConfig", "WEIGHTS_FILE", "build_model", "compile_model",
+__all__ = ["TrainingConfig", "WEIGHTS_FILE", "PLATEAU_MIN_GAIN", "build_model", "compile_model",
            "SmoothedCaptionLoss", "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters",
            "read_history", "check_training_state", "STRATEGIES", "distribution_strategy",
            "train_caption_model"]
