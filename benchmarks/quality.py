@@ -64,7 +64,8 @@ VARIANTS = {
     "LSTM 128": {"units": 128},
     "random 200d embedding, trained": {"glove": False, "embedding_dim": 200},
     "batch 32": {"batch_size": 32},
-    "minimum gain 0.005": {"min_gain": 0.005},
+    "minimum gain 0 (the defaults before)": {"min_gain": 0.0},
+    "minimum gain 0.002": {"min_gain": 0.002},
 }
 DECODINGS = [utils.DecodingSetting(*d) for d in (
     (1, 0.0, 0), (3, 0.0, 0), (5, 0.0, 0), (3, 1.0, 0), (5, 1.0, 0),
