@@ -35,7 +35,16 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from our_recipe import arguments, notebook_defaults, record, run_folder, score, summarise, train_ours
+from our_recipe import (
+    arguments,
+    differences,
+    notebook_defaults,
+    record,
+    run_folder,
+    score,
+    summarise,
+    train_ours,
+)
 
 import utils
 from shared_data import GRIDS, REPO, SharedData
@@ -72,21 +81,6 @@ def mean_speed(runs):
         return None
     return {s: round(sum(r["captions_per_second"][s] for r in runs) / len(runs), 1)
             for s in runs[0]["captions_per_second"]}
-
-
-def differences(results, references, baseline="merge"):
-    """Each configuration's captions against the baseline's, per decoding: scores, gains and
-    paired bootstrap intervals (utils.compare_statistics)."""
-    names = list(references)
-    out = {}
-    for setting in DECODINGS:
-        grouped, missing = utils.grouped_statistics(list(references.values()), {
-            name: [[run["scores"][setting.slug]["captions"][n] for n in names] for run in runs]
-            for name, runs in results.items()})
-        out[setting.slug] = {name: utils.compare_statistics(grouped[baseline], statistics)
-                             for name, statistics in grouped.items() if name != baseline}
-        out[setting.slug]["missing"] = missing
-    return out
 
 
 def tables(report):
@@ -182,7 +176,7 @@ def main():
                        s.slug: round(captions_per_second(model, vocab, every_image, s), 1)
                        for s in (DECODINGS[0], utils.DEFAULT_DECODING)})
     # Against merge's runs, when there are some (`--quick --architectures` may have none).
-    different = differences(results, dict(zip(names, raw))) if "merge" in results else {
+    different = differences(results, dict(zip(names, raw)), DECODINGS, "merge") if "merge" in results else {
         s.slug: {"missing": None} for s in DECODINGS}
     entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
                       "captions_per_second": mean_speed(runs),

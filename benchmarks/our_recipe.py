@@ -128,6 +128,22 @@ def score(model, vocab, shared, drop_one_letter, decodings):
                "captions": result.captions} for result in results}
 
 
+def differences(results, references, decodings, baseline):
+    """Each configuration's captions against the `baseline` configuration's, per decoding: scores,
+    gains and paired bootstrap intervals over images (utils.compare_statistics, every seed
+    averaged). `references`: the dev images' raw references, by name."""
+    names = list(references)
+    out = {}
+    for setting in decodings:
+        grouped, missing = utils.grouped_statistics(list(references.values()), {
+            name: [[run["scores"][setting.slug]["captions"][n] for n in names] for run in runs]
+            for name, runs in results.items()})
+        out[setting.slug] = {name: utils.compare_statistics(grouped[baseline], statistics)
+                             for name, statistics in grouped.items() if name != baseline}
+        out[setting.slug]["missing"] = missing
+    return out
+
+
 def summarise(runs):
     """Mean and standard deviation over seeds of every number, per decoding."""
     out = {"train_seconds": _spread([r["train_seconds"] for r in runs]),

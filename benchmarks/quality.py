@@ -41,7 +41,16 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import seed_recipe
-from our_recipe import arguments, notebook_defaults, record, run_folder, score, summarise, train_ours
+from our_recipe import (
+    arguments,
+    differences,
+    notebook_defaults,
+    record,
+    run_folder,
+    score,
+    summarise,
+    train_ours,
+)
 
 import utils
 from shared_data import REPO, SharedData
@@ -156,9 +165,14 @@ def main():
 
 
 def make_report(results, configs, data, args):
-    """Means and spreads of every score per configuration and decoding, and what was run."""
+    """Means and spreads of every score per configuration and decoding, each variant's difference
+    from the default (paired intervals over the dev images), and what was run."""
+    ours = {name: runs for name, runs in results.items() if name in configs and runs}
+    names, _, raw = data.split("val")
     return {
         "summary": {name: summarise(runs) for name, runs in results.items() if runs},
+        "difference_from_default": differences(ours, dict(zip(names, raw)), DECODINGS, "default")
+        if "default" in ours else None,
         "default_decoding": utils.DEFAULT_DECODING.slug,
         "settings": {"baseline": seed_recipe.CLEANING | seed_recipe.MODEL | seed_recipe.TRAINING,
                      "configurations": configs},
