@@ -38,6 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from our_recipe import (
     arguments,
     differences,
+    markdown_row,
     notebook_defaults,
     record,
     run_folder,
@@ -95,10 +96,10 @@ def tables(report):
     lines = []
     for slug in report["settings"]["decodings"]:
         label = utils.DecodingSetting.from_slug(slug).label
-        lines += [f"Decoded with {label}:", "", _row(header), _row(["---"] * len(header))]
+        lines += [f"Decoded with {label}:", "", markdown_row(header), markdown_row(["---"] * len(header))]
         for name, entry in report["architectures"].items():
             difference = entry["difference_from_merge"].get(slug, {})
-            lines.append(_row(
+            lines.append(markdown_row(
                 [name] + [f"{entry[slug][k]['mean']:.3f} ± {entry[slug][k]['std']:.3f}"
                           for k in scores]
                 + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
@@ -106,20 +107,16 @@ def tables(report):
         lines.append("")
     header = ["architecture", "parameters", "epochs run (each seed)", "training a run",
               "captions a second, greedy", "captions a second, our default"]
-    lines += [_row(header), _row(["---"] * len(header))]
+    lines += [markdown_row(header), markdown_row(["---"] * len(header))]
     for name, entry in report["architectures"].items():
         speed = entry["captions_per_second"] or {}
-        lines.append(_row([name, f"{entry['parameters']:,}" if entry["parameters"] else "-",
+        lines.append(markdown_row([name, f"{entry['parameters']:,}" if entry["parameters"] else "-",
                            ", ".join(map(str, entry["epochs"])),
                            f"{entry['train_seconds']['mean']:.0f} ± "
                            f"{entry['train_seconds']['std']:.0f} s"]
                           + [f"{speed[s]:,.0f}" if s in speed else "-" for s in
                              (DECODINGS[0].slug, utils.DEFAULT_DECODING.slug)]))
     return "\n".join(lines)
-
-
-def _row(cells):
-    return "| " + " | ".join(cells) + " |"
 
 
 def main():

@@ -144,6 +144,10 @@ def differences(results, references, decodings, baseline):
     return out
 
 
+def markdown_row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
 def summarise(runs):
     """Mean and standard deviation over seeds of every number, per decoding."""
     out = {"train_seconds": _spread([r["train_seconds"] for r in runs]),

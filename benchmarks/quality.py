@@ -2,6 +2,7 @@
 and where the difference comes from.
 
     python benchmarks/quality.py [--quick] [--seeds N] [--tune] [--full] [--only NAME ...] [--runs DIR]
+    python benchmarks/quality.py --full --tables
 
 Both train on the official train images of the shared Flickr8k subset (753 of them, 5 captions
 each), from the real ImageNet features in ../shared/flickr8k/features/ (an external .npz, as a
@@ -44,6 +45,7 @@ import seed_recipe
 from our_recipe import (
     arguments,
     differences,
+    markdown_row,
     notebook_defaults,
     record,
     run_folder,
@@ -117,9 +119,15 @@ def main():
                         help="tune on the whole official split (6,000 train, 1,000 dev photos): "
                              f"no baseline, no decomposition; results in {FULL_RESULTS.name} "
                              "unless --out")
+    parser.add_argument("--tables", action="store_true",
+                        help="print the stored results (--out) as docs/results.md's tuning table; "
+                             "train nothing")
     args = parser.parse_args()
     if args.full and args.out == str(RESULTS):
         args.out = str(FULL_RESULTS)
+    if args.tables:
+        print(tuning_table(utils.read_json(args.out)))
+        return
     seeds = range(1 if args.quick else args.seeds)
     data = SharedData(full=args.full)
     default = notebook_defaults()
@@ -162,6 +170,29 @@ def main():
     if not args.quick:
         utils.write_json(args.out, report | {"runs": results})
     print(json.dumps(report))
+
+
+def tuning_table(report):
+    """docs/results.md's tuning table of a stored report: per configuration, the epochs and time
+    it trained, greedy and beam 3 BLEU-4 / CIDEr-D, the default decoding's BLEU-4 / METEOR /
+    CIDEr-D, and its difference from the default with the paired interval (means over seeds)."""
+    default = utils.DEFAULT_DECODING.slug
+    header = ["configuration", "epochs", "training", "greedy", "beam 3", "our default decoding",
+              "BLEU-4 minus the default's", "CIDEr-D minus the default's"]
+    lines = [markdown_row(header), markdown_row(["---"] * len(header))]
+    for name, entry in report["summary"].items():
+        mean = {slug: {k: v["mean"] for k, v in entry[slug].items()} for slug in
+                ("greedy", "beam3", default)}
+        difference = (report["difference_from_default"] or {}).get(default, {}).get(name, {})
+        lines.append(markdown_row(
+            [name, ", ".join(map(str, entry["epochs"])),
+             f"{entry['train_seconds']['mean'] / 60:.0f} min",
+             *(f"{mean[s]['bleu4']:.3f} / {mean[s]['cider_d']:.3f}" for s in ("greedy", "beam3")),
+             f"{mean[default]['bleu4']:.3f} / {mean[default]['meteor']:.3f} / "
+             f"{mean[default]['cider_d']:.3f}"]
+            + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
+               if (d := difference.get(k)) else "" for k in ("bleu4", "cider_d")]))
+    return "\n".join(lines)
 
 
 def make_report(results, configs, data, args):
