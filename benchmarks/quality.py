@@ -177,7 +177,8 @@ def tuning_table(report):
     it trained, greedy and beam 3 BLEU-4 / CIDEr-D, the default decoding's BLEU-4 / METEOR /
     CIDEr-D, and its difference from the default with the paired interval (means over seeds)."""
     default = utils.DEFAULT_DECODING.slug
-    header = ["configuration", "epochs", "training", "greedy", "beam 3", "our default decoding",
+    header = ["configuration", "epochs", "training", "greedy: BLEU-4 / CIDEr-D",
+              "beam 3: BLEU-4 / CIDEr-D", "our default decoding: BLEU-4 / METEOR / CIDEr-D",
               "BLEU-4 minus the default's", "CIDEr-D minus the default's"]
     lines = [markdown_row(header), markdown_row(["---"] * len(header))]
     for name, entry in report["summary"].items():
