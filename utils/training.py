@@ -44,7 +44,7 @@ class TrainingConfig:
     learning_rate: float = 1e-3     # Adam's
     lr_plateau_factor: float = 0.5  # learning rate x this after an epoch without progress; None: constant
     label_smoothing: float = 0.1    # share of each target spread over the whole vocabulary
-    patience: int = 4               # early stopping, in epochs without a better validation loss
+    patience: int = 4               # early stopping, in epochs without progress (min_gain)
     min_gain: float = 0.005         # the least fall of validation loss that counts as progress
     seed: int = 0                   # initial weights, dropout and the order of batches
     mixed_precision: bool = False   # float16 compute (GPU)
