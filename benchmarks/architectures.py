@@ -35,17 +35,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from our_recipe import (
-    arguments,
-    differences,
-    markdown_row,
-    notebook_defaults,
-    record,
-    run_folder,
-    score,
-    summarise,
-    train_ours,
-)
+import our_recipe as recipe
 
 import utils
 from shared_data import GRIDS, REPO, SharedData
@@ -96,10 +86,11 @@ def tables(report):
     lines = []
     for slug in report["settings"]["decodings"]:
         label = utils.DecodingSetting.from_slug(slug).label
-        lines += [f"Decoded with {label}:", "", markdown_row(header), markdown_row(["---"] * len(header))]
+        lines += [f"Decoded with {label}:", "", recipe.markdown_row(header),
+                  recipe.markdown_row(["---"] * len(header))]
         for name, entry in report["architectures"].items():
             difference = entry["difference_from_merge"].get(slug, {})
-            lines.append(markdown_row(
+            lines.append(recipe.markdown_row(
                 [name] + [f"{entry[slug][k]['mean']:.3f} ± {entry[slug][k]['std']:.3f}"
                           for k in scores]
                 + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
@@ -107,20 +98,20 @@ def tables(report):
         lines.append("")
     header = ["architecture", "parameters", "epochs run (each seed)", "training a run",
               "captions a second, greedy", "captions a second, our default"]
-    lines += [markdown_row(header), markdown_row(["---"] * len(header))]
+    lines += [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     for name, entry in report["architectures"].items():
         speed = entry["captions_per_second"] or {}
-        lines.append(markdown_row([name, f"{entry['parameters']:,}" if entry["parameters"] else "-",
-                           ", ".join(map(str, entry["epochs"])),
-                           f"{entry['train_seconds']['mean']:.0f} ± "
-                           f"{entry['train_seconds']['std']:.0f} s"]
-                          + [f"{speed[s]:,.0f}" if s in speed else "-" for s in
-                             (DECODINGS[0].slug, utils.DEFAULT_DECODING.slug)]))
+        lines.append(recipe.markdown_row(
+            [name, f"{entry['parameters']:,}" if entry["parameters"] else "-",
+             ", ".join(map(str, entry["epochs"])),
+             f"{entry['train_seconds']['mean']:.0f} ± {entry['train_seconds']['std']:.0f} s"]
+            + [f"{speed[s]:,.0f}" if s in speed else "-" for s in
+               (DECODINGS[0].slug, utils.DEFAULT_DECODING.slug)]))
     return "\n".join(lines)
 
 
 def main():
-    parser = arguments(__doc__, RESULTS, "also the tuning round of the injects")
+    parser = recipe.arguments(__doc__, RESULTS, "also the tuning round of the injects")
     parser.add_argument("--architectures", nargs="+", choices=utils.ARCHITECTURES,
                         help="train only these; the others' runs are read from --out")
     parser.add_argument("--tables", action="store_true",
@@ -135,7 +126,7 @@ def main():
         print(tables(utils.read_json(args.out)))
         return
     seeds = range(1 if args.quick else args.seeds)
-    pooled, default = SharedData(full=args.full), notebook_defaults()
+    pooled, default = SharedData(full=args.full), recipe.notebook_defaults()
     # The whole split has no grids: the architectures that read them are left out.
     names_run = [name for name in args.architectures or utils.ARCHITECTURES
                  if not (args.full and utils.architecture_class(name).reads_grid)]
@@ -165,21 +156,21 @@ def main():
         data = grids if utils.architecture_class(config["architecture"]).reads_grid else pooled
         every_image = data.features  # train and dev: the speed of decoding many images
         for seed in seeds if name in utils.ARCHITECTURES else seeds[:1]:
-            with run_folder(args.runs, name, config, seed) as run_dir:
-                model, vocab, seconds, curve = train_ours(data, config, seed, run_dir)
-            record(results[name], name, seed, seconds, len(curve),
-                   score(model, vocab, data, False, DECODINGS), curve=curve,
-                   parameters=model.count_params(), captions_per_second={
-                       s.slug: round(captions_per_second(model, vocab, every_image, s), 1)
-                       for s in (DECODINGS[0], utils.DEFAULT_DECODING)})
+            with recipe.run_folder(args.runs, name, config, seed) as run_dir:
+                model, vocab, seconds, curve = recipe.train_ours(data, config, seed, run_dir)
+            recipe.record(results[name], name, seed, seconds, len(curve),
+                          recipe.score(model, vocab, data, False, DECODINGS), curve=curve,
+                          parameters=model.count_params(), captions_per_second={
+                              s.slug: round(captions_per_second(model, vocab, every_image, s), 1)
+                              for s in (DECODINGS[0], utils.DEFAULT_DECODING)})
     # Against merge's runs, when there are some (`--quick --architectures` may have none).
-    different = differences(results, dict(zip(names, raw)), DECODINGS, "merge") if "merge" in results else {
-        s.slug: {"missing": None} for s in DECODINGS}
+    different = (recipe.differences(results, dict(zip(names, raw)), DECODINGS, "merge")
+                 if "merge" in results else {s.slug: {"missing": None} for s in DECODINGS})
     entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
                       "captions_per_second": mean_speed(runs),
                       "seconds_per_epoch": round(sum(r["train_seconds"] / r["epochs"]
                                                      for r in runs) / len(runs), 1),
-                      **summarise(runs),
+                      **recipe.summarise(runs),
                       "difference_from_merge": {slug: d[name] for slug, d in different.items()
                                                 if name in d}}
                for name, runs in results.items()}

@@ -41,18 +41,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import our_recipe as recipe
 import seed_recipe
-from our_recipe import (
-    arguments,
-    differences,
-    markdown_row,
-    notebook_defaults,
-    record,
-    run_folder,
-    score,
-    summarise,
-    train_ours,
-)
 
 import utils
 from shared_data import REPO, SharedData
@@ -111,7 +101,7 @@ def decompose(results, shared):
 
 
 def main():
-    parser = arguments(__doc__, RESULTS, "also train every variant")
+    parser = recipe.arguments(__doc__, RESULTS, "also train every variant")
     parser.add_argument("--only", nargs="*", help="variants to tune (default: all)")
     parser.add_argument("--variants-only", action="store_true",
                         help="a further tuning round: no baseline, no default, no decomposition")
@@ -130,7 +120,7 @@ def main():
         return
     seeds = range(1 if args.quick else args.seeds)
     data = SharedData(full=args.full)
-    default = notebook_defaults()
+    default = recipe.notebook_defaults()
     configs = {} if args.variants_only else {"default": default}
     if args.tune:
         configs |= {name: default | change for name, change in VARIANTS.items()
@@ -153,15 +143,15 @@ def main():
         for seed in seeds:
             model, vocab, seconds, epochs = seed_recipe.train(data, seed, 3 if args.quick else None,
                                                               cleaning)
-            record(results[name], name, seed, seconds, epochs,
-                   score(model, vocab, data, cleaning["drop_one_letter"], BASELINE_DECODINGS))
+            recipe.record(results[name], name, seed, seconds, epochs, recipe.score(
+                model, vocab, data, cleaning["drop_one_letter"], BASELINE_DECODINGS))
     for name, config in configs_run.items():
         results[name] = []
         for seed in seeds:
-            with run_folder(args.runs, name, config, seed) as run_dir:
-                model, vocab, seconds, curve = train_ours(data, config, seed, run_dir)
-            record(results[name], name, seed, seconds, len(curve),
-                   score(model, vocab, data, config["drop_one_letter"], DECODINGS), curve=curve)
+            with recipe.run_folder(args.runs, name, config, seed) as run_dir:
+                model, vocab, seconds, curve = recipe.train_ours(data, config, seed, run_dir)
+            recipe.record(results[name], name, seed, seconds, len(curve), recipe.score(
+                model, vocab, data, config["drop_one_letter"], DECODINGS), curve=curve)
         if not args.quick:  # kept as it grows: a long run can be cut short
             utils.write_json(args.out, make_report(results, configs, data, args) | {"runs": results})
     report = make_report(results, configs, data, args)
@@ -180,12 +170,12 @@ def tuning_table(report):
     header = ["configuration", "epochs", "training", "greedy: BLEU-4 / CIDEr-D",
               "beam 3: BLEU-4 / CIDEr-D", "our default decoding: BLEU-4 / METEOR / CIDEr-D",
               "BLEU-4 minus the default's", "CIDEr-D minus the default's"]
-    lines = [markdown_row(header), markdown_row(["---"] * len(header))]
+    lines = [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     for name, entry in report["summary"].items():
         mean = {slug: {k: v["mean"] for k, v in entry[slug].items()} for slug in
                 ("greedy", "beam3", default)}
         difference = (report["difference_from_default"] or {}).get(default, {}).get(name, {})
-        lines.append(markdown_row(
+        lines.append(recipe.markdown_row(
             [name, ", ".join(map(str, entry["epochs"])),
              f"{entry['train_seconds']['mean'] / 60:.0f} min",
              *(f"{mean[s]['bleu4']:.3f} / {mean[s]['cider_d']:.3f}" for s in ("greedy", "beam3")),
@@ -202,9 +192,9 @@ def make_report(results, configs, data, args):
     ours = {name: runs for name, runs in results.items() if name in configs and runs}
     names, _, raw = data.split("val")
     return {
-        "summary": {name: summarise(runs) for name, runs in results.items() if runs},
-        "difference_from_default": differences(ours, dict(zip(names, raw)), DECODINGS, "default")
-        if "default" in ours else None,
+        "summary": {name: recipe.summarise(runs) for name, runs in results.items() if runs},
+        "difference_from_default": recipe.differences(ours, dict(zip(names, raw)), DECODINGS,
+                                                      "default") if "default" in ours else None,
         "default_decoding": utils.DEFAULT_DECODING.slug,
         "settings": {"baseline": seed_recipe.CLEANING | seed_recipe.MODEL | seed_recipe.TRAINING,
                      "configurations": configs},
