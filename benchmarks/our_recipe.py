@@ -84,16 +84,10 @@ def train_ours(shared, config, seed, run_dir):
     model = utils.build_model(model_config, training, embedding, data.feature_statistics())
     _, features, references = shared.split("val", config["drop_one_letter"])
     curve = DevCurve(Path(run_dir) / CURVE_FILE, vocab, features, references)
-    if not _finished(run_dir):
+    if not utils.training_finished(run_dir):
         utils.train_caption_model(model, data, run_dir, training, [curve], verbose=0)
     model.load_weights(Path(run_dir) / utils.WEIGHTS_FILE)  # the best epoch's
     return model, vocab, sum(e["seconds"] for e in curve.epochs), curve.epochs
-
-
-def _finished(run_dir):
-    """Whether a kept run folder holds a finished run (training wrote its history, and
-    BackupAndRestore removed its backup)."""
-    return (Path(run_dir) / "history.json").is_file() and not (Path(run_dir) / "backup").exists()
 
 
 @contextlib.contextmanager

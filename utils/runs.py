@@ -20,7 +20,7 @@ from .features import FeatureKind, FeatureSource
 from .files import read_json, require, write_json
 from .images import ImageError, load_image
 from .pipeline import DataCounts
-from .training import WEIGHTS_FILE, TrainingConfig
+from .training import WEIGHTS_FILE, TrainingConfig, training_finished
 from .vocabulary import Vocabulary
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RANDOM_ENCODER_NOTE", "RunConfigError",
@@ -175,7 +175,7 @@ def save_run(run_dir, config, vocab):
         old = RunConfig.load(run_dir / "config.json", vocab)
         changed = [f"{name}: {a!r} -> {b!r}" for name, a, b in _differences(old, config)]
         learned = [c for c in changed if not c.startswith(EXTENDING)]
-        finished = (run_dir / "history.json").is_file() and not (run_dir / "backup").exists()
+        finished = training_finished(run_dir)
         if learned or (changed and finished):
             raise RunConfigError(
                 f"{run_dir} holds {'a finished' if finished else 'another'} run with other "

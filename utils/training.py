@@ -25,7 +25,7 @@ from .pipeline import batch_count
 
 __all__ = ["TrainingConfig", "WEIGHTS_FILE", "PLATEAU_MIN_GAIN", "build_model", "compile_model",
            "SmoothedCaptionLoss", "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters",
-           "read_history", "check_training_state", "STRATEGIES", "distribution_strategy",
+           "read_history", "training_finished", "check_training_state", "STRATEGIES", "distribution_strategy",
            "train_caption_model"]
 
 # The run folder's file of the model's best weights (the lowest validation loss); the model
@@ -207,6 +207,12 @@ def _restore_epoch_before(run_dir):
 
 def _backup_metadata(run_dir):
     return Path(run_dir) / "backup" / "training_metadata.json"
+
+
+def training_finished(run_dir):
+    """Whether `run_dir` holds a run whose training ended (it wrote its history, and
+    BackupAndRestore removed its backup), rather than one interrupted or not yet started."""
+    return (Path(run_dir) / "history.json").is_file() and not (Path(run_dir) / "backup").exists()
 
 
 def resumed_epoch(run_dir):
