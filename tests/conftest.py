@@ -51,6 +51,24 @@ def sample_training(sample_root, tmp_path_factory):
 GRID_INPUT_SIZE = 139
 
 
+def model_kinds():
+    """Every model the tests build: each architecture, and each that reads a grid only when given
+    one (the Transformer) once more on a grid: "transformer" reads pooled vectors,
+    "transformer-grid" a grid of positions."""
+    import utils
+
+    return [*utils.ARCHITECTURES, *(f"{name}-grid" for name, cls in utils.ARCHITECTURES.items()
+                                    if cls.can_read_grid and not cls.reads_grid)]
+
+
+def split_kind(kind):
+    """A kind of model_kinds() as (its architecture, whether it reads a grid)."""
+    import utils
+
+    architecture = kind.removesuffix("-grid")
+    return architecture, kind != architecture or utils.architecture_class(architecture).reads_grid
+
+
 @pytest.fixture(scope="session")
 def sample_grid_training(sample_training, sample_root, tmp_path_factory):
     """As sample_training, but the features are grids [images, 9, 2048] (random InceptionV3 at
@@ -74,7 +92,7 @@ def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8, archi
     import utils
 
     prepared, vocab, names, features = sample_training
-    grid = architecture in utils.GRID_ARCHITECTURES
+    architecture, grid = split_kind(architecture)
     data = utils.CaptionData.encode(prepared, vocab, names, features)
     config = utils.RunConfig(
         dataset="sample", vocabulary=vocab.fingerprint, embedding={}, data=data.counts(),

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import utils
+from conftest import model_kinds, split_kind
 
-# The tests every architecture passes, each with its own first state (CaptionModel.start).
-EVERY_ARCHITECTURE = pytest.mark.parametrize("architecture", utils.ARCHITECTURES)
+# The tests every architecture passes (the Transformer on both its memories), each with its own
+# first state (CaptionModel.start).
+EVERY_ARCHITECTURE = pytest.mark.parametrize("architecture", model_kinds())
 
 
 # The attention model's grids in these tests: 3x3 positions (a 1x1 grid would make attending
@@ -21,15 +23,20 @@ def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0, architec
     keras.utils.set_random_seed(seed)
     words = [*utils.SPECIAL_TOKENS, *(f"w{i}" for i in range(n_words))]
     vocab = utils.Vocabulary(words, max_length)
+    architecture, grid = split_kind(architecture)
     model = utils.build_caption_model(utils.ModelConfig(
         len(vocab), feature_dim, architecture, embedding_dim=5, units=units,
-        positions=POSITIONS if architecture in utils.GRID_ARCHITECTURES else None))
-    for layer in ("decoder", "next_word"):  # larger logits than the initialisation gives
-        weights = model.get_layer(layer).get_weights()
-        model.get_layer(layer).set_weights([weights[0] * 4, weights[1]])
-    if architecture in utils.GRID_ARCHITECTURES:  # sharper attention, so that positions differ
-        score = model.get_layer("attention_lstm").score
-        score.set_weights([score.get_weights()[0] * 8, score.get_weights()[1]])
+        positions=POSITIONS if grid else None))
+    # Larger logits than the initialisation gives, and sharper attention, so that captions and
+    # the positions attended differ.
+    sharpened = {model.get_layer("decoder"): 4, model.get_layer("next_word"): 4}
+    if architecture == "attention":
+        sharpened[model.get_layer("attention_lstm").score] = 8
+    if architecture == "transformer":
+        sharpened |= {block.cross_attention.query_dense: 8 for block in model.blocks}
+    for layer, factor in sharpened.items():
+        weights = layer.get_weights()
+        layer.set_weights([weights[0] * factor, *weights[1:]])
     return model, utils.CaptionDecoder(model, vocab)
 
 
@@ -46,8 +53,8 @@ def ids(captions):
 
 
 def features(n, dim=6, seed=1, architecture="merge"):
-    """Feature vectors, or for an attention model grids [n, POSITIONS, dim]."""
-    shape = (n, POSITIONS, dim) if architecture in utils.GRID_ARCHITECTURES else (n, dim)
+    """Feature vectors, or for a model that reads a grid grids [n, POSITIONS, dim]."""
+    shape = (n, POSITIONS, dim) if split_kind(architecture)[1] else (n, dim)
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
@@ -56,12 +63,13 @@ def test_step_gives_the_full_models_probabilities(architecture):
     model, decoder = random_decoder(20, 10, architecture=architecture)
     images = features(3, architecture=architecture)
     tokens = np.random.default_rng(2).integers(2, 24, size=(3, 7)).astype("int32")
-    full = np.log(model.predict([images, tokens], verbose=0))
+    # Floored as the decoder floors them (CaptionDecoder): the sharpest models go below it.
+    full = np.log(np.maximum(model.predict([images, tokens], verbose=0), 1e-12))
     context, state = decoder.start(images)
     for t in range(tokens.shape[1]):
         log_probs, state, weights = decoder.step(context, tokens[:, t], state)
         np.testing.assert_allclose(log_probs, full[:, t], atol=1e-4)
-        if architecture in utils.GRID_ARCHITECTURES:  # a distribution over the grid, per word
+        if split_kind(architecture)[1]:  # a distribution over the grid, per word
             assert weights.shape == (3, POSITIONS) and (weights >= 0).all()
             np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
             assert weights.std(1).min() > 0.01  # it attends to some positions more than others
@@ -113,6 +121,30 @@ def test_batched_beam_equals_one_image_at_a_time(architecture):
     images = features(7, architecture=architecture)
     batched = utils.decode(decoder, images, beam(3), images_per_batch=4)
     assert batched == [utils.decode(decoder, images[i:i + 1], beam(3))[0] for i in range(7)]
+
+
+@pytest.mark.parametrize("architecture", [k for k in model_kinds() if k.startswith("transformer")])
+def test_cached_decoding_equals_reading_the_whole_prefix_again(architecture):
+    """The Transformer's step reads one position against its cache of keys and values; written
+    without the cache (the full model over the whole caption so far, at every word), greedy
+    search finds the same captions."""
+    model, decoder = random_decoder(30, 8, architecture=architecture)
+    vocab, images = decoder.vocab, features(6, architecture=architecture)
+    uncached = []
+    for image in images:
+        caption = [vocab.start_id]
+        while True:
+            log_probs = np.log(model((image[None], np.array([caption], "int32")))[0, -1].numpy())
+            log_probs[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
+            if len(caption) > vocab.max_length:  # max_length words said: only <end> is left
+                break
+            word = int(np.argmax(log_probs))
+            if word == vocab.end_id:
+                break
+            caption.append(word)
+        uncached.append(tuple(caption[1:]))
+    assert ids(utils.decode(decoder, images, greedy())) == uncached
+    assert len(set(uncached)) > 1 and max(map(len, uncached)) > 1
 
 
 def caption_log_probs(model, vocab, image, candidates):

@@ -210,6 +210,9 @@ def test_feature_source_of_a_cache_and_of_an_npz(sample_root, tmp_path, encoder)
     npz = tmp_path / "mine.npz"
     np.savez(npz, names=np.array(names), features=np.zeros((2, 7), "float16"))
     assert utils.feature_source(npz) == utils.FeatureSource("external", utils.portable_path(npz), 7)
+    grids = tmp_path / "grids.npz"
+    np.savez(grids, names=np.array(names), features=np.zeros((2, 4, 7), "float16"))
+    assert not utils.has_grids(cache) and not utils.has_grids(npz) and utils.has_grids(grids)
     other_size = utils.Encoder("inceptionv3", None, 80)
     utils.extract_features(sample_root / "Images", names[:1],
                            utils.cache_dir(tmp_path / "features", other_size), other_size)
@@ -340,13 +343,14 @@ def test_a_grid_cache_serves_both_requests_and_a_pooled_one_is_extracted_again(s
     cache, cut = tmp_path / "cache", tmp_path / "interrupted"
     utils.extract_features(images, names, cache, model=pooled, **args)
     assert utils.finished_cache(cache, names) and not utils.finished_cache(cache, names, grid=True)
+    assert not utils.has_grids(cache)
     assert not utils.finished_cache(cache, names[:4])  # other images: not this cache
     with pytest.raises(KeyboardInterrupt):  # the first chunk (3 images) done, without grids
         utils.extract_features(images, names, cut, model=CountingEncoder(pooled, 2), **args)
     for folder in (cache, cut):
         counting = CountingEncoder(grid_encoder)
         meta = utils.extract_features(images, names, folder, model=counting, grid=True, **args)
-        assert counting.images == 5 and meta.positions == 9
+        assert counting.images == 5 and meta.positions == 9 and utils.has_grids(folder)
     assert utils.finished_cache(cache, names, grid=True) == utils.finished_cache(cache, names)
     again = CountingEncoder(grid_encoder)
     utils.extract_features(images, names, cache, model=again, **args)  # pooled asked: served

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import utils
+from conftest import model_kinds, split_kind
 
 V, F = 30, 12
 
@@ -19,14 +20,15 @@ def random_captions(n, length, seed=0):
     return tokens
 
 
-@pytest.mark.parametrize("architecture", utils.ARCHITECTURES)
+@pytest.mark.parametrize("architecture", model_kinds())
 def test_sequence_model_equals_prefix_expansion(architecture):
     """For the same weights, the next-word probabilities of the seed projects' prefix model and of
     the one-pass sequence model agree for every prefix of every caption, for every architecture:
     the LSTM is causal, wherever the image enters."""
     keras.utils.set_random_seed(0)
     stats = (np.random.default_rng(1).normal(size=F), np.random.default_rng(2).uniform(0.5, 2, F))
-    grid = 9 if architecture in utils.GRID_ARCHITECTURES else None  # 3x3 positions
+    architecture, reads_grid = split_kind(architecture)
+    grid = 9 if reads_grid else None  # 3x3 positions
     model = utils.build_caption_model(utils.ModelConfig(V, F, architecture, embedding_dim=8,
                                                         units=16, positions=grid),
                                       np.random.default_rng(3).normal(0, 0.4, (V, 8)), stats)
@@ -48,11 +50,12 @@ def test_sequence_model_equals_prefix_expansion(architecture):
     assert compared >= 10
 
 
-@pytest.mark.parametrize("architecture", utils.ARCHITECTURES)
+@pytest.mark.parametrize("architecture", model_kinds())
 def test_the_loss_keras_reports_is_the_mean_over_real_words(architecture):
     """For every architecture: the probabilities carry no Keras mask, which would make Keras
     average the loss over the real words a second time (init-inject and par-inject once did)."""
-    grid = 4 if utils.architecture_class(architecture).reads_grid else None
+    architecture, reads_grid = split_kind(architecture)
+    grid = 4 if reads_grid else None
     model = utils.build_model(utils.ModelConfig(V, F, architecture, units=16, positions=grid),
                               utils.TrainingConfig(label_smoothing=0.1))
     features = np.random.default_rng(5).normal(size=(6, *([grid] if grid else []), F))
@@ -324,7 +327,7 @@ FAST_TRAINING = dict(learning_rate=3e-3, label_smoothing=0.0)
 
 
 def fit(sample_training, run_dir, epochs, shuffle_images=False, seed=0, extra_callbacks=(),
-        lr_plateau_factor=0.5):
+        lr_plateau_factor=0.5, model_changes=None):
     prepared, vocab, names, features = sample_training
     data = utils.CaptionData.encode(prepared, vocab, names, features)
     if shuffle_images:  # every training caption paired with some other image's features
@@ -332,7 +335,8 @@ def fit(sample_training, run_dir, epochs, shuffle_images=False, seed=0, extra_ca
         data.train = (np.random.default_rng(seed).permutation(len(features))[rows], tokens)
     training = utils.TrainingConfig(epochs=epochs, patience=epochs, seed=seed,
                                     lr_plateau_factor=lr_plateau_factor, **FAST_TRAINING)
-    model = utils.build_model(utils.ModelConfig(len(vocab), features.shape[1], **SMALL_MODEL),
+    model = utils.build_model(utils.ModelConfig(len(vocab), features.shape[1],
+                                                **SMALL_MODEL | (model_changes or {})),
                               training, feature_stats=data.feature_statistics())
     history = utils.train_caption_model(model, data, run_dir, training, extra_callbacks, verbose=0)
     return model, history
@@ -468,13 +472,17 @@ def test_a_history_row_cut_short_is_dropped(sample_training, tmp_path):
     assert history.read_text() == text
 
 
-def test_a_resumed_run_gives_the_uninterrupted_runs_figures(sample_training, tmp_path):
+@pytest.mark.parametrize("model_changes", [{}, {"architecture": "transformer", "blocks": 1}],
+                         ids=["merge", "transformer"])
+def test_a_resumed_run_gives_the_uninterrupted_runs_figures(model_changes, sample_training,
+                                                            tmp_path):
     """Once it diverged from the first resumed epoch: the shuffle started again at epoch 0's
-    order, and the dropout masks at their first."""
-    _, whole = fit(sample_training, tmp_path / "whole", 6, seed=1)
+    order, and the dropout masks at their first. The Transformer has dropout in its blocks too."""
+    _, whole = fit(sample_training, tmp_path / "whole", 6, seed=1, model_changes=model_changes)
     with pytest.raises(KeyboardInterrupt):
-        fit(sample_training, tmp_path / "cut", 6, seed=1, extra_callbacks=[StopAfter(3)])
-    _, resumed = fit(sample_training, tmp_path / "cut", 6, seed=1)
+        fit(sample_training, tmp_path / "cut", 6, seed=1, extra_callbacks=[StopAfter(3)],
+            model_changes=model_changes)
+    _, resumed = fit(sample_training, tmp_path / "cut", 6, seed=1, model_changes=model_changes)
     assert [(h["epoch"], h["loss"], h["val_loss"], h["learning_rate"]) for h in resumed] == [
         (h["epoch"], h["loss"], h["val_loss"], h["learning_rate"]) for h in whole]
 

@@ -77,15 +77,16 @@ def test_the_model_diagram_draws_where_each_architecture_puts_the_image():
             positions=9 if architecture in utils.GRID_ARCHITECTURES else None))
         texts = [t.get_text() for t in utils.draw_model(model).axes[0].texts]
         assert model.architecture == architecture
-        names = [layer.name for layer in model.layers]
-        assert sum(t.startswith(f"{name} (") for name in names for t in texts) == 8
+        names = [layer.name for layer in model.layers]  # every layer drawn, once
+        assert sum(t.startswith(f"{name} (") for name in names for t in texts) == len(names)
         where = [t for t in texts if t in {"+ image,\nat every step", "initial state",
                                            "first input, before <start>", "beside every word",
-                                           "its mean: initial state;\nattended before every word"}]
+                                           "its mean: initial state;\nattended before every word",
+                                           "cross-attention\nin every block"}]
         assert len(where) == 1
         said.add(where[0])
         plt.close("all")
-    assert len(said) == 5  # each architecture says its own
+    assert len(said) == 6  # each architecture says its own
     with pytest.raises(ValueError, match="unknown architecture 'other'; choose one of merge, "):
         utils.architecture_class("other")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import utils
-from conftest import REPO, scored_result, train_sample_run
+from conftest import REPO, model_kinds, scored_result, split_kind, train_sample_run
 
 
 @pytest.fixture(scope="module")
@@ -248,12 +248,12 @@ def test_a_run_folder_from_before_the_record_was_the_models_source_still_loads(o
             == written[setting.slug]
 
 
-@pytest.mark.parametrize("architecture", list(utils.ARCHITECTURES)[1:])  # merge: run_dir above
+@pytest.mark.parametrize("kind", model_kinds()[1:])  # merge: run_dir above
 def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
-        architecture, request, sample_root, tmp_path):
-    grid = architecture in utils.GRID_ARCHITECTURES  # attention reads sample_grid_training's
+        kind, request, sample_root, tmp_path):
+    architecture, grid = split_kind(kind)  # a grid: sample_grid_training's
     data = request.getfixturevalue("sample_grid_training" if grid else "sample_training")
-    run = train_sample_run(tmp_path / architecture, data, epochs=4, architecture=architecture)
+    run = train_sample_run(tmp_path / kind, data, epochs=4, architecture=kind)
     losses = [h["val_loss"] for h in utils.read_history(run)]
     assert losses[-1] < losses[0], losses  # it learns
     model, _, config = utils.load_run(run)

@@ -17,6 +17,14 @@ CNN's last convolutional map) instead of one pooled vector:
                  grid: a weight per position from the hidden state, the gated weighted mean of
                  the grid (the context vector) read beside the word and passed to the head
 
+And a sixth without an LSTM, the decoder of the TensorFlow captioning tutorial and keras-io's
+example (Vaswani et al. 2017):
+
+    transformer  blocks of causal self-attention over the caption so far, cross-attention over the
+                 image (the grid's positions when there is a grid, else the pooled vector
+                 projected into a few positions) and a feed-forward layer; decoding caches each
+                 block's keys and values, so a step attends from one new position only
+
     merge:   image features -> Normalization -> Dropout -> Dense(units, relu) --.
                                                                                  + -> Dense(units, relu)
              caption tokens -> Embedding (GloVe) -> Dropout -> LSTM(units) -----'     -> Dense(vocab, softmax)
@@ -39,7 +47,8 @@ from keras import layers, ops
 
 __all__ = ["ARCHITECTURES", "GRID_ARCHITECTURES", "ModelConfig", "CaptionModel", "Merge",
            "InitInject", "PreInject", "ParInject", "SoftAttention", "AttentionLSTM",
-           "architecture_class", "build_caption_model", "set_feature_statistics"]
+           "Transformer", "DecoderBlock", "architecture_class", "build_caption_model",
+           "set_feature_statistics"]
 
 # Architecture name (notebook 04's ARCHITECTURE, the record's model.architecture) -> its class.
 ARCHITECTURES = {}
@@ -74,11 +83,16 @@ class ModelConfig:
     train_embedding: bool = True  # fine-tune the (GloVe) embedding too
     positions: int = None         # attention: grid positions an image has (rows x columns)
     attention_regularization: float = 1.0  # attention: weight of the doubly stochastic term
+    blocks: int = 2               # transformer: decoder blocks
+    heads: int = 4                # transformer: attention heads of a block (units / heads each)
+    memory_slots: int = 4         # transformer on pooled features: positions the image becomes
 
     @property
     def reads_grid(self):
-        """Whether the model reads a grid of positions [images, positions, dim] an image."""
-        return architecture_class(self.architecture).reads_grid
+        """Whether the model reads a grid of positions [images, positions, dim] an image: the
+        attention model always, the transformer when given `positions`."""
+        cls = architecture_class(self.architecture)
+        return cls.reads_grid or (cls.can_read_grid and self.positions is not None)
 
     @property
     def image_shape(self):
@@ -127,6 +141,7 @@ class CaptionModel(keras.Model):
     `image_layers` and `core_layers` and says where the image enters."""
     architecture = None   # its name in ARCHITECTURES, set by @architecture
     reads_grid = False    # True: features are grids [B, positions, D]
+    can_read_grid = False  # True: reads grids when its config gives `positions`, else vectors
     attends = False       # True: `step` returns attention weights over the image's positions
     image_enters = None   # (the part it enters, "how"), as draw_model labels it
 
@@ -348,7 +363,7 @@ class SoftAttention(CaptionModel):
     """Show, Attend and Tell: the grid, standardised, is what every step reads (with its
     attention keys, computed once an image); the first state comes from the grid's mean (the
     paper's f_init); the head reads the hidden state beside the context vector."""
-    reads_grid = attends = True
+    reads_grid = can_read_grid = attends = True
     image_enters = ("core", "its mean: initial state;\nattended before every word")
 
     def image_layers(self, config):
@@ -388,6 +403,196 @@ class SoftAttention(CaptionModel):
         if last_word_only:
             hidden, contexts = hidden[:, -1], contexts[:, -1]                    # (B, units), (B, D)
         return self.head(hidden, contexts)                                       # (B, [T,] V)
+
+
+# Dropout inside the Transformer's blocks, on each residual branch (the TF tutorial's rate);
+# DROPOUT (config.dropout) acts on its inputs, the image and the words, as in the LSTMs.
+BLOCK_DROPOUT = 0.1
+
+
+def sinusoid(positions, dim):
+    """Vaswani et al.'s position vectors [..., dim] for integer positions [...]: any caption length,
+    no weights, and a step's vector is the same as that position's in the whole caption."""
+    rates = 1.0 / 10000.0 ** (ops.arange(0, dim, 2, dtype="float32") / dim)       # (dim / 2,)
+    angles = ops.expand_dims(ops.cast(positions, "float32"), -1) * rates          # (..., dim / 2)
+    return ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)           # (..., dim)
+
+
+@keras.saving.register_keras_serializable(package="utils")
+class DecoderBlock(layers.Layer):
+    """One pre-norm Transformer decoder block (as GPT-2 and nanoGPT order it): causal
+    self-attention over the caption, cross-attention over the image's memory, a feed-forward
+    layer, each added back to its input. `call` runs whole captions through Keras's
+    MultiHeadAttention; `step` reads one new position with the same layers' projections
+    (`query_dense`, `key_dense`, ...), from a cache of the earlier positions' keys and values, so
+    that a step costs one position's attention, not the whole prefix again."""
+
+    def __init__(self, units, heads, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.heads = units, heads
+        key_dim = units // heads
+        self.self_norm = layers.LayerNormalization(name="self_norm")
+        self.self_attention = layers.MultiHeadAttention(heads, key_dim, name="self_attention")
+        self.cross_norm = layers.LayerNormalization(name="cross_norm")
+        self.cross_attention = layers.MultiHeadAttention(heads, key_dim, name="cross_attention")
+        self.feed_norm = layers.LayerNormalization(name="feed_norm")
+        self.feed_in = layers.Dense(4 * units, activation="gelu", name="feed_in")
+        self.feed_out = layers.Dense(units, name="feed_out")
+        self.dropout = layers.Dropout(BLOCK_DROPOUT)
+
+    def build(self, x_shape, memory_shape, mask_shape=None):
+        self.self_norm.build(x_shape)
+        self.self_attention.build(x_shape, x_shape)
+        self.cross_norm.build(x_shape)
+        self.cross_attention.build(x_shape, memory_shape)
+        self.feed_norm.build(x_shape)
+        self.feed_in.build(x_shape)
+        self.feed_out.build((*x_shape[:-1], 4 * self.units))
+
+    def compute_output_shape(self, x_shape, memory_shape, mask_shape=None):
+        return x_shape, (x_shape[0], x_shape[1], memory_shape[1])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "heads": self.heads}
+
+    def feed_forward(self, x, training=False):
+        return self.dropout(self.feed_out(self.feed_in(self.feed_norm(x))), training=training)
+
+    def call(self, x, memory, mask, training=False):
+        """Every position of captions x [B, T, units] after the block, and the cross-attention's
+        weights [B, T, S] (the mean over heads). `mask` [B, T, T]: which positions each reads."""
+        normed = self.self_norm(x)
+        x = x + self.dropout(self.self_attention(normed, normed, attention_mask=mask,
+                                                 training=training), training=training)
+        read, weights = self.cross_attention(self.cross_norm(x), memory, training=training,
+                                             return_attention_scores=True)  # weights (B, H, T, S)
+        x = x + self.dropout(read, training=training)
+        return x + self.feed_forward(x, training), ops.mean(weights, axis=1)
+
+    def memory_keys(self, memory):
+        """The cross-attention's keys and values of an image's memory [B, S, heads, key_dim]:
+        computed once an image, read at every step."""
+        return (self.cross_attention.key_dense(memory),
+                self.cross_attention.value_dense(memory))
+
+    @staticmethod
+    def attend(attention, x, keys, values):
+        """`attention`'s output for one position x [B, units] reading keys and values [B, S, H, K]
+        (what MultiHeadAttention computes, for one query): (output [B, units], weights [B, H, S])."""
+        query = attention.query_dense(ops.expand_dims(x, 1))[:, 0]               # (B, H, K)
+        scores = ops.einsum("bhk,bshk->bhs", query, keys) / ops.sqrt(
+            ops.cast(ops.shape(keys)[-1], query.dtype))
+        # The softmax written out: ops.softmax warns of an axis of size 1 (the first word).
+        weights = ops.exp(scores - ops.max(scores, axis=-1, keepdims=True))
+        weights = weights / ops.sum(weights, axis=-1, keepdims=True)             # (B, H, S)
+        read = ops.einsum("bhs,bshk->bhk", weights, values)                      # (B, H, K)
+        return attention.output_dense(ops.expand_dims(read, 1))[:, 0], weights   # (B, units)
+
+    def step(self, x, memory_keys, memory_values, keys, values):
+        """One new position x [B, units] after the block, given the keys and values of the earlier
+        positions [B, t, H, K]: (x, the cache with this position's added [B, t + 1, H, K], the
+        cross-attention's weights [B, S], the mean over heads)."""
+        normed = ops.expand_dims(self.self_norm(x), 1)                           # (B, 1, units)
+        keys = ops.concatenate([keys, self.self_attention.key_dense(normed)], axis=1)
+        values = ops.concatenate([values, self.self_attention.value_dense(normed)], axis=1)
+        read, _ = self.attend(self.self_attention, normed[:, 0], keys, values)
+        x = x + read
+        read, weights = self.attend(self.cross_attention, self.cross_norm(x), memory_keys,
+                                    memory_values)
+        x = x + read
+        return x + self.feed_forward(x), keys, values, ops.mean(weights, axis=1)
+
+
+@architecture("transformer")
+class Transformer(CaptionModel):
+    """A Transformer decoder (Vaswani et al. 2017), as the TensorFlow tutorial and keras-io caption
+    with one: the words (GloVe, projected to `units`, plus their positions' sinusoids) pass through
+    `blocks` DecoderBlocks that each read the image's memory, then a last layer norm and the head
+    every architecture has. The memory is the grid's positions (each projected, plus a learned
+    vector of where it is) when the config gives `positions`, else the pooled vector projected
+    into `memory_slots` positions. The state of a caption being written is each block's cache of
+    keys and values; the maps notebook 05 draws are the cross-attention's weights, averaged over
+    heads and blocks (where the decoder as a whole read)."""
+    can_read_grid = True
+    image_enters = ("core", "cross-attention\nin every block")
+
+    @property
+    def attends(self):  # maps over a grid's positions; over pooled slots they would mean nothing
+        return self.config.reads_grid
+
+    def image_layers(self, config):
+        if config.units % config.heads:
+            raise ValueError(f"units ({config.units}) must be a multiple of heads ({config.heads})")
+        slots = 1 if config.reads_grid else config.memory_slots
+        self.image_dense = layers.Dense(slots * config.units, activation="relu",
+                                        name="image_dense")
+        if config.reads_grid:
+            self.grid_positions = layers.Embedding(config.positions, config.units,
+                                                   name="grid_positions")
+
+    def core_layers(self, config):
+        self.word_dense = layers.Dense(config.units, name="word_dense")
+        self.blocks = [DecoderBlock(config.units, config.heads, name=f"block_{i}")
+                       for i in range(config.blocks)]
+        self.final_norm = layers.LayerNormalization(name="final_norm")
+
+    def parts(self):
+        return {"image": [self.feature_norm, self.image_dropout, self.image_dense],
+                "words": [self.embedding, self.word_dense, self.caption_dropout],
+                "core": [*self.blocks, self.final_norm], "head": [self.decoder, self.next_word]}
+
+    def memory(self, image, training=False):
+        """The image as the positions the blocks read [B, S, units]."""
+        projected = self.image_dense(self.image_dropout(self.feature_norm(image),
+                                                        training=training))
+        if self.config.reads_grid:                                               # (B, P, units)
+            return projected + self.grid_positions(ops.arange(self.config.positions))
+        return ops.reshape(projected, (-1, self.config.memory_slots, self.config.units))
+
+    def words(self, embedded, positions, training=False):
+        """Embedded words [..., E] at positions [...] as the blocks read them [..., units]."""
+        x = self.word_dense(embedded)
+        return self.caption_dropout(x + ops.cast(sinusoid(positions, self.config.units), x.dtype),
+                                    training=training)
+
+    def start(self, image, training=False):
+        """(each block's memory keys and values, each block's empty cache of keys and values)."""
+        memory = self.memory(image, training)                                    # (B, S, units)
+        context = tuple(kv for block in self.blocks for kv in block.memory_keys(memory))
+        empty = ops.zeros_like(context[0][:, :0])                                # (B, 0, H, K)
+        return context, [empty] * (2 * len(self.blocks))
+
+    def step(self, context, word, state):
+        position = ops.shape(state[0])[1]  # the words read so far
+        x = self.words(self.embed_word(word), ops.zeros_like(word) + position)  # (B, units)
+        cache, maps = [], []
+        for i, block in enumerate(self.blocks):
+            x, keys, values, weights = block.step(x, *context[2 * i:2 * i + 2],
+                                                  *state[2 * i:2 * i + 2])
+            cache += [keys, values]
+            maps.append(weights)                                                 # (B, S)
+        probs = self.head(self.final_norm(x), None)
+        return probs, cache, ops.mean(ops.stack(maps), axis=0) if self.attends else None
+
+    def call(self, inputs, training=False, last_word_only=False):
+        image, tokens = inputs
+        memory = self.memory(image, training)                                    # (B, S, units)
+        real = ops.not_equal(tokens, 0)                                          # (B, T)
+        # Positions count real words, so a pre-padded prefix reads as the unpadded one.
+        positions = ops.maximum(ops.cumsum(ops.cast(real, "int32"), axis=1) - 1, 0)
+        x = self.words(self.embedding(tokens), positions, training)              # (B, T, units)
+        length = ops.shape(tokens)[1]
+        earlier = ops.expand_dims(ops.arange(length), 1) >= ops.arange(length)  # (T, T) causal
+        # Each position reads the real words up to itself, and itself (padding too: a row with
+        # nothing to read would be a softmax over nothing).
+        mask = ops.logical_or(ops.logical_and(earlier, ops.expand_dims(real, 1)),
+                              ops.eye(length, dtype="bool"))                     # (B, T, T)
+        for block in self.blocks:
+            x, _ = block(x, memory, mask, training=training)
+        x = self.final_norm(x)
+        if last_word_only:
+            x = x[:, -1]                                                         # (B, units)
+        return self.head(x, None)                                                # (B, [T,] V)
 
 
 # The architectures that read a grid of positions (features [images, positions, dim]).

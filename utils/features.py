@@ -15,7 +15,7 @@ import numpy as np
 from .files import portable_path, read_json, resolve_path
 
 __all__ = ["cache_dir", "find_feature_cache", "CacheRecord", "FeatureKind", "FeatureSource",
-           "feature_source", "load_features", "FeatureRows", "finished_cache"]
+           "feature_source", "has_grids", "load_features", "FeatureRows", "finished_cache"]
 
 
 def cache_dir(features_root, encoder):
@@ -94,6 +94,16 @@ def feature_source(path):
                          meta.weights, meta.input_size)
 
 
+def has_grids(path):
+    """Whether a cache (extracted with `grid=True`) or an `.npz` (3-D features) holds grids of
+    positions, which a model that can read either (the transformer) then reads."""
+    path = resolve_path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return data["features"].ndim == 3
+    return (path / "grid.npy").is_file()
+
+
 def load_features(directory, grid=False):
     """(names, features) of a finished cache, or of an external `.npz` with `names` and `features`:
     vectors [images, dim], or with `grid` the grids of positions [images, positions, dim] (a cache
@@ -110,7 +120,8 @@ def load_features(directory, grid=False):
         if features.ndim != (3 if grid else 2):
             raise ValueError(f"{directory}: its features are {features.shape}; "
                              + ("the attention model reads grids [images, positions, dim]" if grid
-                                else "grids: only the attention model reads them"))
+                                else "grids: only the attention model and the transformer "
+                                     "read them"))
         return names, features
     if not (directory / "meta.json").is_file():
         raise FileNotFoundError(f"{directory}: no finished feature cache "

@@ -92,9 +92,12 @@ def draw_model(model):
     import matplotlib.pyplot as plt
 
     parts = model.parts()
-    fig, ax = plt.subplots(figsize=(9, 6.5))
+    # The core below the words, the head below the core (a little lower: it is off to the side).
+    rows = {"image": 0, "words": 0, "core": len(parts["words"])}
+    rows["head"] = rows["core"] + len(parts["core"]) + 0.3
+    bottom = -rows["head"] - len(parts["head"]) + 0.5
+    fig, ax = plt.subplots(figsize=(9, 1.1 * (1 - bottom)))  # 1.1 inch a row of boxes
     boxes = {}
-    rows = {"image": 0, "words": 0, "core": 2, "head": 3.3}
     for branch, layers in parts.items():
         for i, layer in enumerate(layers):
             x, y = _COLUMN[branch], -(rows[branch] + i)
@@ -120,10 +123,11 @@ def draw_model(model):
         ax.text(0.5, -rows["core"] + 0.3, how, ha="center", va="bottom", color="#b5562a")
     else:  # down into the head
         arrow(image, target, (0.5, 0), (0.5, 1), **orange)
-        ax.text(0.2, -2.95, how, ha="right", va="center", color="#b5562a")  # beside the arrow
+        ax.text(0.2, -rows["head"] + 0.35, how, ha="right", va="center",
+                color="#b5562a")  # beside the arrow
     ax.text(0, 0.6, "image features", ha="center", weight="bold")
     ax.text(1, 0.6, "caption so far", ha="center", weight="bold")
     ax.set_title(f"{model.architecture}: {type(model).__name__} (image in orange)")
-    ax.set(xlim=(-0.5, 1.5), ylim=(-4.8, 1))
+    ax.set(xlim=(-0.5, 1.5), ylim=(bottom, 1))
     ax.axis("off")
     return fig

@@ -103,6 +103,7 @@ def config_from_parameters(config_class, parameters, **measured):
 # its run was made (a record from before the attention model describes a model without a grid, a
 # run from before `min_gain` stopped on any fall of validation loss).
 ADDED_LATER = {"model.positions": None, "model.attention_regularization": 1.0,
+               "model.blocks": 2, "model.heads": 4, "model.memory_slots": 4,
                "training.min_gain": 0.0}
 
 
