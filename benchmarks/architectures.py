@@ -12,6 +12,11 @@ merge comes with a paired bootstrap interval over the dev images (utils.compare_
 images resampled, every seed averaged). Attention (Xu et al. 2015) reads the same network's 7x7
 grids of the same photos (shared_data.GRIDS), whose mean is the others' pooled vector.
 
+The Transformer reads either kind of memory: on the subset it is trained on the pooled vectors
+("transformer") and on the grids ("transformer, grid"), and its entries carry a second paired
+difference, against the best inject by CIDEr-D, and its greedy decoding's speed without its cache
+of keys and values (the whole caption so far read again at every word).
+
 `--full` trains on the whole official split instead: the 6,000 train photos and the 1,000 dev
 photos of shared_data.TRAINVAL, a features-only dataset (pooled vectors only: attention, which
 needs grids, is left out, saying so); its results go to benchmarks/results/architectures-full.json.
@@ -35,6 +40,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
 import our_recipe as recipe
 
 import utils
@@ -51,6 +58,10 @@ DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy
 PUBLISHED = {"merge": "0.178 / 0.193 / 0.469", "init-inject": "0.191 / 0.194 / 0.481",
              "pre-inject": "0.190 / 0.191 / 0.469", "par-inject": "0.191 / 0.193 / 0.475",
              "attention": "0.195 / 0.189 / -"}
+# Models beside the architectures' defaults: the Transformer on the grids too (subset only).
+MEMORY_VARIANTS = {"transformer, grid": {"architecture": "transformer", "grid": True}}
+INJECTS = ("init-inject", "pre-inject", "par-inject")
+ROWS_UNCACHED = 200  # images captioned by the uncached greedy search (it is slow)
 # One round of tuning for each inject, one change of the default each (merge had five rounds).
 TUNING = {"units 512": {"units": 512}, "dropout 0.3": {"dropout": 0.3},
           "learning rate 2e-3": {"learning_rate": 2e-3}}
@@ -62,6 +73,20 @@ def captions_per_second(model, vocab, features, setting):
     utils.decode(decoder, features[:8], setting)  # traces the step for the batch shapes
     start = time.perf_counter()
     utils.decode(decoder, features, setting)
+    return len(features) / (time.perf_counter() - start)
+
+
+def uncached_captions_per_second(model, vocab, features):
+    """Captions a second of greedy search that reads the whole caption so far again at every
+    word (the full model, no cache): what a step would cost without `step`."""
+    start = time.perf_counter()
+    tokens = np.full((len(features), 1), vocab.start_id, "int32")
+    done = np.zeros(len(features), bool)
+    while not done.all() and tokens.shape[1] <= vocab.max_length + 1:
+        probs = keras.ops.convert_to_numpy(model((features, tokens), last_word_only=True))
+        words = np.where(done, vocab.pad_id, probs.argmax(1))
+        done |= words == vocab.end_id
+        tokens = np.concatenate([tokens, words[:, None].astype("int32")], 1)
     return len(features) / (time.perf_counter() - start)
 
 
@@ -94,10 +119,11 @@ def tables(report):
                 [name] + [f"{entry[slug][k]['mean']:.3f} ± {entry[slug][k]['std']:.3f}"
                           for k in scores]
                 + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
-                   if (d := difference.get(k)) else "" for k in compared] + [PUBLISHED[name]]))
+                   if (d := difference.get(k)) else "" for k in compared] + [PUBLISHED.get(name, "-")]))
         lines.append("")
     header = ["architecture", "parameters", "epochs run (each seed)", "training a run",
-              "captions a second, greedy", "captions a second, our default"]
+              "captions a second, greedy", "captions a second, our default",
+              "captions a second, greedy without a cache"]
     lines += [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     for name, entry in report["architectures"].items():
         speed = entry["captions_per_second"] or {}
@@ -106,7 +132,7 @@ def tables(report):
              ", ".join(map(str, entry["epochs"])),
              f"{entry['train_seconds']['mean']:.0f} ± {entry['train_seconds']['std']:.0f} s"]
             + [f"{speed[s]:,.0f}" if s in speed else "-" for s in
-               (DECODINGS[0].slug, utils.DEFAULT_DECODING.slug)]))
+               (DECODINGS[0].slug, utils.DEFAULT_DECODING.slug, "uncached_greedy")]))
     return "\n".join(lines)
 
 
@@ -131,13 +157,17 @@ def main():
     names_run = [name for name in args.architectures or utils.ARCHITECTURES
                  if not (args.full and utils.architecture_class(name).reads_grid)]
     left_out = sorted(set(args.architectures or utils.ARCHITECTURES) - set(names_run))
-    grids = SharedData(grid=True) if any(utils.architecture_class(name).reads_grid
-                                         for name in names_run) else None
     configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES
                if name in names_run}
+    if not args.full:
+        configs |= {name: default | values for name, values in MEMORY_VARIANTS.items()
+                    if values["architecture"] in names_run}
+    reads_grid = {name: config.get("grid") or utils.architecture_class(
+        config["architecture"]).reads_grid for name, config in configs.items()}
+    grids = SharedData(grid=True) if any(reads_grid.values()) else None
     if args.tune:
         configs |= {f"{name}, {change}": default | {"architecture": name} | values
-                    for name in ("init-inject", "pre-inject", "par-inject")
+                    for name in INJECTS
                     for change, values in TUNING.items()}
     if args.architectures:
         configs = {k: c for k, c in configs.items() if c["architecture"] in args.architectures}
@@ -153,19 +183,31 @@ def main():
     results = {k: v for k, v in stored.get("runs", {}).items() if k not in configs}
     for name, config in configs.items():
         results[name] = []
-        data = grids if utils.architecture_class(config["architecture"]).reads_grid else pooled
+        data = grids if reads_grid.get(name) else pooled
         every_image = data.features  # train and dev: the speed of decoding many images
-        for seed in seeds if name in utils.ARCHITECTURES else seeds[:1]:
+        for seed in seeds if name in (*utils.ARCHITECTURES, *MEMORY_VARIANTS) else seeds[:1]:
             with recipe.run_folder(args.runs, name, config, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(data, config, seed, run_dir)
             recipe.record(results[name], name, seed, seconds, len(curve),
                           recipe.score(model, vocab, data, False, DECODINGS), curve=curve,
                           parameters=model.count_params(), captions_per_second={
                               s.slug: round(captions_per_second(model, vocab, every_image, s), 1)
-                              for s in (DECODINGS[0], utils.DEFAULT_DECODING)})
+                              for s in (DECODINGS[0], utils.DEFAULT_DECODING)}
+                          | ({"uncached_greedy": round(uncached_captions_per_second(
+                              model, vocab, np.asarray(every_image[:ROWS_UNCACHED], "float32")),
+                              1)}
+                             if config["architecture"] == "transformer" else {}))
     # Against merge's runs, when there are some (`--quick --architectures` may have none).
     different = (recipe.differences(results, dict(zip(names, raw)), DECODINGS, "merge")
                  if "merge" in results else {s.slug: {"missing": None} for s in DECODINGS})
+    # The Transformer's entries against the best inject too (by CIDEr-D, our default decoding).
+    injects = [name for name in INJECTS if name in results]
+    best_inject = max(injects, default=None, key=lambda name: sum(
+        r["scores"][utils.DEFAULT_DECODING.slug]["cider_d"] for r in results[name]))
+    against_inject = (recipe.differences(
+        {name: runs for name, runs in results.items()
+         if name == best_inject or name.startswith("transformer")},
+        dict(zip(names, raw)), DECODINGS, best_inject) if best_inject else {})
     entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
                       "captions_per_second": mean_speed(runs),
                       "seconds_per_epoch": round(sum(r["train_seconds"] / r["epochs"]
@@ -173,11 +215,14 @@ def main():
                       **recipe.summarise(runs),
                       "difference_from_merge": {slug: d[name] for slug, d in different.items()
                                                 if name in d}}
+               | ({"difference_from_best_inject": {"inject": best_inject} | {
+                   slug: d[name] for slug, d in against_inject.items() if name in d}}
+                  if name.startswith("transformer") and best_inject else {})
                for name, runs in results.items()}
+    shown = [*utils.ARCHITECTURES, *MEMORY_VARIANTS]  # the rest: the tuning round
     report = {
-        "architectures": {name: entries[name] for name in utils.ARCHITECTURES if name in entries},
-        "tuning": {name: entry for name, entry in entries.items()
-                   if name not in utils.ARCHITECTURES},
+        "architectures": {name: entries[name] for name in shown if name in entries},
+        "tuning": {name: entry for name, entry in entries.items() if name not in shown},
         "missing": different[DECODINGS[0].slug]["missing"],
         "settings": {"defaults": default, "decodings": [s.slug for s in DECODINGS],
                      "tuning": TUNING if args.tune or stored.get("settings", {}).get("tuning")

@@ -103,7 +103,10 @@ def run_folder(runs_dir, name, config, seed):
     folder = Path(runs_dir) / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / SETTINGS_FILE
-    if settings.is_file() and utils.read_json(settings) != config:
+    # A field added to the records since the folder was kept had the value it has there.
+    added = {field.split(".")[1]: value for field, value in utils.runs.ADDED_LATER.items()
+             if field.split(".")[1] in config}
+    if settings.is_file() and added | utils.read_json(settings) != config:
         sys.exit(f"{folder} holds a run of {name!r} with other settings than today's "
                  f"({settings}): move it away, or give another --runs folder")
     utils.write_json(settings, config)
