@@ -84,8 +84,10 @@ class CaptionDecoder:
             probs, state, weights = model.step(context, words, state)
             return keras.ops.log(keras.ops.maximum(probs, 1e-12)), state, weights
 
-        self._start = tf.function(model.start, reduce_retracing=True)
-        self._step = tf.function(step, reduce_retracing=True)
+        # No AutoGraph: nothing in a step branches on a tensor, and AutoGraph cannot convert a
+        # method that calls super() (init-inject's initial_state), which it says in a warning.
+        self._start = tf.function(model.start, reduce_retracing=True, autograph=False)
+        self._step = tf.function(step, reduce_retracing=True, autograph=False)
 
     def start(self, features):
         """(context, state) for a batch of feature vectors (or grids): tuples of tensors."""
