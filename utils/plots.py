@@ -55,7 +55,7 @@ def attention_figure(image, caption, columns=5, width=10, title=None):
 
     if caption.maps is None:
         raise ValueError(f"{caption.text!r} has no attention maps: they come from a model that "
-                         "attends (ARCHITECTURE = 'attention')")
+                         "attends (ARCHITECTURE = 'attention', or 'transformer' on grids)")
     words = [*caption.text.split(), "<end>"]
     maps = np.asarray(caption.maps, "float32")
     side = int(round(np.sqrt(maps.shape[1])))
