@@ -42,12 +42,7 @@ def main():
     for name in names:
         shared = SharedData(grid=utils.architecture_class(name).reads_grid, full=args.full)
         vocab, data = shared.captions(default["min_count"], default["drop_one_letter"])
-        config = default | {"architecture": name}
-        grid = data.features.ndim == 3
-        model_config = utils.ModelConfig(
-            len(vocab), data.features.shape[-1], positions=data.features.shape[1] if grid else None,
-            **{f: config[f] for f in recipe.MODEL_FIELDS})
-        training = utils.TrainingConfig(**{f: config[f] for f in recipe.TRAINING_FIELDS})
+        model_config, training = recipe.run_configs(default | {"architecture": name}, vocab, data)
         models[name] = utils.build_model(model_config, training, None, data.feature_statistics())
         train, _ = data.datasets(training.batch_size)
         batches[name] = list(train.take(per_round))

@@ -70,16 +70,23 @@ class DevCurve(keras.callbacks.Callback):
         utils.write_json(self.path, self.epochs)
 
 
+def run_configs(config, vocab, data, seed=0):
+    """(ModelConfig, TrainingConfig) of a benchmark configuration (notebook_defaults' keys) for
+    this vocabulary and these captions' features (grids [images, positions, dim] give positions)."""
+    grid = data.features.ndim == 3  # SharedData(grid=True)
+    model_config = utils.ModelConfig(len(vocab), data.features.shape[-1],
+                                     positions=data.features.shape[1] if grid else None,
+                                     **{f: config[f] for f in MODEL_FIELDS})
+    return model_config, utils.TrainingConfig(seed=seed,
+                                              **{f: config[f] for f in TRAINING_FIELDS})
+
+
 def train_ours(shared, config, seed, run_dir):
     """The notebook 04 path, with the dev curve (DevCurve) kept: returns (best model, vocabulary,
     training seconds, the curve: one entry per epoch). A `run_dir` that holds an interrupted run
     of the same configuration and seed resumes it."""
     vocab, data = shared.captions(config["min_count"], config["drop_one_letter"])
-    grid = data.features.ndim == 3  # [images, positions, dim]: SharedData(grid=True)
-    model_config = utils.ModelConfig(len(vocab), data.features.shape[-1],
-                                     positions=data.features.shape[1] if grid else None,
-                                     **{f: config[f] for f in MODEL_FIELDS})
-    training = utils.TrainingConfig(seed=seed, **{f: config[f] for f in TRAINING_FIELDS})
+    model_config, training = run_configs(config, vocab, data, seed)
     embedding = shared.embedding(vocab, seed) if config["glove"] else None
     model = utils.build_model(model_config, training, embedding, data.feature_statistics())
     _, features, references = shared.split("val", config["drop_one_letter"])
