@@ -13,7 +13,8 @@ images resampled, every seed averaged). Attention (Xu et al. 2015) reads the sam
 grids of the same photos (shared_data.GRIDS), whose mean is the others' pooled vector.
 
 The Transformer reads either kind of memory: on the subset it is trained on the pooled vectors
-("transformer") and on the grids ("transformer, grid"), and its entries carry a second paired
+("transformer") and on the grids ("transformer, grid"); with one block instead of two
+("transformer, 1 block") it costs less an epoch. Its entries carry a second paired
 difference, against the best inject by CIDEr-D, and its greedy decoding's speed without its cache
 of keys and values (the whole caption so far read again at every word).
 
@@ -34,7 +35,6 @@ is written to benchmarks/results/architectures.json (`--out`), except with `--qu
 most 3 epochs). Last line: one JSON object, `architectures` holding one entry per architecture
 name.
 """
-import json
 import os
 import time
 from pathlib import Path
@@ -58,10 +58,11 @@ DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy
 PUBLISHED = {"merge": "0.178 / 0.193 / 0.469", "init-inject": "0.191 / 0.194 / 0.481",
              "pre-inject": "0.190 / 0.191 / 0.469", "par-inject": "0.191 / 0.193 / 0.475",
              "attention": "0.195 / 0.189 / -"}
-# Models beside the architectures' defaults: the Transformer on the grids too (subset only).
-MEMORY_VARIANTS = {"transformer, grid": {"architecture": "transformer", "grid": True}}
+# Transformers beside the default one: on the grids (subset only) and with one block (cheaper).
+TRANSFORMER_VARIANTS = {"transformer, grid": {"architecture": "transformer", "grid": True},
+                        "transformer, 1 block": {"architecture": "transformer", "blocks": 1}}
 # What the benchmark compares, with every seed (the tuning round trains the first seed only).
-COMPARED = (*utils.ARCHITECTURES, *MEMORY_VARIANTS)
+COMPARED = (*utils.ARCHITECTURES, *TRANSFORMER_VARIANTS)
 INJECTS = ("init-inject", "pre-inject", "par-inject")
 ROWS_UNCACHED = 200  # images captioned by the uncached greedy search (it is slow)
 # One round of tuning for each inject, one change of the default each (merge had five rounds).
@@ -120,8 +121,21 @@ def tables(report):
             lines.append(recipe.markdown_row(
                 [name] + [f"{entry[slug][k]['mean']:.3f} ± {entry[slug][k]['std']:.3f}"
                           for k in scores]
-                + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
-                   if (d := difference.get(k)) else "" for k in compared] + [PUBLISHED.get(name, "-")]))
+                + [recipe.gain_cell(difference.get(k)) for k in compared]
+                + [PUBLISHED.get(name, "-")]))
+        lines.append("")
+    against = {name: entry["difference_from_best_inject"]
+               for name, entry in report["architectures"].items()
+               if "difference_from_best_inject" in entry}
+    if against:
+        inject = next(iter(against.values()))["inject"]
+        header = ["model", "decoding"] + [f"{names[k]} minus {inject}'s" for k in compared]
+        lines += [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
+        lines += [recipe.markdown_row(
+            [name, utils.DecodingSetting.from_slug(slug).label]
+            + [recipe.gain_cell(difference[slug][k]) for k in compared])
+            for name, difference in against.items()
+            for slug in report["settings"]["decodings"] if slug in difference]
         lines.append("")
     header = ["architecture", "parameters", "epochs run (each seed)", "training a run",
               "captions a second, greedy", "captions a second, our default",
@@ -155,24 +169,21 @@ def main():
         return
     seeds = range(1 if args.quick else args.seeds)
     pooled, default = SharedData(full=args.full), recipe.notebook_defaults()
-    # The whole split has no grids: the architectures that read them are left out.
-    names_run = [name for name in args.architectures or utils.ARCHITECTURES
-                 if not (args.full and utils.architecture_class(name).reads_grid)]
-    left_out = sorted(set(args.architectures or utils.ARCHITECTURES) - set(names_run))
-    configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES
-               if name in names_run}
-    if not args.full:
-        configs |= {name: default | values for name, values in MEMORY_VARIANTS.items()
-                    if values["architecture"] in names_run}
+    configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES} | {
+        name: default | values for name, values in TRANSFORMER_VARIANTS.items()}
+    if args.architectures:
+        configs = {k: c for k, c in configs.items() if c["architecture"] in args.architectures}
     reads_grid = {name: config.get("grid") or utils.architecture_class(
         config["architecture"]).reads_grid for name, config in configs.items()}
-    grids = SharedData(grid=True) if any(reads_grid.values()) else None
+    # The whole split has no grids: the models that read them are left out.
+    left_out = sorted(name for name in configs if args.full and reads_grid[name])
+    configs = {k: c for k, c in configs.items() if k not in left_out}
+    grids = SharedData(grid=True) if any(reads_grid[name] for name in configs) else None
     if args.tune:
         configs |= {f"{name}, {change}": default | {"architecture": name} | values
                     for name in INJECTS
-                    for change, values in TUNING.items()}
-    if args.architectures:
-        configs = {k: c for k, c in configs.items() if c["architecture"] in args.architectures}
+                    for change, values in TUNING.items()
+                    if not args.architectures or name in args.architectures}
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
     names, _, raw = pooled.split("val")
@@ -231,13 +242,12 @@ def main():
         "data": {"features": f"{pooled.path.name} ({pooled.features.shape[1]}-d); attention: "
                              f"{GRIDS.name} ({'x'.join(map(str, grids.features.shape[1:]))})"
                              if grids else f"{pooled.path.name} ({pooled.features.shape[1]}-d)",
-                 "left_out": {name: "the whole split has no grids" for name in left_out},
+                 "left_out": stored.get("data", {}).get("left_out", {})
+                 | {name: "the whole split has no grids" for name in left_out},
                  "train_images": len(pooled.prepared(False).names("train")),
                  "dev_images": len(names)},
         "seeds": len(seeds), "quick": args.quick}
-    if not args.quick:
-        utils.write_json(args.out, report | {"runs": results})
-    print(json.dumps(report))
+    recipe.publish(args, report, results)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ notebook 05 evaluation of the dev split (the COCO evaluation, nltk's BLEU beside
 import argparse
 import ast
 import contextlib
+import json
 import re
 import sys
 import tempfile
@@ -152,6 +153,14 @@ def markdown_row(cells):
     return "| " + " | ".join(cells) + " |"
 
 
+def gain_cell(difference):
+    """A paired difference as a table cell: the gain and its interval; empty where it is missing."""
+    if not difference:
+        return ""
+    low, high = difference["interval"]
+    return f"{difference['gain']:+.3f} ({low:+.3f} to {high:+.3f})"
+
+
 def summarise(runs):
     """Mean and standard deviation over seeds of every number, per decoding."""
     out = {"train_seconds": _spread([r["train_seconds"] for r in runs]),
@@ -176,6 +185,14 @@ def arguments(doc, results, tune_help):
     parser.add_argument("--runs", help="keep each run's folder in this one: an interrupted "
                                        "benchmark resumes there, a finished run is not trained again")
     return parser
+
+
+def publish(args, report, runs):
+    """A benchmark's end: its report with every run's figures written to `args.out` (not with
+    --quick), and the report printed as the last line, one JSON object."""
+    if not args.quick:
+        utils.write_json(args.out, report | {"runs": runs})
+    print(json.dumps(report))
 
 
 def record(runs, name, seed, seconds, epochs, scores, **measured):

@@ -36,7 +36,6 @@ Every score and caption is written to benchmarks/results/quality.json (`--out`),
 one JSON object with `decomposition`, and per configuration and decoding the mean and standard
 deviation over seeds of every score.
 """
-import json
 import os
 from pathlib import Path
 
@@ -157,9 +156,7 @@ def main():
     report = make_report(results, configs, data, args)
     if baselines:
         report = {"decomposition": decompose(results, data)} | report
-    if not args.quick:
-        utils.write_json(args.out, report | {"runs": results})
-    print(json.dumps(report))
+    recipe.publish(args, report, results)
 
 
 def tuning_table(report):
@@ -181,8 +178,7 @@ def tuning_table(report):
              *(f"{mean[s]['bleu4']:.3f} / {mean[s]['cider_d']:.3f}" for s in ("greedy", "beam3")),
              f"{mean[default]['bleu4']:.3f} / {mean[default]['meteor']:.3f} / "
              f"{mean[default]['cider_d']:.3f}"]
-            + [f"{d['gain']:+.3f} ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})"
-               if (d := difference.get(k)) else "" for k in ("bleu4", "cider_d")]))
+            + [recipe.gain_cell(difference.get(k)) for k in ("bleu4", "cider_d")]))
     return "\n".join(lines)
 
 

@@ -28,10 +28,12 @@ OWN_PHOTO = "data/sample/Images/shapes_00007.jpg"
 # Measured (COCO evaluation): greedy BLEU-4 0.682 on the sample test split after 15 epochs, 0.217
 # with shuffled features.
 BLEU4_BAR = 0.5
-# The attention model through notebooks 02, 04 and 05: grids at GRID_INPUT_SIZE (3x3), few epochs.
-# Measured (COCO evaluation): greedy BLEU-4 0.482, beam 5 0.742, 0.263 with shuffled features.
+# The attention model through notebooks 02, 04 and 05: grids at GRID_INPUT_SIZE (3x3), few epochs,
+# then two of self-critical training. Measured (COCO evaluation) before the second phase: greedy
+# BLEU-4 0.482, beam 5 0.742, 0.263 with shuffled features.
 ATTENTION = {"02_extract_features": {"GRID": True, "INPUT_SIZE": GRID_INPUT_SIZE},
-             "04_train_model": {"ARCHITECTURE": "attention", "EPOCHS": 10},
+             "04_train_model": {"ARCHITECTURE": "attention", "EPOCHS": 10,
+                                "SELF_CRITICAL_EPOCHS": 2, "SELF_CRITICAL_LEARNING_RATE": 5e-4},
              "05_decode_and_evaluate": {"BEAM_WIDTHS": [5]}}
 # Appended to the notebooks that must not load TensorFlow, to look inside their kernels.
 TF_PROBE = 'import sys; print("tensorflow loaded:", "tensorflow" in sys.modules)'
@@ -304,7 +306,8 @@ def test_the_attention_model_runs_through_the_notebooks_and_shows_where_it_looke
                                                                                  tmp_path):
     """Notebooks 02, 04 and 05 again with ATTENTION's settings, from the captions, vocabulary and
     embedding that notebooks 01 and 03 wrote: grids of 3x3 positions, a model that learns from
-    them, and notebook 05's attention maps for the split's first images and for your own photo."""
+    them, a self-critical phase after it (each epoch's line, its curves beside the loss's), and
+    notebook 05's attention maps for the split's first images and for your own photo."""
     workdir = executed["workdir"]
     data = shutil.copytree(workdir / "data", tmp_path / "data",
                            ignore=shutil.ignore_patterns("features"))  # grids only, as asked
@@ -320,6 +323,13 @@ def test_the_attention_model_runs_through_the_notebooks_and_shows_where_it_looke
         assert not [o for o in outputs(runs[stem]) if o["output_type"] == "error"], stem
     assert "grids: 9 positions of 2048 values an image" in printed(runs["02_extract_features"])
     assert "at each of 9 positions" in printed(runs["04_train_model"])
+    phase = [line for line in printed(runs["04_train_model"]).splitlines()
+             if line.startswith("self-critical epoch ")]
+    assert len(phase) == 2 and all("dev CIDEr-D" in line for line in phase)
+    assert "of the second phase (0: the cross-entropy model)" in printed(runs["04_train_model"])
+    curves = next(c for c in runs["04_train_model"]["cells"]
+                  if "self-critical phase: CIDEr-D" in "".join(c["source"]))
+    assert any("image/png" in o.get("data", {}) for o in curves["outputs"])
     pictures = [o for o in outputs(runs["05_decode_and_evaluate"])
                 if "image/png" in o.get("data", {})]
     # the scores, the first, best and worst captioned, your own photo; then the maps of the first

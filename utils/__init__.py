@@ -17,6 +17,7 @@
     architectures  stage 4: the caption models, one class per architecture, and ModelConfig
     pipeline    stage 4: captions encoded, tf.data batches streamed from the feature table
     training    stage 4: TrainingConfig, the loss, resumable training with its callbacks
+    self_critical  stage 4's second phase: self-critical training on a CIDEr-D reward
     seed_recipe the seed projects' one-sample-per-prefix formulation, to compare with
     decoding    stage 5: decoding settings, incremental greedy and beam search
     metrics     stage 5: BLEU, METEOR, CIDEr-D as the COCO evaluation computes them; paired
@@ -44,7 +45,7 @@ from .startup import *
 from .vocabulary import *
 
 LAZY_MODULES = ("encoders", "features", "extraction", "pipeline", "architectures", "training",
-                "seed_recipe", "decoding", "metrics", "evaluation", "runs")
+                "self_critical", "seed_recipe", "decoding", "metrics", "evaluation", "runs")
 
 
 def _public_names(module_name):

@@ -244,5 +244,9 @@ class EpochReport(keras.callbacks.Callback):
         seconds = time.perf_counter() - self.started
         print(f"epoch {epoch + 1}: loss {logs['loss']:.3f}, validation loss {logs['val_loss']:.3f}, "
               f"learning rate {self.learning_rate:.2g}, {seconds:.1f} s")
+        self.print_captions()
+
+    def print_captions(self):
+        """The shown images' captions by the model's weights of the moment."""
         for name, caption in zip(self.names, decode(self.decoder, self.features, self.setting)):
             print(f"    {name}: {caption.text}")

@@ -20,6 +20,7 @@ from .features import FeatureKind, FeatureSource
 from .files import read_json, require, write_json
 from .images import ImageError, load_image
 from .pipeline import DataCounts
+from .self_critical import self_critical_finished, self_critical_started
 from .training import WEIGHTS_FILE, TrainingConfig, training_finished
 from .vocabulary import Vocabulary
 
@@ -104,7 +105,9 @@ def config_from_parameters(config_class, parameters, **measured):
 # run from before `min_gain` stopped on any fall of validation loss).
 ADDED_LATER = {"model.positions": None, "model.attention_regularization": 1.0,
                "model.blocks": 2, "model.heads": 4, "model.memory_slots": 4,
-               "training.min_gain": 0.0}
+               "training.min_gain": 0.0, "training.self_critical_epochs": 0,
+               "training.self_critical_learning_rate": 5e-5, "training.self_critical_samples": 5,
+               "training.self_critical_baseline": "samples"}
 
 
 def _record(cls, data, path, where=""):
@@ -162,28 +165,34 @@ def _upgrade_v0(old, vocab, path):
 # Settings that change how long a run trains, not what it learns: an unfinished run resumes with
 # new values of these. Any other difference is another run, refused in the same folder.
 EXTENDING = ("training.epochs", "training.patience")
+# The second phase's settings (utils.self_critical): they may change until that phase starts, so
+# that a finished cross-entropy run gains a self-critical phase without training again.
+SECOND_PHASE = "training.self_critical"
 
 
 def save_run(run_dir, config, vocab):
     """The record and the vocabulary of a run, written before training starts. Returns True when
     `run_dir` already holds this very run, finished (nothing to train: on Colab, a second visit).
     A folder holding a run with other settings is refused, never mixed with the new one; an
-    unfinished run may resume with more epochs or more patience."""
+    unfinished run may resume with more epochs or more patience, and a run whose second phase
+    has not started may change that phase's settings."""
     if config.vocabulary != vocab.fingerprint:
         raise ValueError("the run record names another vocabulary than the one given")
     run_dir = Path(run_dir)
     if (run_dir / "config.json").is_file():
         old = RunConfig.load(run_dir / "config.json", vocab)
         changed = [f"{name}: {a!r} -> {b!r}" for name, a, b in _differences(old, config)]
-        learned = [c for c in changed if not c.startswith(EXTENDING)]
+        second_open = not self_critical_started(run_dir)
+        first = [c for c in changed if not (second_open and c.startswith(SECOND_PHASE))]
+        learned = [c for c in first if not c.startswith(EXTENDING)]
         finished = training_finished(run_dir)
-        if learned or (changed and finished):
+        if learned or (first and finished):
             raise RunConfigError(
                 f"{run_dir} holds {'a finished' if finished else 'another'} run with other "
-                f"settings ({'; '.join((learned or changed)[:3])}): set RUN_NAME to a new name, "
+                f"settings ({'; '.join((learned or first)[:3])}): set RUN_NAME to a new name, "
                 "or delete the folder to train it anew")
         if not changed:
-            return finished
+            return finished and self_critical_finished(run_dir, config.training)
     else:
         vocab.save(run_dir / "vocabulary.json")
     config.save(run_dir / "config.json")

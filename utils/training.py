@@ -49,6 +49,11 @@ class TrainingConfig:
     seed: int = 0                   # initial weights, dropout and the order of batches
     mixed_precision: bool = False   # float16 compute (GPU)
     xla: bool = False               # compile the training step with XLA
+    # The second phase, self-critical training (utils.self_critical), after the first's best epoch.
+    self_critical_epochs: int = 0             # its epochs; 0: no second phase
+    self_critical_learning_rate: float = 5e-5  # Adam's, in the second phase
+    self_critical_samples: int = 5            # captions sampled per image and step
+    self_critical_baseline: str = "samples"   # "samples": the other samples' mean reward; "greedy"
 
 
 def build_model(config, training=TrainingConfig(), embedding_matrix=None, feature_stats=None):
@@ -253,8 +258,11 @@ def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_c
     """Fit `model` on `data` (CaptionData) as `training` says, with the best checkpoint, early
     stopping, a CSV history and, unless `training.lr_plateau_factor` is None, the learning rate
     multiplied by it after each epoch without a better validation loss. An interrupted run resumes
-    from its last finished epoch (BackupAndRestore)."""
+    from its last finished epoch (BackupAndRestore); a finished one is not trained again (its
+    history is returned)."""
     run_dir = Path(run_dir)
+    if training_finished(run_dir):
+        return read_history(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_training_state(run_dir)
     first, history = resumed_epoch(run_dir), read_history(run_dir)

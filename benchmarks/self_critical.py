@@ -1,0 +1,126 @@
+"""Self-critical training's worth: dev scores before and after it, with paired intervals.
+
+    python benchmarks/self_critical.py [--quick] [--full] [--seeds N] [--runs DIR]
+                                       [--architectures NAME ...] [--epochs N] [--tune]
+
+For each architecture (merge unless `--architectures` names others) and seed: the cross-entropy
+run as architectures.py trains it (our defaults; with `--runs`, the very folder architectures.py
+keeps, read back when it is finished), then `--epochs` epochs of the second phase
+(utils.self_critical, the notebooks' other defaults) in a folder of its own, started from a copy
+of the first phase's best weights. Both models are scored on the dev images by the COCO
+evaluation, greedy, with beam 3 and with our default decoding; the second phase's gain is a
+paired bootstrap interval over the dev images (every seed averaged), and captions ending on a
+BAD_ENDINGS word are counted before and after. `--tune` also runs the phase with the greedy
+caption's reward as the baseline (the first seed only). `--full`: the whole official split
+(6,000 train, 1,000 dev photos, pooled features). Results in benchmarks/results/
+self-critical.json (self-critical-full.json); `--quick`: 1 seed, 3 epochs, then 1, no file.
+Last line: one JSON object.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import our_recipe as recipe
+
+import utils
+from shared_data import REPO, SharedData
+
+RESULTS = REPO / "benchmarks" / "results" / "self-critical.json"
+FULL_RESULTS = REPO / "benchmarks" / "results" / "self-critical-full.json"
+DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy, as the phase selects its epoch
+             utils.DecodingSetting(3, 0.0, 0),   # beam 3, as Tanti et al. decode
+             utils.DEFAULT_DECODING]             # ours
+EPOCHS = 10  # of the second phase, unless --epochs
+
+
+def phase(shared, config, seed, xe_model, runs_dir, name):
+    """The second phase of one seed, in its own run folder (kept in `runs_dir`, resumed there):
+    (its model at the best dev epoch, its history)."""
+    vocab, data = shared.captions(config["min_count"], config["drop_one_letter"])
+    _, training = recipe.run_configs(config, vocab, data, seed)
+    with recipe.run_folder(runs_dir, name, config, seed) as run_dir:
+        if not utils.self_critical_started(run_dir):  # it starts from the first phase's best
+            xe_model.save_weights(f"{run_dir}/{utils.WEIGHTS_FILE}")
+        train, dev = (utils.ImageReferences.of_split(*split, vocab)
+                      for split in (data.train, data.val))
+        history = utils.train_self_critical(xe_model, vocab, data.features, train, dev, run_dir,
+                                            training)
+        xe_model.load_weights(f"{run_dir}/{utils.WEIGHTS_FILE}")
+    return xe_model, history
+
+
+def bad_endings(scores):
+    """Captions ending on a BAD_ENDINGS word, per decoding."""
+    return {slug: utils.bad_endings(s["captions"].values()) for slug, s in scores.items()}
+
+
+def main():
+    parser = recipe.arguments(__doc__, RESULTS, "also the greedy baseline (first seed only)")
+    parser.add_argument("--architectures", nargs="+", default=["merge"],
+                        choices=utils.ARCHITECTURES)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="of the second phase")
+    parser.add_argument("--full", action="store_true",
+                        help=f"the whole official split; results in {FULL_RESULTS.name}")
+    args = parser.parse_args()
+    if args.full and args.out == str(RESULTS):
+        args.out = str(FULL_RESULTS)
+    seeds = range(1 if args.quick else args.seeds)
+    shared, default = SharedData(full=args.full), recipe.notebook_defaults()
+    names, _, raw = shared.split("val")
+    baselines = utils.BASELINES if args.tune else utils.BASELINES[:1]
+    report, runs = {}, {}
+    for architecture in args.architectures:
+        first = default | {"architecture": architecture} | ({"epochs": 3} if args.quick else {})
+        groups = {"before": [], **{f"after, {b} baseline": [] for b in baselines}}
+        histories = {group: [] for group in groups}
+        for seed in seeds:
+            with recipe.run_folder(args.runs, architecture, first, seed) as run_dir:
+                model, vocab, seconds, curve = recipe.train_ours(shared, first, seed, run_dir)
+            scores = recipe.score(model, vocab, shared, False, DECODINGS)
+            recipe.record(groups["before"], f"{architecture}, cross-entropy", seed, seconds,
+                          len(curve), scores, bad_endings=bad_endings(scores))
+            weights = model.get_weights()
+            for baseline in baselines if seed == 0 else baselines[:1]:
+                model.set_weights(weights)
+                config = first | {"self_critical_epochs": 1 if args.quick else args.epochs,
+                                  "self_critical_baseline": baseline}
+                group = f"after, {baseline} baseline"
+                tuned, history = phase(shared, config, seed, model,
+                                       args.runs, f"{architecture}, self-critical, {baseline}")
+                scores = recipe.score(tuned, vocab, shared, False, DECODINGS)
+                recipe.record(groups[group], f"{architecture}, {group}", seed,
+                              sum(row.get("seconds", 0) for row in history), len(history) - 1,
+                              scores, bad_endings=bad_endings(scores), history=history)
+                histories[group].append(history)
+        groups = {k: v for k, v in groups.items() if v}
+        # Each phase against the cross-entropy runs of its own seeds (--tune's: the first only).
+        different = {group: recipe.differences(
+            {"before": groups["before"][:len(group_runs)], group: group_runs},
+            dict(zip(names, raw)), DECODINGS, "before")
+            for group, group_runs in groups.items() if group != "before"}
+        report[architecture] = {
+            group: {**recipe.summarise(group_runs),
+                    "bad_endings": {s.slug: int(np.sum([r["bad_endings"][s.slug]
+                                                        for r in group_runs]))
+                                    for s in DECODINGS},
+                    "best_epochs": [int(max(h, key=lambda r: r["dev_cider_d"])["epoch"])
+                                    for h in histories[group]],
+                    "seconds_per_epoch": round(float(np.mean(
+                        [row["seconds"] for h in histories[group] for row in h[1:]])), 1)
+                    if histories[group] else None,
+                    "difference_from_before": {slug: d[group] for slug, d in
+                                               different.get(group, {}).items() if group in d}}
+            for group, group_runs in groups.items()}
+        runs[architecture] = groups
+    out = {"self_critical": report,
+           "settings": {"first_phase": default, "epochs": 1 if args.quick else args.epochs,
+                        "decodings": [s.slug for s in DECODINGS]},
+           "data": {"features": f"{shared.path.name} ({shared.features.shape[1]}-d)",
+                    "train_images": len(shared.prepared().names("train")),
+                    "dev_images": len(names)},
+           "seeds": len(seeds), "quick": args.quick}
+    recipe.publish(args, out, runs)
+
+
+if __name__ == "__main__":
+    main()
