@@ -25,6 +25,7 @@
                 intervals (nltk and pycocoevalcap, no TensorFlow)
     evaluation  stage 5: `evaluate` (decode, score, diagnose, a control) and its results file
     runs        a run's record (config.json), loading it, captioning new photos with it
+    run_archive a run in one file: exported, and imported from a path or an address
 
 Notebooks 01 and 03 never pay TensorFlow's start-up: the heavy modules are imported when one of
 their names is first used (PEP 562).
@@ -47,7 +48,7 @@ from .vocabulary import *
 
 LAZY_MODULES = ("encoders", "efficientnet_lite", "features", "extraction", "pipeline",
                 "architectures", "training", "self_critical", "seed_recipe", "decoding",
-                "metrics", "evaluation", "runs")
+                "metrics", "evaluation", "runs", "run_archive")
 
 
 def _public_names(module_name):
