@@ -70,6 +70,33 @@ def fetch_image(url, _policy):
         return utils.download_file(url, path, policy=_policy).read_bytes()
 
 
+def add_shared_run(policy):
+    """The sidebar's form that adds a run shared as one file (`utils.export_run`): fetched from an
+    address with the page's network rules and a run's size cap, or uploaded; checked, then
+    unpacked into the runs folder (`utils.import_run`)."""
+    with st.sidebar.expander("Add a shared run (one .zip file)"):
+        address = st.text_input("Its address (https://...)", key="run_address")
+        checksum = st.text_input("Its SHA-256 (optional)", key="run_sha256")
+        upload = st.file_uploader("...or the file itself", type=["zip"], key="run_file")
+        if not st.button("Add the run", key="add_run") or not (address.strip() or upload):
+            return
+        try:
+            if upload:
+                with tempfile.TemporaryDirectory() as folder:
+                    path = Path(folder) / utils.safe_file_name(upload.name, "run.zip")
+                    path.write_bytes(upload.getvalue())
+                    run = utils.import_run(path, MODELS_DIR, sha256=checksum.strip() or None)
+            else:
+                run = utils.import_run(address.strip(), MODELS_DIR, sha256=checksum.strip() or None,
+                                       policy=dataclasses.replace(
+                                           utils.RUN_FETCH,
+                                           allowed_networks=policy.allowed_networks))
+        except utils.ArchiveError as e:
+            st.error(str(e))
+            return
+        st.success(f"Added the run {run.name}: choose it above.")
+
+
 def as_file(name, data):
     """An in-memory file that errors name by the image's own name."""
     buffer = io.BytesIO(data)
@@ -81,11 +108,12 @@ def main():
     st.set_page_config(page_title="Image captioning", layout="wide")
     st.title("Image captioning")
     policy = fetch_policy()
+    add_shared_run(policy)
     runs = find_runs(MODELS_DIR)
     if not runs:
         st.warning(f"No trained run in `{MODELS_DIR}/`. `make run` trains one on the sample "
                    "dataset in a few minutes, offline; `make run DATASET=flickr8k` trains one on "
-                   "Flickr8k. Then reload this page.")
+                   "Flickr8k. Then reload this page. Or add a shared run in the sidebar.")
         st.stop()
 
     with st.sidebar:

@@ -1,5 +1,6 @@
 """The Streamlit app: its logic through Streamlit's AppTest, and one upload in a real headless
 Chromium (Debian's chromium and chromedriver, driven by Selenium)."""
+import hashlib
 import io
 import os
 import shutil
@@ -66,7 +67,8 @@ def png_bytes(size=(64, 64), colour="red"):
 def test_no_run_says_what_to_run(monkeypatch, tmp_path):
     at = app(monkeypatch, tmp_path / "empty")
     assert not at.exception
-    assert "make run" in at.warning[0].value and not at.file_uploader
+    assert "make run" in at.warning[0].value and not at.main.file_uploader
+    assert "a shared run" in at.warning[0].value and at.sidebar.text_input(key="run_address")
 
 
 def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, sample_root):
@@ -296,5 +298,35 @@ def test_an_attention_run_shows_where_it_looked(monkeypatch, sample_grid_trainin
     at.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
     assert not at.exception and not at.error
     assert [s.value for s in at.subheader] == [expected_caption(run, photo)]
-    assert [e.label for e in at.expander] == ["Where it looked, word by word"]
-    assert len(at.expander[0].get("image")) == 1  # the figure of the word-by-word maps
+    assert [e.label for e in at.main.expander] == ["Where it looked, word by word"]
+    assert len(at.main.expander[0].get("image")) == 1  # the figure of the word-by-word maps
+
+
+def test_a_shared_run_is_added_from_its_address(monkeypatch, models_dir, sample_root, server,
+                                                tmp_path):
+    """An archive made by utils.export_run, served by a loopback server the operator admits:
+    added with its checksum, it captions like the run it was made from; a damaged one is refused
+    by name and adds nothing."""
+    archive = utils.export_run(models_dir / "shapes-small", tmp_path / "shared.zip")
+    server.files["shared.zip"] = archive.read_bytes()
+    server.files["damaged.zip"] = archive.read_bytes()[:-100]
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir / "shapes-large", folder / "shapes-large")
+    monkeypatch.setenv("CAPTIONING_ALLOW_NETWORKS", "127.0.0.0/8")
+    at = app(monkeypatch, folder)
+    at.sidebar.text_input(key="run_address").set_value(server.url + "damaged.zip")
+    at.sidebar.button(key="add_run").click().run()
+    assert at.error[0].value.startswith(f"{server.url}damaged.zip: not a whole zip archive")
+    assert sorted(p.name for p in folder.iterdir()) == ["shapes-large"]
+    at.sidebar.text_input(key="run_address").set_value(server.url + "shared.zip")
+    at.sidebar.text_input(key="run_sha256").set_value(hashlib.sha256(
+        archive.read_bytes()).hexdigest())
+    at.sidebar.button(key="add_run").click().run()
+    assert at.success[0].value == "Added the run shapes-small: choose it above."
+    at = app(monkeypatch, folder)
+    assert "shapes-small" in at.sidebar.multiselect[0].options
+    at.sidebar.multiselect[0].set_value(["shapes-small"]).run()
+    photo = sorted((sample_root / "Images").iterdir())[1]
+    at.main.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
+    assert [s.value for s in at.subheader] == [expected_caption(models_dir / "shapes-small",
+                                                                photo)]
