@@ -6,6 +6,7 @@ named after its `Encoder` (network, weights, input size), so that changing any o
 reuses stale features; its `meta.json`, written last, is a `CacheRecord`. Features made elsewhere
 come as an `.npz` of `names` and `features`. A run records which it read in its `FeatureSource`.
 """
+import zipfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -83,8 +84,7 @@ def feature_source(path):
     """The `FeatureSource` of a finished cache (from its meta.json) or of an external `.npz`."""
     path = Path(path)
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            dim = int(data["features"].shape[-1])  # of a vector, or of each position of a grid
+        dim = _npz_shape(path, "features")[-1]  # of a vector, or of each position of a grid
         return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim)
     meta = CacheRecord.read(path)
     if meta is None:
@@ -99,9 +99,18 @@ def has_grids(path):
     positions, which a model that can read either (the transformer) then reads."""
     path = resolve_path(path)
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            return data["features"].ndim == 3
+        return len(_npz_shape(path, "features")) == 3
     return (path / "grid.npy").is_file()
+
+
+def _npz_shape(path, name):
+    """The shape of the array `name` of an .npz, from its header alone: a compressed table is
+    not read whole to learn it."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, _ = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0(f))
+    return tuple(int(n) for n in shape)
 
 
 def load_features(directory, grid=False):
