@@ -9,7 +9,7 @@ import pytest
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 import utils
-from conftest import train_sample_run
+from conftest import model_kinds, split_kind, train_sample_run
 
 REFERENCES = [
     ["a dog runs on the grass", "a brown dog running through a field", "the dog is running"],
@@ -213,3 +213,22 @@ def test_a_finished_run_gains_a_second_phase_but_keeps_its_first(cross_entropy_r
         with_phase.training, learning_rate=0.1))
     with pytest.raises(utils.RunConfigError, match="learning_rate"):
         utils.save_run(run_dir, other_first, vocab)
+
+
+@pytest.mark.parametrize("kind", model_kinds())
+def test_every_architecture_samples_and_learns_through_its_one_step(kind):
+    """The phase needs nothing of an architecture but its `step` (sampling) and its `call` (the
+    update): each samples captions of two images and takes a step that changes its weights."""
+    architecture, grid = split_kind(kind)
+    vocab = utils.Vocabulary([*utils.SPECIAL_TOKENS, "a", "red", "circle", "square"], 4)
+    config = utils.ModelConfig(len(vocab), 6, architecture, units=16, blocks=1, heads=2,
+                               positions=4 if grid else None)
+    model = utils.build_model(config, utils.TrainingConfig(seed=0))
+    features = np.random.default_rng(0).normal(size=(2, *config.image_shape)).astype("float32")
+    sampled = utils.sample_captions(utils.CaptionDecoder(model, vocab), features, 3,
+                                    np.random.default_rng(1))
+    assert sampled.shape[0] == 6 and ((sampled == vocab.end_id).sum(1) == 1).all()
+    before = [w.copy() for w in model.get_weights()]
+    step = utils.reinforce_step(model, keras.optimizers.Adam(1e-2), vocab.start_id)
+    step(np.repeat(features, 3, 0), sampled, np.linspace(-1, 1, 6).astype("float32"))
+    assert any((a != b).any() for a, b in zip(before, model.get_weights()))
