@@ -351,31 +351,12 @@ def train_self_critical(model, vocab, features, train, dev, run_dir, training, r
         report.set_model(model)
         report.on_train_begin()
     step = reinforce_step(model, optimizer, vocab.start_id)
-    samples, per_batch = training.self_critical_samples, max(1, training.batch_size)
     for epoch in range(len(history), training.self_critical_epochs + 1):
         started = time.perf_counter()
-        order = np.random.default_rng([training.seed, epoch]).permutation(len(train.rows))
-        rewards = []
-        for batch, first in enumerate(range(0, len(order), per_batch)):
-            images = order[first:first + per_batch]
-            rng = np.random.default_rng([training.seed, epoch, batch])
-            image_features = np.asarray(features[train.rows[images]], "float32")
-            sampled = sample_captions(decoder, image_features, samples, rng)
-            words = _words_only(sampled, vocab)
-            rewarded = np.concatenate([
-                scorer.scores(train_vectors[i], words[j * samples:(j + 1) * samples])
-                for j, i in enumerate(images)])                                # (images * samples,)
-            baseline = None
-            if training.self_critical_baseline == "greedy":
-                greedy = decode(decoder, image_features, GREEDY)
-                baseline = [scorer.scores(train_vectors[i], _ids_of(c))[0]
-                            for i, c in zip(images, greedy)]
-            step(tf.constant(np.repeat(image_features, samples, 0)), tf.constant(sampled),
-                 tf.constant(advantages(rewarded, samples, baseline), tf.float32))
-            rewards.append(rewarded.mean())
+        reward = _epoch(step, decoder, scorer, train_vectors, features, train.rows, training, epoch)
         seconds = time.perf_counter() - started
         row = _dev_row(decoder, dev_features, dev_vectors, dev_scorer, epoch,
-                       reward=round(float(np.mean(rewards)), 5), seconds=round(seconds, 1))
+                       reward=round(reward, 5), seconds=round(seconds, 1))
         if row["dev_cider_d"] > max(h["dev_cider_d"] for h in history):
             with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
                 model.save_weights(tmp)
@@ -389,6 +370,34 @@ def train_self_critical(model, vocab, features, train, dev, run_dir, training, r
     write_json(run_dir / HISTORY_FILE, history)
     checkpoint.unlink()
     return history
+
+
+def _epoch(step, decoder, scorer, train_vectors, features, rows, training, epoch):
+    """One epoch of the phase: every training image once, `training.batch_size` images a step
+    (each with `self_critical_samples` samples), in an order and with samples drawn from (seed,
+    epoch, step) alone, so that a resumed epoch is the uninterrupted one. Returns the mean
+    reward of its samples."""
+    samples, vocab = training.self_critical_samples, decoder.vocab
+    order = np.random.default_rng([training.seed, epoch]).permutation(len(rows))
+    rewards = []
+    for batch, first in enumerate(range(0, len(order), training.batch_size)):
+        images = order[first:first + training.batch_size]
+        image_features = np.asarray(features[rows[images]], "float32")
+        sampled = sample_captions(decoder, image_features, samples,
+                                  np.random.default_rng([training.seed, epoch, batch]))
+        words = _words_only(sampled, vocab)
+        rewarded = np.concatenate([
+            scorer.scores(train_vectors[i], words[j * samples:(j + 1) * samples])
+            for j, i in enumerate(images)])                                    # (images * samples,)
+        baseline = None
+        if training.self_critical_baseline == "greedy":
+            greedy = decode(decoder, image_features, GREEDY)
+            baseline = [scorer.scores(train_vectors[i], _ids_of(c))[0]
+                        for i, c in zip(images, greedy)]
+        step(tf.constant(np.repeat(image_features, samples, 0)), tf.constant(sampled),
+             tf.constant(advantages(rewarded, samples, baseline), tf.float32))
+        rewards.append(rewarded)
+    return float(np.concatenate(rewards).mean())
 
 
 def _document_frequencies(path, train):
