@@ -210,6 +210,10 @@ def test_feature_source_of_a_cache_and_of_an_npz(sample_root, tmp_path, encoder)
     npz = tmp_path / "mine.npz"
     np.savez(npz, names=np.array(names), features=np.zeros((2, 7), "float16"))
     assert utils.feature_source(npz) == utils.FeatureSource("external", utils.portable_path(npz), 7)
+    assert utils.feature_source(npz, "EfficientNet_Lite0") == utils.FeatureSource(
+        "external", utils.portable_path(npz), 7, "efficientnet_lite0", "imagenet", 224)
+    with pytest.raises(ValueError, match="unknown encoder 'alexnet'; choose one of inceptionv3"):
+        utils.feature_source(npz, "alexnet")
     grids = tmp_path / "grids.npz"
     np.savez(grids, names=np.array(names), features=np.zeros((2, 4, 7), "float16"))
     assert not utils.has_grids(cache) and not utils.has_grids(npz) and utils.has_grids(grids)

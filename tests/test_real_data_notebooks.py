@@ -137,10 +137,15 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
     assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "shared8k")
 
 
+# A photo of the shared folder, captioned as "your own" by a features-only run.
+OWN_PHOTO = "1000268201_693b08cb0e.jpg"
+
+
 def test_a_features_only_dataset_runs_every_notebook(shared_flickr8k, tmp_path):
     """Flickr8k's captions and the shared subset's features, no photo: the features' names stand
     for the images present, notebooks 01 to 05 run, notebook 05 evaluates the dev split, and
-    what needs pixels says in one line why it is skipped."""
+    what needs pixels says in one line why it is skipped; with the features' network named, a
+    photo of your own is captioned."""
     features = shared_flickr8k / "features" / "efficientnet_lite0_imagenet.npz"
     common = {"DATASET": "features8k", "DATA_DIR": str(tmp_path / "data"),
               "MODELS_DIR": str(tmp_path / "models")}
@@ -148,8 +153,10 @@ def test_a_features_only_dataset_runs_every_notebook(shared_flickr8k, tmp_path):
               "val": str(shared_flickr8k / "Flickr_8k.devImages.txt")}
     given = {"01": {"CAPTIONS_FILE": str(shared_flickr8k / "Flickr8k.token.txt"),
                     "SPLIT_FILES": splits, "FEATURES": str(features)},
-             "04": {"FEATURES": str(features), "EPOCHS": 2},
-             "05": {"FEATURES": str(features), "SPLIT": "val", "BEAM_WIDTHS": [3]}}
+             "04": {"FEATURES": str(features), "EPOCHS": 2,
+                    "FEATURES_ENCODER": "efficientnet_lite0"},
+             "05": {"FEATURES": str(features), "SPLIT": "val", "BEAM_WIDTHS": [3],
+                    "IMAGE": str(shared_flickr8k / "Images" / OWN_PHOTO)}}
     printed = {}
     for number in ("01", "02", "03", "04", "05"):
         parameters = {k: v for k, v in common.items() if k in papermill.inspect_notebook(
@@ -165,6 +172,9 @@ def test_a_features_only_dataset_runs_every_notebook(shared_flickr8k, tmp_path):
     assert prepared.names("val") == sorted(dev) and len(dev) > 100
     for number in ("01", "04", "05"):
         assert utils.NO_PHOTOS in printed[number], number
+    # The features' network named (FEATURES_ENCODER): your own photo is encoded alike, captioned.
+    own = next(line for line in printed["05"].splitlines() if OWN_PHOTO in line)
+    assert len(own.split(": ", 1)[1].split()) >= 3, own
     assert "Nothing to extract: this dataset's images are not on this machine" in printed["02"]
     evaluation = utils.read_evaluation(tmp_path / "models" / "features8k-efficientnet_lite0_imagenet",
                                        "val")

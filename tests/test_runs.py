@@ -124,6 +124,14 @@ def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir, tmp_path):
     with pytest.raises(utils.NoEncoderError, match="^This run was trained on features made outside "
                                                    "this repository \\(x.npz\\), so it cannot"):
         utils.encoder_for_run(external)
+    # Features made elsewhere by a network its maker names (FEATURES_ENCODER): rebuilt, its size
+    # checked against the features'.
+    declared = dataclasses.replace(config, features=utils.FeatureSource(
+        "external", "x.npz", 7, "efficientnet_lite0", "imagenet", 224))
+    assert utils.why_no_encoder(declared) is None
+    with pytest.raises(utils.RunConfigError, match="efficientnet_lite0 makes 1280 values an "
+                                                   "image, but this run's features \\(x.npz\\) have 7"):
+        utils.encoder_for_run(declared)
     from_file = dataclasses.replace(config, features=dataclasses.replace(
         config.features, weights="file-0123456789"))
     with pytest.raises(ValueError, match="used a weights file \\(file-0123456789\\): pass its path"):

@@ -49,7 +49,7 @@ class FeatureSource:
     kind: FeatureKind
     path: str                 # the cache folder or the .npz, relative to the repository if inside
     dim: int                  # feature size
-    encoder: str = None       # the rest only for a cache: ENCODERS key...
+    encoder: str = None       # the rest for a cache, or an .npz whose encoder is declared: ENCODERS key...
     weights: str = None       # ...`weights_tag` of its weights...
     input_size: int = None    # ...and the square input size it read images at
 
@@ -80,12 +80,19 @@ class CacheRecord:
         return cls(**read_json(path)) if path.is_file() else None
 
 
-def feature_source(path):
-    """The `FeatureSource` of a finished cache (from its meta.json) or of an external `.npz`."""
+def feature_source(path, encoder=None):
+    """The `FeatureSource` of a finished cache (from its meta.json) or of an external `.npz`.
+    `encoder`: the ENCODERS network, with its ImageNet weights at its own input size, that made
+    an `.npz`'s features from photos squashed whole to that size (as `utils.load_image` reads
+    them), when its maker says so: a run on them can then encode a new photo the same way."""
     path = Path(path)
     if path.suffix == ".npz":
         dim = _npz_shape(path, "features")[-1]  # of a vector, or of each position of a grid
-        return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim)
+        if encoder is None:
+            return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim)
+        from .encoders import encoder_spec  # TensorFlow only where an encoder is named
+        return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim, encoder.lower(),
+                             "imagenet", encoder_spec(encoder).input_size)
     meta = CacheRecord.read(path)
     if meta is None:
         raise FileNotFoundError(f"{path}: no finished feature cache "

@@ -275,12 +275,13 @@ def _weights_of_model_file(model, path):
 def why_no_encoder(config):
     """Why a run cannot caption a new photo, in one sentence with what to do instead; None when
     it can (its features came from notebook 02's cache, whose encoder is rebuilt)."""
-    if config.features.kind != FeatureKind.EXTERNAL:
+    if config.features.kind != FeatureKind.EXTERNAL or config.features.encoder:
         return None
     return (f"This run was trained on features made outside this repository "
             f"({Path(config.features.path).name}), so it cannot encode a new photo the same way: "
             "it captions the images whose features you give it (FEATURES in notebook 05). To "
-            "caption your own photos, train a run on features of notebook 02.")
+            "caption your own photos, train a run on features of notebook 02, or name the "
+            "network that made these (FEATURES_ENCODER in notebook 04).")
 
 
 def encoder_for_run(config, weights_file=None):
@@ -295,7 +296,12 @@ def encoder_for_run(config, weights_file=None):
         raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
                          "path" + (f"; {weights_file} is another file" if weights_file else ""))
     weights = {"random": None, "imagenet": "imagenet"}.get(source.weights, weights_file)
-    return Encoder(source.encoder, weights, source.input_size).build(grid=config.model.reads_grid)
+    cnn = Encoder(source.encoder, weights, source.input_size).build(grid=config.model.reads_grid)
+    if cnn.output_shape[-1] != source.dim:  # a declared encoder (FEATURES_ENCODER) that did not
+        raise RunConfigError(f"{source.encoder} makes {cnn.output_shape[-1]} values an image, "
+                             f"but this run's features ({Path(source.path).name}) have "
+                             f"{source.dim}: another network made them")
+    return cnn
 
 
 @dataclass
@@ -344,8 +350,9 @@ def describe_run(run_dir):
     run_dir = Path(run_dir)
     config = read_run(run_dir)[1]
     source = config.features
-    made_by = ("external features" if source.kind == FeatureKind.EXTERNAL
-               else f"{source.encoder} ({source.weights} weights)")
+    made_by = f"{source.encoder} ({source.weights} weights)" if source.encoder else ""
+    if source.kind == FeatureKind.EXTERNAL:
+        made_by = f"external features ({made_by} ones)" if made_by else "external features"
     lines = [f"**{run_dir.name}**: {config.model.architecture} model, {config.dataset} dataset, "
              f"{made_by}, {config.model.vocab_size} words, trained on "
              f"{config.data.train.images} images"]
