@@ -22,8 +22,9 @@ of keys and values (the whole caption so far read again at every word).
 photos of shared_data.TRAINVAL, a features-only dataset (pooled vectors only: attention, which
 needs grids, is left out, saying so); its results go to benchmarks/results/architectures-full.json.
 
-`--architectures` trains only those; the stored runs of the others (in `--out`) are kept and the
-report is made from all of them, so one architecture can be added without retraining the rest.
+`--architectures` trains only those, by name ("transformer" alone, "transformer, grid" its
+variant); the stored runs of the others (in `--out`) are kept and the report is made from all of
+them, so one architecture can be added without retraining the rest.
 
 `--tables` trains nothing: it prints the stored results (`--out`) as the Markdown tables of
 docs/results.md, one per decoding and one of the costs, beside the published figures.
@@ -154,7 +155,7 @@ def tables(report):
 
 def main():
     parser = recipe.arguments(__doc__, RESULTS, "also the tuning round of the injects")
-    parser.add_argument("--architectures", nargs="+", choices=utils.ARCHITECTURES,
+    parser.add_argument("--architectures", nargs="+", choices=COMPARED,
                         help="train only these; the others' runs are read from --out")
     parser.add_argument("--tables", action="store_true",
                         help="print the stored results as Markdown tables; train nothing")
@@ -171,8 +172,8 @@ def main():
     pooled, default = SharedData(full=args.full), recipe.notebook_defaults()
     configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES} | {
         name: default | values for name, values in TRANSFORMER_VARIANTS.items()}
-    if args.architectures:
-        configs = {k: c for k, c in configs.items() if c["architecture"] in args.architectures}
+    if args.architectures:  # by name: "transformer" is the default one, without its variants
+        configs = {k: c for k, c in configs.items() if k in args.architectures}
     reads_grid = {name: config.get("grid") or utils.architecture_class(
         config["architecture"]).reads_grid for name, config in configs.items()}
     # The whole split has no grids: the models that read them are left out.
