@@ -123,7 +123,8 @@ def test_bad_inputs_are_reported_and_the_rest_captioned(monkeypatch, models_dir,
         "Run theirs-external: This run was trained on features made outside this repository "
         "(mine.npz), so it cannot encode a new photo the same way: it captions the images whose "
         "features you give it (FEATURES in notebook 05). To caption your own photos, train a run "
-        "on features of notebook 02."]
+        "on features of notebook 02, or name the network that made these (FEATURES_ENCODER in "
+        "notebook 04)."]
     assert not any("theirs-external" in e.value for e in at.error)
     assert len(at.subheader) == 1
 
@@ -250,9 +251,11 @@ def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample
 
     photo = sorted((sample_root / "Images").iterdir())[3]
     expected = [expected_caption(models_dir / run, photo) for run in ("shapes-large", "shapes-small")]
+    # The page's photo input, not the sidebar's (which takes a shared run's .zip).
+    photos = "//input[@type='file'][not(ancestor::*[@data-testid='stSidebar'])]"
     chromium.get(streamlit_server)
-    WebDriverWait(chromium, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file]"))
-    chromium.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(photo))
+    WebDriverWait(chromium, 120).until(lambda d: d.find_elements(By.XPATH, photos))
+    chromium.find_element(By.XPATH, photos).send_keys(str(photo))
     WebDriverWait(chromium, 180).until(
         lambda d: all(c in d.find_element(By.TAG_NAME, "body").text for c in expected))
     assert "it knows only coloured shapes" in chromium.find_element(By.TAG_NAME, "body").text
