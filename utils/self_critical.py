@@ -111,6 +111,14 @@ def _counts(keys):
     return np.unique(keys[keys >= 0], return_counts=True)
 
 
+def _find(sorted_keys, keys):
+    """(where each of `keys` is or would go in `sorted_keys`, clamped to a valid index; whether
+    it is there)."""
+    at = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
+    found = sorted_keys[at] == keys if len(sorted_keys) else np.zeros(len(keys), bool)
+    return at, found
+
+
 @dataclass(frozen=True)
 class _Vectors:
     """Captions' CIDEr-D vectors: tf-idf weights over `keys` [G] (one row per caption [C, G]),
@@ -151,8 +159,7 @@ class CiderD:
 
     def _idf(self, keys):
         """log(images) - log(max(1, document frequency)) of each key."""
-        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
-        found = self.keys[at] == keys if len(self.keys) else np.zeros(len(keys), bool)
+        at, found = _find(self.keys, keys)
         return self.log_images - np.log(np.maximum(np.where(found, self.frequencies[at], 0), 1))
 
     def vectors(self, captions):
@@ -174,8 +181,7 @@ class CiderD:
         refs = references if isinstance(references, _Vectors) else self.vectors(references)
         own = self.vectors(captions)
         # The captions' weights on the references' n-grams; others match nothing.
-        at = np.minimum(np.searchsorted(refs.keys, own.keys), max(len(refs.keys) - 1, 0))
-        shared = refs.keys[at] == own.keys if len(refs.keys) else np.zeros(len(own.keys), bool)
+        at, shared = _find(refs.keys, own.keys)
         weights = np.zeros((len(captions), len(refs.keys)))
         weights[:, at[shared]] = own.weights[:, shared]                     # (S, G)
         clipped = np.minimum(weights[:, None], refs.weights[None]) * refs.weights[None]  # (S, R, G)
@@ -237,7 +243,7 @@ def _words_only(sequences, vocab):
 
 def bad_endings(captions):
     """How many of `captions` (texts) end on a BAD_ENDINGS word."""
-    return sum(text.split()[-1:] in [[w] for w in BAD_ENDINGS] for text in captions)
+    return sum(bool(text.split()) and text.split()[-1] in BAD_ENDINGS for text in captions)
 
 
 def reinforce_step(model, optimizer, start_id):
