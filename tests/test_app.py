@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -197,29 +198,35 @@ def free_port():
 
 
 @pytest.fixture
-def streamlit_server(models_dir, tmp_path):
-    port = free_port()
-    env = dict(os.environ, CAPTIONING_MODELS_DIR=str(models_dir))
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user starts it: `make app`
-    terminal = open(tmp_path / "terminal.txt", "w")  # what the server's terminal shows
-    process = subprocess.Popen(  # .streamlit/config.toml's settings, as `make app` has them
-        [sys.executable, "-m", "streamlit", "run", APP, "--server.headless=true",
-         f"--server.port={port}", "--server.address=127.0.0.1"], cwd=REPO, env=env,
-        stdout=terminal, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
+def streamlit_server(tmp_path):
+    """Starts the app's server on a runs folder, as a user starts it (`make app`); gives its
+    address. What its terminal shows is kept in tmp_path/terminal.txt."""
+    servers = []
+
+    def start(models_dir):
+        port = free_port()
+        env = dict(os.environ, CAPTIONING_MODELS_DIR=str(models_dir))
+        env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user starts it: `make app`
+        terminal = open(tmp_path / "terminal.txt", "w")
+        process = subprocess.Popen(  # .streamlit/config.toml's settings, as `make app` has them
+            [sys.executable, "-m", "streamlit", "run", APP, "--server.headless=true",
+             f"--server.port={port}", "--server.address=127.0.0.1"], cwd=REPO, env=env,
+            stdout=terminal, stderr=subprocess.STDOUT)
+        servers.append((process, terminal))
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).read() == b"ok":
+                    return url
+            except OSError:
+                time.sleep(0.5)
         pytest.fail("streamlit did not start")
-    yield url
-    process.terminate()
-    process.wait(10)
-    terminal.close()
+
+    yield start
+    for process, terminal in servers:
+        process.terminate()
+        process.wait(10)
+        terminal.close()
 
 
 @pytest.fixture
@@ -243,30 +250,74 @@ def chromium():
     driver.quit()
 
 
-def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample_root, tmp_path):
-    """Upload through the page's own file input, read the caption off the page, keep a
-    screenshot (APP_SCREENSHOT=path also saves it there, as for the README)."""
+# The page's photo input, not the sidebar's (which takes a shared run's .zip).
+PHOTO_INPUT = "//input[@type='file'][not(ancestor::*[@data-testid='stSidebar'])]"
+
+
+def upload_and_read(browser, photo, captions):
+    """Upload `photo` through the page's own file input; wait until every caption of `captions`
+    is on the page. Returns the page's text."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.XPATH, PHOTO_INPUT))
+    browser.find_element(By.XPATH, PHOTO_INPUT).send_keys(str(photo))
+    WebDriverWait(browser, 180).until(
+        lambda d: all(c in d.find_element(By.TAG_NAME, "body").text for c in captions))
+    time.sleep(1)  # let the image finish painting before a screenshot
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample_root, tmp_path):
+    """Upload through the page's own file input, read the caption off the page, keep a
+    screenshot."""
     photo = sorted((sample_root / "Images").iterdir())[3]
     expected = [expected_caption(models_dir / run, photo) for run in ("shapes-large", "shapes-small")]
-    # The page's photo input, not the sidebar's (which takes a shared run's .zip).
-    photos = "//input[@type='file'][not(ancestor::*[@data-testid='stSidebar'])]"
-    chromium.get(streamlit_server)
-    WebDriverWait(chromium, 120).until(lambda d: d.find_elements(By.XPATH, photos))
-    chromium.find_element(By.XPATH, photos).send_keys(str(photo))
-    WebDriverWait(chromium, 180).until(
-        lambda d: all(c in d.find_element(By.TAG_NAME, "body").text for c in expected))
-    assert "it knows only coloured shapes" in chromium.find_element(By.TAG_NAME, "body").text
-    time.sleep(1)  # let the image finish painting before the screenshot
-    shots = [tmp_path / "app.png", *filter(None, [os.environ.get("APP_SCREENSHOT")])]
-    for shot in shots:
-        assert chromium.save_screenshot(str(shot))
-    assert Image.open(shots[0]).size[0] >= 1000
+    chromium.get(streamlit_server(models_dir))
+    assert "it knows only coloured shapes" in upload_and_read(chromium, photo, expected)
+    assert chromium.save_screenshot(str(tmp_path / "app.png"))
+    assert Image.open(tmp_path / "app.png").size[0] >= 1000
     terminal = (tmp_path / "terminal.txt").read_text()
     for noise in ("absl::InitializeLog", "cuInit", "cudart_stub", "oneDNN", "Inotify", "watchdog"):
         assert noise not in terminal, terminal[-3000:]
+
+
+SHIPPED = REPO / "models" / "flickr8k-pretrained"  # the trained run this repository ships
+# Words a caption shares with any reference by grammar alone: they say nothing of the photo.
+FUNCTION_WORDS = {"a", "an", "the", "in", "on", "of", "with", "and", "is", "are", "at", "to",
+                  "for", "his", "her", "its", "their", "by", "from", "into", "while", "as", "it",
+                  "up", "down", "near", "next", "front", "some", "one", "two", "three", "other"}
+
+
+def test_the_shipped_run_captions_a_real_photo(streamlit_server, chromium, shared_flickr8k,
+                                               tmp_path):
+    """A fresh clone's page, offline, captions a real photo with the run in models/: the
+    first Flickr8k dev photo (by name) of ../shared/flickr8k/Images, whose caption must share a
+    content word with the photo's references. First, a public-domain photo that ships with
+    matplotlib (Grace Hopper, US Navy): Flickr's photos are not ours to publish, so the README's
+    screenshot (APP_SCREENSHOT=docs/app.png) shows this one."""
+    import matplotlib
+
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED, models / SHIPPED.name)
+    chromium.get(streamlit_server(models))
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    page = upload_and_read(chromium, hopper, [expected_caption(SHIPPED, hopper)])
+    assert "efficientnet_lite0" in page and "val split" in page  # what it is, how it scores
+    for shot in [tmp_path / "app.png", *filter(None, [os.environ.get("APP_SCREENSHOT")])]:
+        assert chromium.save_screenshot(str(shot))
+
+    dev = (shared_flickr8k / "Flickr_8k.devImages.txt").read_text().split()
+    photo = min(shared_flickr8k / "Images" / n for n in dev
+                if (shared_flickr8k / "Images" / n).is_file())
+    caption = expected_caption(SHIPPED, photo)
+    upload_and_read(chromium, photo, [caption])
+    references = [line.split("\t")[1].lower().split() for line in
+                  (shared_flickr8k / "Flickr8k.token.txt").read_text().splitlines()
+                  if line.startswith(photo.name + "#")]
+    assert len(references) == 5
+    shared = set(caption.split()) & set().union(*references) - FUNCTION_WORDS
+    assert shared, (photo.name, caption, references)
 
 
 def test_a_broken_run_folder_does_not_take_the_page_down(monkeypatch, models_dir, sample_root,

@@ -2,6 +2,7 @@
 from a mirror on loopback) and evaluation on an external features file and a split file of names."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,28 @@ def test_a_features_only_dataset_runs_every_notebook(shared_flickr8k, tmp_path):
                                        "val")
     assert evaluation.images == len(dev)
     assert_scores_are_those_of_the_captions(evaluation, tmp_path / "data" / "features8k")
+
+
+def test_notebook_05_gives_back_the_shipped_runs_dev_scores(shared_flickr8k, tmp_path):
+    """The run this repository ships (models/flickr8k-pretrained), evaluated again on the 1,000
+    dev photos of the whole-split features file, as its README says: notebook 01 on the features
+    alone, then notebook 05. Every decoding's recorded scores come back to 3 decimals."""
+    shipped = REPO / "models" / "flickr8k-pretrained"
+    run_dir = tmp_path / "models" / shipped.name
+    shutil.copytree(shipped, run_dir, ignore=shutil.ignore_patterns("evaluation-*"))
+    features = str(shared_flickr8k / "features" / "flickr8k_trainval_efficientnet_lite0.npz")
+    common = {"DATASET": "flickr8k_full", "DATA_DIR": str(tmp_path / "data")}
+    run_notebook("01", tmp_path, **common, FEATURES=features,
+                 CAPTIONS_FILE=str(shared_flickr8k / "Flickr8k.token.txt"),
+                 SPLIT_FILES={"train": str(shared_flickr8k / "Flickr_8k.trainImages.txt"),
+                              "val": str(shared_flickr8k / "Flickr_8k.devImages.txt")})
+    run_notebook("05", tmp_path, **common, FEATURES=features, SPLIT="val", RUN_DIR=str(run_dir))
+    recorded, again = (utils.read_evaluation(d, "val") for d in (shipped, run_dir))
+    assert again.images == recorded.images == 1000
+    for old, new in zip(recorded.results, again.results, strict=True):
+        assert old.label == new.label
+        assert {k: round(v, 3) for k, v in old.scores.items() if v is not None} == {
+            k: round(v, 3) for k, v in new.scores.items() if v is not None}, old.label
 
 
 @pytest.mark.parametrize("layout", [layout_original_zips, layout_extracted, layout_kaggle,

@@ -123,3 +123,15 @@ def test_a_run_that_does_not_load_is_refused(archive, tmp_path):
     bad = rewritten(archive, tmp_path / "bad.zip", another_vocabulary)
     with pytest.raises(utils.ArchiveError, match="not a run that loads .*not the vocabulary"):
         utils.import_run(bad, tmp_path / "models")
+
+
+def test_a_run_shared_to_caption_with_leaves_the_optimizer_out(run_dir, tmp_path):
+    """Without its training state the weights file shrinks, and the run captions exactly as
+    before."""
+    slim = utils.export_run(run_dir, tmp_path / "slim.zip", training_state=False)
+    imported = utils.import_run(slim, tmp_path / "models")
+    assert (imported / "model.weights.h5").stat().st_size < (
+        0.6 * (run_dir / "model.weights.h5").stat().st_size)
+    (full, _, _), (light, _, _) = utils.load_run(run_dir), utils.load_run(imported)
+    for a, b in zip(full.weights, light.weights, strict=True):
+        assert a.path == b.path and (a.numpy() == b.numpy()).all(), a.path

@@ -104,7 +104,7 @@ def test_a_run_from_before_records_still_loads_and_captions(run_copy, sample_roo
     assert upgraded.vocabulary == vocab.fingerprint and upgraded.data == config.data
     photo = sorted((sample_root / "Images").iterdir())[0]
     assert utils.caption_image(utils.Captioner.from_run(run_copy), photo)
-    assert "inceptionv3 (random weights)" in utils.describe_run(run_copy)
+    assert "inceptionv3 features (random weights)" in utils.describe_run(run_copy)
 
     external = old_config(config, weights="external")
     (run_copy / "config.json").write_text(json.dumps(external))

@@ -21,6 +21,7 @@ from pathlib import Path
 from .download import PUBLIC, DownloadError, download_file, safe_file_name
 from .files import atomic_path
 from .runs import RunConfigError, load_run
+from .training import WEIGHTS_FILE
 
 __all__ = ["RUN_FILES", "ARCHIVE_FORMAT", "RUN_FETCH", "ArchiveError", "export_run", "import_run"]
 
@@ -51,13 +52,17 @@ def _shared_files(run_dir):
                   if p.is_file() and any(fnmatch.fnmatch(p.name, f) for f in RUN_FILES))
 
 
-def export_run(run_dir, path):
+def export_run(run_dir, path, training_state=True):
     """Write the run in `run_dir` (a trained one: it must load) into the zip `path`, atomically.
-    The same files always give the same archive, byte for byte. Returns `path`."""
+    The same files always give the same archive, byte for byte. With `training_state=False` the
+    weights file keeps the model's weights alone, not the optimizer's moments that resuming needs:
+    a third of the size, for a run shared to caption with. Returns `path`."""
     run_dir, path = Path(run_dir), Path(path)
-    load_run(run_dir)  # a run that does not load is not worth sharing
+    model = load_run(run_dir)[0]  # a run that does not load is not worth sharing
     names = _shared_files(run_dir)
     contents = {name: (run_dir / name).read_bytes() for name in names}
+    if not training_state:
+        contents[WEIGHTS_FILE] = _model_weights(model)
     manifest = {"format": ARCHIVE_FORMAT, "run": run_dir.name,
                 "files": {name: {"bytes": len(data), "sha256": _digest(data)}
                           for name, data in contents.items()}}
@@ -106,6 +111,14 @@ def import_run(source, models_dir, name=None, sha256=None, policy=RUN_FETCH):
                                "name, or move that folder away")
         shutil.move(unpacked, target)
     return target
+
+
+def _model_weights(model):
+    """The bytes of a Keras weights file holding `model`'s weights alone (it is not compiled, so
+    no optimizer is saved with it)."""
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_weights(Path(folder) / WEIGHTS_FILE)
+        return (Path(folder) / WEIGHTS_FILE).read_bytes()
 
 
 def _existing(folder):

@@ -350,12 +350,12 @@ def describe_run(run_dir):
     run_dir = Path(run_dir)
     config = read_run(run_dir)[1]
     source = config.features
-    made_by = f"{source.encoder} ({source.weights} weights)" if source.encoder else ""
+    made_by = f"{source.encoder} features ({source.weights} weights)" if source.encoder else ""
     if source.kind == FeatureKind.EXTERNAL:
-        made_by = f"external features ({made_by} ones)" if made_by else "external features"
+        made_by = f"{made_by or 'features'} given in a file"
     lines = [f"**{run_dir.name}**: {config.model.architecture} model, {config.dataset} dataset, "
-             f"{made_by}, {config.model.vocab_size} words, trained on "
-             f"{config.data.train.images} images"]
+             f"{made_by}, {config.model.vocab_size:,} words, trained on "
+             f"{config.data.train.images:,} images"]
     if config.dataset == "sample":
         lines.append(SAMPLE_RUN_WARNING)
     try:
