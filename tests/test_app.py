@@ -76,7 +76,7 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
     at = app(monkeypatch, models_dir)
     assert at.sidebar.multiselect[0].value == ["shapes-large", "shapes-small"]
     sidebar = " ".join(m.value for m in at.sidebar.markdown)
-    assert "merge model, sample dataset, inceptionv3 (random weights)" in sidebar
+    assert "merge model, sample dataset, inceptionv3 features (random weights)" in sidebar
     assert ("beam 3, length penalty 1, no repeated 2-gram on the sample test split (COCO "
             "evaluation): BLEU-4 0.543, CIDEr-D 2.35") in sidebar
     assert ("greedy, no repeated 2-gram on the sample test split (COCO evaluation): BLEU-4 0.432, "
