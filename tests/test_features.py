@@ -465,3 +465,12 @@ def test_a_preview_keeps_the_photos_shape():
     assert preview.shape == (128, 256, 3) and preview.dtype == np.uint8
     assert tuple(preview[64, 10]) == (255, 0, 0) and tuple(preview[64, 250]) == (0, 0, 255)
     assert utils.preview_image(two_colour_image(size=(40, 30)), 256).shape == (30, 40, 3)
+
+
+@pytest.mark.parametrize("encoder, dataset, weights", [
+    ("inceptionv3", "sample", None), ("inceptionv3", "flickr8k", "imagenet"),
+    ("efficientnet_lite0", "sample", "imagenet"), ("efficientnet_lite0", "flickr8k", "imagenet")])
+def test_auto_weights_are_random_only_where_imagenet_ones_need_a_download(encoder, dataset,
+                                                                           weights):
+    assert utils.resolve_weights("auto", dataset, encoder) == weights
+    assert utils.resolve_weights("file.h5", dataset, encoder) == "file.h5"

@@ -76,11 +76,15 @@ def weights_tag(weights):
     return f"file-{digest}"
 
 
-def resolve_weights(weights, dataset):
-    """`"auto"`: random weights for the synthetic sample (offline, no download), ImageNet otherwise."""
+def resolve_weights(weights, dataset, encoder="inceptionv3"):
+    """`"auto"`: ImageNet weights, but for the synthetic sample with an encoder whose weights
+    Keras must download: random ones there, so that the offline run needs no download.
+    (EfficientNet-Lite0's ImageNet weights are installed: with random ones its features tell the
+    sample's images apart too little for any caption to depend on them.)"""
     if weights != "auto":
         return weights
-    return None if dataset == "sample" else "imagenet"
+    offline = encoder_spec(encoder).module == "lite"
+    return None if dataset == "sample" and not offline else "imagenet"
 
 
 @dataclass(frozen=True)
