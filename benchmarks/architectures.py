@@ -153,6 +153,50 @@ def tables(report):
     return "\n".join(lines)
 
 
+def make_report(args, results, stored, pooled, grids, left_out):
+    """The benchmark's report on the runs in `results` so far: each architecture's scores, speed
+    and cost, its differences from merge and (the Transformer's) from the best inject."""
+    default = recipe.notebook_defaults()
+    names, _, raw = pooled.split("val")
+    # Against merge's runs, when there are some (`--quick --architectures` may have none).
+    different = (recipe.differences(results, dict(zip(names, raw)), DECODINGS, "merge")
+                 if "merge" in results else {s.slug: {"missing": None} for s in DECODINGS})
+    # The Transformer's entries against the best inject too (by CIDEr-D, our default decoding).
+    injects = [name for name in INJECTS if name in results]
+    best_inject = max(injects, default=None, key=lambda name: sum(
+        r["scores"][utils.DEFAULT_DECODING.slug]["cider_d"] for r in results[name]))
+    against_inject = (recipe.differences(
+        {name: runs for name, runs in results.items()
+         if name == best_inject or name.startswith("transformer")},
+        dict(zip(names, raw)), DECODINGS, best_inject) if best_inject else {})
+    entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
+                      "captions_per_second": mean_speed(runs),
+                      "seconds_per_epoch": round(sum(r["train_seconds"] / r["epochs"]
+                                                     for r in runs) / len(runs), 1),
+                      **recipe.summarise(runs),
+                      "difference_from_merge": {slug: d[name] for slug, d in different.items()
+                                                if name in d}}
+               | ({"difference_from_best_inject": {"inject": best_inject} | {
+                   slug: d[name] for slug, d in against_inject.items() if name in d}}
+                  if name.startswith("transformer") and best_inject else {})
+               for name, runs in results.items()}
+    return {
+        "architectures": {name: entries[name] for name in COMPARED if name in entries},
+        "tuning": {name: entry for name, entry in entries.items() if name not in COMPARED},
+        "missing": different[DECODINGS[0].slug]["missing"],
+        "settings": {"defaults": default, "decodings": [s.slug for s in DECODINGS],
+                     "tuning": TUNING if args.tune or stored.get("settings", {}).get("tuning")
+                     else None},
+        "data": {"features": f"{pooled.path.name} ({pooled.features.shape[1]}-d); attention: "
+                             f"{GRIDS.name} ({'x'.join(map(str, grids.features.shape[1:]))})"
+                             if grids else f"{pooled.path.name} ({pooled.features.shape[1]}-d)",
+                 "left_out": stored.get("data", {}).get("left_out", {})
+                 | {name: "the whole split has no grids" for name in left_out},
+                 "train_images": len(pooled.prepared(False).names("train")),
+                 "dev_images": len(names)},
+        "seeds": 1 if args.quick else args.seeds, "quick": args.quick}
+
+
 def main():
     parser = recipe.arguments(__doc__, RESULTS, "also the tuning round of the injects")
     parser.add_argument("--architectures", nargs="+", choices=COMPARED,
@@ -187,7 +231,6 @@ def main():
                     if not args.architectures or name in args.architectures}
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
-    names, _, raw = pooled.split("val")
     # The other architectures' stored runs, when there are some (a first run has none).
     stored = (utils.read_json(args.out) if args.architectures and not args.quick
               and Path(args.out).is_file() else {})
@@ -211,44 +254,11 @@ def main():
                               model, vocab, np.asarray(every_image[:ROWS_UNCACHED], "float32")),
                               1)}
                              if config["architecture"] == "transformer" else {}))
-    # Against merge's runs, when there are some (`--quick --architectures` may have none).
-    different = (recipe.differences(results, dict(zip(names, raw)), DECODINGS, "merge")
-                 if "merge" in results else {s.slug: {"missing": None} for s in DECODINGS})
-    # The Transformer's entries against the best inject too (by CIDEr-D, our default decoding).
-    injects = [name for name in INJECTS if name in results]
-    best_inject = max(injects, default=None, key=lambda name: sum(
-        r["scores"][utils.DEFAULT_DECODING.slug]["cider_d"] for r in results[name]))
-    against_inject = (recipe.differences(
-        {name: runs for name, runs in results.items()
-         if name == best_inject or name.startswith("transformer")},
-        dict(zip(names, raw)), DECODINGS, best_inject) if best_inject else {})
-    entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
-                      "captions_per_second": mean_speed(runs),
-                      "seconds_per_epoch": round(sum(r["train_seconds"] / r["epochs"]
-                                                     for r in runs) / len(runs), 1),
-                      **recipe.summarise(runs),
-                      "difference_from_merge": {slug: d[name] for slug, d in different.items()
-                                                if name in d}}
-               | ({"difference_from_best_inject": {"inject": best_inject} | {
-                   slug: d[name] for slug, d in against_inject.items() if name in d}}
-                  if name.startswith("transformer") and best_inject else {})
-               for name, runs in results.items()}
-    report = {
-        "architectures": {name: entries[name] for name in COMPARED if name in entries},
-        "tuning": {name: entry for name, entry in entries.items() if name not in COMPARED},
-        "missing": different[DECODINGS[0].slug]["missing"],
-        "settings": {"defaults": default, "decodings": [s.slug for s in DECODINGS],
-                     "tuning": TUNING if args.tune or stored.get("settings", {}).get("tuning")
-                     else None},
-        "data": {"features": f"{pooled.path.name} ({pooled.features.shape[1]}-d); attention: "
-                             f"{GRIDS.name} ({'x'.join(map(str, grids.features.shape[1:]))})"
-                             if grids else f"{pooled.path.name} ({pooled.features.shape[1]}-d)",
-                 "left_out": stored.get("data", {}).get("left_out", {})
-                 | {name: "the whole split has no grids" for name in left_out},
-                 "train_images": len(pooled.prepared(False).names("train")),
-                 "dev_images": len(names)},
-        "seeds": len(seeds), "quick": args.quick}
-    recipe.publish(args, report, results)
+        if not args.quick:  # kept as it grows: a long run can be cut short
+            utils.write_json(args.out, make_report(args, results, stored, pooled, grids, left_out)
+                             | {"runs": results})
+    recipe.publish(args, make_report(args, results, stored, pooled, grids, left_out),
+                   results)
 
 
 if __name__ == "__main__":
