@@ -16,7 +16,8 @@ The Transformer reads either kind of memory: on the subset it is trained on the 
 ("transformer") and on the grids ("transformer, grid"); with one block instead of two
 ("transformer, 1 block") it costs less an epoch. Its entries carry a second paired
 difference, against the best inject by CIDEr-D, and its greedy decoding's speed without its cache
-of keys and values (the whole caption so far read again at every word).
+of keys and values (the whole caption so far read again at every word); the variants' a third,
+against the default Transformer.
 
 `--full` trains on the whole official split instead: the 6,000 train photos and the 1,000 dev
 photos of shared_data.TRAINVAL, a features-only dataset (pooled vectors only: attention, which
@@ -125,12 +126,14 @@ def tables(report):
                 + [recipe.gain_cell(difference.get(k)) for k in compared]
                 + [PUBLISHED.get(name, "-")]))
         lines.append("")
-    against = {name: entry["difference_from_best_inject"]
-               for name, entry in report["architectures"].items()
-               if "difference_from_best_inject" in entry}
-    if against:
-        inject = next(iter(against.values()))["inject"]
-        header = ["model", "decoding"] + [f"{names[k]} minus {inject}'s" for k in compared]
+    # The Transformers against the best inject, and its variants against the default one.
+    for key in ("difference_from_best_inject", "difference_from_transformer"):
+        against = {name: entry[key] for name, entry in report["architectures"].items()
+                   if key in entry}
+        if not against:
+            continue
+        baseline = next(iter(against.values())).get("inject", "transformer")
+        header = ["model", "decoding"] + [f"{names[k]} minus {baseline}'s" for k in compared]
         lines += [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
         lines += [recipe.markdown_row(
             [name, utils.DecodingSetting.from_slug(slug).label]
@@ -169,6 +172,10 @@ def make_report(args, results, stored, pooled, grids, left_out):
         {name: runs for name, runs in results.items()
          if name == best_inject or name.startswith("transformer")},
         dict(zip(names, raw)), DECODINGS, best_inject) if best_inject else {})
+    # The Transformer's variants against the default one: which memory, how many blocks.
+    variants = {name: runs for name, runs in results.items() if name.startswith("transformer")}
+    against_transformer = (recipe.differences(variants, dict(zip(names, raw)), DECODINGS,
+                                              "transformer") if "transformer" in variants else {})
     entries = {name: {"parameters": runs[0].get("parameters"),  # runs stored before it: None
                       "captions_per_second": mean_speed(runs),
                       "seconds_per_epoch": round(sum(r["train_seconds"] / r["epochs"]
@@ -179,6 +186,9 @@ def make_report(args, results, stored, pooled, grids, left_out):
                | ({"difference_from_best_inject": {"inject": best_inject} | {
                    slug: d[name] for slug, d in against_inject.items() if name in d}}
                   if name.startswith("transformer") and best_inject else {})
+               | ({"difference_from_transformer": {slug: d[name] for slug, d
+                                                   in against_transformer.items() if name in d}}
+                  if name in TRANSFORMER_VARIANTS and against_transformer else {})
                for name, runs in results.items()}
     return {
         "architectures": {name: entries[name] for name in COMPARED if name in entries},
