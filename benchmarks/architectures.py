@@ -248,6 +248,7 @@ def main():
         parser.error(f"{args.out} holds runs of {stored['seeds']} seeds: give --seeds "
                      f"{stored['seeds']}")
     results = {k: v for k, v in stored.get("runs", {}).items() if k not in configs}
+    report = None  # of the runs so far
     for name, config in configs.items():
         results[name] = []
         data = grids if reads_grid.get(name) else pooled
@@ -265,9 +266,9 @@ def main():
                               1)}
                              if config["architecture"] == "transformer" else {}))
         if not args.quick:  # kept as it grows: a long run can be cut short
-            utils.write_json(args.out, make_report(args, results, stored, pooled, grids, left_out)
-                             | {"runs": results})
-    recipe.publish(args, make_report(args, results, stored, pooled, grids, left_out),
+            report = make_report(args, results, stored, pooled, grids, left_out)
+            utils.write_json(args.out, report | {"runs": results})
+    recipe.publish(args, report or make_report(args, results, stored, pooled, grids, left_out),
                    results)
 
 

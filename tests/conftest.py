@@ -10,6 +10,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "flickr8k"
+SHIPPED_RUN = REPO / "models" / "flickr8k-pretrained"  # the trained run this repository ships
 
 
 @pytest.fixture(scope="session")

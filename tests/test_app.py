@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import utils
-from conftest import REPO, Server, scored_result, train_sample_run
+from conftest import REPO, SHIPPED_RUN, Server, scored_result, train_sample_run
 
 # Importing streamlit sets MPLBACKEND=Agg for the whole process; the notebook kernels that other
 # tests start inherit the environment and would then show no plots. Put it back as it was.
@@ -282,7 +282,6 @@ def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample
         assert noise not in terminal, terminal[-3000:]
 
 
-SHIPPED = REPO / "models" / "flickr8k-pretrained"  # the trained run this repository ships
 # Words a caption shares with any reference by grammar alone: they say nothing of the photo.
 FUNCTION_WORDS = {"a", "an", "the", "in", "on", "of", "with", "and", "is", "are", "at", "to",
                   "for", "his", "her", "its", "their", "by", "from", "into", "while", "as", "it",
@@ -295,28 +294,26 @@ def test_the_shipped_run_captions_a_real_photo(streamlit_server, chromium, share
     first Flickr8k dev photo (by name) of ../shared/flickr8k/Images, whose caption must share a
     content word with the photo's references. First, a public-domain photo that ships with
     matplotlib (Grace Hopper, US Navy): Flickr's photos are not ours to publish, so the README's
-    screenshot (APP_SCREENSHOT=docs/app.png) shows this one."""
+    screenshot (APP_SCREENSHOT=docs/app-pretrained.png) shows this one."""
     import matplotlib
 
     models = tmp_path / "models"
-    shutil.copytree(SHIPPED, models / SHIPPED.name)
+    shutil.copytree(SHIPPED_RUN, models / SHIPPED_RUN.name)
     chromium.get(streamlit_server(models))
     hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    page = upload_and_read(chromium, hopper, [expected_caption(SHIPPED, hopper)])
+    page = upload_and_read(chromium, hopper, [expected_caption(SHIPPED_RUN, hopper)])
     assert "efficientnet_lite0" in page and "val split" in page  # what it is, how it scores
     for shot in [tmp_path / "app.png", *filter(None, [os.environ.get("APP_SCREENSHOT")])]:
         assert chromium.save_screenshot(str(shot))
 
-    dev = (shared_flickr8k / "Flickr_8k.devImages.txt").read_text().split()
+    dev = utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt")
     photo = min(shared_flickr8k / "Images" / n for n in dev
                 if (shared_flickr8k / "Images" / n).is_file())
-    caption = expected_caption(SHIPPED, photo)
+    caption = expected_caption(SHIPPED_RUN, photo)
     upload_and_read(chromium, photo, [caption])
-    references = [line.split("\t")[1].lower().split() for line in
-                  (shared_flickr8k / "Flickr8k.token.txt").read_text().splitlines()
-                  if line.startswith(photo.name + "#")]
+    references = utils.read_captions(shared_flickr8k / "Flickr8k.token.txt").captions[photo.name]
     assert len(references) == 5
-    shared = set(caption.split()) & set().union(*references) - FUNCTION_WORDS
+    shared = set(caption.split()) & set(utils.tokenize(" ".join(references))) - FUNCTION_WORDS
     assert shared, (photo.name, caption, references)
 
 

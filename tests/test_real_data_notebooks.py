@@ -18,7 +18,7 @@ from test_datasets import (
 )
 
 import utils
-from conftest import REPO, make_zip
+from conftest import REPO, SHIPPED_RUN, make_zip
 
 NOTEBOOKS = {p.stem[:2]: p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")}
 
@@ -187,9 +187,8 @@ def test_notebook_05_gives_back_the_shipped_runs_dev_scores(shared_flickr8k, tmp
     """The run this repository ships (models/flickr8k-pretrained), evaluated again on the 1,000
     dev photos of the whole-split features file, as its README says: notebook 01 on the features
     alone, then notebook 05. Every decoding's recorded scores come back to 3 decimals."""
-    shipped = REPO / "models" / "flickr8k-pretrained"
-    run_dir = tmp_path / "models" / shipped.name
-    shutil.copytree(shipped, run_dir, ignore=shutil.ignore_patterns("evaluation-*"))
+    run_dir = tmp_path / "models" / SHIPPED_RUN.name
+    shutil.copytree(SHIPPED_RUN, run_dir, ignore=shutil.ignore_patterns("evaluation-*"))
     features = str(shared_flickr8k / "features" / "flickr8k_trainval_efficientnet_lite0.npz")
     common = {"DATASET": "flickr8k_full", "DATA_DIR": str(tmp_path / "data")}
     run_notebook("01", tmp_path, **common, FEATURES=features,
@@ -197,7 +196,7 @@ def test_notebook_05_gives_back_the_shipped_runs_dev_scores(shared_flickr8k, tmp
                  SPLIT_FILES={"train": str(shared_flickr8k / "Flickr_8k.trainImages.txt"),
                               "val": str(shared_flickr8k / "Flickr_8k.devImages.txt")})
     run_notebook("05", tmp_path, **common, FEATURES=features, SPLIT="val", RUN_DIR=str(run_dir))
-    recorded, again = (utils.read_evaluation(d, "val") for d in (shipped, run_dir))
+    recorded, again = (utils.read_evaluation(d, "val") for d in (SHIPPED_RUN, run_dir))
     assert again.images == recorded.images == 1000
     for old, new in zip(recorded.results, again.results, strict=True):
         assert old.label == new.label

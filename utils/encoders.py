@@ -76,7 +76,7 @@ def weights_tag(weights):
     return f"file-{digest}"
 
 
-def resolve_weights(weights, dataset, encoder="inceptionv3"):
+def resolve_weights(weights, dataset, encoder):
     """`"auto"`: ImageNet weights, but for the synthetic sample with an encoder whose weights
     Keras must download: random ones there, so that the offline run needs no download.
     (EfficientNet-Lite0's ImageNet weights are installed: with random ones its features tell the
