@@ -25,7 +25,9 @@ needs grids, is left out, saying so); its results go to benchmarks/results/archi
 
 `--architectures` trains only those, by name ("transformer" alone, "transformer, grid" its
 variant); the stored runs of the others (in `--out`) are kept and the report is made from all of
-them, so one architecture can be added without retraining the rest.
+them, so one architecture can be added without retraining the rest. A seed already stored there
+(written with today's defaults) is read back, not trained again: `--seeds 3` on a file of one
+seed trains seeds 1 and 2, on this machine or another.
 
 `--tables` trains nothing: it prints the stored results (`--out`) as the Markdown tables of
 docs/results.md, one per decoding and one of the costs, beside the published figures.
@@ -39,7 +41,6 @@ name.
 """
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
@@ -241,12 +242,9 @@ def main():
                     if not args.architectures or name in args.architectures}
     if args.quick:
         configs = {k: c | {"epochs": 3} for k, c in configs.items()}
-    # The other architectures' stored runs, when there are some (a first run has none).
-    stored = (utils.read_json(args.out) if args.architectures and not args.quick
-              and Path(args.out).is_file() else {})
-    if stored and stored["seeds"] != len(seeds):
-        parser.error(f"{args.out} holds runs of {stored['seeds']} seeds: give --seeds "
-                     f"{stored['seeds']}")
+    # The runs stored so far (a first run has none): the other architectures' are kept as they
+    # are, and a seed stored of these is read back, not trained again.
+    stored = recipe.stored_runs(args, defaults=default, decodings=[s.slug for s in DECODINGS])
     results = {k: v for k, v in stored.get("runs", {}).items() if k not in configs}
     report = None  # of the runs so far
     for name, config in configs.items():
@@ -254,6 +252,10 @@ def main():
         data = grids if reads_grid.get(name) else pooled
         every_image = data.features  # train and dev: the speed of decoding many images
         for seed in seeds if name in COMPARED else seeds[:1]:
+            kept = recipe.read_back(stored.get("runs", {}).get(name, []), seed)
+            if kept:
+                results[name].append(kept)
+                continue
             with recipe.run_folder(args.runs, name, config, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(data, config, seed, run_dir)
             recipe.record(results[name], name, seed, seconds, len(curve),

@@ -98,6 +98,36 @@ def train_ours(shared, config, seed, run_dir):
     return model, vocab, sum(e["seconds"] for e in curve.epochs), curve.epochs
 
 
+def as_today(config, kept):
+    """A configuration `kept` since an earlier day, with the fields of today's `config` added to
+    the records since then given the value they had before (utils.runs.ADDED_LATER)."""
+    added = {field.split(".")[1]: value for field, value in utils.runs.ADDED_LATER.items()
+             if field.split(".")[1] in config}
+    return added | kept
+
+
+def stored_runs(args, **settings):
+    """The runs already written to `args.out`, by name (`{}` with --quick or no file), when its
+    settings are today's: a run whose seed is there is read back instead of trained again, so
+    that seeds add up across machines whose run folders are gone. A file of other settings is
+    refused, naming the first that differs. `settings`: the report's, by key; a dict among them
+    (a configuration) compared as_today."""
+    if args.quick or not Path(args.out).is_file():
+        return {}
+    stored = utils.read_json(args.out)
+    for key, value in settings.items():
+        kept = stored["settings"].get(key)
+        if (as_today(value, kept) if isinstance(value, dict) and kept else kept) != value:
+            sys.exit(f"{args.out} holds runs of another {key} than today's ({kept} against "
+                     f"{value}): move it away, or give another --out")
+    return stored
+
+
+def read_back(stored, seed):
+    """The run of this seed among `stored` (a list of record's runs), or None."""
+    return next((run for run in stored if run["seed"] == seed), None)
+
+
 @contextlib.contextmanager
 def run_folder(runs_dir, name, config, seed):
     """Where a benchmark run trains: a temporary folder, or in `runs_dir` a kept one named after
@@ -111,10 +141,7 @@ def run_folder(runs_dir, name, config, seed):
     folder = Path(runs_dir) / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / SETTINGS_FILE
-    # A field added to the records since the folder was kept had the value it has there.
-    added = {field.split(".")[1]: value for field, value in utils.runs.ADDED_LATER.items()
-             if field.split(".")[1] in config}
-    if settings.is_file() and added | utils.read_json(settings) != config:
+    if settings.is_file() and as_today(config, utils.read_json(settings)) != config:
         sys.exit(f"{folder} holds a run of {name!r} with other settings than today's "
                  f"({settings}): move it away, or give another --runs folder")
     utils.write_json(settings, config)
@@ -163,7 +190,8 @@ def gain_cell(difference):
 
 def summarise(runs):
     """Mean and standard deviation over seeds of every number, per decoding."""
-    out = {"train_seconds": _spread([r["train_seconds"] for r in runs]),
+    out = {"seeds": [r["seed"] for r in runs],
+           "train_seconds": _spread([r["train_seconds"] for r in runs]),
            "epochs": [r["epochs"] for r in runs]}
     for slug in runs[0]["scores"]:
         out[slug] = {k: _spread([r["scores"][slug][k] for r in runs])

@@ -13,8 +13,11 @@ paired bootstrap interval over the dev images (every seed averaged), and caption
 BAD_ENDINGS word are counted before and after. `--tune` also runs the phase with the greedy
 caption's reward as the baseline (the first seed only). `--full`: the whole official split
 (6,000 train, 1,000 dev photos, pooled features). Results in benchmarks/results/
-self-critical.json (self-critical-full.json); `--quick`: 1 seed, 3 epochs, then 1, no file.
-Last line: one JSON object.
+self-critical.json (self-critical-full.json, or `--out`), written after each seed; a seed
+already there (with today's settings) is read back, not trained again, so that `--seeds 3` on a
+file of one seed trains seeds 1 and 2, on this machine or another, and the other
+architectures' runs stay. `--quick`: 1 seed, 3 epochs, then 1, no file. Last line: one JSON
+object.
 """
 import os
 
@@ -66,60 +69,75 @@ def main():
         args.out = str(FULL_RESULTS)
     seeds = range(1 if args.quick else args.seeds)
     shared, default = SharedData(full=args.full), recipe.notebook_defaults()
-    names, _, raw = shared.split("val")
+    settings = {"first_phase": default, "epochs": 1 if args.quick else args.epochs,
+                "decodings": [s.slug for s in DECODINGS]}
+    # A seed stored so far (with today's settings) is read back, not trained again.
+    stored = recipe.stored_runs(args, **settings).get("runs", {})
+    runs = {k: v for k, v in stored.items() if k not in args.architectures}
     baselines = utils.BASELINES if args.tune else utils.BASELINES[:1]
-    report, runs = {}, {}
     for architecture in args.architectures:
         first = default | {"architecture": architecture} | ({"epochs": 3} if args.quick else {})
-        groups = {"before": [], **{f"after, {b} baseline": [] for b in baselines}}
-        histories = {group: [] for group in groups}
+        runs[architecture] = groups = {
+            "before": [], **{f"after, {b} baseline": [] for b in baselines}}
         for seed in seeds:
+            kept = {group: recipe.read_back(stored.get(architecture, {}).get(group, []), seed)
+                    for group in groups}
+            wanted = [f"after, {b} baseline" for b in (baselines if seed == 0 else baselines[:1])]
+            if kept["before"] and all(kept[group] for group in wanted):
+                for group in ("before", *wanted):
+                    groups[group].append(kept[group])
+                continue
             with recipe.run_folder(args.runs, architecture, first, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(shared, first, seed, run_dir)
             scores = recipe.score(model, vocab, shared, False, DECODINGS)
             recipe.record(groups["before"], f"{architecture}, cross-entropy", seed, seconds,
                           len(curve), scores, bad_endings=bad_endings(scores))
             weights = model.get_weights()
-            for baseline in baselines if seed == 0 else baselines[:1]:
+            for group, baseline in zip(wanted, baselines):
                 model.set_weights(weights)
-                config = first | {"self_critical_epochs": 1 if args.quick else args.epochs,
+                config = first | {"self_critical_epochs": settings["epochs"],
                                   "self_critical_baseline": baseline}
-                group = f"after, {baseline} baseline"
                 tuned, history = phase(shared, config, seed, model,
                                        args.runs, f"{architecture}, self-critical, {baseline}")
                 scores = recipe.score(tuned, vocab, shared, False, DECODINGS)
                 recipe.record(groups[group], f"{architecture}, {group}", seed,
                               sum(row.get("seconds", 0) for row in history), len(history) - 1,
                               scores, bad_endings=bad_endings(scores), history=history)
-                histories[group].append(history)
+            if not args.quick:  # kept as it grows: a long benchmark can be cut short
+                utils.write_json(args.out, make_report(shared, settings, runs, args) | {"runs": runs})
+    recipe.publish(args, make_report(shared, settings, runs, args), runs)
+
+
+def make_report(shared, settings, runs, args):
+    """The benchmark's report on the `runs` so far, by architecture and group: each group's scores
+    over its seeds, bad endings, the phase's best epochs and seconds an epoch, and each phase's
+    paired difference from the cross-entropy runs of its own seeds."""
+    names, _, raw = shared.split("val")
+    report = {}
+    for architecture, groups in runs.items():
         groups = {k: v for k, v in groups.items() if v}
-        # Each phase against the cross-entropy runs of its own seeds (--tune's: the first only).
         different = {group: recipe.differences(
-            {"before": groups["before"][:len(group_runs)], group: group_runs},
-            dict(zip(names, raw)), DECODINGS, "before")
+            {"before": [r for r in groups["before"] if recipe.read_back(group_runs, r["seed"])],
+             group: group_runs}, dict(zip(names, raw)), DECODINGS, "before")
             for group, group_runs in groups.items() if group != "before"}
         report[architecture] = {
             group: {**recipe.summarise(group_runs),
                     "bad_endings": {s.slug: int(np.sum([r["bad_endings"][s.slug]
                                                         for r in group_runs]))
                                     for s in DECODINGS},
-                    "best_epochs": [int(max(h, key=lambda r: r["dev_cider_d"])["epoch"])
-                                    for h in histories[group]],
+                    "best_epochs": [int(max(r["history"], key=lambda e: e["dev_cider_d"])["epoch"])
+                                    for r in group_runs if "history" in r],
                     "seconds_per_epoch": round(float(np.mean(
-                        [row["seconds"] for h in histories[group] for row in h[1:]])), 1)
-                    if histories[group] else None,
+                        [e["seconds"] for r in group_runs for e in r["history"][1:]])), 1)
+                    if group != "before" else None,
                     "difference_from_before": {slug: d[group] for slug, d in
                                                different.get(group, {}).items() if group in d}}
             for group, group_runs in groups.items()}
-        runs[architecture] = groups
-    out = {"self_critical": report,
-           "settings": {"first_phase": default, "epochs": 1 if args.quick else args.epochs,
-                        "decodings": [s.slug for s in DECODINGS]},
-           "data": {"features": f"{shared.path.name} ({shared.features.shape[1]}-d)",
-                    "train_images": len(shared.prepared().names("train")),
-                    "dev_images": len(names)},
-           "seeds": len(seeds), "quick": args.quick}
-    recipe.publish(args, out, runs)
+    return {"self_critical": report, "settings": settings,
+            "data": {"features": f"{shared.path.name} ({shared.features.shape[1]}-d)",
+                     "train_images": len(shared.prepared().names("train")),
+                     "dev_images": len(names)},
+            "seeds": 1 if args.quick else args.seeds, "quick": args.quick}
 
 
 if __name__ == "__main__":
