@@ -31,6 +31,11 @@ class EncoderSpec:
     input_size: int    # the size it was trained at, the default
 
     @property
+    def weights_installed(self):
+        """Whether its ImageNet weights come with pip, so that none is downloaded."""
+        return self.module == "lite"
+
+    @property
     def constructor(self):
         """(include_top, weights, pooling, input_shape) -> the Keras model."""
         return (getattr(efficientnet_lite, self.application) if self.module == "lite"
@@ -83,8 +88,8 @@ def resolve_weights(weights, dataset, encoder):
     sample's images apart too little for any caption to depend on them.)"""
     if weights != "auto":
         return weights
-    offline = encoder_spec(encoder).module == "lite"
-    return None if dataset == "sample" and not offline else "imagenet"
+    installed = encoder_spec(encoder).weights_installed
+    return None if dataset == "sample" and not installed else "imagenet"
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class Encoder:
             positions = keras.layers.Reshape((rows * columns, dim), name="grid")(cnn.output)
             return keras.Model(cnn.input, positions, name=f"{cnn.name}_grid")
         except Exception as e:  # Keras raises a bare Exception when the download fails
-            if weights != "imagenet" or self.spec.module == "lite":  # the latter: no download
+            if weights != "imagenet" or self.spec.weights_installed:  # not a download's failure
                 raise
             application = self.spec.application
             raise RuntimeError(
