@@ -27,7 +27,8 @@ and references alike (the seed recipe's own, which can never say "a").
 
 `--tune` also trains each variant of VARIANTS (one change to the default each). `--full` tunes on
 the whole official split instead (6,000 train and 1,000 dev photos, features only: SharedData's
-`full`), without the seed recipe, into benchmarks/results/quality-full.json. Each run records its
+`full`), without the seed recipe, into benchmarks/results/quality-full.json, where a seed
+already stored of the same configuration is read back, not trained again. Each run records its
 dev curve: per epoch, its seconds, validation loss and greedy BLEU-4 and CIDEr-D on dev (which
 epoch each rule would pick). `--runs DIR` keeps every run's folder there: an interrupted benchmark
 started again resumes its run, and reads finished runs back instead of training them again.
@@ -146,7 +147,16 @@ def main():
                 model, vocab, data, cleaning["drop_one_letter"], BASELINE_DECODINGS))
     for name, config in configs_run.items():
         results[name] = []
+        # A seed stored of this very configuration (the default may have changed since) is
+        # read back, not trained again: seeds add up across machines.
+        kept_config = stored["settings"]["configurations"].get(name)
+        kept_runs = (stored["runs"].get(name, [])
+                     if kept_config and recipe.as_today(config, kept_config) == config else [])
         for seed in seeds:
+            kept = recipe.read_back(kept_runs, seed)
+            if kept:
+                results[name].append(kept)
+                continue
             with recipe.run_folder(args.runs, name, config, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(data, config, seed, run_dir)
             recipe.record(results[name], name, seed, seconds, len(curve), recipe.score(
