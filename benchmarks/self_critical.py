@@ -2,6 +2,7 @@
 
     python benchmarks/self_critical.py [--quick] [--full] [--seeds N] [--runs DIR]
                                        [--architectures NAME ...] [--epochs N] [--tune]
+    python benchmarks/self_critical.py --full --tables
 
 For each architecture (merge unless `--architectures` names others) and seed: the cross-entropy
 run as architectures.py trains it (our defaults; with `--runs`, the very folder architectures.py
@@ -57,6 +58,30 @@ def bad_endings(scores):
     return {slug: utils.bad_endings(s["captions"].values()) for slug, s in scores.items()}
 
 
+def tables(report):
+    """docs/results.md's table of a stored report: per model and decoding, BLEU-4, METEOR and
+    CIDEr-D before and after the phase (every seed averaged), the CIDEr-D gain with its paired
+    interval, relative, and the bad endings before and after (summed over seeds)."""
+    header = ["model", "decoding", "seeds", "BLEU-4 before / after", "METEOR before / after",
+              "CIDEr-D before / after", "CIDEr-D gain (95% paired interval)", "relative",
+              "bad endings before / after"]
+    lines = [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
+    for architecture, groups in report["self_critical"].items():
+        before = groups["before"]
+        for group, after in groups.items():
+            for slug in report["settings"]["decodings"] if group != "before" else ():
+                d = after["difference_from_before"][slug]
+                lines.append(recipe.markdown_row(
+                    [architecture + ("" if group == "after, samples baseline" else f", {group}"),
+                     utils.DecodingSetting.from_slug(slug).label, str(len(after["seeds"]))]
+                    + [f"{d[k]['first']:.3f} / {d[k]['second']:.3f}"
+                       for k in ("bleu4", "meteor", "cider_d")]
+                    + [recipe.gain_cell(d["cider_d"]),
+                       f"{d['cider_d']['gain'] / d['cider_d']['first']:+.0%}",
+                       f"{before['bad_endings'][slug]} / {after['bad_endings'][slug]}"]))
+    return "\n".join(lines)
+
+
 def main():
     parser = recipe.arguments(__doc__, RESULTS, "also the greedy baseline (first seed only)")
     parser.add_argument("--architectures", nargs="+", default=["merge"],
@@ -64,9 +89,15 @@ def main():
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="of the second phase")
     parser.add_argument("--full", action="store_true",
                         help=f"the whole official split; results in {FULL_RESULTS.name}")
+    parser.add_argument("--tables", action="store_true",
+                        help="print the stored results (--out) as docs/results.md's table; "
+                             "train nothing")
     args = parser.parse_args()
     if args.full and args.out == str(RESULTS):
         args.out = str(FULL_RESULTS)
+    if args.tables:
+        print(tables(utils.read_json(args.out)))
+        return
     seeds = range(1 if args.quick else args.seeds)
     shared, default = SharedData(full=args.full), recipe.notebook_defaults()
     settings = {"first_phase": default, "epochs": 1 if args.quick else args.epochs,
