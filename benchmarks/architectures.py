@@ -245,7 +245,7 @@ def main():
     # The runs stored so far (a first run has none): the other architectures' are kept as they
     # are, and a seed stored of these is read back, not trained again.
     stored = recipe.stored_runs(args, defaults=default, decodings=[s.slug for s in DECODINGS])
-    results = {k: v for k, v in stored.get("runs", {}).items() if k not in configs}
+    results = dict(stored.get("runs", {}))  # each of `configs`', in turn, read back or run
     report = None  # of the runs so far
     for name, config in configs.items():
         results[name] = []

@@ -135,7 +135,7 @@ def main():
     # this one does not train are kept.
     stored = (utils.read_json(args.out) if args.full and not args.quick
               and Path(args.out).is_file() else {"runs": {}, "settings": {"configurations": {}}})
-    results = {k: v for k, v in stored["runs"].items() if k not in configs}
+    results = dict(stored["runs"])  # each of `configs`', in turn, read back or run
     configs_run, configs = configs, {k: v for k, v in stored["settings"]["configurations"].items()
                                      if k in results} | configs
     for name, cleaning in baselines.items():

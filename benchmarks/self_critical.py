@@ -104,7 +104,7 @@ def main():
                 "decodings": [s.slug for s in DECODINGS]}
     # A seed stored so far (with today's settings) is read back, not trained again.
     stored = recipe.stored_runs(args, **settings).get("runs", {})
-    runs = {k: v for k, v in stored.items() if k not in args.architectures}
+    runs = dict(stored)  # each architecture's, in turn, replaced by its seeds read back or run
     baselines = utils.BASELINES if args.tune else utils.BASELINES[:1]
     for architecture in args.architectures:
         first = default | {"architecture": architecture} | ({"epochs": 3} if args.quick else {})
