@@ -61,7 +61,8 @@ def bad_endings(scores):
 def tables(report):
     """docs/results.md's table of a stored report: per model and decoding, BLEU-4, METEOR and
     CIDEr-D before and after the phase (every seed averaged), the CIDEr-D gain with its paired
-    interval, relative, and the bad endings before and after (summed over seeds)."""
+    interval, relative, and the bad endings before and after (summed over seeds); then the
+    greedy captions after the phase against our default decoding's before it."""
     header = ["model", "decoding", "seeds", "BLEU-4 before / after", "METEOR before / after",
               "CIDEr-D before / after", "CIDEr-D gain (95% paired interval)", "relative",
               "bad endings before / after"]
@@ -79,6 +80,15 @@ def tables(report):
                     + [recipe.gain_cell(d["cider_d"]),
                        f"{d['cider_d']['gain'] / d['cider_d']['first']:+.0%}",
                        f"{before['bad_endings'][slug]} / {after['bad_endings'][slug]}"]))
+            if group != "before":
+                d = after["greedy_against_default_before"]
+                lines.append(recipe.markdown_row(
+                    [architecture, "greedy after, against our default before",
+                     str(len(after["seeds"]))]
+                    + [f"{d[k]['first']:.3f} / {d[k]['second']:.3f}"
+                       for k in ("bleu4", "meteor", "cider_d")]
+                    + [recipe.gain_cell(d["cider_d"]),
+                       f"{d['cider_d']['gain'] / d['cider_d']['first']:+.0%}", ""]))
     return "\n".join(lines)
 
 
@@ -141,16 +151,25 @@ def main():
 
 def make_report(shared, settings, runs, args):
     """The benchmark's report on the `runs` so far, by architecture and group: each group's scores
-    over its seeds, bad endings, the phase's best epochs and seconds an epoch, and each phase's
-    paired difference from the cross-entropy runs of its own seeds."""
+    over its seeds, bad endings, the phase's best epochs and seconds an epoch, each phase's
+    paired difference from the cross-entropy runs of its own seeds, per decoding, and its greedy
+    captions' from those runs' captions in our default decoding."""
     names, _, raw = shared.split("val")
     report = {}
     for architecture, groups in runs.items():
         groups = {k: v for k, v in groups.items() if v}
-        different = {group: recipe.differences(
-            {"before": [r for r in groups["before"] if recipe.read_back(group_runs, r["seed"])],
-             group: group_runs}, dict(zip(names, raw)), DECODINGS, "before")
-            for group, group_runs in groups.items() if group != "before"}
+        references = dict(zip(names, raw))
+        paired = {group: [r for r in groups["before"] if recipe.read_back(group_runs, r["seed"])]
+                  for group, group_runs in groups.items() if group != "before"}
+        different = {group: recipe.differences({"before": paired[group], group: groups[group]},
+                                               references, DECODINGS, "before")
+                     for group in paired}
+        # What the phase is for, decoding greedily, against the first phase's best: our default.
+        greedy = DECODINGS[0].slug
+        against_default = {group: recipe.differences(
+            {"before": [{"scores": {greedy: r["scores"][utils.DEFAULT_DECODING.slug]}}
+                        for r in paired[group]], group: groups[group]},
+            references, DECODINGS[:1], "before")[greedy][group] for group in paired}
         report[architecture] = {
             group: {**recipe.summarise(group_runs),
                     "bad_endings": {s.slug: int(np.sum([r["bad_endings"][s.slug]
@@ -163,6 +182,8 @@ def make_report(shared, settings, runs, args):
                     if group != "before" else None,
                     "difference_from_before": {slug: d[group] for slug, d in
                                                different.get(group, {}).items() if group in d}}
+            | ({"greedy_against_default_before": against_default[group]}
+               if group in against_default else {})
             for group, group_runs in groups.items()}
     return {"self_critical": report, "settings": settings,
             "data": {"features": f"{shared.path.name} ({shared.features.shape[1]}-d)",
