@@ -47,6 +47,18 @@ def test_the_reward_equals_pycocoevalcaps_cider_d():
     assert per_pair[0] > 1 and per_pair[3] == 0  # the figures mean something
 
 
+def test_a_short_caption_scores_the_same_without_padding():
+    """Decoded captions come as their words alone ([1, words], no 0 after them): one or two words
+    score as they do padded (a greedy caption of two words once broke the n-gram keys)."""
+    words = {}
+    scorer = utils.CiderD.from_references([ids_of(refs, words) for refs in REFERENCES])
+    references = ids_of(REFERENCES[2], words)
+    for text in ("a man", "man"):
+        padded = ids_of([text], words)
+        exact = padded[:, :len(text.split())]
+        assert scorer.scores(references, exact)[0] == scorer.scores(references, padded)[0] > 0
+
+
 def test_document_frequencies_are_saved_and_read_back_without_a_pickle(tmp_path):
     words = {}
     scorer = utils.CiderD.from_references([ids_of(refs, words) for refs in REFERENCES])

@@ -99,7 +99,7 @@ def ngram_keys(words):
     key, whole = np.zeros(words.shape, np.int64), np.ones(words.shape, bool)
     for n in range(ORDERS):
         shifted = np.zeros_like(words)
-        shifted[:, :words.shape[1] - n] = words[:, n:]
+        shifted[:, :max(words.shape[1] - n, 0)] = words[:, n:]  # none: a caption of < n words
         key |= shifted << (_ID_BITS * n)
         whole &= shifted > 0
         keys[:, n] = np.where(whole, key | (n << _ORDER_SHIFT), -1)
