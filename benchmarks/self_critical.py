@@ -70,26 +70,26 @@ def tables(report):
     for architecture, groups in report["self_critical"].items():
         before = groups["before"]
         for group, after in groups.items():
-            for slug in report["settings"]["decodings"] if group != "before" else ():
-                d = after["difference_from_before"][slug]
-                lines.append(recipe.markdown_row(
-                    [architecture + ("" if group == "after, samples baseline" else f", {group}"),
-                     utils.DecodingSetting.from_slug(slug).label, str(len(after["seeds"]))]
-                    + [f"{d[k]['first']:.3f} / {d[k]['second']:.3f}"
-                       for k in ("bleu4", "meteor", "cider_d")]
-                    + [recipe.gain_cell(d["cider_d"]),
-                       f"{d['cider_d']['gain'] / d['cider_d']['first']:+.0%}",
-                       f"{before['bad_endings'][slug]} / {after['bad_endings'][slug]}"]))
-            if group != "before":
-                d = after["greedy_against_default_before"]
-                lines.append(recipe.markdown_row(
-                    [architecture, "greedy after, against our default before",
-                     str(len(after["seeds"]))]
-                    + [f"{d[k]['first']:.3f} / {d[k]['second']:.3f}"
-                       for k in ("bleu4", "meteor", "cider_d")]
-                    + [recipe.gain_cell(d["cider_d"]),
-                       f"{d['cider_d']['gain'] / d['cider_d']['first']:+.0%}", ""]))
+            if group == "before":
+                continue
+            name = architecture + ("" if group == "after, samples baseline" else f", {group}")
+            lines += [_row(name, utils.DecodingSetting.from_slug(slug).label, after,
+                           after["difference_from_before"][slug],
+                           f"{before['bad_endings'][slug]} / {after['bad_endings'][slug]}")
+                      for slug in report["settings"]["decodings"]]
+            lines.append(_row(architecture, "greedy after, against our default before", after,
+                              after["greedy_against_default_before"], ""))
     return "\n".join(lines)
+
+
+def _row(name, decoding, after, difference, bad):
+    """One row of `tables`: a paired difference's scores before / after, gain and relative."""
+    cider = difference["cider_d"]
+    return recipe.markdown_row(
+        [name, decoding, str(len(after["seeds"]))]
+        + [f"{difference[k]['first']:.3f} / {difference[k]['second']:.3f}"
+           for k in ("bleu4", "meteor", "cider_d")]
+        + [recipe.gain_cell(cider), f"{cider['gain'] / cider['first']:+.0%}", bad])
 
 
 def main():
@@ -155,17 +155,17 @@ def make_report(shared, settings, runs, args):
     paired difference from the cross-entropy runs of its own seeds, per decoding, and its greedy
     captions' from those runs' captions in our default decoding."""
     names, _, raw = shared.split("val")
+    references = dict(zip(names, raw))
+    greedy = DECODINGS[0].slug
     report = {}
     for architecture, groups in runs.items():
         groups = {k: v for k, v in groups.items() if v}
-        references = dict(zip(names, raw))
         paired = {group: [r for r in groups["before"] if recipe.read_back(group_runs, r["seed"])]
                   for group, group_runs in groups.items() if group != "before"}
         different = {group: recipe.differences({"before": paired[group], group: groups[group]},
                                                references, DECODINGS, "before")
                      for group in paired}
         # What the phase is for, decoding greedily, against the first phase's best: our default.
-        greedy = DECODINGS[0].slug
         against_default = {group: recipe.differences(
             {"before": [{"scores": {greedy: r["scores"][utils.DEFAULT_DECODING.slug]}}
                         for r in paired[group]], group: groups[group]},
