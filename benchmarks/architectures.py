@@ -209,20 +209,13 @@ def make_report(args, results, stored, pooled, grids, left_out):
 
 
 def main():
-    parser = recipe.arguments(__doc__, RESULTS, "also the tuning round of the injects")
+    parser = recipe.arguments(__doc__, RESULTS, FULL_RESULTS,
+                              "also the tuning round of the injects",
+                              "the whole official split (6,000 train, 1,000 dev photos), pooled "
+                              "features only")
     parser.add_argument("--architectures", nargs="+", choices=COMPARED,
                         help="train only these; the others' runs are read from --out")
-    parser.add_argument("--tables", action="store_true",
-                        help="print the stored results as Markdown tables; train nothing")
-    parser.add_argument("--full", action="store_true",
-                        help="the whole official split (6,000 train, 1,000 dev photos), pooled "
-                             f"features only; results in {FULL_RESULTS.name} unless --out")
-    args = parser.parse_args()
-    if args.full and args.out == str(RESULTS):
-        args.out = str(FULL_RESULTS)
-    if args.tables:
-        print(tables(utils.read_json(args.out)))
-        return
+    args = recipe.parse(parser, tables)
     seeds = range(1 if args.quick else args.seeds)
     pooled, default = SharedData(full=args.full), recipe.notebook_defaults()
     configs = {name: default | {"architecture": name} for name in utils.ARCHITECTURES} | {

@@ -203,16 +203,35 @@ def _spread(values):
     return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
 
 
-def arguments(doc, results, tune_help):
-    """The command line the quality benchmarks share."""
+def arguments(doc, results, full_results, tune_help, full_help):
+    """The command line the quality benchmarks share; read it with `parse`."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tune", action="store_true", help=tune_help)
-    parser.add_argument("--out", default=str(results), help="where every score is written")
+    parser.add_argument("--full", action="store_true", help=full_help)
+    parser.add_argument("--out", help=f"where every score is written (default {results.name}, "
+                                      f"with --full {full_results.name})")
     parser.add_argument("--runs", help="keep each run's folder in this one: an interrupted "
                                        "benchmark resumes there, a finished run is not trained again")
+    parser.add_argument("--tables", action="store_true",
+                        help="print the stored results (--out) as docs/results.md's tables; "
+                             "train nothing")
+    parser.set_defaults(default_out={False: str(results), True: str(full_results)})
     return parser
+
+
+def parse(parser, tables):
+    """The arguments of a parser from `arguments`, `--out` defaulting to the split's results.
+    With --tables, as argparse with --help, it prints `tables(stored results)` and exits."""
+    args = parser.parse_args()
+    args.out = args.out or args.default_out[args.full]
+    if args.tables:
+        if not Path(args.out).is_file():
+            parser.error(f"--tables: no stored results at {args.out}; run the benchmark first")
+        print(tables(utils.read_json(args.out)))
+        sys.exit()
+    return args
 
 
 def publish(args, report, runs):

@@ -101,23 +101,14 @@ def decompose(results, shared):
 
 
 def main():
-    parser = recipe.arguments(__doc__, RESULTS, "also train every variant")
+    parser = recipe.arguments(
+        __doc__, RESULTS, FULL_RESULTS, "also train every variant",
+        "tune on the whole official split (6,000 train, 1,000 dev photos): no baseline, "
+        "no decomposition")
     parser.add_argument("--only", nargs="*", help="variants to tune (default: all)")
     parser.add_argument("--variants-only", action="store_true",
                         help="a further tuning round: no baseline, no default, no decomposition")
-    parser.add_argument("--full", action="store_true",
-                        help="tune on the whole official split (6,000 train, 1,000 dev photos): "
-                             f"no baseline, no decomposition; results in {FULL_RESULTS.name} "
-                             "unless --out")
-    parser.add_argument("--tables", action="store_true",
-                        help="print the stored results (--out) as docs/results.md's tuning table; "
-                             "train nothing")
-    args = parser.parse_args()
-    if args.full and args.out == str(RESULTS):
-        args.out = str(FULL_RESULTS)
-    if args.tables:
-        print(tuning_table(utils.read_json(args.out)))
-        return
+    args = recipe.parse(parser, tuning_table)
     seeds = range(1 if args.quick else args.seeds)
     data = SharedData(full=args.full)
     default = recipe.notebook_defaults()

@@ -93,21 +93,13 @@ def _row(name, decoding, after, difference, bad):
 
 
 def main():
-    parser = recipe.arguments(__doc__, RESULTS, "also the greedy baseline (first seed only)")
+    parser = recipe.arguments(__doc__, RESULTS, FULL_RESULTS,
+                              "also the greedy baseline (first seed only)",
+                              "the whole official split (6,000 train, 1,000 dev photos)")
     parser.add_argument("--architectures", nargs="+", default=["merge"],
                         choices=utils.ARCHITECTURES)
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="of the second phase")
-    parser.add_argument("--full", action="store_true",
-                        help=f"the whole official split; results in {FULL_RESULTS.name}")
-    parser.add_argument("--tables", action="store_true",
-                        help="print the stored results (--out) as docs/results.md's table; "
-                             "train nothing")
-    args = parser.parse_args()
-    if args.full and args.out == str(RESULTS):
-        args.out = str(FULL_RESULTS)
-    if args.tables:
-        print(tables(utils.read_json(args.out)))
-        return
+    args = recipe.parse(parser, tables)
     seeds = range(1 if args.quick else args.seeds)
     shared, default = SharedData(full=args.full), recipe.notebook_defaults()
     settings = {"first_phase": default, "epochs": 1 if args.quick else args.epochs,
