@@ -73,15 +73,6 @@ TUNING = {"units 512": {"units": 512}, "dropout 0.3": {"dropout": 0.3},
           "learning rate 2e-3": {"learning_rate": 2e-3}}
 
 
-def captions_per_second(model, vocab, features, setting):
-    """Captions a second of the incremental batched search, over `features` (after a warm-up)."""
-    decoder = utils.CaptionDecoder(model, vocab)
-    utils.decode(decoder, features[:8], setting)  # traces the step for the batch shapes
-    start = time.perf_counter()
-    utils.decode(decoder, features, setting)
-    return len(features) / (time.perf_counter() - start)
-
-
 def uncached_captions_per_second(model, vocab, features):
     """Captions a second of greedy search that reads the whole caption so far again at every
     word (the full model, no cache): what a step would cost without `step`."""
@@ -251,10 +242,11 @@ def main():
                 continue
             with recipe.run_folder(args.runs, name, config, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(data, config, seed, run_dir)
+            decoder = utils.CaptionDecoder(model, vocab)
             recipe.record(results[name], name, seed, seconds, len(curve),
-                          recipe.score(model, vocab, data, False, DECODINGS), curve=curve,
+                          recipe.score(decoder, data, False, DECODINGS), curve=curve,
                           parameters=model.count_params(), captions_per_second={
-                              s.slug: round(captions_per_second(model, vocab, every_image, s), 1)
+                              s.slug: round(recipe.captions_per_second(decoder, every_image, s), 1)
                               for s in (DECODINGS[0], utils.DEFAULT_DECODING)}
                           | ({"uncached_greedy": round(uncached_captions_per_second(
                               model, vocab, np.asarray(every_image[:ROWS_UNCACHED], "float32")),

@@ -148,16 +148,24 @@ def run_folder(runs_dir, name, config, seed):
     yield folder
 
 
-def score(model, vocab, shared, drop_one_letter, decodings):
-    """Dev-split scores of each decoding (utils.evaluate), the distinct-caption count and every
-    caption, by image, keyed by the decoding's slug."""
+def score(decoder, shared, drop_one_letter, decodings):
+    """Dev-split scores of each decoding by a decoder (a model's, or an Ensemble; utils.evaluate),
+    the distinct-caption count and every caption, by image, keyed by the decoding's slug."""
     names, features, references = shared.split("val", drop_one_letter)
     training = [c.split() for c in utils.split_captions(shared.prepared(drop_one_letter), "train")]
-    results = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
-                             decodings, training, verbose=False)
+    results = utils.evaluate(decoder, names, features, references, decodings, training,
+                             verbose=False)
     return {result.decoding.slug: {k: round(v, 4) for k, v in result.scores.items() if v is not None}
             | {"distinct_captions": result.diagnostics["distinct_captions"],
                "captions": result.captions} for result in results}
+
+
+def captions_per_second(decoder, features, setting):
+    """Captions a second of the incremental batched search, over `features` (after a warm-up)."""
+    utils.decode(decoder, features[:8], setting)  # traces the step for the batch shapes
+    start = time.perf_counter()
+    utils.decode(decoder, features, setting)
+    return len(features) / (time.perf_counter() - start)
 
 
 def differences(results, references, decodings, baseline):
@@ -191,24 +199,27 @@ def gain_cell(difference):
 def summarise(runs):
     """Mean and standard deviation over seeds of every number, per decoding."""
     out = {"seeds": [r["seed"] for r in runs],
-           "train_seconds": _spread([r["train_seconds"] for r in runs]),
+           "train_seconds": spread([r["train_seconds"] for r in runs]),
            "epochs": [r["epochs"] for r in runs]}
     for slug in runs[0]["scores"]:
-        out[slug] = {k: _spread([r["scores"][slug][k] for r in runs])
+        out[slug] = {k: spread([r["scores"][slug][k] for r in runs])
                      for k in (*SCORES, "distinct_captions") if k in runs[0]["scores"][slug]}
     return out
 
 
-def _spread(values):
+def spread(values):
+    """Mean and standard deviation of numbers (over seeds, say), rounded."""
     return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
 
 
 def arguments(doc, results, full_results, tune_help, full_help):
-    """The command line the quality benchmarks share; read it with `parse`."""
+    """The command line the quality benchmarks share (`--tune` where `tune_help` says what it
+    tunes); read it with `parse`."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--tune", action="store_true", help=tune_help)
+    if tune_help:  # a benchmark with something to tune
+        parser.add_argument("--tune", action="store_true", help=tune_help)
     parser.add_argument("--full", action="store_true", help=full_help)
     parser.add_argument("--out", help=f"where every score is written (default {results.name}, "
                                       f"with --full {full_results.name})")

@@ -135,7 +135,8 @@ def main():
             model, vocab, seconds, epochs = seed_recipe.train(data, seed, 3 if args.quick else None,
                                                               cleaning)
             recipe.record(results[name], name, seed, seconds, epochs, recipe.score(
-                model, vocab, data, cleaning["drop_one_letter"], BASELINE_DECODINGS))
+                utils.CaptionDecoder(model, vocab), data, cleaning["drop_one_letter"],
+                BASELINE_DECODINGS))
     for name, config in configs_run.items():
         results[name] = []
         # A seed stored of this very configuration (the default may have changed since) is
@@ -151,7 +152,8 @@ def main():
             with recipe.run_folder(args.runs, name, config, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(data, config, seed, run_dir)
             recipe.record(results[name], name, seed, seconds, len(curve), recipe.score(
-                model, vocab, data, config["drop_one_letter"], DECODINGS), curve=curve)
+                utils.CaptionDecoder(model, vocab), data, config["drop_one_letter"], DECODINGS),
+                curve=curve)
         if not args.quick:  # kept as it grows: a long run can be cut short
             utils.write_json(args.out, make_report(results, configs, data, args) | {"runs": results})
     report = make_report(results, configs, data, args)

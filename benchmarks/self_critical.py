@@ -122,7 +122,7 @@ def main():
                 continue
             with recipe.run_folder(args.runs, architecture, first, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(shared, first, seed, run_dir)
-            scores = recipe.score(model, vocab, shared, False, DECODINGS)
+            scores = recipe.score(utils.CaptionDecoder(model, vocab), shared, False, DECODINGS)
             recipe.record(groups["before"], f"{architecture}, cross-entropy", seed, seconds,
                           len(curve), scores, bad_endings=bad_endings(scores))
             weights = model.get_weights()
@@ -132,7 +132,8 @@ def main():
                                   "self_critical_baseline": baseline}
                 tuned, history = phase(shared, config, seed, model,
                                        args.runs, f"{architecture}, self-critical, {baseline}")
-                scores = recipe.score(tuned, vocab, shared, False, DECODINGS)
+                scores = recipe.score(utils.CaptionDecoder(tuned, vocab), shared, False,
+                                      DECODINGS)
                 recipe.record(groups[group], f"{architecture}, {group}", seed,
                               sum(row.get("seconds", 0) for row in history), len(history) - 1,
                               scores, bad_endings=bad_endings(scores), history=history)

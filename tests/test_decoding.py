@@ -259,3 +259,50 @@ def test_decoding_settings_are_checked_and_labelled():
     for bad in [(0, 0.0, 0), (3, -1.0, 0), (3, 0.0, -2)]:
         with pytest.raises(ValueError, match="not a decoding setting"):
             utils.DecodingSetting(*bad)
+
+
+# An ensemble's members: three architectures, each with its own context and state.
+MEMBERS = [("merge", 0), ("par-inject", 1), ("transformer", 2)]
+
+
+def ensemble(members=MEMBERS):
+    return utils.Ensemble([random_decoder(20, 8, seed=seed, architecture=architecture)[1]
+                           for architecture, seed in members])
+
+
+def test_an_ensemble_step_averages_its_members_probabilities():
+    decoder, images = ensemble(), features(4)
+    tokens = np.random.default_rng(3).integers(4, 24, size=(4, 6)).astype("int32")
+    contexts, states = decoder.start(images)
+    for t in range(tokens.shape[1]):
+        log_probs, states, weights = decoder.step(contexts, tokens[:, t], states)
+        members = []  # each member stepped alone, from its own start
+        for member in decoder.members:
+            context, state = member.start(images)
+            for word in tokens[:, :t + 1].T:
+                member_log_probs, state, _ = member.step(context, word, state)
+            members.append(np.exp(member_log_probs))
+        np.testing.assert_allclose(np.exp(log_probs), np.mean(members, 0), atol=1e-6)
+        assert weights is None
+    assert np.abs(members[0] - members[1]).max() > 0.05  # the members disagree: the mean matters
+
+
+def test_an_ensemble_decodes_as_one_model_does():
+    """The searches take an Ensemble as they take one model: greedy is the plain loop over its
+    averaged probabilities, beams batched equal beams one image at a time (every member's state
+    reordered with its beams), and an ensemble of one writes its member's captions."""
+    decoder, images = ensemble(), features(7)
+    assert (ids(utils.decode(decoder, images, greedy(2)))
+            == [plain_greedy(decoder, image, 2) for image in images])
+    batched = utils.decode(decoder, images, beam(3, 1.0, 2), images_per_batch=4)
+    assert batched == [utils.decode(decoder, images[i:i + 1], beam(3, 1.0, 2))[0]
+                       for i in range(7)]
+    alone = ensemble(MEMBERS[:1])
+    member_captions = utils.decode(alone.members[0], images, utils.DEFAULT_DECODING)
+    assert utils.decode(alone, images, utils.DEFAULT_DECODING) == member_captions
+    assert batched != utils.decode(alone.members[0], images, beam(3, 1.0, 2))  # the others count
+
+
+def test_an_ensemble_of_two_vocabularies_is_refused():
+    with pytest.raises(ValueError, match="share one vocabulary"):
+        utils.Ensemble([random_decoder(20, 8)[1], random_decoder(21, 8)[1]])

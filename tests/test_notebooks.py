@@ -243,6 +243,30 @@ def test_captions_show_real_learning(executed):
     assert greedy.diagnostics["distinct_captions"] >= 10
 
 
+def test_notebook_05_decodes_an_ensemble_and_keeps_its_scores_apart(executed, tmp_path):
+    """Notebook 05 with ENSEMBLE: the run and a copy of it decode as one Ensemble, which writes
+    the run's own captions (two equal members average to one), into an evaluation folder of its
+    own, leaving the run's evaluation as it was."""
+    run_dir = executed["workdir"] / "models" / "sample-inceptionv3"
+    copy = shutil.copytree(run_dir, tmp_path / "models" / "copy",
+                           ignore=shutil.ignore_patterns("evaluation-*"))
+    before = {p: p.stat().st_mtime_ns for p in run_dir.glob("evaluation-*")}
+    out = tmp_path / "05.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "05_decode_and_evaluate.ipynb"), str(out), cwd=str(REPO),
+        progress_bar=False, parameters={
+            "DATA_DIR": str(executed["workdir"] / "data"), "MODELS_DIR": str(tmp_path / "models"),
+            "RUN_DIR": str(run_dir), "ENSEMBLE": [str(copy)], "BEAM_WIDTHS": [3]})
+    text = printed(json.loads(out.read_text()))
+    assert f"ensemble of {run_dir} + {copy}:" in text and "no attention maps" in text
+    ensemble = utils.read_evaluation(tmp_path / "models" / "ensemble-sample-inceptionv3+copy",
+                                     "test")
+    greedy = utils.DecodingSetting(1, 0.0, 2)
+    assert ensemble.result(greedy).captions == utils.read_evaluation(
+        run_dir, "test").result(greedy).captions
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("evaluation-*")} == before
+
+
 def test_own_photo_is_captioned_like_its_cached_features(executed, tmp_path):
     """A photo given by path goes through the run's encoder with the cache's preprocessing: its
     caption is the one notebook 05 wrote from the cached features. A broken file is reported."""

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -140,6 +141,28 @@ def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir, tmp_path):
     other.write_bytes(b"not the weights the run was trained with")
     with pytest.raises(ValueError, match=f"pass its path; {other} is another file"):
         utils.encoder_for_run(from_file, other)
+
+
+def test_runs_of_one_vocabulary_and_features_decode_as_one_ensemble(run_dir, run_copy,
+                                                                    sample_training):
+    """Two runs load as one Ensemble, its evaluation kept apart from either run's; a run of
+    other features is refused, named beside the first."""
+    features = sample_training[3][:5]
+    single, vocab, config = utils.load_decoder([run_dir])
+    assert isinstance(single, utils.CaptionDecoder) and config == utils.read_run(run_dir)[1]
+    pair, pair_vocab, _ = utils.load_decoder([run_dir, run_copy])
+    assert isinstance(pair, utils.Ensemble) and len(pair.members) == 2 and pair_vocab == vocab
+    # Two copies of one model average to that model: the same captions.
+    assert utils.decode(pair, features) == utils.decode(single, features)
+    assert utils.evaluation_folder("models", [run_dir]) == run_dir
+    assert utils.evaluation_folder("models", [run_dir, run_copy]) == Path(
+        "models", f"ensemble-{run_dir.name}+{run_copy.name}")
+    record = json.loads((run_copy / "config.json").read_text())
+    record["features"]["path"] = "other features.npz"
+    (run_copy / "config.json").write_text(json.dumps(record))
+    with pytest.raises(utils.RunConfigError,
+                       match=f"{run_copy} cannot join {run_dir} in an ensemble: its features differ"):
+        utils.load_decoder([run_dir, run_copy])
 
 
 def test_describe_run_reads_the_evaluation_by_field(run_copy):

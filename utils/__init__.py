@@ -20,7 +20,7 @@
     training    stage 4: TrainingConfig, the loss, resumable training with its callbacks
     self_critical  stage 4's second phase: self-critical training on a CIDEr-D reward
     seed_recipe the seed projects' one-sample-per-prefix formulation, to compare with
-    decoding    stage 5: decoding settings, incremental greedy and beam search
+    decoding    stage 5: decoding settings, incremental greedy and beam search, ensembles
     metrics     stage 5: BLEU, METEOR, CIDEr-D as the COCO evaluation computes them; paired
                 intervals (nltk and pycocoevalcap, no TensorFlow)
     evaluation  stage 5: `evaluate` (decode, score, diagnose, a control) and its results file

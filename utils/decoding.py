@@ -10,18 +10,20 @@ image of a batch, and every beam of every image, goes through one step together.
 How to decode is one record, a `DecodingSetting` (beam width, length penalty, the rule against
 repeated n-grams); `DEFAULT_DECODING` is the one default of notebook 05, the app and the
 benchmarks. `decode` writes one `Caption` per image (its word ids, its text and, for a model that
-attends, its maps) by one search: beam search, whose width 1 is greedy search.
+attends, its maps) by one search: beam search, whose width 1 is greedy search. An `Ensemble` of
+several trained models decodes as one model does.
 """
 import re
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Caption", "decode",
-           "EpochReport"]
+__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Ensemble", "Caption",
+           "decode", "EpochReport"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,34 @@ class CaptionDecoder:
         return log_probs.numpy(), tuple(state), None if weights is None else weights.numpy()
 
 
+class Ensemble:
+    """Several trained models decoding as one: each keeps its own context and state, and at each
+    step their next-word probabilities are averaged (probabilities, not log-probabilities: a word
+    one member rules out is not ruled out), the ensemble of caption models since Vinyals et al.
+    2015. It decodes wherever a CaptionDecoder does. The members must share the vocabulary, which
+    is checked here, and read the same features, which utils.load_decoder checks from their run
+    records. Attention maps are not averaged: an ensemble gives none."""
+    attends = False
+
+    def __init__(self, decoders):
+        self.members, self.vocab = tuple(decoders), decoders[0].vocab
+        if any(member.vocab != self.vocab for member in self.members):
+            raise ValueError("an ensemble's models must share one vocabulary")
+
+    def start(self, features):
+        """(contexts, states): each member's own, in member order."""
+        starts = [member.start(features) for member in self.members]
+        return tuple(context for context, _ in starts), tuple(state for _, state in starts)
+
+    def step(self, contexts, words, states):
+        """The log of the members' mean next-word probability [B, V], their new states, None."""
+        steps = [member.step(context, words, state)
+                 for member, context, state in zip(self.members, contexts, states)]
+        log_probs = np.stack([log_probs for log_probs, _, _ in steps])       # (members, B, V)
+        mean = np.logaddexp.reduce(log_probs, axis=0) - np.log(len(steps))  # (B, V)
+        return mean.astype("float32"), tuple(state for _, state, _ in steps), None
+
+
 # Beams stepped together (images x beam width): bounds the memory of one step, large enough
 # that the step's fixed cost is shared by many images.
 ROWS_PER_STEP = 320
@@ -138,10 +168,10 @@ def _search(decoder, features, setting):
     beam repeats one of its own n-grams. An attending model's weights travel with their beams.
     """
     vocab, k = decoder.vocab, setting.beam_width
-    context, state = decoder.start(features)
-    n = context[0].shape[0]
+    context, state = decoder.start(features)  # tuples of tensors (an Ensemble's: nested)
+    n = len(features)
     # Every image repeated once per beam: beam b of image i is row i * k + b.
-    context, state = (tuple(tf.repeat(x, k, axis=0) for x in xs) for xs in (context, state))
+    context, state = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), (context, state))
     words = np.full(n * k, vocab.start_id, "int32")                            # (n * k,)
     sequences = np.zeros((n * k, 0), "int32")                                  # (n * k, t)
     seen = None                                     # attention of each beam's words (n * k, t, P)
@@ -165,7 +195,7 @@ def _search(decoder, features, setting):
             seen = step if seen is None else np.concatenate([seen[parents], step], 1)
         done = done[parents] | (words == vocab.end_id)
         if k > 1:  # with one beam an image, every row is its own parent
-            state = tuple(tf.gather(x, parents) for x in state)
+            state = tf.nest.map_structure(partial(tf.gather, indices=parents), state)
         if done.all():
             break
     lengths = np.maximum((sequences != vocab.pad_id).sum(1), 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 
 from .architectures import ModelConfig, build_caption_model, set_feature_statistics
-from .decoding import DEFAULT_DECODING, CaptionDecoder, decode
+from .decoding import DEFAULT_DECODING, CaptionDecoder, Ensemble, decode
 from .encoders import KERAS_BUILDING, Encoder, encoder_spec, weights_tag
 from .evaluation import read_evaluations
 from .features import FeatureKind, FeatureSource
@@ -26,7 +26,8 @@ from .vocabulary import Vocabulary
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RANDOM_ENCODER_NOTE", "RunConfigError",
            "NoEncoderError", "RunConfig", "config_from_parameters", "save_run", "read_run",
-           "is_trained", "load_run", "why_no_encoder", "encoder_for_run", "Captioner",
+           "is_trained", "load_run", "load_decoder", "evaluation_folder", "why_no_encoder",
+           "encoder_for_run", "Captioner",
            "caption_image", "caption_image_files", "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
@@ -272,6 +273,35 @@ def _weights_of_model_file(model, path):
             layer.set_weights(source.get_weights())
 
 
+def load_decoder(run_dirs):
+    """(decoder, vocabulary, the first run's RunConfig) of finished runs: one run's
+    CaptionDecoder, or several runs' Ensemble. An ensemble's runs must speak one vocabulary and
+    read the same features (made alike, from one file, pooled or grids): a run that does not is
+    refused, named beside the first."""
+    first, *others = map(Path, run_dirs)
+    model, vocab, config = load_run(first)
+    decoders = [CaptionDecoder(model, vocab)]
+    for run_dir in others:
+        other_model, other_vocab, other = load_run(run_dir)
+        for what, mine, theirs in [("vocabulary", config.vocabulary, other.vocabulary),
+                                   ("features", config.features, other.features),
+                                   ("grids", config.model.reads_grid, other.model.reads_grid)]:
+            if mine != theirs:
+                raise RunConfigError(f"{run_dir} cannot join {first} in an ensemble: its {what} "
+                                     f"differ ({theirs} against {mine})")
+        decoders.append(CaptionDecoder(other_model, other_vocab))
+    return (decoders[0] if not others else Ensemble(decoders)), vocab, config
+
+
+def evaluation_folder(models_dir, run_dirs):
+    """Where notebook 05 writes the evaluation of these runs: a run's own folder, or an
+    ensemble's folder in `models_dir`, named after its runs, so that no run's record shows an
+    ensemble's scores as its own."""
+    if len(run_dirs) == 1:
+        return Path(run_dirs[0])
+    return Path(models_dir) / ("ensemble-" + "+".join(Path(d).name for d in run_dirs))
+
+
 def why_no_encoder(config):
     """Why a run cannot caption a new photo, in one sentence with what to do instead; None when
     it can (its features came from notebook 02's cache, whose encoder is rebuilt)."""
@@ -306,8 +336,9 @@ def encoder_for_run(config, weights_file=None):
 
 @dataclass
 class Captioner:
-    """A run ready to caption new photos: its decoder, and the encoder that made its features."""
-    decoder: CaptionDecoder
+    """A run (or an Ensemble of runs) ready to caption new photos: its decoder, and the encoder
+    that made its features."""
+    decoder: CaptionDecoder | Ensemble
     encoder: keras.Model
     config: RunConfig
 
