@@ -1,6 +1,6 @@
 """Ensembles: several trained runs decoding as one (utils.Ensemble), against one run alone.
 
-    python benchmarks/ensemble.py [--quick] [--full] [--seeds N] [--runs DIR]
+    python benchmarks/ensemble.py [--quick] [--full] [--seeds N] [--runs DIR] [--ensembles NAME ...]
     python benchmarks/ensemble.py --full --tables
 
 The members are the architectures benchmark's runs: our defaults (the notebooks' `parameters`
@@ -11,9 +11,10 @@ evaluation, with our default decoding and greedily; each ensemble's difference f
 (its seeds averaged) is a paired bootstrap interval over the dev images, and its speed is the
 captions a second of our default decoding over the dev images. `--full`: the whole official split
 (6,000 train, 1,000 dev photos, pooled features). Results in benchmarks/results/ensemble.json
-(ensemble-full.json, or `--out`); `--tables` prints them as docs/results.md's table. `--quick`:
-the subset, two merge runs of 3 epochs and their ensemble, nothing written. Last line: one JSON
-object.
+(ensemble-full.json, or `--out`); `--tables` prints them as docs/results.md's table.
+`--ensembles` scores only those named: the others stored in `--out` stay, and a run alone stored
+there (with today's defaults and seeds) is read back, not scored again. `--quick`: the subset, two
+merge runs of 3 epochs and their ensemble, nothing written. Last line: one JSON object.
 """
 import os
 
@@ -38,11 +39,15 @@ BASELINE = "merge, one run"  # what every ensemble is compared with
 def main():
     parser = recipe.arguments(__doc__, RESULTS, FULL_RESULTS, None,
                               "the whole official split (6,000 train, 1,000 dev photos)")
+    parser.add_argument("--ensembles", nargs="+", default=list(ENSEMBLES), choices=ENSEMBLES,
+                        help="score only these; the others stored in --out are kept")
     args = recipe.parse(parser, tables)
     shared, default = SharedData(full=args.full), recipe.notebook_defaults()
     seeds = range(2 if args.quick else args.seeds)
-    ensembles = {"merge": ["merge"]} if args.quick else ENSEMBLES
-    runs, members = {}, {}  # members: each architecture's decoder and run of each seed
+    ensembles = {name: ENSEMBLES[name] for name in (["merge"] if args.quick else args.ensembles)}
+    # What is stored (with today's settings) is read back: a run alone is not scored again.
+    stored = recipe.stored_runs(args, defaults=default, seeds=args.seeds).get("runs", {})
+    runs, members = dict(stored), {}  # members: each architecture's decoder and run, by seed
     for architecture in dict.fromkeys(a for names in ensembles.values() for a in names):
         config = default | {"architecture": architecture} | ({"epochs": 3} if args.quick else {})
         name, members[architecture] = f"{architecture}, one run", []
@@ -51,9 +56,13 @@ def main():
             with recipe.run_folder(args.runs, architecture, config, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(shared, config, seed, run_dir)
             decoder = utils.CaptionDecoder(model, vocab)
-            recipe.record(runs[name], name, seed, seconds, len(curve),
-                          recipe.score(decoder, shared, False, DECODINGS),
-                          captions_per_second=speed(decoder, shared))
+            kept = recipe.read_back(stored.get(name, []), seed)
+            if kept:
+                runs[name].append(kept)
+            else:
+                recipe.record(runs[name], name, seed, seconds, len(curve),
+                              recipe.score(decoder, shared, False, DECODINGS),
+                              captions_per_second=speed(decoder, shared))
             members[architecture].append((decoder, runs[name][-1]))
     for name, architectures in ensembles.items():
         chosen = [member for a in architectures for member in members[a]]
@@ -63,7 +72,7 @@ def main():
                       [r["epochs"] for _, r in chosen],
                       recipe.score(decoder, shared, False, DECODINGS),
                       members=len(chosen), captions_per_second=speed(decoder, shared))
-    recipe.publish(args, make_report(shared, runs, args), runs)
+    recipe.publish(args, make_report(shared, default, runs, args), runs)
 
 
 def speed(decoder, shared):
@@ -72,7 +81,7 @@ def speed(decoder, shared):
     return round(recipe.captions_per_second(decoder, features, utils.DEFAULT_DECODING), 1)
 
 
-def make_report(shared, runs, args):
+def make_report(shared, default, runs, args):
     """Each run alone (its seeds averaged) and each ensemble: scores per decoding, captions a
     second, and the paired difference from one merge run, per decoding."""
     names, _, raw = shared.split("val")
@@ -84,7 +93,7 @@ def make_report(shared, runs, args):
                  "difference_from_one_merge_run": {s.slug: different[s.slug].get(name)
                                                    for s in DECODINGS}}
               for name, group in runs.items()}
-    return {"ensembles": report,
+    return {"ensembles": report, "settings": {"defaults": default, "seeds": args.seeds},
             "data": {"features": f"{shared.path.name} ({shared.features.shape[1]}-d)",
                      "train_images": len(shared.prepared().names("train")),
                      "dev_images": len(names)},
