@@ -161,7 +161,7 @@ def test_runs_of_one_vocabulary_and_features_decode_as_one_ensemble(run_dir, run
     record["features"]["path"] = "other features.npz"
     (run_copy / "config.json").write_text(json.dumps(record))
     with pytest.raises(utils.RunConfigError,
-                       match=f"{run_copy} cannot join {run_dir} in an ensemble: its features differ"):
+                       match=f"{run_copy} cannot join {run_dir} in an ensemble: not the same features"):
         utils.load_decoder([run_dir, run_copy])
 
 

@@ -285,10 +285,11 @@ def load_decoder(run_dirs):
         other_model, other_vocab, other = load_run(run_dir)
         for what, mine, theirs in [("vocabulary", config.vocabulary, other.vocabulary),
                                    ("features", config.features, other.features),
-                                   ("grids", config.model.reads_grid, other.model.reads_grid)]:
+                                   ("reading of grids", config.model.reads_grid,
+                                    other.model.reads_grid)]:
             if mine != theirs:
-                raise RunConfigError(f"{run_dir} cannot join {first} in an ensemble: its {what} "
-                                     f"differ ({theirs} against {mine})")
+                raise RunConfigError(f"{run_dir} cannot join {first} in an ensemble: not the same "
+                                     f"{what} ({theirs} against {mine})")
         decoders.append(CaptionDecoder(other_model, other_vocab))
     return (decoders[0] if not others else Ensemble(decoders)), vocab, config
 
