@@ -274,13 +274,13 @@ def test_an_ensemble_step_averages_its_members_probabilities():
     decoder, images = ensemble(), features(4)
     tokens = np.random.default_rng(3).integers(4, 24, size=(4, 6)).astype("int32")
     contexts, states = decoder.start(images)
-    for t in range(tokens.shape[1]):
-        log_probs, states, weights = decoder.step(contexts, tokens[:, t], states)
-        members = []  # each member stepped alone, from its own start
-        for member in decoder.members:
-            context, state = member.start(images)
-            for word in tokens[:, :t + 1].T:
-                member_log_probs, state, _ = member.step(context, word, state)
+    alone = [member.start(images) for member in decoder.members]  # each member stepped alone
+    for word in tokens.T:
+        log_probs, states, weights = decoder.step(contexts, word, states)
+        members = []
+        for i, (member, (context, state)) in enumerate(zip(decoder.members, alone)):
+            member_log_probs, state, _ = member.step(context, word, state)
+            alone[i] = context, state
             members.append(np.exp(member_log_probs))
         np.testing.assert_allclose(np.exp(log_probs), np.mean(members, 0), atol=1e-6)
         assert weights is None
