@@ -48,6 +48,7 @@ def main():
     # What is stored (with today's settings) is read back: a run alone is not scored again.
     stored = recipe.stored_runs(args, defaults=default, seeds=args.seeds).get("runs", {})
     runs, members = dict(stored), {}  # members: each architecture's decoder and run, by seed
+    dev_features = shared.split("val")[1]  # what the speed is measured on
     for architecture in dict.fromkeys(a for names in ensembles.values() for a in names):
         config = default | {"architecture": architecture} | ({"epochs": 3} if args.quick else {})
         name, members[architecture] = f"{architecture}, one run", []
@@ -62,7 +63,7 @@ def main():
             else:
                 recipe.record(runs[name], name, seed, seconds, len(curve),
                               recipe.score(decoder, shared, False, DECODINGS),
-                              captions_per_second=speed(decoder, shared))
+                              captions_per_second=speed(decoder, dev_features))
             members[architecture].append((decoder, runs[name][-1]))
     for name, architectures in ensembles.items():
         chosen = [member for a in architectures for member in members[a]]
@@ -71,13 +72,12 @@ def main():
         recipe.record(runs[name], name, list(seeds), sum(r["train_seconds"] for _, r in chosen),
                       [r["epochs"] for _, r in chosen],
                       recipe.score(decoder, shared, False, DECODINGS),
-                      members=len(chosen), captions_per_second=speed(decoder, shared))
+                      members=len(chosen), captions_per_second=speed(decoder, dev_features))
     recipe.publish(args, make_report(shared, default, runs, args), runs)
 
 
-def speed(decoder, shared):
-    """Captions a second of our default decoding over the dev images."""
-    features = shared.split("val")[1]
+def speed(decoder, features):
+    """Captions a second of our default decoding over `features` (the dev images')."""
     return round(recipe.captions_per_second(decoder, features, utils.DEFAULT_DECODING), 1)
 
 
@@ -93,11 +93,12 @@ def make_report(shared, default, runs, args):
                  "difference_from_one_merge_run": {s.slug: different[s.slug].get(name)
                                                    for s in DECODINGS}}
               for name, group in runs.items()}
-    return {"ensembles": report, "settings": {"defaults": default, "seeds": args.seeds},
+    seeds = 2 if args.quick else args.seeds
+    return {"ensembles": report, "settings": {"defaults": default, "seeds": seeds},
             "data": {"features": f"{shared.path.name} ({shared.features.shape[1]}-d)",
                      "train_images": len(shared.prepared().names("train")),
                      "dev_images": len(names)},
-            "seeds": 2 if args.quick else args.seeds, "quick": args.quick}
+            "seeds": seeds, "quick": args.quick}
 
 
 def tables(report):
