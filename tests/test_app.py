@@ -91,7 +91,6 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
     captions = [s.value for s in at.subheader]
     assert captions == [expected_caption(models_dir / run, photo)
                         for run in ("shapes-large", "shapes-small")]
-    assert all(len(c.split()) >= 3 for c in captions)
     assert [w.value for w in at.warning] == [utils.SAMPLE_RUN_WARNING] * 2  # under each caption
 
     greedy = utils.DecodingSetting(1, 0.0, utils.DEFAULT_DECODING.no_repeat_ngram)

@@ -2,6 +2,7 @@
 over HTTP (a loopback server), and a damaged, oversized or unsafe archive refused by name."""
 import dataclasses
 import hashlib
+import io
 import json
 import zipfile
 
@@ -135,3 +136,153 @@ def test_a_run_shared_to_caption_with_leaves_the_optimizer_out(run_dir, tmp_path
     (full, _, _), (light, _, _) = utils.load_run(run_dir), utils.load_run(imported)
     for a, b in zip(full.weights, light.weights, strict=True):
         assert a.path == b.path and (a.numpy() == b.numpy()).all(), a.path
+
+
+def repacked(archive, path, change, compression=zipfile.ZIP_DEFLATED):
+    """A copy of `archive` whose members `change` rewrites, its manifest's sizes and digests
+    made to match: what reaches the checks after the digests."""
+    with zipfile.ZipFile(archive) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    members = change(members)
+    manifest["files"] = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                         for name, data in members.items()}
+    with zipfile.ZipFile(path, "w", compression) as target:
+        target.writestr("manifest.json", json.dumps(manifest))
+        for name, data in members.items():
+            target.writestr(name, data)
+    return path
+
+
+def json_changed(member, change):
+    """A `repacked` change that rewrites one JSON member with `change` (of its parsed value)."""
+    def rewrite(members):
+        value = json.loads(members[member])
+        return members | {member: json.dumps(change(value)).encode()}
+    return rewrite
+
+
+def with_field(path, value):
+    """A record with the field `path` ("model.units") set to `value`."""
+    def change(record):
+        *outer, last = path.split(".")
+        part = record
+        for key in outer:
+            part = part[key]
+        part[last] = value
+        return record
+    return json_changed("config.json", change)
+
+
+def empty_weights(shape):
+    """A weights file of one dataset declaring `shape` floats and storing none of them."""
+    import h5py
+
+    data = io.BytesIO()
+    with h5py.File(data, "w") as f:
+        f.create_dataset("vars/0", shape, "float32")  # never written: no storage
+    return lambda members: members | {"model.weights.h5": data.getvalue()}
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("change, message", [
+    (with_field("model.units", 10 ** 9), "model.units is 1000000000, outside 1 to 1,024"),
+    (with_field("model.units", 800), "weights file holds .* values: they do not belong"),
+    (with_field("model.architecture", {"merge": 1}), "'model.architecture' should be str"),
+    (with_field("model.architecture", "lstm9"), "unknown architecture 'lstm9'"),
+    (with_field("model.units", True), "'model.units' should be int, not bool"),
+    (json_changed("vocabulary.json", lambda v: v | {"words": [*v["words"][:-1], 7]}),
+     r"word \d+ \('7'\) is not one word"),
+    (json_changed("vocabulary.json", lambda v: v | {"words": [*v["words"][:-1], ["a"]]}),
+     r"word \d+ \(\"\['a'\]\"\) is not one word"),
+    (json_changed("vocabulary.json", lambda v: {"max_length": v["max_length"]}),
+     "'words' is not a list"),
+    (json_changed("vocabulary.json",
+                  lambda v: v | {"words": [*v["words"][:-1], "[**click**](https://x.example)"]}),
+     "is not one word|not the vocabulary"),
+    (lambda m: m | {"config.json": DEEP.encode()}, "nested too deep"),
+    (empty_weights((1 << 28,)), "vars/0 is not an array stored in full"),
+], ids=["units 1e9", "units against weights", "architecture dict", "unknown architecture",
+        "units bool", "word a number", "word a list", "no words", "word markdown", "deep JSON",
+        "1 GiB declared"])
+def test_a_hostile_record_is_refused_before_a_model_is_built(archive, tmp_path, change, message):
+    """Each an ArchiveError naming the archive, with no path of this machine in it; none builds
+    a model of the sizes it declares (the refusals come before `load_run`)."""
+    bad = repacked(archive, tmp_path / "bad.zip", change)
+    with pytest.raises(utils.ArchiveError, match=message) as refused:
+        utils.import_run(bad, tmp_path / "models")
+    assert str(refused.value).startswith(str(bad))
+    assert ".import-" not in str(refused.value)  # the server's own folders stay unnamed
+    assert not list((tmp_path / "models").iterdir())
+
+
+def test_a_hostile_container_is_refused_before_it_is_read(archive, tmp_path):
+    """Methods zipfile does not bound (bzip2, LZMA), an unknown method, an encrypted member, too
+    many members, a manifest nested too deep or with an entry that is not an object."""
+    for method, name in [(zipfile.ZIP_BZIP2, "method 12"), (zipfile.ZIP_LZMA, "method 14")]:
+        bad = repacked(archive, tmp_path / f"{method}.zip", lambda m: m, compression=method)
+        with pytest.raises(utils.ArchiveError, match=name):
+            utils.import_run(bad, tmp_path / "models")
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as source:
+        info = source.getinfo("config.json")
+    central = _central_header(data, "config.json")
+    for offset, value in [(8, 99), (6, 1)]:  # the method; the flags' "encrypted" bit
+        patched = bytearray(data)
+        patched[info.header_offset + offset] = value  # the local header, then the central one
+        patched[central + offset + 2] = value
+        bad = tmp_path / f"patched{offset}.zip"
+        bad.write_bytes(bytes(patched))
+        with pytest.raises(utils.ArchiveError, match="method 99|encrypted"):
+            utils.import_run(bad, tmp_path / "models")
+    many = repacked(archive, tmp_path / "many.zip", lambda m: m | {
+        f"evaluation-{i}.json": b"{}" for i in range(utils.run_archive.MAX_MEMBERS)})
+    with pytest.raises(utils.ArchiveError, match="members"):
+        utils.import_run(many, tmp_path / "models")
+    for manifest, message in [(DEEP, "nested too deep"), (None, "damaged")]:
+        def change(members, manifest=manifest):
+            listed = json.loads(members["manifest.json"])
+            listed["files"]["config.json"] = "a string"
+            return members | {"manifest.json": (manifest or json.dumps(listed)).encode()}
+        bad = rewritten(archive, tmp_path / "manifest.zip", change)
+        with pytest.raises(utils.ArchiveError, match=message):
+            utils.import_run(bad, tmp_path / "models")
+    assert not [p for p in (tmp_path / "models").iterdir()]
+
+
+def _central_header(data, name):
+    """Where the central directory's header of member `name` starts in a zip's bytes."""
+    return next(i for i in range(len(data)) if data[i:i + 4] == b"PK\x01\x02"
+                and data[i + 46:i + 46 + len(name)] == name.encode())
+
+
+def test_an_import_again_keeps_the_run_and_clears_what_a_killed_import_left(archive, tmp_path):
+    """Notebook 05 with RUN_ARCHIVE, run twice: the run's own evaluation, written between the
+    two, does not make it another run. A folder a killed import left an hour ago is removed, one
+    in use now is not; a run named like a file of the folder is refused, not crashed into."""
+    import os
+    import time
+
+    models = tmp_path / "models"
+    run = utils.import_run(archive, models)
+    (run / "evaluation-test-greedy.json").write_text("{}")
+    (run / "history.json").write_text("[]")  # not what the run is: its record and weights are
+    assert utils.import_run(archive, models) == run
+    left, busy = models / ".import-killed", models / ".import-busy"
+    left.mkdir(), busy.mkdir()
+    (left / "model.weights.h5").write_bytes(bytes(1000))
+    hour_ago = time.time() - utils.run_archive.STALE_IMPORT_S - 60
+    os.utime(left, (hour_ago, hour_ago))
+    (models / "README.md").write_text("the operator's notes")
+    named = repacked(archive, tmp_path / "named.zip", lambda m: m)
+    with zipfile.ZipFile(named) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    manifest = json.loads(members["manifest.json"]) | {"run": "README.md"}
+    readme = rewritten(named, tmp_path / "readme.zip",
+                       lambda m: m | {"manifest.json": json.dumps(manifest).encode()})
+    with pytest.raises(utils.ArchiveError, match="README.md already holds a file"):
+        utils.import_run(readme, models)
+    assert not left.exists() and busy.exists()
+    assert (models / "README.md").read_text() == "the operator's notes"

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Ensemble", "Caption",
-           "decode", "EpochReport"]
+           "EMPTY_CAPTION", "shown_caption", "decode", "EpochReport"]
 
 
 @dataclass(frozen=True)
@@ -136,14 +136,29 @@ class Ensemble:
 ROWS_PER_STEP = 320
 
 
+# What is shown for a caption of no words: a model may say <end> first, a legitimate output that
+# would otherwise show as nothing at all (a blank heading, an empty line).
+EMPTY_CAPTION = "(no words: the model ended the caption at once)"
+
+
+def shown_caption(text):
+    """A caption's words as a person reads them: EMPTY_CAPTION for none."""
+    return text or EMPTY_CAPTION
+
+
 @dataclass(frozen=True)
 class Caption:
     """One written caption. Captions compare by their words; `maps` are not compared."""
     ids: tuple          # word ids, without <start> and <end>
-    text: str           # the words, as the vocabulary spells them
+    text: str           # the words, as the vocabulary spells them ("" for none: see `shown`)
     # Attention weights over the grid of each word and of <end> [words + 1, positions], each row
     # summing to one; None for a model that does not attend.
     maps: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def shown(self):
+        """The caption as displayed: its words, or EMPTY_CAPTION."""
+        return shown_caption(self.text)
 
 
 def decode(decoder, features, setting=DEFAULT_DECODING, images_per_batch=None):
@@ -279,4 +294,4 @@ class EpochReport(keras.callbacks.Callback):
     def print_captions(self):
         """The shown images' captions by the model's weights of the moment."""
         for name, caption in zip(self.names, decode(self.decoder, self.features, self.setting)):
-            print(f"    {name}: {caption.text}")
+            print(f"    {name}: {caption.shown}")

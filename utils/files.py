@@ -53,7 +53,10 @@ def write_json(path, obj):
 
 def read_json(path):
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except RecursionError:  # a hostile file's [[[[...]]]]: an error naming it, not a crash
+            raise ValueError(f"{path}: JSON nested too deep to read") from None
 
 
 def portable_path(path):

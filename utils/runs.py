@@ -7,12 +7,13 @@ says where the features came from (encoder, weights, input size: what a new phot
 again), the model's shape, how it was trained, which vocabulary it speaks and on what data.
 """
 import dataclasses
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
-from .architectures import ModelConfig, build_caption_model, set_feature_statistics
+from .architectures import ModelConfig, architecture_class, build_caption_model, set_feature_statistics
 from .decoding import DEFAULT_DECODING, CaptionDecoder, Ensemble, decode
 from .encoders import KERAS_BUILDING, Encoder, encoder_spec, weights_tag
 from .evaluation import read_evaluations
@@ -83,6 +84,10 @@ class RunConfig:
             raise RunConfigError(f"{path}: format version {version}, this code reads "
                                  f"{FORMAT_VERSION}; update the repository (git pull)")
         record = _record(cls, data, path)
+        try:
+            architecture_class(record.model.architecture)
+        except ValueError as e:
+            raise RunConfigError(f"{path}: field 'model.architecture': {e}") from None
         weights = record.features.weights
         if record.features.kind == FeatureKind.CACHE and not (
                 weights in ("random", "imagenet") or str(weights).startswith("file-")):
@@ -126,13 +131,32 @@ def _record(cls, data, path, where=""):
             values[name] = ADDED_LATER[where + name]
         elif name not in data:
             raise RunConfigError(f"{path}: missing field {where + name!r}")
+        elif dataclasses.is_dataclass(field.type):
+            values[name] = _record(field.type, data[name], path, f"{where}{name}.")
         else:
-            values[name] = (_record(field.type, data[name], path, f"{where}{name}.")
-                            if dataclasses.is_dataclass(field.type) else data[name])
+            values[name] = _typed(field, data[name], path, where + name)
     try:
         return cls(**values)
     except ValueError as e:  # a value the record's type refuses, such as an unknown kind
         raise RunConfigError(f"{path}: field {where.rstrip('.') or cls.__name__!r}: {e}") from None
+
+
+# What a JSON value of each annotated type may be (a bool is no number, though Python says so).
+_JSON_TYPES = {int: lambda v: type(v) is int, float: lambda v: type(v) in (int, float),
+               bool: lambda v: type(v) is bool, str: lambda v: type(v) is str,
+               dict: lambda v: type(v) is dict}
+
+
+def _typed(field, value, path, name):
+    """`value` if it is of `field`'s type (None where the field may be None), else the error
+    naming the field: a record is never half-checked into a model."""
+    kinds = field.type.__args__ if isinstance(field.type, types.UnionType) else (field.type,)
+    if value is None and (type(None) in kinds or field.default is None):
+        return value
+    if any(_JSON_TYPES.get(kind, lambda v: isinstance(v, str))(value) for kind in kinds):
+        return value
+    wanted = " or ".join(getattr(kind, "__name__", str(kind)) for kind in kinds)
+    raise RunConfigError(f"{path}: field {name!r} should be {wanted}, not {type(value).__name__}")
 
 
 def _upgrade_v0(old, vocab, path):

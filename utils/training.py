@@ -42,7 +42,7 @@ class TrainingConfig:
     epochs: int = 50                # at most: early stopping usually ends training first
     batch_size: int = 64            # captions per batch
     learning_rate: float = 1e-3     # Adam's
-    lr_plateau_factor: float = 0.5  # learning rate x this after an epoch without progress; None: constant
+    lr_plateau_factor: float | None = 0.5  # x the learning rate after an epoch without progress
     label_smoothing: float = 0.1    # share of each target spread over the whole vocabulary
     patience: int = 4               # early stopping, in epochs without progress (min_gain)
     min_gain: float = 0.005         # the least fall of validation loss that counts as progress

@@ -71,7 +71,16 @@ class Vocabulary:
         if not (type(length) is int and 1 <= length <= MAX_CAPTION_WORDS):
             raise CaptionFileError(f"{path}: max_length {length!r} is not a caption length (1 to "
                                    f"{MAX_CAPTION_WORDS} words); run notebook 01 again")
-        return cls(data["words"], length)
+        words = data.get("words")
+        if not isinstance(words, list) or tuple(words[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise CaptionFileError(f"{path}: 'words' is not a list that starts with "
+                                   f"{', '.join(SPECIAL_TOKENS)}; run notebook 01 again")
+        for i, word in enumerate(words[len(SPECIAL_TOKENS):], len(SPECIAL_TOKENS)):
+            if not (isinstance(word, str) and word and word.split() == [word]):
+                raise CaptionFileError(f"{path}: word {i} ({str(word)[:40]!r}) is not one word")
+        if len(set(words)) != len(words):
+            raise CaptionFileError(f"{path}: a word is in it twice; run notebook 01 again")
+        return cls(words, length)
 
 
 def build_vocabulary(captions, min_count=10, max_length_cap=None):
