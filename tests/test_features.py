@@ -6,6 +6,7 @@ import shutil
 import socket
 import urllib.request
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,13 +206,24 @@ def test_feature_source_of_a_cache_and_of_an_npz(sample_root, tmp_path, encoder)
     utils.extract_features(sample_root / "Images", names, cache,
                            utils.Encoder("inceptionv3", None, SIZE), model=encoder)
     assert utils.find_feature_cache(tmp_path / "features", "InceptionV3") == cache
-    assert utils.feature_source(cache) == utils.FeatureSource(
-        "cache", utils.portable_path(cache), 2048, "inceptionv3", "random", SIZE)
+    source = utils.feature_source(cache)
+    assert source == utils.FeatureSource("cache", "anywhere", 2048, "inceptionv3", "random", SIZE,
+                                         utils.features_fingerprint(cache))
+    assert source.path == utils.portable_path(cache) and not Path(source.path).is_absolute()
     npz = tmp_path / "mine.npz"
     np.savez(npz, names=np.array(names), features=np.zeros((2, 7), "float16"))
-    assert utils.feature_source(npz) == utils.FeatureSource("external", utils.portable_path(npz), 7)
+    fingerprint = utils.features_fingerprint(npz)
+    assert utils.feature_source(npz) == utils.FeatureSource("external", "x", 7,
+                                                            fingerprint=fingerprint)
     assert utils.feature_source(npz, "EfficientNet_Lite0") == utils.FeatureSource(
-        "external", utils.portable_path(npz), 7, "efficientnet_lite0", "imagenet", 224)
+        "external", "x", 7, "efficientnet_lite0", "imagenet", 224, fingerprint)
+    # The same features anywhere are the same; other content is not.
+    copy = tmp_path / "elsewhere" / "copy.npz"
+    copy.parent.mkdir()
+    copy.write_bytes(npz.read_bytes())
+    assert utils.feature_source(copy) == utils.feature_source(npz)
+    np.savez(copy, names=np.array(names), features=np.ones((2, 7), "float16"))
+    assert utils.feature_source(copy) != utils.feature_source(npz)
     with pytest.raises(ValueError, match="unknown encoder 'alexnet'; choose one of inceptionv3"):
         utils.feature_source(npz, "alexnet")
     grids = tmp_path / "grids.npz"
@@ -474,3 +486,18 @@ def test_auto_weights_are_random_only_where_imagenet_ones_need_a_download(encode
                                                                            weights):
     assert utils.resolve_weights("auto", dataset, encoder) == weights
     assert utils.resolve_weights("file.h5", dataset, encoder) == "file.h5"
+
+
+def test_an_npz_with_a_name_twice_or_a_value_not_finite_is_refused_by_name(tmp_path):
+    """One NaN would make every standardised feature NaN (a model blind to images, and nothing
+    said); a name twice would drop one image's captions unnamed."""
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    features = np.ones((3, 4), "float16")
+    features[1, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", names=np.array(names), features=features)
+    with pytest.raises(ValueError, match="nan.npz: features of 1 images are not finite .*'b.jpg'"):
+        utils.load_features(tmp_path / "nan.npz")
+    np.savez(tmp_path / "twice.npz", names=np.array(["a.jpg", "b.jpg", "a.jpg"]),
+             features=np.ones((3, 4), "float16"))
+    with pytest.raises(ValueError, match="twice.npz: 1 image names twice, e.g. 'a.jpg'"):
+        utils.load_features(tmp_path / "twice.npz")

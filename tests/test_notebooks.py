@@ -258,8 +258,8 @@ def test_notebook_05_decodes_an_ensemble_and_keeps_its_scores_apart(executed, tm
             "RUN_DIR": str(run_dir), "ENSEMBLE": [str(copy)], "BEAM_WIDTHS": [3]})
     text = printed(json.loads(out.read_text()))
     assert f"ensemble of {run_dir} + {copy}:" in text and "no attention maps" in text
-    ensemble = utils.read_evaluation(tmp_path / "models" / "ensemble-sample-inceptionv3+copy",
-                                     "test")
+    ensemble = utils.read_evaluation(utils.evaluation_folder(tmp_path / "models",
+                                                             [run_dir, copy]), "test")
     greedy = utils.DecodingSetting(1, 0.0, 2)
     assert ensemble.result(greedy).captions == utils.read_evaluation(
         run_dir, "test").result(greedy).captions

@@ -126,7 +126,9 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
 
     run_dir = tmp_path / "models" / "shared8k-efficientnet_lite0_imagenet"
     _, _, config = utils.load_run(run_dir)
-    assert config.features == utils.FeatureSource("external", utils.portable_path(features), 1280)
+    assert config.features == utils.FeatureSource("external", utils.portable_path(features), 1280,
+                                                  fingerprint=utils.features_fingerprint(features))
+    assert config.features.path == utils.portable_path(features)
     executed = json.loads((tmp_path / NOTEBOOKS["05"].name).read_text())
     printed = "".join("".join(o.get("text", "")) for c in executed["cells"]
                       for o in c.get("outputs", []))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import utils
-from conftest import REPO, model_kinds, scored_result, split_kind, train_sample_run
+from conftest import REPO, SHIPPED_RUN, model_kinds, scored_result, split_kind, train_sample_run
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,16 @@ def test_run_folder_is_self_contained_and_rebuilds_its_record(run_dir, sample_tr
     x = [features[:1], tokens[:, :-1]]
     np.testing.assert_allclose(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-5)
+    (run_dir.parent / "untrained").mkdir()
     with pytest.raises(FileNotFoundError, match="model.weights.h5 not found: run notebooks/04_train_mo"):
+        utils.load_run(run_dir.parent / "untrained")
+    # No such folder is not an untrained run: named, with where it was looked for and the runs.
+    with pytest.raises(FileNotFoundError, match=f"no run folder .*nothing .*the runs in "
+                                                f"{run_dir.parent}: {run_dir.name}"):
         utils.load_run(run_dir.parent / "nothing")
+    with pytest.raises(FileNotFoundError, match="no run folder elsewhere/run .*the runs in "
+                                                f"{REPO / 'models'}: .*flickr8k-pretrained"):
+        utils.Captioner.from_run("elsewhere/run")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -144,7 +152,7 @@ def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir, tmp_path):
 
 
 def test_runs_of_one_vocabulary_and_features_decode_as_one_ensemble(run_dir, run_copy,
-                                                                    sample_training):
+                                                                    sample_training, tmp_path):
     """Two runs load as one Ensemble, its evaluation kept apart from either run's; a run of
     other features is refused, named beside the first."""
     features = sample_training[3][:5]
@@ -155,10 +163,21 @@ def test_runs_of_one_vocabulary_and_features_decode_as_one_ensemble(run_dir, run
     # Two copies of one model average to that model: the same captions.
     assert utils.decode(pair, features) == utils.decode(single, features)
     assert utils.evaluation_folder("models", [run_dir]) == run_dir
-    assert utils.evaluation_folder("models", [run_dir, run_copy]) == Path(
-        "models", f"ensemble-{run_dir.name}+{run_copy.name}")
+    folder = utils.evaluation_folder("models", [run_dir, run_copy])
+    assert folder.parent == Path("models")
+    assert folder.name.startswith(f"ensemble-{run_dir.name}+{run_copy.name}-")
+    # Ensembles of other runs of the same names never share a folder; long names stay short.
+    elsewhere = [tmp_path / "other" / run_dir.name, tmp_path / "other" / run_copy.name]
+    assert utils.evaluation_folder("models", elsewhere) != folder
+    long = [tmp_path / ("x" * 100 + str(i)) for i in range(3)]
+    assert len(utils.evaluation_folder("models", long).name) < 100
+    with pytest.raises(utils.RunConfigError, match="in the ensemble twice"):
+        utils.load_decoder([run_dir, run_copy, run_dir / ".." / run_dir.name])
     record = json.loads((run_copy / "config.json").read_text())
-    record["features"]["path"] = "other features.npz"
+    record["features"]["path"] = "/elsewhere/the same features.npz"  # where they lay: no matter
+    (run_copy / "config.json").write_text(json.dumps(record))
+    assert isinstance(utils.load_decoder([run_dir, run_copy])[0], utils.Ensemble)
+    record["features"]["fingerprint"] = "0123456789abcdef"  # other content
     (run_copy / "config.json").write_text(json.dumps(record))
     with pytest.raises(utils.RunConfigError,
                        match=f"{run_copy} cannot join {run_dir} in an ensemble: not the same features"):
@@ -405,3 +424,53 @@ def test_a_photo_gets_the_same_caption_in_every_fresh_process(run_dir, tmp_path)
     assert weights == hashlib.sha1(b"".join(np.asarray(w).tobytes()
                                             for w in captioner.encoder.weights)).hexdigest()
     assert caption == utils.caption_image(captioner, photo).text
+
+
+def test_features_of_another_kind_are_refused_by_name(run_dir, sample_training, tmp_path):
+    """A run given features its encoder did not make (here its own, their dimensions in another
+    order: a network of the same size) is refused, each member of an ensemble too; its own
+    features, and too few rows to tell, pass."""
+    features = sample_training[3]
+    decoder, _, config = utils.load_decoder([run_dir])
+    utils.check_features(decoder, config, "own.npz", features)
+    utils.check_features(decoder, config, "few.npz", features[:utils.runs.MIN_CHECK_ROWS - 1, ::-1])
+    other = features[:, np.random.default_rng(0).permutation(features.shape[1])]
+    with pytest.raises(utils.FeatureMismatchError, match="other.npz: not the kind of features"):
+        utils.check_features(decoder, config, "other.npz", other)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    utils.write_json(cache / "meta.json", dataclasses.asdict(utils.CacheRecord(
+        "vgg16", "random", 75, "float16", 1.0, 1.0, len(features), features.shape[1], 0, [])))
+    with pytest.raises(utils.FeatureMismatchError, match="made by vgg16 .* trained on inceptionv3"):
+        utils.check_features(decoder, config, cache, features)
+
+
+def test_the_shipped_run_refuses_another_encoders_features(shared_flickr8k):
+    """EfficientNet-Lite2's features have the size of Lite0's; the shipped run (Lite0) decodes
+    Lite0's dev features and refuses Lite2's of the same photos, naming the file."""
+    decoder, _, config = utils.load_decoder([SHIPPED_RUN])
+    for encoder in ("lite0", "lite2"):
+        path = shared_flickr8k / "features" / f"flickr8k_trainval_efficientnet_{encoder}.npz"
+        names, features = utils.load_features(path)
+        dev = set(utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt"))
+        rows = features[[i for i, name in enumerate(names) if name in dev]]
+        if encoder == "lite0":
+            utils.check_features(decoder, config, path, rows)
+        else:
+            with pytest.raises(utils.FeatureMismatchError, match=f"{path.name}: not the kind"):
+                utils.check_features(decoder, config, path, rows)
+
+
+def test_nothing_that_ships_holds_an_absolute_path():
+    """A record says what a thing is, not where it lay on the machine that wrote it."""
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    for path in SHIPPED_RUN.glob("*.json"):
+        absolute = [s for s in strings(json.loads(path.read_text())) if s.startswith("/")
+                    or s[1:3] == ":\\"]
+        assert not absolute, (path.name, absolute[:3])

@@ -57,7 +57,7 @@ def extraction_dir(zip_path):
     local = os.environ.get(LOCAL_DIR_VARIABLE)
     if not local:
         return zip_path.parent / zip_path.stem
-    return Path(local) / portable_path(zip_path.parent).lstrip("/") / zip_path.stem
+    return Path(local) / str(zip_path.parent).lstrip("/") / zip_path.stem
 
 
 def extract_images(zip_path, folder):

@@ -80,7 +80,7 @@ class CaptionDecoder:
     the model's own weights: it decodes with them as they are (during training too)."""
 
     def __init__(self, model, vocab):
-        self.vocab, self.attends = vocab, model.attends
+        self.model, self.vocab, self.attends = model, vocab, model.attends
 
         def step(context, words, state):
             probs, state, weights = model.step(context, words, state)

@@ -6,8 +6,10 @@ named after its `Encoder` (network, weights, input size), so that changing any o
 reuses stale features; its `meta.json`, written last, is a `CacheRecord`. Features made elsewhere
 come as an `.npz` of `names` and `features`. A run records which it read in its `FeatureSource`.
 """
+import hashlib
 import zipfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import numpy as np
 from .files import portable_path, read_json, resolve_path
 
 __all__ = ["cache_dir", "find_feature_cache", "CacheRecord", "FeatureKind", "FeatureSource",
-           "feature_source", "has_grids", "load_features", "FeatureRows", "finished_cache"]
+           "feature_source", "features_fingerprint", "has_grids", "load_features", "FeatureRows",
+           "finished_cache"]
 
 
 def cache_dir(features_root, encoder):
@@ -44,14 +47,16 @@ class FeatureKind(StrEnum):
 
 @dataclass(frozen=True)
 class FeatureSource:
-    """Where a run's features came from, as its record keeps it: enough to encode a new photo
-    exactly like the training ones, or to say why that cannot be done."""
+    """What made a run's features, as its record keeps it: enough to encode a new photo exactly
+    like the training ones, or to say why that cannot be done. Two sources are the same when
+    their features are (what made them, and their content's fingerprint), wherever they lay."""
     kind: FeatureKind
-    path: str                 # the cache folder or the .npz, relative to the repository if inside
+    path: str = field(compare=False)  # where they lay, relative to the repository: a hint only
     dim: int                  # feature size
     encoder: str = None       # the rest for a cache, or an .npz whose encoder is declared: ENCODERS key...
     weights: str = None       # ...`weights_tag` of its weights...
     input_size: int = None    # ...and the square input size it read images at
+    fingerprint: str = None   # `features_fingerprint` of the table (None in records before it)
 
     def __post_init__(self):
         object.__setattr__(self, "kind", FeatureKind(self.kind))  # as read from JSON: a string
@@ -89,16 +94,35 @@ def feature_source(path, encoder=None):
     if path.suffix == ".npz":
         dim = _npz_shape(path, "features")[-1]  # of a vector, or of each position of a grid
         if encoder is None:
-            return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim)
+            return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim,
+                                 fingerprint=features_fingerprint(path))
         from .encoders import encoder_spec  # TensorFlow only where an encoder is named
         return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim, encoder.lower(),
-                             "imagenet", encoder_spec(encoder).input_size)
+                             "imagenet", encoder_spec(encoder).input_size,
+                             features_fingerprint(path))
     meta = CacheRecord.read(path)
     if meta is None:
         raise FileNotFoundError(f"{path}: no finished feature cache "
                                 "(run notebooks/02_extract_features.ipynb first)")
     return FeatureSource(FeatureKind.CACHE, portable_path(path), meta.dim, meta.encoder,
-                         meta.weights, meta.input_size)
+                         meta.weights, meta.input_size, features_fingerprint(path))
+
+
+def features_fingerprint(path):
+    """A digest of a table's image names and pooled features, as stored: the same for a copy of
+    the same features anywhere, another for any other content."""
+    digest = hashlib.sha256()
+    path = resolve_path(path)
+    if path.suffix == ".npz":
+        names, features = load_features(path, grid=len(_npz_shape(path, "features")) == 3)
+        digest.update("\n".join(names).encode())
+        digest.update(np.ascontiguousarray(features).tobytes())
+    else:
+        for name in ("names.json", "features.npy"):
+            with open(path / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def has_grids(path):
@@ -133,6 +157,7 @@ def load_features(directory, grid=False):
             names, features = [str(n) for n in data["names"]], data["features"]
         if len(names) != len(features):
             raise ValueError(f"{directory}: {len(names)} names but {len(features)} feature rows")
+        _check_rows(directory, names, features)
         if features.ndim != (3 if grid else 2):
             raise ValueError(f"{directory}: its features are {features.shape}; "
                              + ("the attention model reads grids [images, positions, dim]" if grid
@@ -147,6 +172,21 @@ def load_features(directory, grid=False):
         raise FileNotFoundError(f"{directory}: no grids of positions in this cache (run "
                                 "notebooks/02_extract_features.ipynb with GRID = True)")
     return names, np.load(directory / ("grid.npy" if grid else "features.npy"), mmap_mode="r")
+
+
+def _check_rows(path, names, features):
+    """Refuse a features file that would train or decode wrongly without a word: a name twice
+    (one image's captions would be dropped, the other's read against its features) or a value
+    that is not finite (one NaN makes every standardised feature NaN: a model blind to images)."""
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        raise ValueError(f"{path}: {len(twice)} image names twice, e.g. {twice[0]!r}: each image "
+                         "must have one row")
+    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)
+    if not finite.all():
+        bad = [names[i] for i in np.flatnonzero(~finite)]
+        raise ValueError(f"{path}: features of {len(bad)} images are not finite (NaN or "
+                         f"infinite), e.g. {bad[0]!r}: extract them again")
 
 
 class FeatureRows:

@@ -60,9 +60,15 @@ def read_json(path):
 
 
 def portable_path(path):
-    """Paths inside the repository are stored relative to it, so artefacts survive a move."""
-    path = Path(os.path.abspath(path))  # links are kept: see REPO_ROOT
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+    """A path as records store it: relative to the repository, also outside it
+    (`../shared/x.npz`), so that a record says where a file lies beside the code, never where it
+    lay on the machine that wrote it; absolute only where no relative path exists (another
+    drive)."""
+    path = os.path.abspath(path)  # links are kept: see REPO_ROOT
+    try:
+        return os.path.relpath(path, REPO_ROOT)
+    except ValueError:
+        return path
 
 
 def resolve_path(path):

@@ -7,18 +7,21 @@ says where the features came from (encoder, weights, input size: what a new phot
 again), the model's shape, how it was trained, which vocabulary it speaks and on what data.
 """
 import dataclasses
+import hashlib
+import os
 import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from .architectures import ModelConfig, architecture_class, build_caption_model, set_feature_statistics
 from .decoding import DEFAULT_DECODING, CaptionDecoder, Ensemble, decode
 from .encoders import KERAS_BUILDING, Encoder, encoder_spec, weights_tag
 from .evaluation import read_evaluations
-from .features import FeatureKind, FeatureSource
-from .files import read_json, require, write_json
+from .features import CacheRecord, FeatureKind, FeatureSource
+from .files import REPO_ROOT, read_json, require, write_json
 from .images import ImageError, load_image
 from .pipeline import DataCounts
 from .self_critical import self_critical_finished, self_critical_started
@@ -27,9 +30,9 @@ from .vocabulary import Vocabulary
 
 __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RANDOM_ENCODER_NOTE", "RunConfigError",
            "NoEncoderError", "RunConfig", "config_from_parameters", "save_run", "read_run",
-           "is_trained", "load_run", "load_decoder", "evaluation_folder", "why_no_encoder",
-           "encoder_for_run", "Captioner",
-           "caption_image", "caption_image_files", "describe_run"]
+           "is_trained", "require_run_folder", "load_run", "load_decoder",
+           "FeatureMismatchError", "check_features", "evaluation_folder", "why_no_encoder",
+           "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
 # What a run kept until December 2026 instead of WEIGHTS_FILE: the whole Keras model.
@@ -113,7 +116,7 @@ ADDED_LATER = {"model.positions": None, "model.attention_regularization": 1.0,
                "model.blocks": 2, "model.heads": 4, "model.memory_slots": 4,
                "training.min_gain": 0.0, "training.self_critical_epochs": 0,
                "training.self_critical_learning_rate": 5e-5, "training.self_critical_samples": 5,
-               "training.self_critical_baseline": "samples"}
+               "training.self_critical_baseline": "samples", "features.fingerprint": None}
 
 
 def _record(cls, data, path, where=""):
@@ -234,9 +237,22 @@ def _differences(a, b, prefix=""):
             yield f"{prefix}{f.name}", x, y
 
 
+def require_run_folder(run_dir):
+    """`run_dir` as a Path, or an error naming it, where it was looked for, and the runs there
+    are: a mistyped name, or a relative path from another folder, is not a missing stage."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        return run_dir
+    where = run_dir.parent if run_dir.parent.is_dir() else REPO_ROOT / "models"
+    runs = sorted(p.name for p in where.iterdir() if is_trained(p)) if where.is_dir() else []
+    raise FileNotFoundError(
+        f"no run folder {run_dir} (looked for in {Path.cwd() / run_dir}); "
+        + (f"the runs in {where}: {', '.join(runs)}" if runs else f"no run in {where}"))
+
+
 def read_run(run_dir):
     """(vocabulary, RunConfig) of a run, checked to belong together; the model is not loaded."""
-    run_dir = Path(run_dir)
+    run_dir = require_run_folder(run_dir)
     for name in ("config.json", "vocabulary.json"):  # written by notebook 04, not by notebook 01
         require(run_dir / name, "04_train_model")
     vocab = Vocabulary.load(run_dir / "vocabulary.json")
@@ -262,7 +278,7 @@ def load_run(run_dir):
     ModelConfig, then its weights loaded; no pickle, no code beyond this package. A weights file
     that does not fit the record is refused. A run saved before the record was the model's one
     source (a whole `model.keras`, until December 2026) still loads: see `_weights_of_model_file`."""
-    run_dir = Path(run_dir)
+    run_dir = require_run_folder(run_dir)
     weights = run_dir / WEIGHTS_FILE
     old_model_file = run_dir / OLD_MODEL_FILE
     if not old_model_file.is_file():
@@ -303,6 +319,10 @@ def load_decoder(run_dirs):
     read the same features (made alike, from one file, pooled or grids): a run that does not is
     refused, named beside the first."""
     first, *others = map(Path, run_dirs)
+    where = [os.path.realpath(d) for d in (first, *others)]
+    twice = [d for d, real in zip(others, where[1:]) if where.count(real) > 1]
+    if twice:
+        raise RunConfigError(f"{twice[0]} is in the ensemble twice: it would count double")
     model, vocab, config = load_run(first)
     decoders = [CaptionDecoder(model, vocab)]
     for run_dir in others:
@@ -318,13 +338,60 @@ def load_decoder(run_dirs):
     return (decoders[0] if not others else Ensemble(decoders)), vocab, config
 
 
+class FeatureMismatchError(RunConfigError):
+    """Features that are not of the kind a run was trained on; the message names the file."""
+
+
+# How features given to a run are checked against its training features (`check_features`):
+# rows read, the fewest that can tell, and the least correlation of their mean per dimension with
+# the training mean. Measured on Flickr8k's dev photos: the run's own EfficientNet-Lite0 features
+# 0.97 (1,000 rows) and 0.66 (20), EfficientNet-Lite2's of the same photos -0.02 and 0.01.
+CHECK_ROWS, MIN_CHECK_ROWS, MIN_CORRELATION = 1000, 20, 0.4
+
+
+def check_features(decoder, config, path, features):
+    """Refuse to decode `features` (read from `path`) with a run, or every run of an ensemble,
+    trained on features of another kind: a cache whose record names another encoder, or any table
+    whose mean per dimension does not follow the training features' (kept in each model's
+    Normalization layer), which a table made by another network of the same size does not. Fewer
+    than MIN_CHECK_ROWS images cannot tell, and pass."""
+    made = CacheRecord.read(path) if Path(path).is_dir() else None
+    source = config.features
+    if made and source.encoder and (made.encoder, made.weights, made.input_size) != (
+            source.encoder, source.weights, source.input_size):
+        raise FeatureMismatchError(
+            f"{path}: made by {made.encoder} ({made.weights}, {made.input_size} px), but the run "
+            f"was trained on {source.encoder} ({source.weights}, {source.input_size} px) features")
+    if len(features) < MIN_CHECK_ROWS:
+        return
+    rows = np.linspace(0, len(features) - 1, min(len(features), CHECK_ROWS)).astype(int)
+    sample = np.asarray(features[np.unique(rows)][:], "float64")  # FeatureRows read on slicing
+    mean = sample.reshape(-1, sample.shape[-1]).mean(0)  # grids: every position
+    for member in getattr(decoder, "members", [decoder]):
+        trained = np.ravel(keras.ops.convert_to_numpy(member.model.feature_norm.mean))
+        correlation = np.corrcoef(mean, trained)[0, 1] if len(trained) == len(mean) else -1
+        if not correlation >= MIN_CORRELATION:
+            raise FeatureMismatchError(
+                f"{path}: not the kind of features the run was trained on "
+                f"({source.encoder or Path(source.path).name}): their mean per dimension "
+                f"correlates {correlation:.2f} with its training features' (its own give 0.9 or "
+                "more). Another network made them? Give the run features of its own encoder.")
+
+
+# An ensemble's folder name is cut to this many characters of its runs' names, then made unique
+# by a digest of where the runs are: two ensembles never share a folder, however named.
+ENSEMBLE_NAME_CHARS = 80
+
+
 def evaluation_folder(models_dir, run_dirs):
     """Where notebook 05 writes the evaluation of these runs: a run's own folder, or an
     ensemble's folder in `models_dir`, named after its runs, so that no run's record shows an
     ensemble's scores as its own."""
     if len(run_dirs) == 1:
         return Path(run_dirs[0])
-    return Path(models_dir) / ("ensemble-" + "+".join(Path(d).name for d in run_dirs))
+    where = "\n".join(os.path.realpath(d) for d in run_dirs)
+    names = "+".join(Path(d).name for d in run_dirs)[:ENSEMBLE_NAME_CHARS]
+    return Path(models_dir) / f"ensemble-{names}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
 
 
 def why_no_encoder(config):
