@@ -9,16 +9,23 @@ as the training features.
 `CAPTIONING_MODELS_DIR` points the app at another folder of runs. An image address is fetched
 with `utils.PUBLIC`: public addresses only, at most 20 MB, within 20 s for the whole exchange;
 `CAPTIONING_ALLOW_NETWORKS` (comma-separated, e.g. "10.0.0.0/8") admits private networks too,
-for a page on a closed network.
+for a page on a closed network. Whether visitors may add a shared run, which then lies in the
+runs folder for every later visitor until the operator removes it, is the operator's choice:
+`CAPTIONING_RUN_UPLOADS` "on" or "off"; unset, on for a page served to this machine alone
+(.streamlit/config.toml's `server.address`, localhost) and off for any other. Captions, run names
+and what a run's record says are shown as plain text, never rendered as Markdown.
 """
 import dataclasses
+import html
 import io
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import streamlit as st
 from PIL import Image
 
@@ -29,6 +36,26 @@ utils.hide_tensorflow_startup_lines()  # from the server's terminal (see utils/s
 MODELS_DIR = Path(os.environ.get("CAPTIONING_MODELS_DIR", "models"))
 DEFAULT = utils.DEFAULT_DECODING  # notebook 05's too: the best measured on Flickr8k's dev split
 ALLOW_NETWORKS = "CAPTIONING_ALLOW_NETWORKS"  # private networks a visitor's address may reach
+RUN_UPLOADS = "CAPTIONING_RUN_UPLOADS"  # "on" or "off": whether visitors may add shared runs
+LOOPBACK = ("localhost", "127.0.0.1", "::1")  # server addresses that serve this machine alone
+# Every ASCII punctuation mark, each of which CommonMark lets a backslash make literal.
+MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# How a caption and a run's name look (`show_text`): a caption as large as a subheader.
+TEXT_STYLES = {"caption": "font-size: 1.5rem; font-weight: 600; line-height: 1.3",
+               "run": "font-weight: 600", "about": ""}
+
+
+def plain(text):
+    """`text` inside a message (Markdown) with its Markdown made literal: a run's name in an
+    error is not rendered as a link or emphasis."""
+    return MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+
+
+def show_text(container, text, kind):
+    """Words others wrote (a caption, a shared run's name and record) as the text they are:
+    escaped HTML, which nothing reads as Markdown, a link or a tag. `kind`: a TEXT_STYLES key,
+    also the element's class."""
+    container.html(f'<div class="{kind}" style="{TEXT_STYLES[kind]}">{html.escape(text)}</div>')
 
 
 def fetch_policy():
@@ -42,11 +69,77 @@ def fetch_policy():
         st.stop()
 
 
+def run_uploads_allowed():
+    """Whether this page may add runs shared by its visitors, as the operator set it; by
+    default only where the server answers this machine alone."""
+    setting = os.environ.get(RUN_UPLOADS, "").strip().lower()
+    if setting not in ("", "on", "off"):
+        st.error(f"{RUN_UPLOADS}: {setting!r} is neither on nor off. Correct it and start the "
+                 "app again.")
+        st.stop()
+    return setting == "on" or (not setting and st.get_option("server.address") in LOOPBACK)
+
+
 def find_runs(models_dir):
-    """Run folders holding a trained model, by name."""
+    """Run folders holding a trained model, by name (hidden folders are imports under way)."""
     if not models_dir.is_dir():
         return []
-    return sorted(p.name for p in models_dir.iterdir() if utils.is_trained(p))
+    return sorted(p.name for p in models_dir.iterdir()
+                  if utils.is_trained(p) and not p.name.startswith("."))
+
+
+def real_runs(runs):
+    """The runs trained on real photos, not on the synthetic sample (nor unreadable)."""
+    def dataset(name):
+        try:
+            return utils.read_run(MODELS_DIR / name)[1].dataset
+        except Exception:  # a broken folder is reported where it is chosen
+            return None
+    return [name for name in runs if dataset(name) not in ("sample", None)]
+
+
+def sample_warning(real):
+    """What a sample run's caption needs beside it, and where to go for real photos."""
+    return utils.SAMPLE_RUN_WARNING + (
+        f" For real photos, choose {plain(real[0])} in the sidebar." if real else
+        " For real photos, train on Flickr8k: `make run DATASET=flickr8k`.")
+
+
+def scores_table(rows):
+    """(table, note) of a run's scores, narrow enough for the sidebar: a row a decoding, named
+    by its width alone ("beam 5"), its other rules and the splits said in the note below."""
+    frame = pd.DataFrame(rows)
+    width, rules = frame["decoding"].str.partition(", ")[[0, 2]].T.values
+    several = frame["split"].nunique() > 1
+    frame.index = [f"{w} ({s})" if several else w for w, s in zip(width, frame["split"])]
+    grouped = {}
+    for w, rule in zip(width, rules):
+        if rule and w not in grouped.setdefault(rule, []):
+            grouped[rule].append(w)
+    note = (f"COCO evaluation on the {', '.join(frame['split'].unique())} "
+            f"split{'s' if several else ''}. "
+            + "; ".join(f"{', '.join(ws)}: {rule}" for rule, ws in grouped.items()))
+    return frame[["BLEU-4", "METEOR", "CIDEr-D"]].map(
+        lambda v: "" if pd.isna(v) else f"{v:.3f}"), note
+
+
+def show_run(name, real):
+    """A run in the sidebar: what it is, and its scores as a small table."""
+    try:
+        summary = utils.describe_run(MODELS_DIR / name)
+    except Exception as e:  # a broken folder must not take the page down with it
+        st.error(f"Run {plain(name)}: cannot read its record ({type(e).__name__}: {plain(str(e))})")
+        return
+    show_text(st, summary.name, "run")
+    show_text(st, summary.about, "about")
+    if summary.sample:
+        st.warning(sample_warning(real))
+    if summary.scores:  # a static table: it reads as text, and fits the narrow sidebar
+        table, note = scores_table(summary.scores)
+        st.table(table, border="horizontal")
+        st.caption(note)
+    if summary.note:
+        st.caption(plain(summary.note))
 
 
 @st.cache_resource(show_spinner="Loading the run: model, vocabulary and encoder...")
@@ -92,9 +185,9 @@ def add_shared_run(policy):
                                            utils.RUN_FETCH,
                                            allowed_networks=policy.allowed_networks))
         except utils.ArchiveError as e:
-            st.error(str(e))
+            st.error(str(e))  # names the visitor's own archive or address
             return
-        st.success(f"Added the run {run.name}: choose it above.")
+        st.success(f"Added the run {plain(run.name)}: choose it above.")
 
 
 def as_file(name, data):
@@ -108,16 +201,20 @@ def main():
     st.set_page_config(page_title="Image captioning", layout="wide")
     st.title("Image captioning")
     policy = fetch_policy()
-    add_shared_run(policy)
+    uploads = run_uploads_allowed()
+    if uploads:
+        add_shared_run(policy)
     runs = find_runs(MODELS_DIR)
     if not runs:
         st.warning(f"No trained run in `{MODELS_DIR}/`. `make run` trains one on the sample "
                    "dataset in a few minutes, offline; `make run DATASET=flickr8k` trains one on "
-                   "Flickr8k. Then reload this page. Or add a shared run in the sidebar.")
+                   "Flickr8k. Then reload this page."
+                   + (" Or add a shared run in the sidebar." if uploads else ""))
         st.stop()
+    real = real_runs(runs)
 
-    with st.sidebar:
-        chosen = st.multiselect("Runs (side by side)", runs, default=runs[:2])
+    with st.sidebar:  # by default one run, trained on real photos where there is one
+        chosen = st.multiselect("Runs (side by side)", runs, default=real[:1] or runs[:1])
         method = st.radio("Decoding", ["beam search", "greedy"])
         width = st.slider("Beam width", 2, 10, DEFAULT.beam_width) if method == "beam search" else 1
         penalty = st.slider("Length penalty (0: total log-probability; 1: per word)", 0.0, 2.0,
@@ -126,10 +223,7 @@ def main():
             f"No {DEFAULT.no_repeat_ngram} words in a row twice in a caption", value=True) else 0
         setting = utils.DecodingSetting(width, penalty, no_repeat)
         for name in chosen:
-            try:
-                st.markdown(utils.describe_run(MODELS_DIR / name))
-            except Exception as e:  # a broken folder must not take the page down with it
-                st.error(f"Run {name}: cannot read its record ({type(e).__name__}: {e})")
+            show_run(name, real)
 
     uploads = st.file_uploader("Photos", accept_multiple_files=True)
     url = st.text_input(f"...or the address of an image on the web (at most "
@@ -143,9 +237,10 @@ def main():
         try:
             captioners[name] = load_captioner(str(MODELS_DIR / name))
         except utils.NoEncoderError as e:  # not broken: made for other work
-            st.info(f"Run {name}: {e}")
+            st.info(f"Run {plain(name)}: {plain(str(e))}")
         except Exception as e:  # any failure of one run's files; the other runs still caption
-            st.error(f"Run {name} cannot caption new photos ({type(e).__name__}: {e})")
+            st.error(f"Run {plain(name)} cannot caption new photos ({type(e).__name__}: "
+                     f"{plain(str(e))})")
 
     images = [(u.name, u.getvalue()) for u in uploads or []]
     if url.strip():
@@ -159,18 +254,18 @@ def main():
             decoded = utils.decode_image(as_file(image_name, data))  # once, for every run
             preview = utils.preview_image(decoded, 384)
         except utils.ImageError as e:
-            st.error(str(e))
+            st.error(str(e))  # a visitor's own file, shown to that visitor alone
             continue
         picture, *columns = st.columns([1] + [1] * max(len(captioners), 1))
         picture.image(preview, caption=image_name)
         for column, (run, captioner) in zip(columns, captioners.items()):
             start = time.perf_counter()
             caption = utils.caption_image(captioner, decoded, setting)
-            column.markdown(f"**{run}**")
-            column.subheader(caption.text)
+            show_text(column, run, "run")
+            show_text(column, caption.shown, "caption")
             column.caption(f"{setting.label}; {1000 * (time.perf_counter() - start):.0f} ms")
             if captioner.config.dataset == "sample":
-                column.warning(utils.SAMPLE_RUN_WARNING)
+                column.warning(sample_warning(real))
             if caption.maps is not None:  # an attention run also says where it looked
                 with column.expander("Where it looked, word by word"):
                     # drawn about as wide as the column shows it, so its words stay readable

@@ -1,8 +1,10 @@
 """The Streamlit app: its logic through Streamlit's AppTest, and one upload in a real headless
 Chromium (Debian's chromium and chromedriver, driven by Selenium)."""
 import hashlib
+import html
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,8 +52,26 @@ def models_dir(sample_training, tmp_path_factory):
 
 
 def expected_caption(run_dir, image, setting=utils.DEFAULT_DECODING):
-    """The caption `utils` gives, by default with the app's default decoding."""
-    return utils.caption_image(utils.Captioner.from_run(run_dir), image, setting).text
+    """The caption `utils` gives, as shown (an empty one says so), by default with the app's
+    default decoding."""
+    return utils.caption_image(utils.Captioner.from_run(run_dir), image, setting).shown
+
+
+def shown(elements):
+    """The texts of Markdown messages as a reader sees them: the app makes the Markdown of
+    others' words (a run's name) literal with backslashes."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
+
+
+def texts(block, kind):
+    """The texts the app wrote as plain text (escaped HTML) of one kind in `block` (at.main,
+    at.sidebar): "caption", "run" or "about"."""
+    return [html.unescape(found.group(1)) for e in block.get("html")
+            if (found := re.fullmatch(f'<div class="{kind}" style="[^"]*">(.*)</div>', e.value))]
+
+
+def captions(at):
+    return texts(at.main, "caption")
 
 
 def app(monkeypatch, models_dir):
@@ -72,35 +92,75 @@ def test_no_run_says_what_to_run(monkeypatch, tmp_path):
     assert "a shared run" in at.warning[0].value and at.sidebar.text_input(key="run_address")
 
 
+@pytest.mark.parametrize("setting, address, allowed", [
+    (None, "localhost", True), (None, "0.0.0.0", False), ("on", "0.0.0.0", True),
+    ("off", "localhost", False)])
+def test_who_may_add_runs_is_the_operators_choice(monkeypatch, tmp_path, setting, address,
+                                                  allowed):
+    """A run a visitor adds is every later visitor's: by default only a page this machine
+    alone reaches offers it (.streamlit/config.toml: localhost); the operator says otherwise."""
+    from streamlit import config
+
+    if setting:
+        monkeypatch.setenv("CAPTIONING_RUN_UPLOADS", setting)
+    before = config.get_option("server.address")
+    config.set_option("server.address", address)  # as `--server.address` sets it
+    try:
+        at = app(monkeypatch, tmp_path / "empty")
+    finally:
+        config.set_option("server.address", before)
+    assert not at.exception
+    assert any(t.key == "run_address" for t in at.sidebar.text_input) == allowed
+    assert ("a shared run" in at.warning[0].value) == allowed
+
+
 def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, sample_root):
     at = app(monkeypatch, models_dir)
-    assert at.sidebar.multiselect[0].value == ["shapes-large", "shapes-small"]
-    sidebar = " ".join(m.value for m in at.sidebar.markdown)
-    assert "merge model, sample dataset, inceptionv3 features (random weights)" in sidebar
-    assert ("beam 3, length penalty 1, no repeated 2-gram on the sample test split (COCO "
-            "evaluation): BLEU-4 0.543, CIDEr-D 2.35") in sidebar
-    assert ("greedy, no repeated 2-gram on the sample test split (COCO evaluation): BLEU-4 0.432, "
-            "CIDEr-D 1.23, METEOR 0.234") in sidebar
-    assert "shuffled" not in sidebar and "0.111" not in sidebar  # the control is for notebook 05
-    assert sidebar.count(utils.SAMPLE_RUN_WARNING) == 2  # both runs know only shapes
-    assert "shapes-large" in sidebar and "not evaluated yet" in sidebar
+    assert at.sidebar.multiselect[0].value == ["shapes-large"]  # one run, by default
+    at.sidebar.multiselect[0].set_value(["shapes-large", "shapes-small"]).run()
+    assert texts(at.sidebar, "run") == ["shapes-large", "shapes-small"]
+    assert texts(at.sidebar, "about")[1].startswith(
+        "merge model, sample dataset, inceptionv3 features (random weights), ")
+    scores = at.sidebar.table[0].value  # shapes-small's: shapes-large is not evaluated
+    assert scores.to_dict("index") == {  # the shuffled control is for notebook 05
+        "greedy": {"BLEU-4": "0.432", "METEOR": "0.234", "CIDEr-D": "1.234"},
+        "beam 3": {"BLEU-4": "0.543", "METEOR": "", "CIDEr-D": "2.345"}}
+    assert shown(at.sidebar.caption) == [
+        "not evaluated yet: run notebook 05 for its scores",
+        "COCO evaluation on the test split. greedy: no repeated 2-gram; beam 3: length penalty 1, "
+        "no repeated 2-gram"]
+    sample = utils.SAMPLE_RUN_WARNING + " For real photos, train on Flickr8k"
+    assert [w.value.startswith(sample) for w in at.sidebar.warning] == [True, True]
 
     photo = sorted((sample_root / "Images").iterdir())[0]
     at.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
     assert not at.exception and not at.error
-    captions = [s.value for s in at.subheader]
-    assert captions == [expected_caption(models_dir / run, photo)
-                        for run in ("shapes-large", "shapes-small")]
-    assert [w.value for w in at.warning] == [utils.SAMPLE_RUN_WARNING] * 2  # under each caption
+    assert captions(at) == [expected_caption(models_dir / run, photo)
+                            for run in ("shapes-large", "shapes-small")]
+    assert [w.value.startswith(sample) for w in at.main.warning] == [True, True]  # under each
 
     greedy = utils.DecodingSetting(1, 0.0, utils.DEFAULT_DECODING.no_repeat_ngram)
     at.sidebar.radio[0].set_value("greedy").run()
-    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, greedy)
-                                               for run in ("shapes-large", "shapes-small")]
+    assert captions(at) == [expected_caption(models_dir / run, photo, greedy)
+                                   for run in ("shapes-large", "shapes-small")]
     at.sidebar.checkbox[0].uncheck().run()
     free = utils.DecodingSetting(1, 0.0, 0)
-    assert [s.value for s in at.subheader] == [expected_caption(models_dir / run, photo, free)
-                                               for run in ("shapes-large", "shapes-small")]
+    assert captions(at) == [expected_caption(models_dir / run, photo, free)
+                                   for run in ("shapes-large", "shapes-small")]
+
+
+def test_a_run_on_real_photos_is_the_default_and_the_sample_points_to_it(monkeypatch, models_dir,
+                                                                          tmp_path):
+    """After `make run` beside the shipped run, the page opens on the shipped run, and a sample
+    run's warning says to choose it rather than to train one."""
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir / "shapes-small", folder / "sample-inceptionv3")
+    shutil.copytree(SHIPPED_RUN, folder / SHIPPED_RUN.name)
+    at = app(monkeypatch, folder)
+    assert at.sidebar.multiselect[0].value == [SHIPPED_RUN.name]
+    at.sidebar.multiselect[0].set_value(["sample-inceptionv3"]).run()
+    assert at.sidebar.warning[0].value == (utils.SAMPLE_RUN_WARNING + " For real photos, choose "
+                                           "flickr8k\\-pretrained in the sidebar.")
 
 
 def test_bad_inputs_are_reported_and_the_rest_captioned(monkeypatch, models_dir, sample_root):
@@ -116,17 +176,17 @@ def test_bad_inputs_are_reported_and_the_rest_captioned(monkeypatch, models_dir,
     assert errors[0].startswith("notes.txt: cannot read as an image")
     assert errors[1].startswith("truncated.jpg: cannot read as an image")
     assert errors[2].startswith("huge.png: 9000x7000 pixels is more than")
-    assert len(at.subheader) == 2  # the good photo, by both runs
+    assert len(captions(at)) == 1  # the good photo, by the run chosen by default
 
     at.sidebar.multiselect[0].set_value(["theirs-external", "shapes-small"]).run()
-    assert [i.value for i in at.info] == [
+    assert shown(at.info) == [
         "Run theirs-external: This run was trained on features made outside this repository "
         "(mine.npz), so it cannot encode a new photo the same way: it captions the images whose "
         "features you give it (FEATURES in notebook 05). To caption your own photos, train a run "
         "on features of notebook 02, or name the network that made these (FEATURES_ENCODER in "
         "notebook 04)."]
     assert not any("theirs-external" in e.value for e in at.error)
-    assert len(at.subheader) == 1
+    assert len(captions(at)) == 1
 
 
 def test_image_from_a_url(monkeypatch, models_dir, sample_root, server):
@@ -146,7 +206,7 @@ def test_image_from_a_url(monkeypatch, models_dir, sample_root, server):
     at = app(monkeypatch, models_dir)
     at.text_input[0].set_value(server.url + "photo.png").run()
     assert not at.error
-    assert at.subheader[0].value == expected_caption(models_dir / "shapes-large", photo)
+    assert captions(at)[0] == expected_caption(models_dir / "shapes-large", photo)
 
     # Errors say what went wrong and what to do on a web page (no file paths, no "run again").
     advice = "Check the address in your browser, or save the photo and upload it above."
@@ -177,7 +237,7 @@ def test_an_address_whose_name_is_no_file_name_is_fetched_safely(path, monkeypat
     finally:
         server.close()
     assert not at.exception and not at.error
-    assert at.subheader[0].value == expected_caption(models_dir / "shapes-large", photo)
+    assert captions(at)[0] == expected_caption(models_dir / "shapes-large", photo)
 
 
 def test_a_mistyped_allowed_network_stops_the_page_at_once(monkeypatch, models_dir):
@@ -273,11 +333,23 @@ def upload_and_read(browser, photo, captions):
 
 def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample_root, tmp_path):
     """Upload through the page's own file input, read the caption off the page, keep a
-    screenshot."""
+    screenshot. A run whose folder name is Markdown and HTML, chosen by default (first by name),
+    shows its name as the text it is: Chromium finds no link and no tag made of it."""
+    from selenium.webdriver.common.by import By
+
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir / "shapes-large", folder / "shapes-large")
+    hostile = shutil.copytree(models_dir / "shapes-small",
+                              folder / "[**click**](https:evil.example) <b>www.evil.example")
     photo = sorted((sample_root / "Images").iterdir())[3]
-    expected = [expected_caption(models_dir / run, photo) for run in ("shapes-large", "shapes-small")]
-    chromium.get(streamlit_server(models_dir))
-    assert "it knows only coloured shapes" in upload_and_read(chromium, photo, expected)
+    chromium.get(streamlit_server(folder))
+    page = upload_and_read(chromium, photo, [hostile.name, expected_caption(hostile, photo)])
+    assert "it knows only coloured shapes" in page
+    links = [a.get_attribute("href") for a in chromium.find_elements(By.TAG_NAME, "a")]
+    assert not [link for link in links if "evil" in (link or "")], links
+    assert not [e.text for tag in ("strong", "b")
+                for e in chromium.find_elements(By.TAG_NAME, tag) if "evil" in e.text
+                or "click" in e.text]
     assert chromium.save_screenshot(str(tmp_path / "app.png"))
     assert Image.open(tmp_path / "app.png").size[0] >= 1000
     terminal = (tmp_path / "terminal.txt").read_text()
@@ -305,9 +377,9 @@ def test_the_shipped_run_captions_a_real_photo(streamlit_server, chromium, share
     chromium.get(streamlit_server(models))
     hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     page = upload_and_read(chromium, hopper, [expected_caption(SHIPPED_RUN, hopper)])
-    assert "efficientnet_lite0" in page and "val split" in page  # what it is, how it scores
     for shot in [tmp_path / "app.png", *filter(None, [os.environ.get("APP_SCREENSHOT")])]:
         assert chromium.save_screenshot(str(shot))
+    assert "efficientnet_lite0" in page and "CIDEr-D" in page  # what it is, how it scores
 
     dev = utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt")
     photo = min(shared_flickr8k / "Images" / n for n in dev
@@ -334,11 +406,11 @@ def test_a_broken_run_folder_does_not_take_the_page_down(monkeypatch, models_dir
     photo = sorted((sample_root / "Images").iterdir())[1]
     at.file_uploader[0].set_value([(photo.name, photo.read_bytes(), "image/jpeg")]).run()
     assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = shown(at.error)
     assert any(e.startswith("Run no-training: cannot read its record (RunConfigError: ") and
                "missing field 'training'" in e for e in errors)
     assert any(e.startswith("Run garbage-model cannot caption new photos (") for e in errors)
-    assert [h.value for h in at.subheader] == [expected_caption(tmp_path / "good", photo)]
+    assert captions(at) == [expected_caption(tmp_path / "good", photo)]
 
 
 def test_an_attention_run_shows_where_it_looked(monkeypatch, sample_grid_training, sample_root,
@@ -351,7 +423,7 @@ def test_an_attention_run_shows_where_it_looked(monkeypatch, sample_grid_trainin
     photo = sorted((sample_root / "Images").iterdir())[0]
     at.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
     assert not at.exception and not at.error
-    assert [s.value for s in at.subheader] == [expected_caption(run, photo)]
+    assert captions(at) == [expected_caption(run, photo)]
     assert [e.label for e in at.main.expander] == ["Where it looked, word by word"]
     assert len(at.main.expander[0].get("image")) == 1  # the figure of the word-by-word maps
 
@@ -376,11 +448,11 @@ def test_a_shared_run_is_added_from_its_address(monkeypatch, models_dir, sample_
     at.sidebar.text_input(key="run_sha256").set_value(hashlib.sha256(
         archive.read_bytes()).hexdigest())
     at.sidebar.button(key="add_run").click().run()
-    assert at.success[0].value == "Added the run shapes-small: choose it above."
+    assert shown(at.success) == ["Added the run shapes-small: choose it above."]
     at = app(monkeypatch, folder)
     assert "shapes-small" in at.sidebar.multiselect[0].options
     at.sidebar.multiselect[0].set_value(["shapes-small"]).run()
     photo = sorted((sample_root / "Images").iterdir())[1]
     at.main.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
-    assert [s.value for s in at.subheader] == [expected_caption(models_dir / "shapes-small",
+    assert captions(at) == [expected_caption(models_dir / "shapes-small",
                                                                 photo)]

@@ -113,7 +113,7 @@ def test_a_run_from_before_records_still_loads_and_captions(run_copy, sample_roo
     assert upgraded.vocabulary == vocab.fingerprint and upgraded.data == config.data
     photo = sorted((sample_root / "Images").iterdir())[0]
     assert utils.caption_image(utils.Captioner.from_run(run_copy), photo)
-    assert "inceptionv3 features (random weights)" in utils.describe_run(run_copy)
+    assert "inceptionv3 features (random weights)" in utils.describe_run(run_copy).about
 
     external = old_config(config, weights="external")
     (run_copy / "config.json").write_text(json.dumps(external))
@@ -185,18 +185,19 @@ def test_runs_of_one_vocabulary_and_features_decode_as_one_ensemble(run_dir, run
 
 
 def test_describe_run_reads_the_evaluation_by_field(run_copy):
-    assert "not evaluated yet" in utils.describe_run(run_copy)
+    assert utils.describe_run(run_copy).note == "not evaluated yet: run notebook 05 for its scores"
     (run_copy / "evaluation-test.json").write_text(json.dumps({"scores": {"greedy": {}}}))
-    assert "written by an older notebook 05; run notebook 05 again" in utils.describe_run(run_copy)
+    assert "written by an older notebook 05; run notebook 05 again" in utils.describe_run(
+        run_copy).note
     beam = utils.DecodingSetting(2, 1.0, 2)
     utils.write_evaluation(run_copy, "test", [
         scored_result(beam, {"bleu4": 0.25, "cider_d": 1.5, "meteor": 0.1875}),
         scored_result(beam, {"bleu4": 0.125, "cider_d": 0.5, "meteor": 0.0625}, shuffled_images=True)],
         images=3)
-    text = utils.describe_run(run_copy)
-    assert ("beam 2, length penalty 1, no repeated 2-gram on the sample test split (COCO "
-            "evaluation): BLEU-4 0.250, CIDEr-D 1.50, METEOR 0.188") in text
-    assert "0.125" not in text
+    summary = utils.describe_run(run_copy)
+    assert summary.scores == [{"decoding": "beam 2, length penalty 1, no repeated 2-gram",
+                               "split": "test", "BLEU-4": 0.25, "METEOR": 0.188, "CIDEr-D": 1.5}]
+    assert summary.note is None and summary.sample and summary.name == run_copy.name
 
 
 def test_describe_run_lists_every_split_evaluated_and_names_a_bad_file(run_copy, tmp_path):
@@ -208,16 +209,16 @@ def test_describe_run_lists_every_split_evaluated_and_names_a_bad_file(run_copy,
     listed = tmp_path / "my_images.txt"
     utils.write_evaluation(run_copy, str(listed), [scored_result(beam, {"bleu4": 0.5, "cider_d": 2.0})],
                            images=7)
-    text = utils.describe_run(run_copy)
-    assert "not evaluated" not in text
-    assert "gram on the sample val split (COCO evaluation): BLEU-4 0.250, CIDEr-D 1.50" in text
-    assert "gram on my_images.txt (7 images) (COCO evaluation): BLEU-4 0.500" in text
-    assert str(tmp_path) not in text
+    summary = utils.describe_run(run_copy)
+    assert summary.note is None
+    assert [(row["split"], row["BLEU-4"], row["CIDEr-D"]) for row in summary.scores] == [
+        ("val", 0.25, 1.5), ("my_images.txt (7)", 0.5, 2.0)]
+    assert str(tmp_path) not in str(summary)
     for garbage in ("[1, 2]", '{"format_version": 2, "results": "none"}', "\x00\xff"):
         (run_copy / "evaluation-test-beam2.json").write_text(garbage)
         with pytest.raises(ValueError, match="evaluation-test-beam2.json: "):
             utils.read_evaluation(run_copy, "test")
-        assert "evaluation-test-beam2.json: " in utils.describe_run(run_copy)
+        assert "evaluation-test-beam2.json: " in utils.describe_run(run_copy).note
 
 
 def test_a_record_or_vocabulary_that_disagrees_with_the_model_is_refused(run_copy):
@@ -315,7 +316,7 @@ def test_every_architecture_trains_saves_loads_and_captions_a_new_photo(
     for setting in (utils.DEFAULT_DECODING, utils.DecodingSetting(1, 0.0, 0)):
         caption = utils.caption_image(captioner, photo, setting).text.split()
         assert set(caption) <= words and len(caption) <= captioner.decoder.vocab.max_length
-    assert f"{architecture} model" in utils.describe_run(run)
+    assert utils.describe_run(run).about.startswith(f"{architecture} model")
     if grid:  # the new photo's attention maps: one a word and one for <end>, each a distribution
         caption = utils.caption_image(captioner, photo)
         maps = caption.maps

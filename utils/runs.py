@@ -32,14 +32,15 @@ __all__ = ["FORMAT_VERSION", "SAMPLE_RUN_WARNING", "RANDOM_ENCODER_NOTE", "RunCo
            "NoEncoderError", "RunConfig", "config_from_parameters", "save_run", "read_run",
            "is_trained", "require_run_folder", "load_run", "load_decoder",
            "FeatureMismatchError", "check_features", "evaluation_folder", "why_no_encoder",
-           "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "describe_run"]
+           "encoder_for_run", "Captioner", "caption_image", "caption_image_files", "RunSummary",
+           "describe_run"]
 
 FORMAT_VERSION = 1  # of config.json; files without one were written before run records (v0)
 # What a run kept until December 2026 instead of WEIGHTS_FILE: the whole Keras model.
 OLD_MODEL_FILE = "model.keras"
 # What the app says of a run trained on the synthetic sample, whose scores look excellent.
 SAMPLE_RUN_WARNING = ("Trained on the synthetic sample: it knows only coloured shapes, whatever "
-                      "the photo. For real photos, train on Flickr8k: `make run DATASET=flickr8k`.")
+                      "the photo.")
 
 
 # Why a sample run's captions can name a wrong shape or colour while its BLEU-4 looks excellent.
@@ -466,8 +467,18 @@ def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):
 SPLIT_ORDER = ("test", "val", "train")  # how the evaluations of a run are listed
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """What the app shows of a run: a line on what it is, and its scores as a table."""
+    name: str
+    about: str                  # architecture, dataset, encoder, vocabulary, training images
+    sample: bool                # trained on the synthetic sample: it knows only coloured shapes
+    scores: list                # one row a decoding and split: {"decoding", "split", "BLEU-4", ...}
+    note: str = None            # why there are no scores, or which evaluation file is unreadable
+
+
 def describe_run(run_dir):
-    """What the app shows of a run, in Markdown: its data, encoder and vocabulary, and the scores
+    """The RunSummary of a run: its data, encoder and vocabulary, and the COCO-evaluation scores
     of each split notebook 05 evaluated, labelled by split (the shuffled-image control left out:
     it is for the notebook)."""
     run_dir = Path(run_dir)
@@ -476,24 +487,22 @@ def describe_run(run_dir):
     made_by = f"{source.encoder} features ({source.weights} weights)" if source.encoder else ""
     if source.kind == FeatureKind.EXTERNAL:
         made_by = f"{made_by or 'features'} given in a file"
-    lines = [f"**{run_dir.name}**: {config.model.architecture} model, {config.dataset} dataset, "
-             f"{made_by}, {config.model.vocab_size:,} words, trained on "
-             f"{config.data.train.images:,} images"]
-    if config.dataset == "sample":
-        lines.append(SAMPLE_RUN_WARNING)
+    about = (f"{config.model.architecture} model, {config.dataset} dataset, {made_by}, "
+             f"{config.model.vocab_size:,} words, trained on {config.data.train.images:,} images")
+    summary = RunSummary(run_dir.name, about, config.dataset == "sample", [])
     try:
         evaluations = read_evaluations(run_dir)
     except ValueError as e:
-        return "  \n".join(lines + [str(e)])
-    if not evaluations:
-        lines.append("not evaluated yet: run notebook 05 for its scores")
+        return dataclasses.replace(summary, note=str(e))
     order = {split: i for i, split in enumerate(SPLIT_ORDER)}
-    for split in sorted(evaluations, key=lambda s: (order.get(s, len(order)), s)):
-        where = (f"the {config.dataset} {split} split" if split in order
-                 else f"{Path(split).name} ({evaluations[split].images} images)")
-        lines += [f"{result.label} on {where} (COCO evaluation): "
-                  f"BLEU-4 {result.scores['bleu4']:.3f}, CIDEr-D {result.scores['cider_d']:.2f}"
-                  + (f", METEOR {result.scores['meteor']:.3f}" if result.scores.get("meteor")
-                     is not None else "")
-                  for result in evaluations[split].results if not result.shuffled_images]
-    return "  \n".join(lines)
+    rows = [{"decoding": result.label,
+             "split": split if split in order else f"{Path(split).name} ({evaluation.images})",
+             "BLEU-4": round(result.scores["bleu4"], 3),
+             "METEOR": None if result.scores.get("meteor") is None
+             else round(result.scores["meteor"], 3),
+             "CIDEr-D": round(result.scores["cider_d"], 3)}
+            for split, evaluation in sorted(evaluations.items(),
+                                            key=lambda e: (order.get(e[0], len(order)), e[0]))
+            for result in evaluation.results if not result.shuffled_images]
+    return dataclasses.replace(summary, scores=rows, note=None if rows else
+                               "not evaluated yet: run notebook 05 for its scores")
