@@ -1,4 +1,5 @@
 """TensorFlow's start-up lines are recognised, and nothing else is."""
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,19 @@ def test_a_process_keeps_its_other_stderr_lines():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0
     assert done.stderr.splitlines() == KEPT
+
+
+def test_a_script_of_a_run_is_quiet_and_keeps_its_last_lines(tmp_path):
+    """The shipped run's three lines print no start-up line, with nothing set beforehand; a
+    traceback written as the process ends still comes through whole."""
+    code = ("import utils\n"
+            "captioner = utils.Captioner.from_run('models/flickr8k-pretrained')\n"
+            "raise SystemExit(utils.caption_image(captioner, 'no such photo.jpg'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):", done.stderr[-3000:]
+    assert lines[-1].startswith("utils.images.ImageError: no such photo.jpg"), done.stderr[-3000:]
+    assert not [line for line in lines if utils.is_startup_line(line)]

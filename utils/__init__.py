@@ -44,6 +44,7 @@ from .glove import *
 from .images import *
 from .plots import *
 from .startup import *
+from .startup import hide_tensorflow_startup_lines
 from .vocabulary import *
 
 LAZY_MODULES = ("encoders", "efficientnet_lite", "features", "extraction", "pipeline",
@@ -72,6 +73,7 @@ WITHOUT_PIPELINE = ("encoders", "efficientnet_lite", "features", "extraction", "
 
 
 def _load(module_name):
+    hide_tensorflow_startup_lines()  # before TensorFlow loads: see utils/startup.py
     if module_name not in WITHOUT_PIPELINE:
         importlib.import_module(".pipeline", __name__)
     return importlib.import_module(f".{module_name}", __name__)

@@ -7,10 +7,15 @@ and on a machine without a GPU an `E0000 ... failed call to cuInit` that reads a
 (tensorflow/tensorflow#100442), so `hide_tensorflow_startup_lines` routes the process's stderr
 (file descriptor 2) through a pipe and copies every line to the real stderr except those known
 start-up lines (and the speed line of the COCO evaluation's Java tokenizer, printed at every
-score). Everything else, errors and warnings included, still shows.
+score). Everything else, errors and warnings included, still shows: at exit the pipe is drained
+before the process ends, so a script's last lines (a traceback) are never lost. `import utils`
+installs it when a module that loads TensorFlow is first used, so a script of three lines is as
+quiet as a notebook.
 """
+import atexit
 import os
 import re
+import sys
 import threading
 
 __all__ = ["TENSORFLOW_STARTUP_LINES", "is_startup_line", "hide_tensorflow_startup_lines"]
@@ -54,4 +59,13 @@ def hide_tensorflow_startup_lines():
                 if not is_startup_line(line.decode("utf-8", "replace")):
                     os.write(real_stderr, line)
 
-    threading.Thread(target=copy_lines, name="stderr-filter", daemon=True).start()
+    copier = threading.Thread(target=copy_lines, name="stderr-filter", daemon=True)
+    copier.start()
+
+    def drain():
+        """Close the pipe (fd 2 back to the real stderr) and let every line written through."""
+        sys.stderr.flush()
+        os.dup2(real_stderr, 2)
+        copier.join(timeout=5)
+
+    atexit.register(drain)
