@@ -1,90 +1,99 @@
-"""Real captions of real photos: our defaults trained on the whole of Flickr8k's official
-training split, shown honestly.
+"""Real captions of real photos: the run this repository ships, on photos it never saw,
+shown honestly.
 
-    .venv/bin/python benchmarks/real_captions.py [--quick] [--runs DIR]
+    .venv/bin/python benchmarks/real_captions.py [--quick] [--check]
 
-Needs ../shared/flickr8k beside the checkout (the real Flickr8k files the benchmarks use). Trains
-our defaults (the notebooks' `parameters` cells, as benchmarks/quality.py reads them: GloVe 50d,
-vocabulary threshold 5) on the 6,000 official train photos, from the shared file of their ImageNet
-features (EfficientNet-Lite0 on 224-px copies; a features-only dataset, as notebook 01's
-`FEATURES` reads it), picks the epoch by dev loss, and captions the 1,000 dev photos with
-utils.DEFAULT_DECODING. `--runs DIR` reads back the run benchmarks/quality.py --full kept there
-under the same name ("default", seed 0) instead of training it again. Writes:
+Needs ../shared/flickr8k beside the checkout (the real Flickr8k files the benchmarks use).
+Captions the first dev photos of Flickr8k's official split found in ../shared/flickr8k/Images
+(by file name, none chosen by hand) with `models/flickr8k-pretrained` exactly as `make app` and
+the run's three Python lines do (`utils.caption_image` on the photo, utils.DEFAULT_DECODING), and
+quotes the run's own scores on the 1,000 dev photos (its `evaluation-val-*.json`, written by
+notebook 05), so that the README says one thing of "the default model". Writes:
 
-- outputs/real_captions.png: the first dev photos present in ../shared/flickr8k/Images with our
-  caption and a reference (the photos are Flickr's, not ours to publish: never committed);
-- the same captions as a table, with the scores of the whole dev split and how they were made,
-  between the README's `<!-- real captions -->` markers.
+- outputs/real_captions.png: the photos with our caption and a reference (the photos are
+  Flickr's, not ours to publish: never committed);
+- the same captions as a table, with the scores and how they were made, between the README's
+  `<!-- real captions -->` markers.
 
-The dev split also chose the defaults (benchmarks/quality.py --full): the scores are not a test
-figure. With --quick, 3 epochs and nothing written. Last line: one JSON object with the dev scores.
+With --check, nothing is written: the README's table is compared with what the run writes here,
+and any difference is listed (exit 1). With --quick, two photos and nothing written. Last line:
+one JSON object with the captions and the scores.
 """
 import argparse
 import json
 import os
+import re
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import matplotlib
 
 matplotlib.use("Agg")
-from our_recipe import notebook_defaults, run_folder, train_ours
 from PIL import Image, ImageOps
 
 import utils
-from shared_data import REPO, SharedData, shared_dir
+from shared_data import REPO, shared_dir
 
 SHOWN = 9  # dev photos in the figure and the table
+SHIPPED = REPO / "models" / "flickr8k-pretrained"
+BEAM_3 = utils.DecodingSetting(3, 1.0, 2)  # the papers' beam width, with our rules: quoted too
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 epochs; nothing written")
-    parser.add_argument("--runs", help="a benchmarks/quality.py --full --runs folder to read the "
-                                       "default run back from (trained there if missing)")
+    parser.add_argument("--quick", action="store_true", help="two photos; nothing written")
+    parser.add_argument("--check", action="store_true",
+                        help="compare the README's table with what the run writes here")
     args = parser.parse_args()
-    shared = SharedData(full=True)
-    config = notebook_defaults() | ({"epochs": 3} if args.quick else {})
-    with run_folder(None if args.quick else args.runs, "default", config, 0) as run_dir:
-        model, vocab, _, curve = train_ours(shared, config, 0, run_dir)
-
-    names, features, references = shared.split("val")
-    training_captions = [c.split() for c in utils.split_captions(shared.prepared(), "train")]
-    result, = utils.evaluate(utils.CaptionDecoder(model, vocab), names, features, references,
-                             [utils.DEFAULT_DECODING], training_captions, verbose=False)
-    scores = {k: round(v, 3) for k, v in result.scores.items() if v is not None}
     photos = utils.find_dataset_files(shared_dir())[0]
-    rows = [(name, result.captions[name], " ".join(utils.tokenize(refs[0])))
-            for name, refs in zip(names, references) if (photos / name).is_file()][:SHOWN]
+    dev = utils.read_split_file(shared_dir() / "Flickr_8k.devImages.txt")
+    shown = sorted(name for name in dev if (photos / name).is_file())[:2 if args.quick else SHOWN]
+    references = utils.read_captions(shared_dir() / "Flickr8k.token.txt").captions
+    captioner = utils.Captioner.from_run(SHIPPED)
+    captions, unreadable = utils.caption_image_files(captioner, [photos / n for n in shown])
+    if unreadable:
+        raise SystemExit(f"unreadable photos: {unreadable}")
+    rows = [(name, captions[str(photos / name)].shown, " ".join(utils.tokenize(references[name][0])))
+            for name in shown]
+    evaluation = utils.read_evaluation(SHIPPED, "val")
+    scores = {setting.slug: {k: round(v, 3) for k, v in evaluation.result(setting).scores.items()
+                             if v is not None} for setting in (utils.DEFAULT_DECODING, BEAM_3)}
+    report = {"run": SHIPPED.name, "dev_images": evaluation.images, "scores": scores,
+              "decoding": utils.DEFAULT_DECODING.slug, "captions": rows, "quick": args.quick}
+    if args.check:
+        differ = [(name, ours, written) for (name, ours, _), written
+                  in zip(rows, readme_captions(REPO / "README.md")) if ours != written]
+        print(json.dumps(report | {"readme_differs": differ}))
+        sys.exit(1 if differ else 0)
     if not args.quick:
         figure = utils.caption_grid([(ImageOps.fit(Image.open(photos / n), (320, 320)),
                                       [f"ours: {ours}", f"reference: {ref}"])
                                      for n, ours, ref in rows])
         (REPO / "outputs").mkdir(exist_ok=True)
         figure.savefig(REPO / "outputs" / "real_captions.png", dpi=100)
-        write_table(REPO / "README.md", rows, scores, len(names), len(curve), shared)
-    print(json.dumps({"dev_images": len(names), "scores": scores, "epochs": len(curve),
-                      "decoding": result.decoding.slug, "examples": rows[:3], "quick": args.quick}))
+        write_table(REPO / "README.md", rows, scores, evaluation.images)
+    print(json.dumps(report))
 
 
 MARKER = "<!-- real captions -->"
 
 
-def write_table(readme, rows, scores, n_images, epochs, shared):
+def write_table(readme, rows, scores, n_images):
     """The captions as a Markdown table, with how they were made, between the README's two
     MARKER lines (which stay)."""
+    ours, beam3 = scores[utils.DEFAULT_DECODING.slug], scores[BEAM_3.slug]
     lines = [
         f"Made by `.venv/bin/python benchmarks/real_captions.py` (it needs `../shared/flickr8k`): "
-        f"the defaults of notebooks 01-04 (GloVe 50d) trained on the "
-        f"{len(shared.prepared().names('train')):,} official train photos of Flickr8k, from "
-        f"the shared file of their EfficientNet-Lite0 features ({shared.path.name}; {epochs} "
-        f"epochs, the best by dev loss), decoded with {utils.DEFAULT_DECODING.label}; the first "
-        f"{len(rows)} dev photos by file name among those whose photo is in the shared folder, "
-        f"none chosen by hand. On all {n_images:,} dev photos, by the COCO evaluation: BLEU-4 "
-        f"{scores['bleu4']:.3f}, METEOR {scores['meteor']:.3f}, CIDEr-D {scores['cider_d']:.3f}. "
-        "The dev split also chose the defaults, so these are not test figures. The photos are "
-        "Flickr's, not ours to publish: the script draws them with their captions in "
-        "`outputs/real_captions.png`. Run elsewhere, a caption or the last digits may differ: "
-        "float arithmetic differs from machine to machine.",
+        f"[`models/flickr8k-pretrained`](models/flickr8k-pretrained/README.md) captions the "
+        f"first {len(rows)} dev photos by file name found in the shared folder, none chosen by "
+        f"hand, as `make app` does ({utils.DEFAULT_DECODING.label}). On all {n_images:,} dev "
+        f"photos, by the COCO evaluation, it scores BLEU-4 {ours['bleu4']:.3f}, METEOR "
+        f"{ours['meteor']:.3f}, CIDEr-D {ours['cider_d']:.3f}; with beam 3, as the papers decode "
+        f"(and the same rules: {BEAM_3.label}), {beam3['bleu4']:.3f} / {beam3['meteor']:.3f} / "
+        f"{beam3['cider_d']:.3f}. The dev split also chose the defaults, so these are not test "
+        "figures. The photos are Flickr's, not ours to publish: the script draws them with their "
+        "captions in `outputs/real_captions.png`. On another processor a caption may differ "
+        "where two words score within float rounding; `--check` lists any difference.",
         "",
         "| photo | our caption | a reference caption |",
         "| --- | --- | --- |",
@@ -97,6 +106,12 @@ def write_table(readme, rows, scores, n_images, epochs, shared):
     with utils.atomic_path(readme) as tmp:
         tmp.write_text(before + MARKER + "\n" + "\n".join(lines) + "\n" + MARKER + after,
                        encoding="utf-8")
+
+
+def readme_captions(readme):
+    """The captions of the README's table, in its order."""
+    table = readme.read_text(encoding="utf-8").split(MARKER)[1]
+    return re.findall(r"^\| `[^`]+` \| (.*?) \| .*? \|$", table, re.MULTILINE)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,16 @@ def test_notebook_02_explains_its_constant_dimensions(executed):
         "a progress widget renders blank in a saved notebook"
 
 
+@pytest.mark.parametrize("notebook", ["01_prepare_captions", "02_extract_features",
+                                      "03_glove_embeddings", "04_train_model",
+                                      "05_decode_and_evaluate"])
+def test_a_notebook_run_shows_no_error_box(executed, notebook):
+    """Nothing on stderr, which a saved notebook shows as an error-coloured box: progress bars
+    are on stdout, and TensorFlow's start-up lines are hidden."""
+    assert not ["".join(o["text"])[:200] for o in outputs(executed[notebook])
+                if o.get("name") == "stderr"]
+
+
 def test_notebook_defaults_are_the_package_defaults():
     """Notebook 04's training settings are TrainingConfig's and ModelConfig's defaults, and
     notebook 05 decodes by default (its first beam width) as DEFAULT_DECODING says."""
@@ -387,7 +397,10 @@ def test_make_run_keeps_each_dataset_apart_and_a_failure_never_replaces_a_good_n
                                dataset, "--notebooks", str(notebooks), "--output", str(out)],
                               capture_output=True, text=True)
 
-    assert run("sample").returncode == 0
+    first = run("sample")
+    assert first.returncode == 0
+    for noise in ("TCP without encryption", "KeyboardInterrupt", "[IPKernelApp]"):
+        assert noise not in first.stdout + first.stderr, first.stderr[-2000:]
     good = (out / "sample" / "02_second.ipynb").read_text()
     assert "made for sample" in good and (out / "sample" / "02_second.html").is_file()
     failing = "raise FileNotFoundError('data/flickr8k: put the two zips there first')"

@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -28,6 +29,12 @@ from tqdm import tqdm  # text, not a widget: it stays readable in a saved notebo
 
 # A saved notebook keeps each redraw of a text progress bar as a line: one every 10 s at most.
 PROGRESS_INTERVAL_S = 10
+
+
+def progress_bar(**options):
+    """A text progress bar for long work: on stdout (a saved notebook shows stderr as an error
+    box), redrawn every PROGRESS_INTERVAL_S at most. `options`: tqdm's."""
+    return tqdm(file=sys.stdout, mininterval=PROGRESS_INTERVAL_S, **options)
 
 __all__ = ["DownloadError", "FetchPolicy", "TRUSTED", "PUBLIC", "download_file", "safe_file_name",
            "check_zip", "extract_zip"]
@@ -305,9 +312,8 @@ def _receive(connection, response, part, start, clock, chunk_size, policy, label
     total = start + int(length) if length else None
     if policy.max_bytes and total and total > policy.max_bytes:
         raise _Refused(f"{total:,} bytes, over the limit of {policy.max_bytes:,}")
-    with open(part, "ab" if start else "wb") as f, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, desc=label,
-            mininterval=PROGRESS_INTERVAL_S) as bar:
+    with open(part, "ab" if start else "wb") as f, progress_bar(
+            total=total, initial=start, unit="B", unit_scale=True, desc=label) as bar:
         received = start
         while not clock.expired:
             # `body_socket`, not kept by http.client once the response owns it.

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm  # text, not a widget: a widget renders blank in a saved notebook
 
-from .download import PROGRESS_INTERVAL_S
+from .download import progress_bar
 from .encoders import weights_tag
 from .features import CacheRecord, finished_cache
 from .files import atomic_path, read_json, save_npy, write_json
@@ -126,9 +125,8 @@ def _extract(images_dir, names, directory, encoder, batch_size, chunk_size, dtyp
     model = model or (encoder.build(grid=grid) if todo else None)
     pending = sum(len(names[s:s + chunk_size]) for s in todo)
     started = time.time()
-    with tqdm(total=len(names), initial=len(names) - pending, unit="img",
-              mininterval=PROGRESS_INTERVAL_S,
-              desc=f"{encoder.name} features") as bar:
+    with progress_bar(total=len(names), initial=len(names) - pending, unit="img",
+                      desc=f"{encoder.name} features") as bar:
         for start in todo:
             requested = names[start:start + chunk_size]
             feats, errors = _extract_chunk(model, encoder, paths[start:start + chunk_size],
@@ -208,8 +206,7 @@ def _reread(directory, names, paths, stats, changed, encoder, model, batch_size)
     row = {n: i for i, n in enumerate(read_json(directory / "names.json"))}
     names = [names[i] for i in changed]
     if all(n in row for n in names):
-        with tqdm(total=len(changed), unit="img", desc="changed images",
-                  mininterval=PROGRESS_INTERVAL_S) as bar:
+        with progress_bar(total=len(changed), unit="img", desc="changed images") as bar:
             fresh, errors = _extract_chunk(model, encoder, [paths[i] for i in changed],
                                            batch_size, bar)
         if not errors:
