@@ -111,6 +111,14 @@ def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8, archi
     return run_dir
 
 
+def is_a_caption(shown, vocab):
+    """Whether `shown` is a caption as printed: the vocabulary's words, or EMPTY_CAPTION. All a
+    test may ask of what a model trained in it writes."""
+    import utils
+
+    return shown == utils.EMPTY_CAPTION or set(shown.split()) <= set(vocab.words)
+
+
 class Server:
     """Serves `files` (name -> bytes, or a function answering the request itself); `cut_after`
     bytes makes the next response stop short."""
