@@ -137,7 +137,7 @@ def show_run(name, real):
     if summary.scores:  # a static table: it reads as text, and fits the narrow sidebar
         table, note = scores_table(summary.scores)
         st.table(table, border="horizontal")
-        st.caption(note)
+        st.caption(plain(note))
     if summary.note:
         st.caption(plain(summary.note))
 

@@ -68,7 +68,8 @@ def test_flickr8k_is_one_parameter_away(shared_flickr8k, server, tmp_path):
     _, vocab, config = utils.load_run(run_dir)
     # The encoder's record comes from notebook 02's cache, not from notebook 04's parameters.
     assert config.features == utils.FeatureSource(
-        "cache", config.features.path, 2048, "inceptionv3", utils.weights_tag(weights), 299)
+        "cache", config.features.path, 2048, "inceptionv3", utils.weights_tag(weights), 299,
+        utils.features_fingerprint(config.features.path))
     assert config.data.train.images == len(splits["train"])
     assert config.model.vocab_size == len(vocab) and config.vocabulary == vocab.fingerprint
     evaluation = utils.read_evaluation(run_dir, "test")

@@ -50,10 +50,10 @@ def test_run_folder_is_self_contained_and_rebuilds_its_record(run_dir, sample_tr
     with pytest.raises(FileNotFoundError, match="model.weights.h5 not found: run notebooks/04_train_mo"):
         utils.load_run(run_dir.parent / "untrained")
     # No such folder is not an untrained run: named, with where it was looked for and the runs.
-    with pytest.raises(FileNotFoundError, match=f"no run folder .*nothing .*the runs in "
+    with pytest.raises(FileNotFoundError, match=f"nothing not found: .*the runs in "
                                                 f"{run_dir.parent}: {run_dir.name}"):
         utils.load_run(run_dir.parent / "nothing")
-    with pytest.raises(FileNotFoundError, match="no run folder elsewhere/run .*the runs in "
+    with pytest.raises(FileNotFoundError, match="^elsewhere/run not found: .*the runs in "
                                                 f"{REPO / 'models'}: .*flickr8k-pretrained"):
         utils.Captioner.from_run("elsewhere/run")
 

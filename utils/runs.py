@@ -247,8 +247,9 @@ def require_run_folder(run_dir):
     where = run_dir.parent if run_dir.parent.is_dir() else REPO_ROOT / "models"
     runs = sorted(p.name for p in where.iterdir() if is_trained(p)) if where.is_dir() else []
     raise FileNotFoundError(
-        f"no run folder {run_dir} (looked for in {Path.cwd() / run_dir}); "
-        + (f"the runs in {where}: {', '.join(runs)}" if runs else f"no run in {where}"))
+        f"{run_dir} not found: run notebooks/04_train_model.ipynb first, or name a run folder "
+        f"that exists (looked for in {Path.cwd() / run_dir}; "
+        + (f"the runs in {where}: {', '.join(runs)})" if runs else f"no run in {where})"))
 
 
 def read_run(run_dir):
