@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 import utils
-from conftest import Server, train_sample_run
+from conftest import Server, model_kinds, split_kind, train_sample_run
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +286,18 @@ def test_an_import_again_keeps_the_run_and_clears_what_a_killed_import_left(arch
         utils.import_run(readme, models)
     assert not left.exists() and busy.exists()
     assert (models / "README.md").read_text() == "the operator's notes"
+
+
+@pytest.mark.parametrize("kind", model_kinds())
+def test_the_size_bound_holds_for_every_architecture(kind):
+    """What an archive's record may describe is bounded by `_largest_parameters`: never fewer
+    than the model has (a real run is never refused), at most four times as many (so a record
+    cannot claim much more than its weights file stores)."""
+    architecture, grid = split_kind(kind)
+    for vocab, features, units, embedding in [(60, 24, 16, 8), (60, 24, 64, 50),
+                                              (60, 24, 32, 100), (2532, 1280, 256, 50)]:
+        config = utils.ModelConfig(vocab, features, architecture, embedding, units, heads=4,
+                                   positions=49 if grid else None)
+        built = utils.build_caption_model(config).count_params()
+        largest = utils.run_archive._largest_parameters(config)
+        assert built <= largest <= 4 * built, (units, embedding, built, largest)

@@ -178,13 +178,14 @@ def _check_sizes(model, weights):
 
 
 def _largest_parameters(model):
-    """More parameters than any architecture of `model`'s sizes has (and at most about four
-    times as many as each has): the words' embedding and output layer, the feature projections,
-    the recurrent or attention blocks."""
+    """More parameters than a model of `model`'s sizes has (and at most about four times as
+    many): the words' embedding, input and output layers, the feature projections (an attention
+    LSTM reads the features at every step), the recurrent cells or the Transformer's blocks."""
     units, grid = model.units, model.positions or 0
-    return (model.vocab_size * (model.embedding_dim + units + 2)
-            + units * units * (16 * model.blocks + 8)
-            + model.feature_dim * (units * (model.memory_slots + 2) + 2) + grid * units)
+    blocks = 16 * model.blocks + 8 if model.architecture == "transformer" else 8
+    return (model.vocab_size * (model.embedding_dim + units + 2) + 4 * units * model.embedding_dim
+            + units * units * blocks + model.feature_dim * (units * (model.memory_slots + 4) + 2)
+            + grid * units)
 
 
 def _stored_values(weights):
