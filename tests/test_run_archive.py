@@ -2,6 +2,7 @@
 over HTTP (a loopback server), and a damaged, oversized or unsafe archive refused by name."""
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import json
 import zipfile
@@ -9,7 +10,7 @@ import zipfile
 import pytest
 
 import utils
-from conftest import Server, model_kinds, split_kind, train_sample_run
+from conftest import REPO, Server, model_kinds, split_kind, train_sample_run
 
 
 @pytest.fixture(scope="module")
@@ -138,20 +139,17 @@ def test_a_run_shared_to_caption_with_leaves_the_optimizer_out(run_dir, tmp_path
         assert a.path == b.path and (a.numpy() == b.numpy()).all(), a.path
 
 
-def repacked(archive, path, change, compression=zipfile.ZIP_DEFLATED):
-    """A copy of `archive` whose members `change` rewrites, its manifest's sizes and digests
-    made to match: what reaches the checks after the digests."""
-    with zipfile.ZipFile(archive) as source:
-        members = {name: source.read(name) for name in source.namelist()}
-    manifest = json.loads(members.pop("manifest.json"))
-    members = change(members)
-    manifest["files"] = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                         for name, data in members.items()}
-    with zipfile.ZipFile(path, "w", compression) as target:
-        target.writestr("manifest.json", json.dumps(manifest))
-        for name, data in members.items():
-            target.writestr(name, data)
-    return path
+def _benchmark(name):
+    """A module of benchmarks/, which measures what the tests here check."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A copy of an archive whose members a change rewrites, its manifest made to match: what
+# reaches the checks after the digests (the benchmark's hostile archives are made by it too).
+repacked = _benchmark("hostile_archives").repacked
 
 
 def json_changed(member, change):
