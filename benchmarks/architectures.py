@@ -80,7 +80,7 @@ def uncached_captions_per_second(model, vocab, features):
     tokens = np.full((len(features), 1), vocab.start_id, "int32")
     done = np.zeros(len(features), bool)
     while not done.all() and tokens.shape[1] <= vocab.max_length + 1:
-        probs = keras.ops.convert_to_numpy(model((features, tokens), last_word_only=True))
+        probs = keras.ops.convert_to_numpy(model((features, tokens))[:, -1])
         words = np.where(done, vocab.pad_id, probs.argmax(1))
         done |= words == vocab.end_id
         tokens = np.concatenate([tokens, words[:, None].astype("int32")], 1)

@@ -100,8 +100,8 @@ def train_ours(shared, config, seed, run_dir):
 
 def as_today(config, kept):
     """A configuration `kept` since an earlier day, with the fields of today's `config` added to
-    the records since then given the value they had before (utils.runs.ADDED_LATER)."""
-    added = {field.split(".")[1]: value for field, value in utils.runs.ADDED_LATER.items()
+    the records since then given the value they had before (utils.ADDED_LATER)."""
+    added = {field.split(".")[1]: value for field, value in utils.ADDED_LATER.items()
              if field.split(".")[1] in config}
     return added | kept
 

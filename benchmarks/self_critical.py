@@ -107,7 +107,7 @@ def main():
     # A seed stored so far (with today's settings) is read back, not trained again.
     stored = recipe.stored_runs(args, **settings).get("runs", {})
     runs = dict(stored)  # each architecture's, in turn, replaced by its seeds read back or run
-    baselines = utils.BASELINES if args.tune else utils.BASELINES[:1]
+    baselines = list(utils.Baseline) if args.tune else [utils.Baseline.SAMPLES]
     for architecture in args.architectures:
         first = default | {"architecture": architecture} | ({"epochs": 3} if args.quick else {})
         runs[architecture] = groups = {

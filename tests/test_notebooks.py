@@ -213,6 +213,9 @@ def test_notebook_04_shows_one_line_and_captions_per_epoch(executed):
     assert any("image/png" in o.get("data", {})
                for o in executed["04_train_model"]["cells"][figure]["outputs"])
     assert utils.RANDOM_ENCODER_NOTE in text
+    # The objective it trains with, in a cell of its own (LABEL_SMOOTHING 0.1: our loss), and no
+    # self-critical step where that phase is off.
+    assert "def call(self, y_true, y_pred):" in text and "def reinforce_step(" not in text
 
 
 def test_notebook_05_shows_examples_best_worst_and_your_own_photo(executed):
@@ -391,6 +394,9 @@ def test_the_attention_model_runs_through_the_notebooks_and_shows_where_it_looke
              if line.startswith("self-critical epoch ")]
     assert len(phase) == 2 and all("dev CIDEr-D" in line for line in phase)
     assert "of the second phase (0: the cross-entropy model)" in printed(runs["04_train_model"])
+    # What the phase optimises, shown before it runs: the advantage and the REINFORCE step.
+    assert "def advantages(" in printed(runs["04_train_model"])
+    assert "def reinforce_step(" in printed(runs["04_train_model"])
     curves = next(c for c in runs["04_train_model"]["cells"]
                   if "self-critical phase: CIDEr-D" in "".join(c["source"]))
     assert any("image/png" in o.get("data", {}) for o in curves["outputs"])

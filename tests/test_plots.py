@@ -74,7 +74,7 @@ def test_the_model_diagram_draws_where_each_architecture_puts_the_image():
     for architecture in utils.ARCHITECTURES:
         model = utils.build_caption_model(utils.ModelConfig(
             40, 12, architecture, units=16,
-            positions=9 if architecture in utils.GRID_ARCHITECTURES else None))
+            positions=9 if architecture in utils.grid_architectures() else None))
         texts = [t.get_text() for t in utils.draw_model(model).axes[0].texts]
         assert model.architecture == architecture
         names = [layer.name for layer in model.layers]  # every layer drawn, once

@@ -261,8 +261,8 @@ def test_each_architecture_is_one_registered_class():
 
     @utils.architectures.architecture("merge-twice")
     class MergeTwice(utils.Merge):
-        def head(self, hidden, projected):
-            return super().head(hidden + utils.architectures._along(projected, hidden), projected)
+        def head_input(self, hidden, projected):
+            return super().head_input(super().head_input(hidden, projected), projected)
 
     try:
         model = utils.build_caption_model(utils.ModelConfig(20, 6, "merge-twice", units=8))

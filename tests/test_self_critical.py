@@ -87,6 +87,22 @@ def test_each_samples_baseline_is_the_mean_reward_of_the_images_other_samples():
                                [0.5, -0.5, 0.0, 1, 1, 1])
 
 
+@pytest.mark.parametrize("parameters, message", [
+    ({"SELF_CRITICAL_BASELINE": "sampels"}, "unknown self-critical baseline 'sampels'; choose one "
+                                            "of samples, greedy"),
+    ({"SELF_CRITICAL_SAMPLES": 1}, "the samples baseline needs at least 2 samples an image"),
+    ({"SELF_CRITICAL_EPOCHS": -1}, "self-critical epochs must be 0 or more"),
+])
+def test_a_wrong_second_phase_setting_is_refused_before_any_training(parameters, message):
+    """Notebook 04's parameters become the record before the first phase trains: a misspelt
+    baseline is refused there, not after an hour of cross-entropy training."""
+    with pytest.raises(ValueError, match=message):
+        utils.config_from_parameters(utils.TrainingConfig, {"EPOCHS": 5, **parameters})
+    greedy = utils.config_from_parameters(utils.TrainingConfig, {"SELF_CRITICAL_BASELINE": "greedy",
+                                                                 "SELF_CRITICAL_SAMPLES": 1})
+    assert greedy.self_critical_baseline is utils.Baseline.GREEDY
+
+
 @pytest.fixture(scope="module")
 def cross_entropy_run(sample_training, tmp_path_factory):
     """A short first phase on the sample's shapes, kept to start the second phase from."""
@@ -105,8 +121,9 @@ def test_samples_end_once_and_never_on_a_bad_ending(cross_entropy_run, sample_tr
     BAD_ENDINGS (the sample's captions are full of "a"), and never <unk>."""
     model, vocab, _ = utils.load_run(cross_entropy_run)
     features, train, _ = phase_inputs(sample_training, vocab)
-    sampled = utils.sample_captions(utils.CaptionDecoder(model, vocab), features[train.rows], 5,
-                                    np.random.default_rng(0))
+    captions = utils.sample_captions(utils.CaptionDecoder(model, vocab), features[train.rows], 5,
+                                     np.random.default_rng(0))
+    sampled = utils.caption_ids(captions, vocab.end_id)
     assert len(sampled) == 5 * len(train.rows)
     ends = sampled == vocab.end_id
     assert (ends.sum(1) == 1).all()
@@ -194,7 +211,7 @@ def test_an_interrupted_phase_resumes_and_ends_as_an_uninterrupted_one(cross_ent
         utils.TrainingConfig(), self_critical_epochs=3))
 
 
-@pytest.mark.parametrize("baseline", utils.BASELINES)
+@pytest.mark.parametrize("baseline", list(utils.Baseline))
 def test_the_phase_keeps_its_best_dev_epoch_and_the_first_phases_weights(
         baseline, cross_entropy_run, sample_training, tmp_path):
     run_dir = copy_run(cross_entropy_run, tmp_path / "run")
@@ -239,8 +256,9 @@ def test_every_architecture_samples_and_learns_through_its_one_step(kind):
                                positions=4 if grid else None)
     model = utils.build_model(config, utils.TrainingConfig(seed=0))
     features = np.random.default_rng(0).normal(size=(2, *config.image_shape)).astype("float32")
-    sampled = utils.sample_captions(utils.CaptionDecoder(model, vocab), features, 3,
-                                    np.random.default_rng(1))
+    sampled = utils.caption_ids(utils.sample_captions(utils.CaptionDecoder(model, vocab),
+                                                      features, 3, np.random.default_rng(1)),
+                                vocab.end_id)
     assert sampled.shape[0] == 6 and ((sampled == vocab.end_id).sum(1) == 1).all()
     before = [w.copy() for w in model.get_weights()]
     step = utils.reinforce_step(model, keras.optimizers.Adam(1e-2), vocab.start_id)

@@ -10,21 +10,25 @@
     plots       photos with their captions, as a figure
     startup     TensorFlow's start-up lines kept out of the notebooks
     colab       Google Colab: Drive for what must last, a light install, the repository's address
+    record      a run's record (config.json): RunConfig and the configs it holds, read and checked
   loaded on first use (they import TensorFlow, or nltk and pycocoevalcap):
     encoders    stage 2: the pretrained CNNs, their preprocessing and settings
     efficientnet_lite  stage 2: EfficientNet-Lite0 in Keras, Google's weights read offline
     features    stage 2: the feature cache and features made elsewhere, as later stages read them
     extraction  stage 2: extracting features into the cache, resumable and sharded
-    architectures  stage 4: the caption models, one class per architecture, and ModelConfig
+    architectures  stage 4: the caption models, one class per architecture, a file per family
     pipeline    stage 4: captions encoded, tf.data batches streamed from the feature table
-    training    stage 4: TrainingConfig, the loss, resumable training with its callbacks
-    self_critical  stage 4's second phase: self-critical training on a CIDEr-D reward
+    training    stage 4: the loss, resumable training with its callbacks
+    cider       CIDEr-D on word ids, with fixed document frequencies: self-critical's reward
+    self_critical  stage 4's second phase: REINFORCE on the CIDEr-D of sampled captions
     seed_recipe the seed projects' one-sample-per-prefix formulation, to compare with
-    decoding    stage 5: decoding settings, incremental greedy and beam search, ensembles
+    decoding    stage 5: decoding settings, the one search (greedy, beam, sampling), ensembles
     metrics     stage 5: BLEU, METEOR, CIDEr-D as the COCO evaluation computes them; paired
                 intervals (nltk and pycocoevalcap, no TensorFlow)
-    evaluation  stage 5: `evaluate` (decode, score, diagnose, a control) and its results file
-    runs        a run's record (config.json), loading it, captioning new photos with it
+    evaluation  stage 5: `evaluate` (decode, score, diagnose, a control), its results file, and
+                a run's scores as the app shows them
+    runs        a run folder: saved before training, loaded, runs joined as an ensemble
+    captioning  new photos captioned with a run: its encoder rebuilt, then its decoder
     run_archive a run in one file: exported, and imported from a path or an address
 
 Notebooks 01 and 03 never pay TensorFlow's start-up: the heavy modules are imported when one of
@@ -43,18 +47,20 @@ from .files import *
 from .glove import *
 from .images import *
 from .plots import *
+from .record import *
 from .startup import *
 from .startup import hide_tensorflow_startup_lines
 from .vocabulary import *
 
 LAZY_MODULES = ("encoders", "efficientnet_lite", "features", "extraction", "pipeline",
-                "architectures", "training", "self_critical", "seed_recipe", "decoding",
-                "metrics", "evaluation", "runs", "run_archive")
+                "architectures", "training", "cider", "self_critical", "seed_recipe", "decoding",
+                "metrics", "evaluation", "runs", "captioning", "run_archive")
 
 
 def _public_names(module_name):
     """A module's `__all__`, read from its source without importing it (nor TensorFlow)."""
-    tree = ast.parse((Path(__file__).parent / f"{module_name}.py").read_text())
+    path = Path(__file__).parent / module_name
+    tree = ast.parse((path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text())
     return next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
                 and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__all__"])
 
@@ -69,7 +75,7 @@ def _lazy_names():
 
 # Stage 2 and the pure metrics; every other lazy module (stages 4 and 5) loads `pipeline` first,
 # whose TensorFlow setting holds only if written before TensorFlow starts (utils/pipeline.py).
-WITHOUT_PIPELINE = ("encoders", "efficientnet_lite", "features", "extraction", "metrics")
+WITHOUT_PIPELINE = ("encoders", "efficientnet_lite", "features", "extraction", "cider", "metrics")
 
 
 def _load(module_name):

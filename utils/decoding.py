@@ -1,17 +1,20 @@
 """Stage 5: writing captions with a trained caption model, greedy and beam search.
 
-Decoding is incremental: every architecture (utils.architectures) has a `start`, which projects
-an image once and gives the LSTM's first state, and a `step`, which reads one word and returns the
-next word's probabilities, the new state and, for the attention model, the weights it gave each
-position of the grid. A caption of L words costs L steps, where the seed projects re-run the LSTM
-over every padded prefix (1 + 2 + ... + L steps) and call `predict` once per word and image. Every
-image of a batch, and every beam of every image, goes through one step together.
+Decoding is incremental: every architecture (utils.architectures) has a `start`, which reads an
+image once and gives the first decoding state (an LSTM's (h, c), the Transformer's empty cache of
+keys and values), and a `step`, which reads one word and returns the next word's probabilities,
+the new state and, for a model that attends, the weights it gave each position of the grid. A
+caption of L words costs L steps, where the seed projects re-run the LSTM over every padded
+prefix (1 + 2 + ... + L steps) and call `predict` once per word and image. Every image of a
+batch, and every beam of every image, goes through one step together.
 
 How to decode is one record, a `DecodingSetting` (beam width, length penalty, the rule against
 repeated n-grams); `DEFAULT_DECODING` is the one default of notebook 05, the app and the
 benchmarks. `decode` writes one `Caption` per image (its word ids, its text and, for a model that
-attends, its maps) by one search: beam search, whose width 1 is greedy search. An `Ensemble` of
-several trained models decodes as one model does.
+attends, its maps) by beam search, whose width 1 is greedy search; `sample_captions` draws
+captions from the model's distribution (self-critical training's samples). Both are one search
+that differs only in how a step's words are chosen. An `Ensemble` of several trained models
+decodes as one model does.
 """
 import re
 import time
@@ -23,7 +26,13 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Ensemble", "Caption",
-           "EMPTY_CAPTION", "shown_caption", "decode", "EpochReport"]
+           "EMPTY_CAPTION", "shown_caption", "decode", "BAD_ENDINGS", "sample_captions",
+           "bad_endings", "caption_ids", "EpochReport"]
+
+# Words a caption cannot end on; self-critical training rewards such captions ("a dog runs on
+# the") unless <end> is ruled out after them (self-critical.pytorch's list).
+BAD_ENDINGS = ("a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon",
+               "near", "to", "is", "are", "am")
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,8 @@ class CaptionDecoder:
     batch shape instead of paying `predict`'s overhead at every word.
 
     `start(features)` gives what every step reads of the images (`context`: the projected image;
-    for attention the standardised grid and its attention keys) and the LSTM's first state (h, c);
+    for attention the standardised grid and its attention keys; for the Transformer each block's
+    memory keys and values) and the first decoding state (utils.architectures.base);
     `step(context, words, state)` gives the next word's log-probabilities, the new state, and the
     attention weights over the grid that chose it (None for models that do not attend). Built on
     the model's own weights: it decodes with them as they are (during training too)."""
@@ -166,62 +176,101 @@ def decode(decoder, features, setting=DEFAULT_DECODING, images_per_batch=None):
     says, `images_per_batch` images at a time (default: ROWS_PER_STEP beams a step)."""
     per_batch = images_per_batch or max(1, ROWS_PER_STEP // setting.beam_width)
     return [caption for first in range(0, len(features), per_batch)
-            for caption in _search(decoder, features[first:first + per_batch], setting)]
+            for caption in _beam_search(decoder, features[first:first + per_batch], setting)]
 
 
-def _search(decoder, features, setting):
+def sample_captions(decoder, features, samples, rng):
+    """`samples` captions of each image drawn from the model's own distribution, word by word,
+    all in one batch (an image's samples consecutive): the search below with each row drawing its
+    next word (the Gumbel-max trick) instead of keeping the best beams. As decoding does, a
+    caption never says <pad>, <start> or <unk> and ends at `max_length` words; it never ends on
+    a BAD_ENDINGS word. `rng`: a numpy Generator, the one source of randomness."""
+    def draw(scores, log_probs):
+        words = (log_probs + rng.gumbel(size=log_probs.shape)).argmax(1)
+        return None, words, scores + log_probs[np.arange(len(words)), words]
+
+    captions, _ = _search(decoder, features, samples, np.zeros(samples), draw, 0, True)
+    return captions
+
+
+def _beam_search(decoder, features, setting):
     """Beam search for a batch of images: every beam of every image in one step. Greedy search
     is its width 1: one beam an image, the likeliest word at each step.
 
     Each image keeps `beam_width` partial captions ranked by their summed log-probability. A beam
     that emits <end> is finished: it stays in the beam with its score frozen (it can only be
     followed by padding, at no cost), so it competes with the open ones until a better caption
-    pushes it out. A caption still open after `max_length` words gets its <end> there, so a model
-    that never says <end> still gets a caption. The winner is the highest score divided by
-    length ** `length_penalty` (0 = raw log-probability, which favours short captions; 1 = mean
-    per word), where length counts the words and the <end> token. With `no_repeat_ngram` n > 0, no
-    beam repeats one of its own n-grams. An attending model's weights travel with their beams.
+    pushes it out. The winner is the highest score divided by length ** `length_penalty` (0 = raw
+    log-probability, which favours short captions; 1 = mean per word), where length counts the
+    words and the <end> token. With `no_repeat_ngram` n > 0, no beam repeats one of its n-grams.
     """
-    vocab, k = decoder.vocab, setting.beam_width
+    k = setting.beam_width
+
+    def keep_best(scores, log_probs):
+        """Each image's k best continuations of its k beams: (parent rows, words, scores)."""
+        n, size = len(scores) // k, log_probs.shape[1]
+        total = (scores[:, None] + log_probs).reshape(n, -1)                 # (n, k * V)
+        best = _best(total, k)                                               # (n, k)
+        parents = (np.arange(n)[:, None] * k + best // size).ravel()         # (n * k,) rows
+        scores = np.take_along_axis(total, best, axis=1).ravel()             # (n * k,)
+        return None if k == 1 else parents, (best % size).ravel(), scores
+
+    # Identical beams start as one: the others at -inf until the first step fills them.
+    first_scores = np.array([0.0] + [-np.inf] * (k - 1))
+    captions, scores = _search(decoder, features, k, first_scores, keep_best,
+                               setting.no_repeat_ngram)
+    lengths = np.array([len(c.ids) + 1 for c in captions])
+    normalised = (scores / lengths ** setting.length_penalty).reshape(-1, k)  # (n, k)
+    return [captions[row] for row in np.arange(len(normalised)) * k + normalised.argmax(1)]
+
+
+def _search(decoder, features, rows, first_scores, choose, no_repeat_ngram, avoid_bad_endings=False):
+    """The one search every caption is written by: `rows` partial captions an image (row r of
+    image i is i * rows + r), all stepped together, each step's words chosen by
+    `choose(scores [N], log_probs [N, V]) -> (parent rows [N] or None: each row its own, words,
+    scores)` once the rules below have ruled out what a caption cannot say. A row that emits
+    <end> is finished: it is followed by padding, its score frozen. A row still open after
+    `max_length` words gets its <end> there, so a model that never says <end> still gets a
+    caption. An attending model's weights travel with their rows. Returns every row's Caption
+    and its summed log-probability [N].
+    """
+    vocab = decoder.vocab
     context, state = decoder.start(features)  # tuples of tensors (an Ensemble's: nested)
-    n = len(features)
-    # Every image repeated once per beam: beam b of image i is row i * k + b.
-    context, state = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), (context, state))
-    words = np.full(n * k, vocab.start_id, "int32")                            # (n * k,)
-    sequences = np.zeros((n * k, 0), "int32")                                  # (n * k, t)
-    seen = None                                     # attention of each beam's words (n * k, t, P)
-    scores = np.tile([0.0] + [-np.inf] * (k - 1), n)  # identical beams start as one
-    done = np.zeros(n * k, bool)
+    count = len(features) * rows
+    # Every image repeated once per row.
+    context, state = tf.nest.map_structure(lambda x: tf.repeat(x, rows, axis=0), (context, state))
+    words = np.full(count, vocab.start_id, "int32")                            # (N,)
+    sequences = np.zeros((count, 0), "int32")                                  # (N, t)
+    seen = None                                     # attention of each row's words (N, t, P)
+    scores = np.tile(first_scores, len(features))
+    done = np.zeros(count, bool)
     for t in range(vocab.max_length + 1):
-        log_probs, state, weights = decoder.step(context, words, state)  # (n * k, vocab_size)
+        log_probs, state, weights = decoder.step(context, words, state)      # (N, V)
+        if avoid_bad_endings:
+            _rule_out_bad_endings(log_probs, words, t, vocab)
         _rule_out_impossible_words(log_probs, t, vocab)
-        _rule_out_repeated_ngrams(log_probs, sequences, ~done, setting.no_repeat_ngram)
+        _rule_out_repeated_ngrams(log_probs, sequences, ~done, no_repeat_ngram)
         log_probs[done] = -np.inf
-        log_probs[done, vocab.pad_id] = 0.0  # a finished beam carries over unchanged
-        log_probs[~done, vocab.pad_id] = -np.inf
-        total = (scores[:, None] + log_probs).reshape(n, -1)  # (n, k * vocab_size)
-        best = _best(total, k)                                  # (n, k) into k * vocab_size
-        parents = (np.arange(n)[:, None] * k + best // len(vocab)).ravel()  # (n * k,) rows
-        words = (best % len(vocab)).ravel().astype("int32")                 # (n * k,)
-        scores = np.take_along_axis(total, best, axis=1).ravel()            # (n * k,)
-        sequences = np.concatenate([sequences[parents], words[:, None]], 1)  # (n * k, t + 1)
+        log_probs[done, vocab.pad_id] = 0.0  # a finished row carries over unchanged
+        parents, words, scores = choose(scores, log_probs)
+        words = words.astype("int32")
+        if parents is None:  # every row its own parent
+            parents = np.arange(count)
+        else:
+            state = tf.nest.map_structure(partial(tf.gather, indices=parents), state)
+        sequences = np.concatenate([sequences[parents], words[:, None]], 1)  # (N, t + 1)
         if weights is not None:  # the weights that chose each new word come from its parent's step
-            step = weights[parents][:, None]                                 # (n * k, 1, P)
+            step = weights[parents][:, None]                                 # (N, 1, P)
             seen = step if seen is None else np.concatenate([seen[parents], step], 1)
         done = done[parents] | (words == vocab.end_id)
-        if k > 1:  # with one beam an image, every row is its own parent
-            state = tf.nest.map_structure(partial(tf.gather, indices=parents), state)
         if done.all():
             break
-    lengths = np.maximum((sequences != vocab.pad_id).sum(1), 1)
-    normalised = (scores / lengths ** setting.length_penalty).reshape(n, k)  # (n, k)
-    winners = np.arange(n) * k + normalised.argmax(1)                       # (n,) rows
     captions = []
-    for row in winners:
-        ids = _words(sequences[row], vocab)
+    for row, sequence in enumerate(sequences):
+        ids = tuple(int(i) for i in sequence[:np.argmax(sequence == vocab.end_id)])
         maps = None if seen is None else seen[row, :len(ids) + 1]  # its words and <end>
         captions.append(Caption(ids, vocab.decode(ids), maps))
-    return captions
+    return captions, scores
 
 
 def _best(total, k):
@@ -243,6 +292,16 @@ def _rule_out_impossible_words(log_probs, t, vocab):
         log_probs[:, vocab.end_id] = end
 
 
+def _rule_out_bad_endings(log_probs, last_words, t, vocab):
+    """No caption ends on a BAD_ENDINGS word: <end> is ruled out after one, and one is ruled out
+    as the last word there is room for (self-critical.pytorch's remove_bad_endings)."""
+    bad = [vocab.index[w] for w in BAD_ENDINGS if w in vocab.index]
+    if t < vocab.max_length:
+        log_probs[np.isin(last_words, bad), vocab.end_id] = -np.inf
+    if t == vocab.max_length - 1:  # the last word a caption has room for: <end> follows it
+        log_probs[:, bad] = -np.inf
+
+
 def _rule_out_repeated_ngrams(log_probs, sequences, live, n):
     """No n-gram twice in one caption: the likeliest fault of a small model is to loop back on
     itself ("a man in a boat and a boat"), which reads badly and matches no reference. A word that
@@ -258,14 +317,20 @@ def _rule_out_repeated_ngrams(log_probs, sequences, live, n):
                 log_probs[b, caption[i + n - 1]] = -np.inf
 
 
-def _words(ids, vocab):
-    """Word ids up to the first <end> or padding."""
-    out = []
-    for i in ids:
-        if i in (vocab.end_id, vocab.pad_id):
-            break
-        out.append(int(i))
-    return tuple(out)
+def bad_endings(captions):
+    """How many of `captions` (texts) end on a BAD_ENDINGS word."""
+    return sum(bool(text.split()) and text.split()[-1] in BAD_ENDINGS for text in captions)
+
+
+def caption_ids(captions, end_id=None):
+    """Captions' word ids as one array [captions, longest + 1], 0 after the last word; with
+    `end_id`, <end> after each caption's words (what the model was asked to say)."""
+    ids = np.zeros((len(captions), max((len(c.ids) for c in captions), default=0) + 1), "int32")
+    for row, caption in enumerate(captions):
+        ids[row, :len(caption.ids)] = caption.ids
+        if end_id is not None:
+            ids[row, len(caption.ids)] = end_id
+    return ids
 
 
 class EpochReport(keras.callbacks.Callback):

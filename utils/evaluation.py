@@ -1,4 +1,5 @@
-"""Stage 5: `evaluate`, the one evaluation of notebook 05 and the quality benchmark, and its file.
+"""Stage 5: `evaluate`, the one evaluation of notebook 05 and the quality benchmark, its file, and a
+run's scores as the app shows them (`describe_run`).
 
 It decodes a split with each decoding setting, scores the captions as the papers do
 (`utils.metrics`), diagnoses them, and decodes the split again with the images shuffled as a
@@ -15,9 +16,12 @@ import numpy as np
 from .decoding import DecodingSetting, decode
 from .files import read_json, write_json
 from .metrics import caption_diagnostics, caption_scores
+from .record import FeatureKind
+from .runs import read_run
 
 __all__ = ["DecodingResult", "Evaluation", "evaluate", "find_result", "EVALUATION_FORMAT",
-           "evaluation_path", "write_evaluation", "read_evaluation", "read_evaluations"]
+           "evaluation_path", "write_evaluation", "read_evaluation", "read_evaluations",
+           "SAMPLE_RUN_WARNING", "RunSummary", "describe_run"]
 
 EVALUATION_FORMAT = 2  # of evaluation-<split>-<decodings>.json
 
@@ -168,3 +172,50 @@ def _checked_evaluation(path):
         raise ValueError(f"{path}: an evaluation without the split, images, decodings and BLEU-4 "
                          "and CIDEr-D of each; run notebook 05 again, or delete it") from None
     return evaluation
+
+
+# What the app says of a run trained on the synthetic sample, whose scores look excellent.
+SAMPLE_RUN_WARNING = ("Trained on the synthetic sample: it knows only coloured shapes, whatever "
+                      "the photo.")
+SPLIT_ORDER = ("test", "val", "train")  # how the evaluations of a run are listed
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the app shows of a run: a line on what it is, and its scores as a table."""
+    name: str
+    about: str                  # architecture, dataset, encoder, vocabulary, training images
+    sample: bool                # trained on the synthetic sample: it knows only coloured shapes
+    scores: list                # one row a decoding and split: {"decoding", "split", "BLEU-4", ...}
+    note: str = None            # why there are no scores, or which evaluation file is unreadable
+
+
+def describe_run(run_dir):
+    """The RunSummary of a run: its data, encoder and vocabulary, and the COCO-evaluation scores
+    of each split notebook 05 evaluated, labelled by split (the shuffled-image control left out:
+    it is for the notebook)."""
+    run_dir = Path(run_dir)
+    config = read_run(run_dir)[1]
+    source = config.features
+    made_by = f"{source.encoder} features ({source.weights} weights)" if source.encoder else ""
+    if source.kind == FeatureKind.EXTERNAL:
+        made_by = f"{made_by or 'features'} given in a file"
+    about = (f"{config.model.architecture} model, {config.dataset} dataset, {made_by}, "
+             f"{config.model.vocab_size:,} words, trained on {config.data.train.images:,} images")
+    summary = RunSummary(run_dir.name, about, config.dataset == "sample", [])
+    try:
+        evaluations = read_evaluations(run_dir)
+    except ValueError as e:
+        return dataclasses.replace(summary, note=str(e))
+    order = {split: i for i, split in enumerate(SPLIT_ORDER)}
+    rows = [{"decoding": result.label,
+             "split": split if split in order else f"{Path(split).name} ({evaluation.images})",
+             "BLEU-4": round(result.scores["bleu4"], 3),
+             "METEOR": None if result.scores.get("meteor") is None
+             else round(result.scores["meteor"], 3),
+             "CIDEr-D": round(result.scores["cider_d"], 3)}
+            for split, evaluation in sorted(evaluations.items(),
+                                            key=lambda e: (order.get(e[0], len(order)), e[0]))
+            for result in evaluation.results if not result.shuffled_images]
+    return dataclasses.replace(summary, scores=rows, note=None if rows else
+                               "not evaluated yet: run notebook 05 for its scores")

@@ -9,17 +9,16 @@ come as an `.npz` of `names` and `features`. A run records which it read in its 
 import hashlib
 import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .files import portable_path, read_json, resolve_path
+from .record import FeatureKind, FeatureSource
 
-__all__ = ["cache_dir", "find_feature_cache", "CacheRecord", "FeatureKind", "FeatureSource",
-           "feature_source", "features_fingerprint", "has_grids", "load_features", "FeatureRows",
-           "finished_cache"]
+__all__ = ["cache_dir", "find_feature_cache", "CacheRecord", "feature_source",
+           "features_fingerprint", "has_grids", "load_features", "FeatureRows", "finished_cache"]
 
 
 def cache_dir(features_root, encoder):
@@ -37,29 +36,6 @@ def find_feature_cache(features_root, encoder):
             + ("run notebooks/02_extract_features.ipynb first" if not found
                else "set FEATURES to the one to use"))
     return found[0]
-
-
-class FeatureKind(StrEnum):
-    """Who made a run's features."""
-    CACHE = "cache"           # notebook 02, whose encoder a run can rebuild
-    EXTERNAL = "external"     # elsewhere: an .npz of names and features
-
-
-@dataclass(frozen=True)
-class FeatureSource:
-    """What made a run's features, as its record keeps it: enough to encode a new photo exactly
-    like the training ones, or to say why that cannot be done. Two sources are the same when
-    their features are (what made them, and their content's fingerprint), wherever they lay."""
-    kind: FeatureKind
-    path: str = field(compare=False)  # where they lay, relative to the repository: a hint only
-    dim: int                  # feature size
-    encoder: str = None       # the rest for a cache, or an .npz whose encoder is declared: ENCODERS key...
-    weights: str = None       # ...`weights_tag` of its weights...
-    input_size: int = None    # ...and the square input size it read images at
-    fingerprint: str = None   # `features_fingerprint` of the table (None in records before it)
-
-    def __post_init__(self):
-        object.__setattr__(self, "kind", FeatureKind(self.kind))  # as read from JSON: a string
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from .files import save_npy
+from .record import DataCounts, SplitCount
 
 __all__ = ["PIECE_ROWS", "feature_statistics", "encode_captions", "caption_dataset",
-           "batch_count", "SplitCount", "DataCounts", "CaptionData"]
+           "batch_count", "CaptionData"]
 
 def _fold_no_mapped_files():
     """Keep TensorFlow from copying a memory-mapped table once when a tf.data function starts.
@@ -192,23 +193,6 @@ def batch_count(tokens, batch_size, bucket_width=4):
     buckets = np.searchsorted(_bucket_boundaries(tokens, bucket_width), _caption_lengths(tokens),
                               side="right")
     return int(sum(-(-n // batch_size) for n in np.bincount(buckets) if n))
-
-
-@dataclass(frozen=True)
-class SplitCount:
-    """How much of one split a run trained or validated on."""
-    images: int
-    captions: int
-
-    def __str__(self):
-        return f"{self.captions:,} captions of {self.images:,} images"
-
-
-@dataclass(frozen=True)
-class DataCounts:
-    """The run record's `data`: what each split held."""
-    train: SplitCount
-    val: SplitCount
 
 
 @dataclass

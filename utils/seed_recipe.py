@@ -9,16 +9,24 @@ samples. tests/test_model.py checks the two agree; benchmarks/training.py measur
 """
 import keras
 import numpy as np
+from keras import ops
 
 __all__ = ["prefix_model", "expand_prefixes"]
 
 
 def prefix_model(model, prefix_length):
     """The seed projects' formulation with `model`'s layers and weights: (features, pre-padded
-    prefix [B, prefix_length]) -> next-word probabilities [B, V]."""
+    prefix [B, prefix_length]) -> next-word probabilities [B, V]. The caption models read
+    captions padded after their words, so each prefix is turned round into that (its words first)
+    and the prediction after its last word taken."""
     image = keras.Input(model.config.image_shape, name="image")
     prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
-    return keras.Model([image, prefix], model((image, prefix), last_word_only=True))
+    words = ops.sum(ops.cast(ops.not_equal(prefix, 0), "int32"), axis=1, keepdims=True)  # (B, 1)
+    # Position i of the caption is position i + (padding) of the prefix, modulo its length.
+    order = (ops.arange(prefix_length)[None] + prefix_length - words) % prefix_length  # (B, L)
+    probs = model((image, ops.take_along_axis(prefix, order, axis=1)))         # (B, L, V)
+    last = ops.expand_dims(ops.maximum(words - 1, 0), -1)                        # (B, 1, 1)
+    return keras.Model([image, prefix], ops.take_along_axis(probs, last, axis=1)[:, 0])
 
 
 def expand_prefixes(tokens, prefix_length):

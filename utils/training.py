@@ -10,7 +10,6 @@ import csv
 import shutil
 import types
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -22,8 +21,9 @@ from keras import ops
 from .architectures import build_caption_model
 from .files import atomic_path, read_json, write_json
 from .pipeline import batch_count
+from .record import TrainingConfig
 
-__all__ = ["TrainingConfig", "WEIGHTS_FILE", "PLATEAU_MIN_GAIN", "build_model", "compile_model",
+__all__ = ["WEIGHTS_FILE", "PLATEAU_MIN_GAIN", "build_model", "compile_model",
            "SmoothedCaptionLoss", "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters",
            "read_history", "training_finished", "check_training_state", "STRATEGIES", "distribution_strategy",
            "train_caption_model"]
@@ -34,26 +34,6 @@ WEIGHTS_FILE = "model.weights.h5"
 # The least progress the learning-rate schedule counts, whatever a smaller `min_gain` says: Keras's
 # default, which every run trained before `min_gain` existed used.
 PLATEAU_MIN_GAIN = 1e-4
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """How a model is trained, kept in the run record. The defaults are notebook 04's (tested)."""
-    epochs: int = 50                # at most: early stopping usually ends training first
-    batch_size: int = 64            # captions per batch
-    learning_rate: float = 1e-3     # Adam's
-    lr_plateau_factor: float | None = 0.5  # x the learning rate after an epoch without progress
-    label_smoothing: float = 0.1    # share of each target spread over the whole vocabulary
-    patience: int = 4               # early stopping, in epochs without progress (min_gain)
-    min_gain: float = 0.005         # the least fall of validation loss that counts as progress
-    seed: int = 0                   # initial weights, dropout and the order of batches
-    mixed_precision: bool = False   # float16 compute (GPU)
-    xla: bool = False               # compile the training step with XLA
-    # The second phase, self-critical training (utils.self_critical), after the first's best epoch.
-    self_critical_epochs: int = 0             # its epochs; 0: no second phase
-    self_critical_learning_rate: float = 5e-5  # Adam's, in the second phase
-    self_critical_samples: int = 5            # captions sampled per image and step
-    self_critical_baseline: str = "samples"   # "samples": the other samples' mean reward; "greedy"
 
 
 def build_model(config, training=TrainingConfig(), embedding_matrix=None, feature_stats=None):

@@ -1,0 +1,100 @@
+"""Captioning new photos with a run: the encoder that made its features, rebuilt, and its decoder.
+
+A photo is read and scaled by the same `load_image` and `preprocess` as the feature cache, encoded
+by the run's own network (its weights named in the record: ImageNet's, a seeded random network,
+or a weights file given again), then decoded. Runs trained on features made elsewhere say why
+they cannot encode a photo, and what to do instead.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from .decoding import DEFAULT_DECODING, CaptionDecoder, Ensemble, decode
+from .encoders import Encoder, encoder_spec, weights_tag
+from .images import ImageError, load_image
+from .record import FeatureKind, RunConfig, RunConfigError
+from .runs import load_run
+
+__all__ = ["RANDOM_ENCODER_NOTE", "NoEncoderError", "why_no_encoder", "encoder_for_run",
+           "Captioner", "caption_image", "caption_image_files"]
+
+# Why a sample run's captions can name a wrong shape or colour while its BLEU-4 looks excellent.
+RANDOM_ENCODER_NOTE = (
+    "These features come from an encoder with random weights (the sample runs offline, without "
+    "ImageNet's): they keep colours and layout better than shapes, so some captions name a wrong "
+    "shape or colour; BLEU stays high because every caption of the sample has the same few "
+    "sentence patterns, which the model gets right.")
+
+
+class NoEncoderError(ValueError):
+    """A run that cannot encode a new photo: its message says why, and what to do instead."""
+
+
+def why_no_encoder(config):
+    """Why a run cannot caption a new photo, in one sentence with what to do instead; None when
+    it can (its features came from notebook 02's cache, whose encoder is rebuilt)."""
+    if config.features.kind != FeatureKind.EXTERNAL or config.features.encoder:
+        return None
+    return (f"This run was trained on features made outside this repository "
+            f"({Path(config.features.path).name}), so it cannot encode a new photo the same way: "
+            "it captions the images whose features you give it (FEATURES in notebook 05). To "
+            "caption your own photos, train a run on features of notebook 02, or name the "
+            "network that made these (FEATURES_ENCODER in notebook 04).")
+
+
+def encoder_for_run(config, weights_file=None):
+    """The CNN that made a run's features, so a new photo is encoded exactly like the training
+    ones. Random weights are rebuilt from their seed; a weights file must be given again."""
+    source = config.features
+    why = why_no_encoder(config)
+    if why:
+        raise NoEncoderError(why)
+    if source.weights.startswith("file-") and (
+            weights_file is None or weights_tag(weights_file) != source.weights):
+        raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
+                         "path" + (f"; {weights_file} is another file" if weights_file else ""))
+    weights = {"random": None, "imagenet": "imagenet"}.get(source.weights, weights_file)
+    cnn = Encoder(source.encoder, weights, source.input_size).build(grid=config.model.reads_grid)
+    if cnn.output_shape[-1] != source.dim:  # a declared encoder (FEATURES_ENCODER) that did not
+        raise RunConfigError(f"{source.encoder} makes {cnn.output_shape[-1]} values an image, "
+                             f"but this run's features ({Path(source.path).name}) have "
+                             f"{source.dim}: another network made them")
+    return cnn
+
+
+@dataclass
+class Captioner:
+    """A run (or an Ensemble of runs) ready to caption new photos: its decoder, and the encoder
+    that made its features."""
+    decoder: CaptionDecoder | Ensemble
+    encoder: keras.Model
+    config: RunConfig
+
+    @classmethod
+    def from_run(cls, run_dir, weights_file=None):
+        model, vocab, config = load_run(run_dir)
+        return cls(CaptionDecoder(model, vocab), encoder_for_run(config, weights_file), config)
+
+
+def caption_image(captioner, image, setting=DEFAULT_DECODING):
+    """The `Caption` of one image (a path, an open file or a decoded image), read and scaled by the
+    same `load_image` and `preprocess` as the feature cache, with its maps if the run attends.
+    Raises ImageError, naming the image, for anything unusable."""
+    source = captioner.config.features
+    pixels = load_image(image, source.input_size)
+    pixels = encoder_spec(source.encoder).preprocess(pixels[None])
+    features = captioner.encoder.predict(pixels, verbose=0)
+    return decode(captioner.decoder, features, setting)[0]
+
+
+def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):
+    """Captions of image files, and apart from them why each unreadable file was skipped:
+    ({path: Caption}, {path: the ImageError's message, which names the file})."""
+    captions, unreadable = {}, {}
+    for path in paths:
+        try:
+            captions[str(path)] = caption_image(captioner, path, setting)
+        except ImageError as e:
+            unreadable[str(path)] = str(e)
+    return captions, unreadable
