@@ -1,7 +1,8 @@
 """Shared code of the notebooks, one module per stage; `import utils` gives all of it.
 
     files       atomic writes, JSON, the repository's folders
-    captions    stage 1: reading caption files, splits, cleaning
+    captions    stage 1: reading caption files, split files, cleaning
+    prepared    stage 1: a dataset found on disk, split, cleaned and saved for later stages
     vocabulary  stage 1: the training vocabulary, word ids, saved as JSON
     download    resumable downloads of any file
     datasets    Flickr8k by name, and the embedded sample dataset
@@ -47,6 +48,7 @@ from .files import *
 from .glove import *
 from .images import *
 from .plots import *
+from .prepared import *
 from .record import *
 from .startup import *
 from .startup import hide_tensorflow_startup_lines

@@ -13,9 +13,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .captions import IMAGE_DIR_NAMES, SPLIT_FILE_NAMES
 from .download import DownloadError, check_zip, download_file, extract_zip
 from .files import DATA_DIR, atomic_path, portable_path, read_json, require, resolve_path, write_json
+from .prepared import IMAGE_DIR_NAMES, SPLIT_FILE_NAMES
 
 __all__ = ["FLICKR8K_URL", "FLICKR8K_ZIPS", "KAGGLE_ZIPS", "FLICKR8K_SPLITS", "LOCAL_DIR_VARIABLE",
            "DatasetFiles", "find_flickr8k", "extraction_dir", "extract_images", "images_folder",
