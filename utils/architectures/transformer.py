@@ -17,7 +17,7 @@ from keras import layers, ops
 
 from .base import CaptionModel, architecture
 
-__all__ = ["BLOCK_DROPOUT", "attention", "HeadsProjection", "CausalSelfAttention",
+__all__ = ["BLOCK_DROPOUT", "attention", "HeadsProjection", "AttentionSublayer", "CausalSelfAttention",
            "CrossAttention", "FeedForward", "DecoderBlock", "Transformer"]
 
 # Dropout inside the Transformer's blocks, on each residual branch (the TF tutorial's rate);
@@ -49,23 +49,28 @@ class HeadsProjection(layers.EinsumDense):
         super().__init__("btd,dhk->bthk", (None, heads, units // heads), bias_axes="hk", **kwargs)
 
 
-def _merged_heads(units, name):
-    """The layer that reads the heads' outputs [B, T, H, K] back as positions [B, T, units]."""
-    return layers.EinsumDense("bthk,hkd->btd", (None, units), bias_axes="d", name=name)
-
-
-@keras.saving.register_keras_serializable(package="utils")
-class CausalSelfAttention(layers.Layer):
-    """Each position reads the caption up to itself. `cache`: the keys and values of the
-    positions before these [B, t, H, K] (decoding); returned with these positions' added."""
+class AttentionSublayer(layers.Layer):
+    """What both attention sublayers have: a layer norm of what asks, the query, key and value
+    projections into heads, the projection of the heads' reading back to `units`, and dropout on
+    the residual branch."""
 
     def __init__(self, units, heads, **kwargs):
         super().__init__(**kwargs)
         self.norm = layers.LayerNormalization(name="norm")
         self.query, self.key, self.value = (HeadsProjection(units, heads, name=n)
                                             for n in ("query", "key", "value"))
-        self.merge = _merged_heads(units, "merge")
+        self.merge = layers.EinsumDense("bthk,hkd->btd", (None, units), bias_axes="d", name="merge")
         self.dropout = layers.Dropout(BLOCK_DROPOUT)
+
+    def added(self, x, read, training=False):
+        """x [B, T, units] plus the heads' reading [B, T, H, K], projected back."""
+        return x + self.dropout(self.merge(read), training=training)
+
+
+@keras.saving.register_keras_serializable(package="utils")
+class CausalSelfAttention(AttentionSublayer):
+    """Each position reads the caption up to itself. `cache`: the keys and values of the
+    positions before these [B, t, H, K] (decoding); returned with these positions' added."""
 
     def call(self, x, cache=None, training=False):
         normed = self.norm(x)                                                    # (B, T, units)
@@ -76,21 +81,13 @@ class CausalSelfAttention(layers.Layer):
         new, seen = ops.shape(x)[1], ops.shape(keys)[1]
         earlier = ops.arange(seen)[None] <= ops.arange(new)[:, None] + seen - new  # (T, t + T)
         read, _ = attention(self.query(normed), keys, values, earlier)
-        return x + self.dropout(self.merge(read), training=training), (keys, values)
+        return self.added(x, read, training), (keys, values)
 
 
 @keras.saving.register_keras_serializable(package="utils")
-class CrossAttention(layers.Layer):
+class CrossAttention(AttentionSublayer):
     """Each position reads the image's memory, whose keys and values (`keys_values`) are
     computed once an image. Also returns its weights over the memory [B, T, S], mean of heads."""
-
-    def __init__(self, units, heads, **kwargs):
-        super().__init__(**kwargs)
-        self.norm = layers.LayerNormalization(name="norm")
-        self.query, self.key, self.value = (HeadsProjection(units, heads, name=n)
-                                            for n in ("query", "key", "value"))
-        self.merge = _merged_heads(units, "merge")
-        self.dropout = layers.Dropout(BLOCK_DROPOUT)
 
     def keys_values(self, memory):
         """The memory [B, S, units] as keys and values [B, S, H, K]."""
@@ -98,8 +95,7 @@ class CrossAttention(layers.Layer):
 
     def call(self, x, keys, values, training=False):
         read, weights = attention(self.query(self.norm(x)), keys, values)
-        x = x + self.dropout(self.merge(read), training=training)
-        return x, ops.mean(weights, axis=1)                                      # (B, T, S)
+        return self.added(x, read, training), ops.mean(weights, axis=1)          # (B, T, S)
 
 
 @keras.saving.register_keras_serializable(package="utils")
