@@ -11,22 +11,34 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["prefix_model", "expand_prefixes"]
+__all__ = ["PrefixModel", "prefix_model", "expand_prefixes"]
+
+
+class PrefixModel(keras.Model):
+    """The seed projects' formulation with a caption model's layers and weights: (features,
+    pre-padded prefix [B, prefix_length]) -> next-word probabilities [B, V]. The caption models
+    read captions padded after their words, so each prefix is turned round into that (its words
+    first), and only what the head reads after its last word goes through the head, as in theirs."""
+
+    def __init__(self, model, prefix_length, **kwargs):
+        super().__init__(**kwargs)
+        self.model, self.prefix_length = model, prefix_length
+
+    def call(self, inputs, training=False):
+        image, prefix = inputs
+        length = self.prefix_length
+        words = ops.sum(ops.cast(ops.not_equal(prefix, 0), "int32"), axis=1, keepdims=True)  # (B, 1)
+        # Position i of the caption is position i + (padding) of the prefix, modulo its length.
+        order = (ops.arange(length)[None] + length - words) % length             # (B, L)
+        read = self.model.read((image, ops.take_along_axis(prefix, order, axis=1)),
+                               training=training)                                # (B, L, D)
+        last = ops.expand_dims(ops.maximum(words - 1, 0), -1)                    # (B, 1, 1)
+        return self.model.head(ops.take_along_axis(read, last, axis=1)[:, 0])   # (B, V)
 
 
 def prefix_model(model, prefix_length):
-    """The seed projects' formulation with `model`'s layers and weights: (features, pre-padded
-    prefix [B, prefix_length]) -> next-word probabilities [B, V]. The caption models read
-    captions padded after their words, so each prefix is turned round into that (its words first)
-    and the prediction after its last word taken."""
-    image = keras.Input(model.config.image_shape, name="image")
-    prefix = keras.Input((prefix_length,), dtype="int32", name="prefix")
-    words = ops.sum(ops.cast(ops.not_equal(prefix, 0), "int32"), axis=1, keepdims=True)  # (B, 1)
-    # Position i of the caption is position i + (padding) of the prefix, modulo its length.
-    order = (ops.arange(prefix_length)[None] + prefix_length - words) % prefix_length  # (B, L)
-    probs = model((image, ops.take_along_axis(prefix, order, axis=1)))         # (B, L, V)
-    last = ops.expand_dims(ops.maximum(words - 1, 0), -1)                        # (B, 1, 1)
-    return keras.Model([image, prefix], ops.take_along_axis(probs, last, axis=1)[:, 0])
+    """`model` as the seed projects' formulation (a PrefixModel), sharing its weights."""
+    return PrefixModel(model, prefix_length)
 
 
 def expand_prefixes(tokens, prefix_length):

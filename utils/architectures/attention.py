@@ -119,10 +119,10 @@ class SoftAttention(CaptionModel):
         h, c, read, weights = self.attention_lstm.step(*context, self.embed_word(word), *state)
         return self.head(ops.concatenate([h, read], axis=-1)), [h, c], weights
 
-    def call(self, inputs, training=False):
+    def read(self, inputs, training=False):
         image, tokens = inputs
         grid, (h, c) = self.grid_and_state(image, training)
         embedded = self.caption_dropout(self.embedding(tokens), training=training)  # (B, T, E)
         hidden, contexts = self.attention_lstm(grid, embedded, h, c, ops.not_equal(tokens, 0),
                                                training=training)  # (B, T, units), (B, T, D)
-        return self.head(ops.concatenate([hidden, contexts], axis=-1))           # (B, T, V)
+        return ops.concatenate([hidden, contexts], axis=-1)                     # (B, T, units + D)

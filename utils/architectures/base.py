@@ -7,7 +7,8 @@ softmax), and three calls:
     start(image)               -> (what every step reads of the image, the first decoding state)
     step(context, word, state) -> (next-word probabilities [B, V], the new state, attention
                                    weights over the image's positions [B, P] or None)
-    call((image, captions))    -> next-word probabilities after every prefix [B, T, V] (training)
+    call((image, captions))    -> next-word probabilities after every prefix [B, T, V] (training):
+                                  the head on `read`, what the core made of every prefix
 
 What the state is belongs to the family: an LSTM's (h, c), the Transformer's cache of keys and
 values. `ARCHITECTURES` maps a record's architecture name to its class, so a new architecture is
@@ -144,7 +145,7 @@ class CaptionModel(keras.Model):
         """The next word's probabilities [B, [T,] V] from what the core made of the caption."""
         return self.next_word(self.decoder(hidden))
 
-    # What each family says: its layers, what draw_model shows of them, and the three calls.
+    # What each family says: its layers, what draw_model shows of them, `start`, `step`, `read`.
     def image_layers(self, config):
         raise NotImplementedError
 
@@ -161,5 +162,9 @@ class CaptionModel(keras.Model):
     def step(self, context, word, state):
         raise NotImplementedError
 
-    def call(self, inputs, training=False):
+    def read(self, inputs, training=False):
+        """What the head reads after every prefix of captions [B, T]: [B, T, D]."""
         raise NotImplementedError
+
+    def call(self, inputs, training=False):
+        return self.head(self.read(inputs, training))                            # (B, T, V)

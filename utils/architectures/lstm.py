@@ -63,14 +63,14 @@ class LSTMCaptionModel(CaptionModel):
         hidden, state = self.lstm.cell(self.lstm_input(self.embed_word(word), projected), state)
         return self.head(self.head_input(hidden, projected)), state, None
 
-    def call(self, inputs, training=False):
+    def read(self, inputs, training=False):
         image, tokens = inputs
         (projected,), state = self.start(image, training)
         embedded = self.caption_dropout(self.embedding(tokens), training=training)  # (B, T, E)
         # Captions are padded after their last word, which the loss ignores: no mask needed.
         hidden = self.lstm(self.lstm_input(embedded, projected), initial_state=state,
                            training=training)                                     # (B, T, units)
-        return self.head(self.head_input(hidden, projected))                      # (B, T, V)
+        return self.head_input(hidden, projected)
 
 
 def along(projected, like):

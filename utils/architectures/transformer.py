@@ -179,7 +179,7 @@ class Transformer(CaptionModel):
                      for kv in block.cross_attention.keys_values(memory))
 
     def decode(self, tokens, memory, cache=None, training=False):
-        """Next-word probabilities [B, T, V] after words [B, T] that follow the cached ones, the
+        """What the head reads [B, T, units] after words [B, T] that follow the cached ones, the
         cache with them added, and the cross-attention maps [B, T, S] (mean of blocks)."""
         past = 0 if cache is None else ops.shape(cache[0])[1]
         x = self.word_dense(self.embedding(tokens))                              # (B, T, units)
@@ -193,8 +193,7 @@ class Transformer(CaptionModel):
                                    training=training)
             caches += kv
             maps.append(weights)
-        probs = self.head(self.final_norm(x))
-        return probs, caches, ops.mean(ops.stack(maps), axis=0)
+        return self.final_norm(x), caches, ops.mean(ops.stack(maps), axis=0)
 
     def start(self, image, training=False):
         """(each block's memory keys and values, each block's empty cache of keys and values)."""
@@ -203,10 +202,10 @@ class Transformer(CaptionModel):
         return memory, [empty] * (2 * len(self.blocks))
 
     def step(self, context, word, state):
-        probs, state, maps = self.decode(word[:, None], context, state)         # (B, 1, V)
-        return probs[:, 0], state, maps[:, 0] if self.attends else None
+        x, state, maps = self.decode(word[:, None], context, state)             # (B, 1, units)
+        return self.head(x[:, 0]), state, maps[:, 0] if self.attends else None
 
-    def call(self, inputs, training=False):
+    def read(self, inputs, training=False):
         image, tokens = inputs
         return self.decode(tokens, self.memory(image, training), training=training)[0]
 
