@@ -44,7 +44,7 @@ def train(shared, seed, epochs=None, cleaning=CLEANING):
 
 def predict_next(prefix_model, image, ids):
     """The seeds' step: `model.predict` on the whole caption so far, pre-padded, for one image."""
-    padded = np.zeros((1, prefix_model.input[1].shape[1]), "int32")
+    padded = np.zeros((1, prefix_model.prefix_length), "int32")
     padded[0, -len(ids):] = ids[-padded.shape[1]:]
     return prefix_model.predict([image[None], padded], verbose=0)[0]
 
