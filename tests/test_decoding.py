@@ -33,7 +33,7 @@ def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0, architec
     if architecture == "attention":
         sharpened[model.get_layer("attention_lstm").score] = 8
     if architecture == "transformer":
-        sharpened |= {block.cross_attention.query_dense: 8 for block in model.blocks}
+        sharpened |= {block.cross_attention.query: 8 for block in model.blocks}
     for layer, factor in sharpened.items():
         weights = layer.get_weights()
         layer.set_weights([weights[0] * factor, *weights[1:]])
@@ -169,7 +169,11 @@ def repeats_an_ngram(caption, n):
 @pytest.mark.parametrize("length_penalty, no_repeat_ngram", [(0.0, 0), (1.0, 0), (0.0, 2)])
 def test_wide_beam_finds_the_exhaustive_best(length_penalty, no_repeat_ngram, architecture):
     """Among every caption the rules allow (with `no_repeat_ngram`, those without a repeat)."""
-    model, decoder = random_decoder(2, 3, seed=4, architecture=architecture)
+    # A random model whose greedy caption misses the best one somewhere, its best clear of a tie
+    # (with seed 4 the pooled Transformer's greedy captions are all the best ones, and the grid's
+    # best two tie within float rounding).
+    seed = 6 if architecture.startswith("transformer") else 4
+    model, decoder = random_decoder(2, 3, seed=seed, architecture=architecture)
     vocab = decoder.vocab
     tokens = range(len(utils.SPECIAL_TOKENS), len(vocab))  # the words a caption can hold
     candidates = [list(w) for n in range(vocab.max_length + 1)

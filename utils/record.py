@@ -231,7 +231,7 @@ def _typed(field_, value, path, name):
     kinds = field_.type.__args__ if isinstance(field_.type, types.UnionType) else (field_.type,)
     if value is None and (type(None) in kinds or field_.default is None):
         return value
-    if any(_JSON_TYPES[str if issubclass(kind, StrEnum) else kind](value)
+    if any(isinstance(value, str) if issubclass(kind, StrEnum) else _JSON_TYPES[kind](value)
            for kind in kinds if kind is not type(None)):
         return value
     wanted = " or ".join(getattr(kind, "__name__", str(kind)) for kind in kinds)
