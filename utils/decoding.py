@@ -189,8 +189,8 @@ def sample_captions(decoder, features, samples, rng):
         words = (log_probs + rng.gumbel(size=log_probs.shape)).argmax(1)
         return None, words, scores + log_probs[np.arange(len(words)), words]
 
-    captions, _ = _search(decoder, features, samples, np.zeros(samples), draw, 0, True)
-    return captions
+    sequences, seen, _ = _search(decoder, features, samples, np.zeros(samples), draw, 0, True)
+    return [_caption(sequences, seen, row, decoder.vocab) for row in range(len(sequences))]
 
 
 def _beam_search(decoder, features, setting):
@@ -217,11 +217,12 @@ def _beam_search(decoder, features, setting):
 
     # Identical beams start as one: the others at -inf until the first step fills them.
     first_scores = np.array([0.0] + [-np.inf] * (k - 1))
-    captions, scores = _search(decoder, features, k, first_scores, keep_best,
-                               setting.no_repeat_ngram)
-    lengths = np.array([len(c.ids) + 1 for c in captions])
+    sequences, seen, scores = _search(decoder, features, k, first_scores, keep_best,
+                                      setting.no_repeat_ngram)
+    lengths = (sequences != decoder.vocab.pad_id).sum(1)  # the words and <end>
     normalised = (scores / lengths ** setting.length_penalty).reshape(-1, k)  # (n, k)
-    return [captions[row] for row in np.arange(len(normalised)) * k + normalised.argmax(1)]
+    return [_caption(sequences, seen, row, decoder.vocab)
+            for row in np.arange(len(normalised)) * k + normalised.argmax(1)]
 
 
 def _search(decoder, features, rows, first_scores, choose, no_repeat_ngram, avoid_bad_endings=False):
@@ -231,8 +232,9 @@ def _search(decoder, features, rows, first_scores, choose, no_repeat_ngram, avoi
     scores)` once the rules below have ruled out what a caption cannot say. A row that emits
     <end> is finished: it is followed by padding, its score frozen. A row still open after
     `max_length` words gets its <end> there, so a model that never says <end> still gets a
-    caption. An attending model's weights travel with their rows. Returns every row's Caption
-    and its summed log-probability [N].
+    caption. An attending model's weights travel with their rows. Returns every row's ids
+    [N, t] (<end>, then padding, after its words), their attention [N, t, P] or None, and their
+    summed log-probabilities [N].
     """
     vocab = decoder.vocab
     context, state = decoder.start(features)  # tuples of tensors (an Ensemble's: nested)
@@ -265,12 +267,15 @@ def _search(decoder, features, rows, first_scores, choose, no_repeat_ngram, avoi
         done = done[parents] | (words == vocab.end_id)
         if done.all():
             break
-    captions = []
-    for row, sequence in enumerate(sequences):
-        ids = tuple(int(i) for i in sequence[:np.argmax(sequence == vocab.end_id)])
-        maps = None if seen is None else seen[row, :len(ids) + 1]  # its words and <end>
-        captions.append(Caption(ids, vocab.decode(ids), maps))
-    return captions, scores
+    return sequences, seen, scores
+
+
+def _caption(sequences, seen, row, vocab):
+    """Row `row` of a search's output as a Caption: its words up to <end>, and their maps."""
+    sequence = sequences[row]
+    ids = tuple(int(i) for i in sequence[:np.argmax(sequence == vocab.end_id)])
+    maps = None if seen is None else seen[row, :len(ids) + 1]  # its words and <end>
+    return Caption(ids, vocab.decode(ids), maps)
 
 
 def _best(total, k):
