@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+import decoding_oracle as oracle
 import utils
 from conftest import model_kinds, split_kind
 
@@ -21,7 +22,8 @@ POSITIONS = 9
 def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0, architecture="merge"):
     """A decoder over a randomly initialised model, sharp enough that captions differ."""
     keras.utils.set_random_seed(seed)
-    words = [*utils.SPECIAL_TOKENS, *(f"w{i}" for i in range(n_words))]
+    # Three words a caption may not end on, for the sampling's rule (utils.BAD_ENDINGS).
+    words = [*utils.SPECIAL_TOKENS, *utils.BAD_ENDINGS[:3], *(f"w{i}" for i in range(n_words - 3))]
     vocab = utils.Vocabulary(words, max_length)
     architecture, grid = split_kind(architecture)
     model = utils.build_caption_model(utils.ModelConfig(
@@ -67,14 +69,63 @@ def test_step_gives_the_full_models_probabilities(architecture):
     full = np.log(np.maximum(model.predict([images, tokens], verbose=0), 1e-12))
     context, state = decoder.start(images)
     for t in range(tokens.shape[1]):
-        log_probs, state, weights = decoder.step(context, tokens[:, t], state)
+        log_probs, state, weights = decoder.step(context, tokens[:, t], state)  # tensors
         np.testing.assert_allclose(log_probs, full[:, t], atol=1e-4)
         if split_kind(architecture)[1]:  # a distribution over the grid, per word
+            weights = weights.numpy()
             assert weights.shape == (3, POSITIONS) and (weights >= 0).all()
             np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
             assert weights.std(1).min() > 0.01  # it attends to some positions more than others
         else:
             assert weights is None
+
+
+# Every decoding setting the equivalence tests write captions with: greedy and beams, with and
+# without the length penalty, the rule against repeated n-grams of several sizes.
+EVERY_SETTING = [utils.DecodingSetting(1, 0.0, 0), utils.DecodingSetting(1, 0.0, 2),
+                 utils.DecodingSetting(3, 0.0, 0), utils.DecodingSetting(3, 1.0, 2),
+                 utils.DecodingSetting(4, 0.5, 3), utils.DEFAULT_DECODING]
+
+
+def assert_same_captions(compiled, expected):
+    """The compiled search's captions are the oracle's, token for token; their maps equal to float
+    rounding (inside one graph, TensorFlow may fuse the attention's arithmetic otherwise)."""
+    assert ids(compiled) == ids(expected)
+    for mine, theirs in zip(compiled, expected):
+        assert (mine.maps is None) == (theirs.maps is None)
+        if mine.maps is not None:
+            np.testing.assert_allclose(mine.maps, theirs.maps, atol=1e-6)
+
+
+@EVERY_ARCHITECTURE
+def test_the_compiled_search_writes_the_oracles_captions(architecture):
+    """utils.decode (one compiled graph) against tests/decoding_oracle.py (the search as it was
+    written before: a Python loop over numpy), for every decoding setting."""
+    _, decoder = random_decoder(30, 8, architecture=architecture)
+    images = features(9, architecture=architecture)
+    for setting in EVERY_SETTING:
+        compiled = utils.decode(decoder, images, setting, images_per_batch=4)
+        assert_same_captions(compiled, oracle.beam_search(decoder, images, setting))
+    assert len({c.ids for c in compiled}) > 1  # the check means something: captions differ
+
+
+@EVERY_ARCHITECTURE
+def test_the_compiled_sampling_draws_the_oracles_captions(architecture):
+    """Sampling (self-critical's) draws the words the oracle draws with the same noise, and never
+    ends a caption on a bad ending."""
+    _, decoder = random_decoder(30, 8, architecture=architecture)
+    images = features(5, architecture=architecture)
+    seed = np.random.default_rng(7).integers(2 ** 62, size=2)  # what sample_captions draws
+    sampled = utils.sample_captions(decoder, images, 4, np.random.default_rng(7))
+    assert_same_captions(sampled, oracle.sample_captions(decoder, images, 4, seed))
+    assert len({c.ids for c in sampled}) > 10 and utils.bad_endings(c.text for c in sampled) == 0
+
+
+def test_the_compiled_search_of_an_ensemble_writes_the_oracles_captions():
+    decoder, images = ensemble(), features(7)
+    for setting in EVERY_SETTING:
+        assert_same_captions(utils.decode(decoder, images, setting),
+                             oracle.beam_search(decoder, images, setting))
 
 
 @EVERY_ARCHITECTURE
@@ -96,6 +147,7 @@ def plain_greedy(decoder, image, no_repeat_ngram):
     caption, word = [], vocab.start_id
     for t in range(vocab.max_length + 1):
         log_probs, state, _ = decoder.step(context, [word], state)
+        log_probs = log_probs.numpy()
         allowed = {vocab.end_id} if t == vocab.max_length else set(range(len(vocab))) - {
             vocab.pad_id, vocab.start_id, vocab.unk_id}
         if no_repeat_ngram:
@@ -228,7 +280,7 @@ def test_captions_never_say_unknown_even_when_it_is_likeliest():
     images = features(3)
     context, state = decoder.start(images)
     first, _, _ = decoder.step(context, np.full(3, decoder.vocab.start_id, "int32"), state)
-    assert (first.argmax(1) == decoder.vocab.unk_id).all()
+    assert (first.numpy().argmax(1) == decoder.vocab.unk_id).all()
     for captions in (ids(utils.decode(decoder, images, greedy())),
                      ids(utils.decode(decoder, images, beam(3)))):
         assert all(captions) and all(i >= len(utils.SPECIAL_TOKENS) for c in captions for i in c)

@@ -23,7 +23,8 @@
     cider       CIDEr-D on word ids, with fixed document frequencies: self-critical's reward
     self_critical  stage 4's second phase: REINFORCE on the CIDEr-D of sampled captions
     seed_recipe the seed projects' one-sample-per-prefix formulation, to compare with
-    decoding    stage 5: decoding settings, the one search (greedy, beam, sampling), ensembles
+    search      stage 5: the one search (greedy, beam, sampling) as one compiled graph
+    decoding    stage 5: decoding settings, captions from the search, ensembles
     metrics     stage 5: BLEU, METEOR, CIDEr-D as the COCO evaluation computes them; paired
                 intervals (nltk and pycocoevalcap, no TensorFlow)
     evaluation  stage 5: `evaluate` (decode, score, diagnose, a control), its results file, and
@@ -55,8 +56,8 @@ from .startup import hide_tensorflow_startup_lines
 from .vocabulary import *
 
 LAZY_MODULES = ("encoders", "efficientnet_lite", "features", "extraction", "pipeline",
-                "architectures", "training", "cider", "self_critical", "seed_recipe", "decoding",
-                "metrics", "evaluation", "runs", "captioning", "run_archive")
+                "architectures", "training", "cider", "self_critical", "seed_recipe", "search",
+                "decoding", "metrics", "evaluation", "runs", "captioning", "run_archive")
 
 
 def _public_names(module_name):

@@ -1,12 +1,13 @@
 """Stage 5: writing captions with a trained caption model, greedy and beam search.
 
 Decoding is incremental: every architecture (utils.architectures) has a `start`, which reads an
-image once and gives the first decoding state (an LSTM's (h, c), the Transformer's empty cache of
+image once and gives the first decoding state (an LSTM's (h, c), the Transformer's cache of
 keys and values), and a `step`, which reads one word and returns the next word's probabilities,
 the new state and, for a model that attends, the weights it gave each position of the grid. A
 caption of L words costs L steps, where the seed projects re-run the LSTM over every padded
 prefix (1 + 2 + ... + L steps) and call `predict` once per word and image. Every image of a
-batch, and every beam of every image, goes through one step together.
+batch, and every beam of every image, goes through one step together, and the whole search is
+one compiled graph (utils.search): one call from Python a batch, not one a word.
 
 How to decode is one record, a `DecodingSetting` (beam width, length penalty, the rule against
 repeated n-grams); `DEFAULT_DECODING` is the one default of notebook 05, the app and the
@@ -19,20 +20,16 @@ decodes as one model does.
 import re
 import time
 from dataclasses import dataclass, field
-from functools import partial
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Ensemble", "Caption",
-           "EMPTY_CAPTION", "shown_caption", "decode", "BAD_ENDINGS", "sample_captions",
-           "bad_endings", "caption_ids", "EpochReport"]
+from .search import BAD_ENDINGS, SearchKind, compiled_search
 
-# Words a caption cannot end on; self-critical training rewards such captions ("a dog runs on
-# the") unless <end> is ruled out after them (self-critical.pytorch's list).
-BAD_ENDINGS = ("a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon",
-               "near", "to", "is", "are", "am")
+__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Ensemble", "Caption",
+           "EMPTY_CAPTION", "shown_caption", "decode", "sample_captions", "bad_endings",
+           "caption_ids", "EpochReport"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,12 @@ class DecodingSetting:
             slug += f"-lp{self.length_penalty:g}"
         return slug + (f"-nr{self.no_repeat_ngram}" if self.no_repeat_ngram else "")
 
+    @property
+    def search(self):
+        """The compiled search that writes captions so (utils.search)."""
+        return SearchKind(self.beam_width, length_penalty=self.length_penalty,
+                          no_repeat_ngram=self.no_repeat_ngram)
+
     @classmethod
     def from_slug(cls, slug):
         found = re.fullmatch(r"(?:greedy|beam(\d+))(?:-lp([\d.]+))?(?:-nr(\d+))?", slug)
@@ -79,47 +82,41 @@ DEFAULT_DECODING = DecodingSetting()
 
 
 class CaptionDecoder:
-    """A trained caption model's `start` and `step` (utils.architectures), each traced once per
-    batch shape instead of paying `predict`'s overhead at every word.
+    """A trained caption model's `start` and `step` (utils.architectures) as decoding calls them:
+    tensors in, tensors out, eagerly (notebook 05's one-word-at-a-time loop) or traced into a
+    compiled search (utils.search).
 
     `start(features)` gives what every step reads of the images (`context`: the projected image;
     for attention the standardised grid and its attention keys; for the Transformer each block's
-    memory keys and values) and the first decoding state (utils.architectures.base);
-    `step(context, words, state)` gives the next word's log-probabilities, the new state, and the
-    attention weights over the grid that chose it (None for models that do not attend). Built on
-    the model's own weights: it decodes with them as they are (during training too)."""
+    memory keys and values) and the first decoding state (utils.architectures.base), sized for
+    the vocabulary's longest caption; `step(context, words, state)` gives the next word's
+    log-probabilities, the new state, and the attention weights over the grid that chose it
+    (None for models that do not attend). Built on the model's own weights: it decodes with them
+    as they are (during training too)."""
 
     def __init__(self, model, vocab):
         self.model, self.vocab, self.attends = model, vocab, model.attends
 
-        def step(context, words, state):
-            probs, state, weights = model.step(context, words, state)
-            return keras.ops.log(keras.ops.maximum(probs, 1e-12)), state, weights
-
-        # No AutoGraph: nothing in a step branches on a tensor, and AutoGraph cannot convert a
-        # method that calls super() (init-inject's initial_state), which it says in a warning.
-        self._start = tf.function(model.start, reduce_retracing=True, autograph=False)
-        self._step = tf.function(step, reduce_retracing=True, autograph=False)
-
     def start(self, features):
         """(context, state) for a batch of feature vectors (or grids): tuples of tensors."""
-        context, state = self._start(tf.constant(features, tf.float32))
+        context, state = self.model.start(tf.cast(features, tf.float32), self.vocab.max_length + 1)
         return tuple(context), tuple(state)
 
     def step(self, context, words, state):
-        """Log-probabilities of the next word [B, V] (numpy), the new state, and the attention
-        weights [B, positions] (numpy; None without attention)."""
-        log_probs, state, weights = self._step(context, tf.constant(words, tf.int32), state)
-        return log_probs.numpy(), tuple(state), None if weights is None else weights.numpy()
+        """Log-probabilities of the next word [B, V], the new state, and the attention weights
+        [B, positions] (None without attention)."""
+        probs, state, weights = self.model.step(context, tf.cast(words, tf.int32), state)
+        return tf.math.log(tf.maximum(probs, 1e-12)), tuple(state), weights
 
 
 class Ensemble:
     """Several trained models decoding as one: each keeps its own context and state, and at each
     step their next-word probabilities are averaged (probabilities, not log-probabilities: a word
     one member rules out is not ruled out), the ensemble of caption models since Vinyals et al.
-    2015. It decodes wherever a CaptionDecoder does. The members must share the vocabulary, which
-    is checked here, and read the same features, which utils.load_decoder checks from their run
-    records. Attention maps are not averaged: an ensemble gives none."""
+    2015. It decodes wherever a CaptionDecoder does, the members' steps inside one compiled search.
+    The members must share the vocabulary, which is checked here, and read the same features,
+    which utils.load_decoder checks from their run records. Attention maps are not averaged: an
+    ensemble gives none."""
     attends = False
 
     def __init__(self, decoders):
@@ -136,9 +133,9 @@ class Ensemble:
         """The log of the members' mean next-word probability [B, V], their new states, None."""
         steps = [member.step(context, words, state)
                  for member, context, state in zip(self.members, contexts, states)]
-        log_probs = np.stack([log_probs for log_probs, _, _ in steps])       # (members, B, V)
-        mean = np.logaddexp.reduce(log_probs, axis=0) - np.log(len(steps))  # (B, V)
-        return mean.astype("float32"), tuple(state for _, state, _ in steps), None
+        log_probs = tf.stack([log_probs for log_probs, _, _ in steps])       # (members, B, V)
+        mean = tf.reduce_logsumexp(log_probs, axis=0) - np.log(len(steps))   # (B, V)
+        return mean, tuple(state for _, state, _ in steps), None
 
 
 # Beams stepped together (images x beam width): bounds the memory of one step, large enough
@@ -173,153 +170,49 @@ class Caption:
 
 def decode(decoder, features, setting=DEFAULT_DECODING, images_per_batch=None):
     """One `Caption` per image of `features` (feature vectors, or grids), written as `setting`
-    says, `images_per_batch` images at a time (default: ROWS_PER_STEP beams a step)."""
+    says, `images_per_batch` images a call of the compiled search (default: ROWS_PER_STEP beams a
+    step).
+
+    Beam search keeps each image's `beam_width` partial captions ranked by their summed
+    log-probability. A beam that emits <end> is finished: it stays in the beam with its score
+    frozen (it can only be followed by padding, at no cost), so it competes with the open ones
+    until a better caption pushes it out. The winner is the highest score divided by
+    length ** `length_penalty` (0 = raw log-probability, which favours short captions; 1 = mean
+    per word), where length counts the words and the <end> token. With `no_repeat_ngram` n > 0,
+    no beam repeats one of its n-grams. A caption never says <pad>, <start> or <unk>, and one
+    still open after `max_length` words gets its <end> there. Greedy search is width 1."""
     per_batch = images_per_batch or max(1, ROWS_PER_STEP // setting.beam_width)
+    search = compiled_search(decoder, setting.search, features.shape[1:])
     return [caption for first in range(0, len(features), per_batch)
-            for caption in _beam_search(decoder, features[first:first + per_batch], setting)]
+            for caption in _captions(search(features[first:first + per_batch], _NO_SEED),
+                                     decoder.vocab)]
+
+
+# The seed of a search that draws nothing (beam search).
+_NO_SEED = np.zeros(2, "int64")
 
 
 def sample_captions(decoder, features, samples, rng):
     """`samples` captions of each image drawn from the model's own distribution, word by word,
-    all in one batch (an image's samples consecutive): the search below with each row drawing its
-    next word (the Gumbel-max trick) instead of keeping the best beams. As decoding does, a
-    caption never says <pad>, <start> or <unk> and ends at `max_length` words; it never ends on
-    a BAD_ENDINGS word. `rng`: a numpy Generator, the one source of randomness."""
-    def draw(scores, log_probs):
-        words = (log_probs + rng.gumbel(size=log_probs.shape)).argmax(1)
-        return None, words, scores + log_probs[np.arange(len(words)), words]
-
-    sequences, seen, _ = _search(decoder, features, samples, np.zeros(samples), draw, 0, True)
-    return [_caption(sequences, seen, row, decoder.vocab) for row in range(len(sequences))]
+    all in one batch (an image's samples consecutive): the search with each row drawing its next
+    word (the Gumbel-max trick) instead of keeping the best beams. As decoding does, a caption
+    never says <pad>, <start> or <unk> and ends at `max_length` words; it never ends on a
+    BAD_ENDINGS word. `rng`: a numpy Generator, the one source of randomness (it gives the
+    search's seed)."""
+    kind = SearchKind(samples, sample=True, avoid_bad_endings=True)
+    search = compiled_search(decoder, kind, features.shape[1:])
+    return _captions(search(features, rng.integers(2 ** 62, size=2)), decoder.vocab)
 
 
-def _beam_search(decoder, features, setting):
-    """Beam search for a batch of images: every beam of every image in one step. Greedy search
-    is its width 1: one beam an image, the likeliest word at each step.
-
-    Each image keeps `beam_width` partial captions ranked by their summed log-probability. A beam
-    that emits <end> is finished: it stays in the beam with its score frozen (it can only be
-    followed by padding, at no cost), so it competes with the open ones until a better caption
-    pushes it out. The winner is the highest score divided by length ** `length_penalty` (0 = raw
-    log-probability, which favours short captions; 1 = mean per word), where length counts the
-    words and the <end> token. With `no_repeat_ngram` n > 0, no beam repeats one of its n-grams.
-    """
-    k = setting.beam_width
-
-    def keep_best(scores, log_probs):
-        """Each image's k best continuations of its k beams: (parent rows, words, scores)."""
-        n, size = len(scores) // k, log_probs.shape[1]
-        total = (scores[:, None] + log_probs).reshape(n, -1)                 # (n, k * V)
-        best = _best(total, k)                                               # (n, k)
-        parents = (np.arange(n)[:, None] * k + best // size).ravel()         # (n * k,) rows
-        scores = np.take_along_axis(total, best, axis=1).ravel()             # (n * k,)
-        return None if k == 1 else parents, (best % size).ravel(), scores
-
-    # Identical beams start as one: the others at -inf until the first step fills them.
-    first_scores = np.array([0.0] + [-np.inf] * (k - 1))
-    sequences, seen, scores = _search(decoder, features, k, first_scores, keep_best,
-                                      setting.no_repeat_ngram)
-    lengths = (sequences != decoder.vocab.pad_id).sum(1)  # the words and <end>
-    normalised = (scores / lengths ** setting.length_penalty).reshape(-1, k)  # (n, k)
-    return [_caption(sequences, seen, row, decoder.vocab)
-            for row in np.arange(len(normalised)) * k + normalised.argmax(1)]
-
-
-def _search(decoder, features, rows, first_scores, choose, no_repeat_ngram, avoid_bad_endings=False):
-    """The one search every caption is written by: `rows` partial captions an image (row r of
-    image i is i * rows + r), all stepped together, each step's words chosen by
-    `choose(scores [N], log_probs [N, V]) -> (parent rows [N] or None: each row its own, words,
-    scores)` once the rules below have ruled out what a caption cannot say. A row that emits
-    <end> is finished: it is followed by padding, its score frozen. A row still open after
-    `max_length` words gets its <end> there, so a model that never says <end> still gets a
-    caption. An attending model's weights travel with their rows. Returns every row's ids
-    [N, t] (<end>, then padding, after its words), their attention [N, t, P] or None, and their
-    summed log-probabilities [N].
-    """
-    vocab = decoder.vocab
-    context, state = decoder.start(features)  # tuples of tensors (an Ensemble's: nested)
-    count = len(features) * rows
-    # Every image repeated once per row.
-    context, state = tf.nest.map_structure(lambda x: tf.repeat(x, rows, axis=0), (context, state))
-    words = np.full(count, vocab.start_id, "int32")                            # (N,)
-    sequences = np.zeros((count, 0), "int32")                                  # (N, t)
-    seen = None                                     # attention of each row's words (N, t, P)
-    scores = np.tile(first_scores, len(features))
-    done = np.zeros(count, bool)
-    for t in range(vocab.max_length + 1):
-        log_probs, state, weights = decoder.step(context, words, state)      # (N, V)
-        if avoid_bad_endings:
-            _rule_out_bad_endings(log_probs, words, t, vocab)
-        _rule_out_impossible_words(log_probs, t, vocab)
-        _rule_out_repeated_ngrams(log_probs, sequences, ~done, no_repeat_ngram)
-        log_probs[done] = -np.inf
-        log_probs[done, vocab.pad_id] = 0.0  # a finished row carries over unchanged
-        parents, words, scores = choose(scores, log_probs)
-        words = words.astype("int32")
-        if parents is None:  # every row its own parent
-            parents = np.arange(count)
-        else:
-            state = tf.nest.map_structure(partial(tf.gather, indices=parents), state)
-        sequences = np.concatenate([sequences[parents], words[:, None]], 1)  # (N, t + 1)
-        if weights is not None:  # the weights that chose each new word come from its parent's step
-            step = weights[parents][:, None]                                 # (N, 1, P)
-            seen = step if seen is None else np.concatenate([seen[parents], step], 1)
-        done = done[parents] | (words == vocab.end_id)
-        if done.all():
-            break
-    return sequences, seen, scores
-
-
-def _caption(sequences, seen, row, vocab):
-    """Row `row` of a search's output as a Caption: its words up to <end>, and their maps."""
-    sequence = sequences[row]
-    ids = tuple(int(i) for i in sequence[:np.argmax(sequence == vocab.end_id)])
-    maps = None if seen is None else seen[row, :len(ids) + 1]  # its words and <end>
-    return Caption(ids, vocab.decode(ids), maps)
-
-
-def _best(total, k):
-    """The columns of the k best scores of each row, best first; of equal scores the first, as a
-    stable sort ranks them. Width 1 takes the argmax, which is that, without sorting the row."""
-    if k == 1:
-        return total.argmax(1)[:, None]
-    return np.argsort(-total, axis=1, kind="stable")[:, :k]
-
-
-def _rule_out_impossible_words(log_probs, t, vocab):
-    """What a caption cannot say next: never <pad> or <start>, never <unk> (a rare word the model
-    cannot name, which matches no reference: the next likeliest word is said instead), and after
-    `max_length` words (the vocabulary's longest caption) anything but <end>."""
-    log_probs[:, [vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
-    if t == vocab.max_length:
-        end = log_probs[:, vocab.end_id].copy()
-        log_probs[:] = -np.inf
-        log_probs[:, vocab.end_id] = end
-
-
-def _rule_out_bad_endings(log_probs, last_words, t, vocab):
-    """No caption ends on a BAD_ENDINGS word: <end> is ruled out after one, and one is ruled out
-    as the last word there is room for (self-critical.pytorch's remove_bad_endings)."""
-    bad = [vocab.index[w] for w in BAD_ENDINGS if w in vocab.index]
-    if t < vocab.max_length:
-        log_probs[np.isin(last_words, bad), vocab.end_id] = -np.inf
-    if t == vocab.max_length - 1:  # the last word a caption has room for: <end> follows it
-        log_probs[:, bad] = -np.inf
-
-
-def _rule_out_repeated_ngrams(log_probs, sequences, live, n):
-    """No n-gram twice in one caption: the likeliest fault of a small model is to loop back on
-    itself ("a man in a boat and a boat"), which reads badly and matches no reference. A word that
-    would close an n-gram already in the caption is ruled out; <end> never is (a live caption has
-    not said it), so every caption can still finish. n = 0: no such rule."""
-    if not n or sequences.shape[1] < n - 1:
-        return
-    for b in np.flatnonzero(live):
-        caption = sequences[b]
-        tail = tuple(caption[len(caption) - n + 1:])
-        for i in range(len(caption) - n + 1):
-            if tuple(caption[i:i + n - 1]) == tail:
-                log_probs[b, caption[i + n - 1]] = -np.inf
+def _captions(found, vocab):
+    """A search's rows (ids [m, steps], maps [m, steps, P], scores [m]) as Captions: each its words
+    up to <end>, and for a model that attends the maps of its words and <end>."""
+    sequences, seen, _ = (x.numpy() for x in found)
+    captions = []
+    for sequence, maps in zip(sequences, seen):
+        ids = tuple(int(i) for i in sequence[:np.argmax(sequence == vocab.end_id)])
+        captions.append(Caption(ids, vocab.decode(ids), maps[:len(ids) + 1] if maps.shape[1] else None))
+    return captions
 
 
 def bad_endings(captions):

@@ -110,7 +110,7 @@ class SoftAttention(CaptionModel):
         grid = self.standardised(image, training)                                # (B, P, D)
         return grid, ops.split(self.init_state(ops.mean(grid, axis=1)), 2, axis=-1)  # (B, units)
 
-    def start(self, image, training=False):
+    def start(self, image, length, training=False):
         """((the grid, its attention keys [B, P, A]), the LSTM's first state (h, c))."""
         grid, state = self.grid_and_state(image, training)
         return (grid, self.attention_lstm.keys(grid)), state

@@ -4,7 +4,8 @@ Every architecture is a `CaptionModel`: a Keras model with the same word branch 
 Dropout), the same standardised image (Normalization -> Dropout) and the same head (Dense, then
 softmax), and three calls:
 
-    start(image)               -> (what every step reads of the image, the first decoding state)
+    start(image, length)       -> (what every step reads of the image, the first decoding state
+                                   for captions of at most `length` steps)
     step(context, word, state) -> (next-word probabilities [B, V], the new state, attention
                                    weights over the image's positions [B, P] or None)
     call((image, captions))    -> next-word probabilities after every prefix [B, T, V] (training):
@@ -156,7 +157,7 @@ class CaptionModel(keras.Model):
         """What draw_model shows, by branch ("image", "words", "core", "head"), each in order."""
         raise NotImplementedError
 
-    def start(self, image, training=False):
+    def start(self, image, length, training=False):
         raise NotImplementedError
 
     def step(self, context, word, state):

@@ -53,8 +53,8 @@ class LSTMCaptionModel(CaptionModel):
         """What the head reads of the LSTM's output [B, [T,] units]: the output itself."""
         return hidden
 
-    def start(self, image, training=False):
-        """((the projected image [B, P],), the LSTM's first state (h, c))."""
+    def start(self, image, length, training=False):
+        """((the projected image [B, P],), the LSTM's first state (h, c)), whatever the length."""
         projected = self.image_dense(self.standardised(image, training))        # (B, P)
         return (projected,), self.initial_state(projected)
 
@@ -65,7 +65,7 @@ class LSTMCaptionModel(CaptionModel):
 
     def read(self, inputs, training=False):
         image, tokens = inputs
-        (projected,), state = self.start(image, training)
+        (projected,), state = self.start(image, ops.shape(tokens)[1], training)
         embedded = self.caption_dropout(self.embedding(tokens), training=training)  # (B, T, E)
         # Captions are padded after their last word, which the loss ignores: no mask needed.
         hidden = self.lstm(self.lstm_input(embedded, projected), initial_state=state,

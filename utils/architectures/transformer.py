@@ -10,7 +10,9 @@ Each block is three small sublayers, as the tutorial writes them: `CausalSelfAtt
 to its input. A sublayer's `call` reads any number of new positions; decoding calls it with one
 position, and the self-attention with a cache of the earlier positions' keys and values, so a
 step attends from one new position only and computes exactly what training computes there. The
-decoding state is that cache, one (keys, values) pair a block.
+decoding state is the step's position and that cache, one (keys, values) pair a block, of a fixed
+size (every position a caption can reach; those not yet said masked), so that a compiled search's
+loop carries tensors of one shape from step to step.
 """
 import keras
 from keras import layers, ops
@@ -69,17 +71,22 @@ class AttentionSublayer(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="utils")
 class CausalSelfAttention(AttentionSublayer):
-    """Each position reads the caption up to itself. `cache`: the keys and values of the
-    positions before these [B, t, H, K] (decoding); returned with these positions' added."""
+    """Each position reads the caption up to itself. Decoding reads one position at a time with
+    `cache`: the keys and values of every position a caption can reach [B, L, H, K], of which
+    those before `position` [B] are filled; returned with this position's written in."""
 
-    def call(self, x, cache=None, training=False):
+    def call(self, x, cache=None, position=None, training=False):
         normed = self.norm(x)                                                    # (B, T, units)
         keys, values = self.key(normed), self.value(normed)                      # (B, T, H, K)
-        if cache is not None:
-            keys, values = (ops.concatenate([old, new], axis=1)
-                            for old, new in zip(cache, (keys, values)))          # (B, t + T, H, K)
-        new, seen = ops.shape(x)[1], ops.shape(keys)[1]
-        earlier = ops.arange(seen)[None] <= ops.arange(new)[:, None] + seen - new  # (T, t + T)
+        if cache is None:  # a whole caption: each position reads itself and those before
+            length = ops.shape(x)[1]
+            earlier = ops.arange(length)[None] <= ops.arange(length)[:, None]   # (T, T)
+        else:  # one position, written into the cache at `position`
+            reached = ops.arange(ops.shape(cache[0])[1])[None] <= position[:, None]  # (B, L)
+            here = (ops.arange(ops.shape(cache[0])[1])[None] == position[:, None])[..., None, None]
+            keys, values = (ops.where(here, new, old)
+                            for old, new in zip(cache, (keys, values)))          # (B, L, H, K)
+            earlier = reached[:, None, None]                                     # (B, 1, 1, L)
         read, _ = attention(self.query(normed), keys, values, earlier)
         return self.added(x, read, training), (keys, values)
 
@@ -123,10 +130,11 @@ class DecoderBlock(layers.Layer):
         self.cross_attention = CrossAttention(units, heads, name="cross_attention")
         self.feed_forward = FeedForward(units, name="feed_forward")
 
-    def call(self, x, memory, cache=None, training=False):
-        """Positions x [B, T, units] after the block, given the memory's keys and values and the
-        cache of earlier positions: (x, the cache with these added, cross-attention weights)."""
-        x, cache = self.self_attention(x, cache, training=training)
+    def call(self, x, memory, cache=None, position=None, training=False):
+        """Positions x [B, T, units] after the block, given the memory's keys and values (and in
+        decoding the cache and the position of x): (x, the cache with x's added, cross-attention
+        weights)."""
+        x, cache = self.self_attention(x, cache, position, training=training)
         x, weights = self.cross_attention(x, *memory, training=training)
         return self.feed_forward(x, training=training), cache, weights
 
@@ -178,32 +186,35 @@ class Transformer(CaptionModel):
         return tuple(kv for block in self.blocks
                      for kv in block.cross_attention.keys_values(memory))
 
-    def decode(self, tokens, memory, cache=None, training=False):
-        """What the head reads [B, T, units] after words [B, T] that follow the cached ones, the
-        cache with them added, and the cross-attention maps [B, T, S] (mean of blocks)."""
-        past = 0 if cache is None else ops.shape(cache[0])[1]
+    def decode(self, tokens, memory, cache=None, position=None, training=False):
+        """What the head reads [B, T, units] after words [B, T], the cache with them added, and the
+        cross-attention maps [B, T, S] (mean of blocks). Decoding reads one word [B, 1] at
+        `position` [B] with the cache of the words before it; training, whole captions."""
         x = self.word_dense(self.embedding(tokens))                              # (B, T, units)
-        positions = past + ops.arange(ops.shape(tokens)[1])
+        positions = ops.arange(ops.shape(tokens)[1]) if cache is None else position[:, None]
         x = self.caption_dropout(x + ops.cast(sinusoid(positions, self.config.units), x.dtype),
                                  training=training)
         caches, maps = [], []
         for i, block in enumerate(self.blocks):
             x, kv, weights = block(x, memory[2 * i:2 * i + 2],
-                                   None if cache is None else cache[2 * i:2 * i + 2],
+                                   None if cache is None else cache[2 * i:2 * i + 2], position,
                                    training=training)
             caches += kv
             maps.append(weights)
         return self.final_norm(x), caches, ops.mean(ops.stack(maps), axis=0)
 
-    def start(self, image, training=False):
-        """(each block's memory keys and values, each block's empty cache of keys and values)."""
+    def start(self, image, length, training=False):
+        """(each block's memory keys and values, (position 0, each block's empty cache of keys
+        and values for `length` positions [B, length, H, K]))."""
         memory = self.memory(image, training)
-        empty = ops.zeros_like(memory[0][:, :0])                                 # (B, 0, H, K)
-        return memory, [empty] * (2 * len(self.blocks))
+        empty = ops.repeat(ops.zeros_like(memory[0][:, :1]), length, axis=1)     # (B, L, H, K)
+        position = ops.zeros_like(empty[:, 0, 0, 0], "int32")                    # (B,)
+        return memory, [position, *[empty] * (2 * len(self.blocks))]
 
     def step(self, context, word, state):
-        x, state, maps = self.decode(word[:, None], context, state)             # (B, 1, units)
-        return self.head(x[:, 0]), state, maps[:, 0] if self.attends else None
+        position, *cache = state
+        x, cache, maps = self.decode(word[:, None], context, cache, position)   # (B, 1, units)
+        return self.head(x[:, 0]), [position + 1, *cache], maps[:, 0] if self.attends else None
 
     def read(self, inputs, training=False):
         image, tokens = inputs
