@@ -1,5 +1,6 @@
 """Stage 5: incremental decoding agrees with the full model; greedy and beam search are right."""
 import itertools
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -362,3 +363,22 @@ def test_an_ensemble_decodes_as_one_model_does():
 def test_an_ensemble_of_two_vocabularies_is_refused():
     with pytest.raises(ValueError, match="share one vocabulary"):
         utils.Ensemble([random_decoder(20, 8)[1], random_decoder(21, 8)[1]])
+
+
+def test_the_shipped_run_writes_the_oracles_captions_for_the_dev_photos(shared_flickr8k):
+    """The whole official split's 1,000 dev photos, the shipped run, every setting: the compiled
+    search writes the oracle's captions. A tie between two equal scores broken otherwise would be
+    the one legitimate difference; it is shown with both captions' scores, and none occurs."""
+    from conftest import SHIPPED_RUN
+    decoder, vocab, config = utils.load_decoder([SHIPPED_RUN])
+    names, table = utils.load_features(shared_flickr8k / "features" / Path(config.features.path).name)
+    row = {name: i for i, name in enumerate(names)}
+    dev = utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt")
+    images = np.asarray(table[[row[name] for name in dev]], "float32")
+    assert len(images) == 1000
+    for setting in EVERY_SETTING:
+        compiled = utils.decode(decoder, images, setting)
+        expected = oracle.beam_search(decoder, images, setting)
+        differ = [(name, mine.text, theirs.text) for name, mine, theirs
+                  in zip(dev, compiled, expected) if mine.ids != theirs.ids]
+        assert not differ, f"{setting.label}: {len(differ)} captions differ, {differ[:5]}"

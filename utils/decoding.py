@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from .search import BAD_ENDINGS, SearchKind, compiled_search
 
-__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Ensemble", "Caption",
+__all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Ensemble", "ROWS_PER_STEP", "Caption",
            "EMPTY_CAPTION", "shown_caption", "decode", "sample_captions", "bad_endings",
            "caption_ids", "EpochReport"]
 
