@@ -31,6 +31,7 @@
                 a run's scores as the app shows them
     runs        a run folder: saved before training, loaded, runs joined as an ensemble
     captioning  new photos captioned with a run: its encoder rebuilt, then its decoder
+    export      a run or an ensemble as one SavedModel: photo bytes in, captions out
     run_archive a run in one file: exported, and imported from a path or an address
 
 Notebooks 01 and 03 never pay TensorFlow's start-up: the heavy modules are imported when one of
@@ -57,7 +58,7 @@ from .vocabulary import *
 
 LAZY_MODULES = ("encoders", "efficientnet_lite", "features", "extraction", "pipeline",
                 "architectures", "training", "cider", "self_critical", "seed_recipe", "search",
-                "decoding", "metrics", "evaluation", "runs", "captioning", "run_archive")
+                "decoding", "metrics", "evaluation", "runs", "captioning", "export", "run_archive")
 
 
 def _public_names(module_name):

@@ -135,8 +135,10 @@ def efficientnet_lite0(include_top=False, weights="imagenet", pooling="avg", inp
 
 
 def preprocess_lite(images):
-    """The Lite networks' own input scaling: (x - 127) / 128 on RGB in [0, 255]."""
-    return (np.asarray(images, "float32") - 127.0) / 128.0
+    """The Lite networks' own input scaling: (x - 127) / 128 on RGB in [0, 255] (numpy, or float32
+    tensors: an exported captioner scales inside its graph)."""
+    images = images if keras.ops.is_tensor(images) else np.asarray(images, "float32")
+    return (images - 127.0) / 128.0
 
 
 def lite0_weights_file():

@@ -42,11 +42,13 @@ class EncoderSpec:
                 else getattr(keras.applications, self.application))
 
     def preprocess(self, images):
-        """The network's own input scaling, applied to a batch of RGB images in [0, 255]."""
+        """The network's own input scaling, applied to a batch of RGB images in [0, 255]: numpy
+        (copied: preprocess_input scales numpy arrays in place) or float32 tensors."""
         if self.module == "lite":
             return efficientnet_lite.preprocess_lite(images)
         module = getattr(keras.applications, self.module)
-        return module.preprocess_input(np.array(images, dtype="float32"))
+        return module.preprocess_input(
+            images if keras.ops.is_tensor(images) else np.array(images, dtype="float32"))
 
 
 ENCODERS = {

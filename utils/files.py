@@ -6,12 +6,13 @@ then renamed), so an interrupted kernel never leaves a half-written file behind.
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["REPO_ROOT", "DATA_DIR", "GLOVE_DIR", "atomic_path", "write_json", "read_json",
+__all__ = ["REPO_ROOT", "DATA_DIR", "GLOVE_DIR", "atomic_path", "atomic_folder", "write_json", "read_json",
            "portable_path", "resolve_path", "save_npy", "dataset_paths", "run_name", "require"]
 
 # Not resolved: on Colab data/ and models/ are links to Google Drive, and the paths this package
@@ -44,6 +45,24 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield a temporary folder beside `path`; it replaces `path` (a folder, removed first) only
+    if the block succeeds, so a reader finds the old folder or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def write_json(path, obj):

@@ -1,0 +1,174 @@
+"""A run, or an ensemble of runs, as one TensorFlow SavedModel that captions photos on its own.
+
+    export_captioner("models/flickr8k-pretrained", "exports/flickr8k-captioner")
+
+writes a SavedModel whose serving signature takes a batch of encoded photos (tf.string: JPEG or
+PNG bytes) and returns their captions (tf.string) and scores (the winning beam's log-probability
+per word, as the decoding setting ranks them). Everything is inside: the reading of a photo as
+utils.load_image reads it, the run's encoder and its input scaling, the decoder's weights, the
+vocabulary, and the compiled search (utils.search) with the decoding setting. It loads with
+`tf.saved_model.load` (or TF Serving) where this repository is not installed.
+
+Reading a photo as load_image does, in TensorFlow ops: a JPEG decoded at the scale Pillow's
+`draft` picks (libjpeg's own scaled decode, its accurate integer transform, as Pillow's), a PNG's
+transparency composited on white in Pillow's integer arithmetic, then Pillow's bilinear resize
+to the encoder's square: its filter coefficients computed as Resample.c computes them, in
+fixed point, a horizontal then a vertical pass each rounded to 8 bits. Where load_image would
+first reduce a very large photo (a PNG over 1,023 pixels on its short side, a JPEG over 8,191)
+the export averages the same boxes in Pillow's integer arithmetic. EXIF orientation is not read:
+a photo stored sideways is captioned as stored (load_image turns it upright).
+"""
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from .captioning import encoder_for_run
+from .decoding import DEFAULT_DECODING
+from .encoders import encoder_spec
+from .files import atomic_folder, write_json
+from .images import DECODE_SIZE
+from .runs import load_decoder
+from .search import compiled_search
+
+__all__ = ["export_captioner", "CAPTIONER_RECORD", "ExportedCaptioner", "read_photo"]
+
+# The export's record, beside the SavedModel (TF Serving's place for extra files): what it is.
+CAPTIONER_RECORD = Path("assets.extra") / "captioner.json"
+
+# Pillow's fixed-point precision in resampling (Resample.c) and alpha compositing (AlphaComposite.c).
+RESAMPLE_BITS = 22
+COMPOSITE_BITS = 7
+JPEG_SCALES = (8, 4, 2, 1)  # the reduced sizes libjpeg decodes at (1/8 ... 1), as draft tries them
+
+
+class ExportedCaptioner(tf.Module):
+    """What the SavedModel holds: the encoder, the decoder's models, the words and the search."""
+
+    def __init__(self, decoder, encoder, config, setting):
+        super().__init__(name="captioner")
+        self.encoder = encoder
+        members = getattr(decoder, "members", (decoder,))
+        self.models = [member.model for member in members]  # tracked: their weights are saved
+        self.words = tf.constant(decoder.vocab.words)
+        self.end_id = decoder.vocab.end_id
+        self.size = config.features.input_size
+        self.spec = encoder_spec(config.features.encoder)
+        self.search = compiled_search(decoder, setting.search, encoder.output_shape[1:])
+
+    @tf.function(input_signature=[tf.TensorSpec((None,), tf.string, name="photos")],
+                 autograph=False)
+    def caption(self, photos):
+        """{"captions": [n] strings, "scores": [n] float32} for encoded photos [n]."""
+        pixels = tf.map_fn(lambda data: read_photo(data, self.size), photos,
+                           fn_output_signature=tf.TensorSpec((self.size, self.size, 3), tf.float32))
+        features = self.encoder(self.spec.preprocess(pixels), training=False)
+        ids, _, scores = self.search(features, tf.zeros(2, tf.int64))           # (n, steps)
+        said = tf.math.cumsum(tf.cast(tf.equal(ids, self.end_id), tf.int32), axis=1) == 0
+        words = tf.ragged.boolean_mask(tf.gather(self.words, ids), said)       # before <end>
+        return {"captions": tf.strings.reduce_join(words, axis=1, separator=" "),
+                "scores": tf.cast(scores, tf.float32)}
+
+
+def export_captioner(run_or_runs, folder, setting=DEFAULT_DECODING):
+    """Write the run (a folder) or runs (a list: one ensemble) with `setting` as a SavedModel in
+    `folder`, replaced whole only once written; returns `folder`. A run trained on features made
+    elsewhere cannot encode a photo: NoEncoderError says so."""
+    runs = [run_or_runs] if isinstance(run_or_runs, (str, Path)) else list(run_or_runs)
+    decoder, _, config = load_decoder(runs)
+    module = ExportedCaptioner(decoder, encoder_for_run(config), config, setting)
+    with atomic_folder(folder) as written:
+        tf.saved_model.save(module, str(written), signatures={
+            "serving_default": module.caption.get_concrete_function()})
+        write_json(written / CAPTIONER_RECORD, {
+            "runs": [Path(run).name for run in runs], "decoding": setting.slug,
+            "encoder": config.features.encoder, "weights": config.features.weights,
+            "input_size": config.features.input_size, "vocabulary": config.vocabulary,
+            "inputs": "photos: tf.string [n], JPEG or PNG bytes",
+            "outputs": "captions: tf.string [n]; scores: float32 [n]"})
+    return folder
+
+
+def read_photo(data, size):
+    """One encoded photo (JPEG or PNG bytes) as load_image reads it: [size, size, 3] float32 in
+    [0, 255]."""
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff")
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    tf.debugging.Assert(is_jpeg | is_png, ["a photo is neither a JPEG nor a PNG"])
+    image = tf.cond(is_jpeg, lambda: _decoded_jpeg(data), lambda: _decoded_png(data))
+    factor = tf.maximum(tf.reduce_min(tf.shape(image)[:2]) // DECODE_SIZE, 1)
+    image = tf.cond(factor >= 2, lambda: _reduced(image, factor), lambda: image)
+    image = _resampled(image, size, axis=1)  # Pillow: horizontally, then vertically
+    return tf.cast(_resampled(image, size, axis=0), tf.float32)
+
+
+def _decoded_jpeg(data):
+    """RGB uint8 [h, w, 3] at the scale Pillow's draft((DECODE_SIZE, DECODE_SIZE)) decodes."""
+    height, width = tf.unstack(tf.image.extract_jpeg_shape(data)[:2])
+    scale = tf.minimum(width // DECODE_SIZE, height // DECODE_SIZE)
+    # The largest scale not above it; 1 (the whole image) for a photo under DECODE_SIZE.
+    branch = tf.argmax(tf.constant(JPEG_SCALES) <= tf.maximum(scale, 1))
+    return tf.switch_case(tf.cast(branch, tf.int32), [
+        lambda ratio=ratio: tf.io.decode_jpeg(data, channels=3, ratio=ratio,
+                                              dct_method="INTEGER_ACCURATE")
+        for ratio in JPEG_SCALES])
+
+
+def _decoded_png(data):
+    """RGB uint8 [h, w, 3], transparency composited on white as Pillow's alpha_composite does."""
+    rgba = tf.cast(tf.io.decode_png(data, channels=4, dtype=tf.uint8), tf.int32)
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    one = 1 << COMPOSITE_BITS
+    blended = rgb * alpha * one + 255 * (255 - alpha) * one + (0x80 << COMPOSITE_BITS)
+    blended = (((blended // 256) + blended) // 256) // one  # Pillow's shifts, as divisions
+    return tf.cast(tf.where(alpha == 0, 255, blended), tf.uint8)
+
+
+def _reduced(image, factor):
+    """Each `factor` x `factor` box's mean (the last row and column of boxes partial) as Pillow's
+    Image.reduce computes it (Reduce.c): (sum + count / 2) times a reciprocal of the count taken
+    in float32 to 32 bits, shifted back by 24."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    rows, columns = -(-height // factor), -(-width // factor)
+    padding = [[0, rows * factor - height], [0, columns * factor - width], [0, 0]]
+    boxes = tf.reshape(tf.pad(tf.cast(image, tf.int64), padding),
+                       (rows, factor, columns, factor, 3))
+    counts = tf.reshape(tf.pad(tf.ones_like(image[..., :1], tf.int64), padding),
+                        (rows, factor, columns, factor, 1))
+    total, count = tf.reduce_sum(boxes, (1, 3)), tf.reduce_sum(counts, (1, 3))
+    reciprocal = tf.cast(tf.constant(2.0 ** 32, tf.float32) / tf.cast(256 * count, tf.float32),
+                         tf.int64)
+    return tf.cast(((total + count // 2) * reciprocal) // 2 ** 24, tf.uint8)
+
+
+def _resampled(image, size, axis):
+    """uint8 image resized to `size` along `axis` by Pillow's bilinear filter, 8 bits out."""
+    coefficients = _bilinear_coefficients(tf.shape(image)[axis], size)         # (size, in)
+    pixels = tf.cast(image, tf.float64)  # integer sums below 2 ** 53: exact in any order
+    summed = (tf.einsum("hwc,ow->hoc", pixels, coefficients) if axis == 1
+              else tf.einsum("hwc,oh->owc", pixels, coefficients))
+    shifted = tf.floor((summed + 2.0 ** (RESAMPLE_BITS - 1)) / 2.0 ** RESAMPLE_BITS)
+    return tf.cast(tf.clip_by_value(shifted, 0, 255), tf.uint8)
+
+
+def _bilinear_coefficients(in_size, out_size):
+    """Pillow's fixed-point bilinear coefficients [out_size, in_size] (precompute_coeffs and
+    normalize_coeffs_8bpc of Resample.c, in the same double arithmetic): each output pixel's
+    window of input pixels, weighted by the triangle filter widened by the scale."""
+    scale = tf.cast(in_size, tf.float64) / out_size
+    filter_scale = tf.maximum(scale, 1.0)
+    support = filter_scale  # bilinear's support, 1, times the filter's scale
+    center = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale               # (out,)
+    low = tf.maximum(tf.cast(center - support + 0.5, tf.int32), 0)              # C's (int)
+    high = tf.minimum(tf.cast(center + support + 0.5, tf.int32), in_size)
+    # The window's weights in order (at most 2 * ceil(support) + 1), summed one after the other
+    # as the C loop sums them: float addition depends on its order.
+    width = tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1
+    x = low[:, None] + tf.range(width)[None]                                     # (out, width)
+    distance = (tf.cast(x, tf.float64) - center[:, None] + 0.5) * (1.0 / filter_scale)
+    weights = tf.where(x < high[:, None], tf.maximum(1.0 - tf.abs(distance), 0.0), 0.0)
+    total = tf.foldl(lambda total, column: total + column, tf.transpose(weights),
+                     initializer=tf.zeros_like(center))
+    normalised = tf.math.divide_no_nan(weights, total[:, None])
+    fixed = tf.floor(0.5 + normalised * 2.0 ** RESAMPLE_BITS)                    # (out, width)
+    return tf.reduce_sum(tf.one_hot(x, in_size, dtype=tf.float64) * fixed[..., None], axis=1)
