@@ -22,17 +22,17 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
+from functools import partial
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import seed_recipe
-from shared_data import REPO, SHARED, TRAINVAL, shared_dir
 
 import utils
+from shared_data import REPO, SHARED, TRAINVAL, shared_dir
 
 sys.path.insert(0, str(REPO / "tests"))
-import decoding_oracle  # noqa: E402  (the tests' oracle: the search before it was compiled)
+import decoding_oracle
 
 SHIPPED_RUN = REPO / "models" / "flickr8k-pretrained"
 
@@ -60,9 +60,9 @@ def speeds(decoder, images, settings, loop_images):
     found = {}
     for label, setting in settings.items():
         utils.decode(decoder, images[:8], setting)  # the trace, as any first call
-        graph_rate, graph = rate(lambda: utils.decode(decoder, images, setting), len(images))
-        loop_rate, loop = rate(lambda: decoding_oracle.beam_search(
-            decoder, images[:loop_images], setting), loop_images, passes=1)
+        graph_rate, graph = rate(partial(utils.decode, decoder, images, setting), len(images))
+        loop_rate, loop = rate(partial(decoding_oracle.beam_search, decoder,
+                                       images[:loop_images], setting), loop_images, passes=1)
         same = sum(a.ids == b.ids for a, b in zip(graph, loop))
         found[label] = {"graph": round(graph_rate, 1), "loop": round(loop_rate, 1),
                         "speedup": round(graph_rate / loop_rate, 2),

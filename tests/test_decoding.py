@@ -2,11 +2,11 @@
 import itertools
 from pathlib import Path
 
+import decoding_oracle as oracle
 import keras
 import numpy as np
 import pytest
 
-import decoding_oracle as oracle
 import utils
 from conftest import model_kinds, split_kind
 

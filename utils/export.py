@@ -20,7 +20,6 @@ a photo stored sideways is captioned as stored (load_image turns it upright).
 """
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from .captioning import encoder_for_run
