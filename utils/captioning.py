@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from .decoding import DEFAULT_DECODING, CaptionDecoder, Ensemble, decode
 from .encoders import Encoder, encoder_spec, weights_tag
@@ -17,7 +18,7 @@ from .record import FeatureKind, RunConfig, RunConfigError
 from .runs import load_run
 
 __all__ = ["RANDOM_ENCODER_NOTE", "NoEncoderError", "why_no_encoder", "encoder_for_run",
-           "Captioner", "caption_image", "caption_image_files"]
+           "Captioner", "caption_image", "caption_pixels", "caption_image_files"]
 
 # Why a sample run's captions can name a wrong shape or colour while its BLEU-4 looks excellent.
 RANDOM_ENCODER_NOTE = (
@@ -81,11 +82,15 @@ def caption_image(captioner, image, setting=DEFAULT_DECODING):
     """The `Caption` of one image (a path, an open file or a decoded image), read and scaled by the
     same `load_image` and `preprocess` as the feature cache, with its maps if the run attends.
     Raises ImageError, naming the image, for anything unusable."""
-    source = captioner.config.features
-    pixels = load_image(image, source.input_size)
-    pixels = encoder_spec(source.encoder).preprocess(pixels[None])
-    features = captioner.encoder.predict(pixels, verbose=0)
-    return decode(captioner.decoder, features, setting)[0]
+    return caption_pixels(captioner, [load_image(image, captioner.config.features.input_size)],
+                          setting)[0]
+
+
+def caption_pixels(captioner, pixels, setting=DEFAULT_DECODING):
+    """The `Caption`s of images read by `load_image` at the run's input size ([n, size, size, 3]),
+    encoded in one batch and decoded together."""
+    pixels = encoder_spec(captioner.config.features.encoder).preprocess(np.stack(pixels))
+    return decode(captioner.decoder, captioner.encoder.predict(pixels, verbose=0), setting)
 
 
 def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):

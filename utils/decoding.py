@@ -161,6 +161,9 @@ class Caption:
     # Attention weights over the grid of each word and of <end> [words + 1, positions], each row
     # summing to one; None for a model that does not attend.
     maps: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # What the search ranked it by: beam search's summed log-probability / length ** length
+    # penalty, sampling's summed log-probability; None where no search wrote it.
+    score: float | None = field(default=None, compare=False)
 
     @property
     def shown(self):
@@ -206,12 +209,13 @@ def sample_captions(decoder, features, samples, rng):
 
 def _captions(found, vocab):
     """A search's rows (ids [m, steps], maps [m, steps, P], scores [m]) as Captions: each its words
-    up to <end>, and for a model that attends the maps of its words and <end>."""
-    sequences, seen, _ = (x.numpy() for x in found)
+    up to <end>, for a model that attends the maps of its words and <end>, and its score."""
+    sequences, seen, scores = (x.numpy() for x in found)
     captions = []
-    for sequence, maps in zip(sequences, seen):
+    for sequence, maps, score in zip(sequences, seen, scores):
         ids = tuple(int(i) for i in sequence[:np.argmax(sequence == vocab.end_id)])
-        captions.append(Caption(ids, vocab.decode(ids), maps[:len(ids) + 1] if maps.shape[1] else None))
+        captions.append(Caption(ids, vocab.decode(ids), maps[:len(ids) + 1] if maps.shape[1] else None,
+                                float(score)))
     return captions
 
 
