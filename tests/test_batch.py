@@ -56,7 +56,8 @@ def test_a_killed_run_resumes_and_every_photo_is_written_once(shared_flickr8k, t
     assert second.returncode == 0, log
     assert f"{written} already in" in log and "1 other files left out" in log
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    photos = sorted(str(p.relative_to(tmp_path)) for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt")
+    photos = sorted(str(p.relative_to(tmp_path)) for p in folder.rglob("*")
+                    if p.is_file() and p.suffix != ".txt")
     assert sorted(os.path.relpath(r["file"], tmp_path) for r in records) == photos  # each once
     broken = [r for r in records if r["error"]]
     assert len(broken) == 1 and "broken.jpg" in broken[0]["error"] and not broken[0]["caption"]
