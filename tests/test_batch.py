@@ -82,3 +82,9 @@ def test_csv_holds_what_json_lines_hold(shared_flickr8k, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
     assert [(r["file"], r["caption"]) for r in rows] == [(r["file"], r["caption"]) for r in lines]
     assert list(rows[0]) == list(utils.batch.FIELDS)
+
+
+def test_the_readme_shows_the_commands_help():
+    shown = subprocess.run([sys.executable, "-m", "utils.batch", "--help"], cwd=REPO, text=True,
+                           capture_output=True, env=os.environ | {"COLUMNS": "100"}, check=True)
+    assert shown.stdout.strip() in (REPO / "README.md").read_text()

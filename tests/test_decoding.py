@@ -23,8 +23,9 @@ POSITIONS = 9
 def random_decoder(n_words, max_length, feature_dim=6, units=8, seed=0, architecture="merge"):
     """A decoder over a randomly initialised model, sharp enough that captions differ."""
     keras.utils.set_random_seed(seed)
-    # Three words a caption may not end on, for the sampling's rule (utils.BAD_ENDINGS).
-    words = [*utils.SPECIAL_TOKENS, *utils.BAD_ENDINGS[:3], *(f"w{i}" for i in range(n_words - 3))]
+    # Up to three words a caption may not end on, for the sampling's rule (utils.BAD_ENDINGS).
+    bad = utils.BAD_ENDINGS[:min(3, n_words)]
+    words = [*utils.SPECIAL_TOKENS, *bad, *(f"w{i}" for i in range(n_words - len(bad)))]
     vocab = utils.Vocabulary(words, max_length)
     architecture, grid = split_kind(architecture)
     model = utils.build_caption_model(utils.ModelConfig(

@@ -79,14 +79,21 @@ def test_an_exported_ensemble_captions_as_its_captioner_does(sample_training, tm
 
 def test_a_photo_is_read_in_the_graph_exactly_as_load_image_reads_it():
     """Pillow's reading in TensorFlow ops, pixel for pixel: JPEGs at each of libjpeg's reduced
-    scales, grey ones, PNGs with transparency, a palette or grey and alpha, very large PNGs
-    (Image.reduce), photos smaller than the encoder's square."""
+    scales, grey ones, tall ones, turned by their EXIF orientation, PNGs with transparency, a
+    palette or grey and alpha, very large PNGs (Image.reduce), photos smaller than the encoder's
+    square."""
     photo = Image.open(PUBLIC_DOMAIN_PHOTO)
     translucent = photo.convert("RGBA")
     translucent.putalpha(Image.fromarray(
         np.random.default_rng(0).integers(0, 256, photo.size[::-1], dtype=np.uint8)))
     cases = {f"jpeg {size}": photo_bytes(photo.resize(size), "JPEG", quality=92)
-             for size in [(150, 90), (640, 480), (1100, 1030), (2100, 1600), (4200, 3000)]}
+             for size in [(150, 90), (640, 480), (1100, 1030), (2100, 1600), (4200, 3000),
+                          (200, 300), (300, 500), (100, 400)]}  # tall ones: resized height first
+    for orientation in range(10):  # EXIF Orientation: 1-8 turn the photo, 0 and 9 mean nothing
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        cases[f"jpeg turned {orientation}"] = photo_bytes(photo.resize((300, 200)), "JPEG",
+                                                          exif=exif.tobytes())
     cases |= {f"png {size}": photo_bytes(photo.resize(size), "PNG")
               for size in [(500, 375), (2100, 1600), (3300, 3100)]}
     cases |= {"grey jpeg": photo_bytes(photo.convert("L"), "JPEG"),

@@ -111,18 +111,22 @@ def parse_arguments(argv=None):
     parser.add_argument("photos", nargs="+", help="photo files and folders (read recursively)")
     parser.add_argument("--run", action="append", required=True, metavar="FOLDER",
                         help="a run folder of notebook 04; repeat for an ensemble")
-    parser.add_argument("--out", type=Path, default=Path("captions.jsonl"),
+    parser.add_argument("--out", type=Path, metavar="FILE", default=Path("captions.jsonl"),
                         help="where the captions go: .jsonl, or .csv (default: captions.jsonl); "
                         "photos it already holds are skipped")
-    parser.add_argument("--beam-width", type=int, default=utils.DEFAULT_DECODING.beam_width,
+    default = utils.DEFAULT_DECODING
+    parser.add_argument("--beam-width", type=int, metavar="K", default=default.beam_width,
                         help="1: greedy search (default: %(default)s)")
-    parser.add_argument("--length-penalty", type=float, default=utils.DEFAULT_DECODING.length_penalty,
+    parser.add_argument("--length-penalty", type=float, metavar="A",
+                        default=default.length_penalty,
                         help="0: summed log-probability; 1: per word (default: %(default)s)")
-    parser.add_argument("--no-repeat-ngram", type=int, default=utils.DEFAULT_DECODING.no_repeat_ngram,
+    parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
+                        default=default.no_repeat_ngram,
                         help="no n-gram twice in a caption; 0: no such rule (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+    parser.add_argument("--batch-size", type=int, metavar="N", default=BATCH_SIZE,
                         help="photos encoded and decoded together (default: %(default)s)")
-    parser.add_argument("--weights-file", help="only for runs whose encoder used a weights file")
+    parser.add_argument("--weights-file", metavar="FILE",
+                        help="only for runs whose encoder used a weights file")
     return parser.parse_args(argv)
 
 

@@ -29,7 +29,7 @@ from .search import BAD_ENDINGS, SearchKind, compiled_search
 
 __all__ = ["DecodingSetting", "DEFAULT_DECODING", "CaptionDecoder", "Ensemble", "ROWS_PER_STEP", "Caption",
            "EMPTY_CAPTION", "shown_caption", "decode", "sample_captions", "bad_endings",
-           "caption_ids", "EpochReport"]
+           "caption_ids", "floored_log", "EpochReport"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,12 @@ class DecodingSetting:
 DEFAULT_DECODING = DecodingSetting()
 
 
+def floored_log(probs):
+    """Log-probabilities of probabilities, those under 1e-12 floored there: a probability that
+    underflows to zero (the sharpest models') still ranks, and no score becomes -inf."""
+    return tf.math.log(tf.maximum(probs, 1e-12))
+
+
 class CaptionDecoder:
     """A trained caption model's `start` and `step` (utils.architectures) as decoding calls them:
     tensors in, tensors out, eagerly (notebook 05's one-word-at-a-time loop) or traced into a
@@ -106,7 +112,7 @@ class CaptionDecoder:
         """Log-probabilities of the next word [B, V], the new state, and the attention weights
         [B, positions] (None without attention)."""
         probs, state, weights = self.model.step(context, tf.cast(words, tf.int32), state)
-        return tf.math.log(tf.maximum(probs, 1e-12)), tuple(state), weights
+        return floored_log(probs), tuple(state), weights
 
 
 class Ensemble:
@@ -130,12 +136,14 @@ class Ensemble:
         return tuple(context for context, _ in starts), tuple(state for _, state in starts)
 
     def step(self, contexts, words, states):
-        """The log of the members' mean next-word probability [B, V], their new states, None."""
-        steps = [member.step(context, words, state)
+        """The log of the members' mean next-word probability [B, V], their new states, None.
+        The members' probabilities are averaged as they come from their heads: one logarithm
+        a step, not one a member and an exponential to undo it (a fifth of an ensemble's time)."""
+        steps = [member.model.step(context, tf.cast(words, tf.int32), state)
                  for member, context, state in zip(self.members, contexts, states)]
-        log_probs = tf.stack([log_probs for log_probs, _, _ in steps])       # (members, B, V)
-        mean = tf.reduce_logsumexp(log_probs, axis=0) - np.log(len(steps))   # (B, V)
-        return mean, tuple(state for _, state, _ in steps), None
+        mean = tf.add_n([probs for probs, _, _ in steps]) / len(steps)     # (B, V)
+        return floored_log(mean), tuple(tuple(state) for _, state, _ in steps), None
+
 
 
 # Beams stepped together (images x beam width): bounds the memory of one step, large enough

@@ -15,12 +15,15 @@ transparency composited on white in Pillow's integer arithmetic, then Pillow's b
 to the encoder's square: its filter coefficients computed as Resample.c computes them, in
 fixed point, a horizontal then a vertical pass each rounded to 8 bits. Where load_image would
 first reduce a very large photo (a PNG over 1,023 pixels on its short side, a JPEG over 8,191)
-the export averages the same boxes in Pillow's integer arithmetic. EXIF orientation is not read:
-a photo stored sideways is captioned as stored (load_image turns it upright).
+the export averages the same boxes in Pillow's integer arithmetic. A JPEG's EXIF orientation
+turns it upright as Pillow's exif_transpose does; a PNG's (an eXIf chunk, rare) is not read.
 """
+import functools
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from .captioning import encoder_for_run
 from .decoding import DEFAULT_DECODING
@@ -38,6 +41,10 @@ CAPTIONER_RECORD = Path("assets.extra") / "captioner.json"
 # Pillow's fixed-point precision in resampling (Resample.c) and alpha compositing (AlphaComposite.c).
 RESAMPLE_BITS = 22
 COMPOSITE_BITS = 7
+# Where a JPEG's EXIF Orientation is looked for: its first bytes (the segments before the image
+# data; an APP1 segment is at most 64 KB), and at most this many entries of its first directory.
+EXIF_SEARCH_BYTES = 1 << 17
+MAX_EXIF_ENTRIES = 256
 JPEG_SCALES = (8, 4, 2, 1)  # the reduced sizes libjpeg decodes at (1/8 ... 1), as draft tries them
 
 
@@ -97,8 +104,28 @@ def read_photo(data, size):
     image = tf.cond(is_jpeg, lambda: _decoded_jpeg(data), lambda: _decoded_png(data))
     factor = tf.maximum(tf.reduce_min(tf.shape(image)[:2]) // DECODE_SIZE, 1)
     image = tf.cond(factor >= 2, lambda: _reduced(image, factor), lambda: image)
-    image = _resampled(image, size, axis=1)  # Pillow: horizontally, then vertically
-    return tf.cast(_resampled(image, size, axis=0), tf.float32)
+    if_jpeg = tf.cond(is_jpeg, lambda: _exif_orientation(data), lambda: tf.constant(1))
+    image = _upright(image, if_jpeg)
+    # Recent Pillow (13's Resample.c) resizes vertically first where the height shrinks by more
+    # than twice what the width does, older Pillow always horizontally first; each pass rounds
+    # to 8 bits, so the order shows. The export follows the Pillow it is made with.
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    vertical_first = (height > size) & (height - size > (width - size) * 2) \
+        & tf.constant(pillow_may_resize_vertically_first())
+    image = tf.cond(vertical_first,
+                    lambda: _resampled(_resampled(image, size, axis=0), size, axis=1),
+                    lambda: _resampled(_resampled(image, size, axis=1), size, axis=0))
+    return tf.cast(image, tf.float32)
+
+
+@functools.cache
+def pillow_may_resize_vertically_first():
+    """Whether the installed Pillow resizes a tall image's height before its width: a noise image
+    60 pixels high and 20 wide, resized to 8 x 8 at once and one axis at a time, says which."""
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 20), dtype=np.uint8))
+    at_once = np.asarray(noise.resize((8, 8), Image.BILINEAR))
+    height_first = noise.resize((20, 8), Image.BILINEAR).resize((8, 8), Image.BILINEAR)
+    return bool((np.asarray(height_first) == at_once).all())
 
 
 def _decoded_jpeg(data):
@@ -111,6 +138,53 @@ def _decoded_jpeg(data):
         lambda ratio=ratio: tf.io.decode_jpeg(data, channels=3, ratio=ratio,
                                               dct_method="INTEGER_ACCURATE")
         for ratio in JPEG_SCALES])
+
+
+def _exif_orientation(data):
+    """A JPEG's EXIF Orientation, 1 to 8 (1 where it has none, or another value), from its first
+    APP1 "Exif" segment's first directory, as Pillow's getexif reads it for exif_transpose."""
+    head = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), tf.uint8),
+                   tf.int32)
+    size = tf.size(head)
+
+    def number(at, length, little=False):
+        """The unsigned integer of `length` bytes at `at` (any shape), big- or little-endian."""
+        places = tf.range(length)
+        shifts = 8 * (places if little else length - 1 - places)
+        read = tf.gather(head, tf.clip_by_value(at[..., None] + places, 0, size - 1))
+        return tf.reduce_sum(tf.bitwise.left_shift(read, shifts), axis=-1)
+
+    def searching(at, found):  # segments until the image data (SOS) or a broken marker
+        return (found < 0) & (at + 10 <= size) & tf.equal(number(at, 1), 0xFF) \
+            & tf.not_equal(number(at + 1, 1), 0xDA)
+
+    def next_segment(at, found):
+        exif = tf.equal(number(at + 1, 1), 0xE1) & tf.reduce_all(
+            tf.equal(number(at + 4 + tf.range(6), 1), tf.constant(list(b"Exif\0\0"))))
+        return at + 2 + number(at + 2, 2), tf.where(exif, at + 10, found)
+
+    _, tiff = tf.while_loop(searching, next_segment, (tf.constant(2), tf.constant(-1)))
+    little = tf.equal(number(tiff, 1), ord("I"))  # "II": Intel's byte order; "MM": Motorola's
+
+    def field(at, length):
+        return tf.where(little, number(tiff + at, length, little=True), number(tiff + at, length))
+
+    directory = field(tf.constant(4), 4)
+    entries = directory + 2 + 12 * tf.range(tf.minimum(field(directory, 2), MAX_EXIF_ENTRIES))
+    orientation = tf.boolean_mask(field(entries + 8, 2), tf.equal(field(entries, 2), 0x0112))
+    value = tf.cond((tiff >= 0) & (tf.size(orientation) > 0), lambda: orientation[0],
+                    lambda: tf.constant(1))
+    return tf.where((value >= 1) & (value <= 8), value, 1)
+
+
+def _upright(image, orientation):
+    """The image turned as Pillow's exif_transpose turns it for each EXIF Orientation (1: as it
+    is; 2 mirrored; 3 turned half round; 4 flipped; 5 transposed; 6 turned a quarter clockwise;
+    7 transversed; 8 a quarter counter-clockwise)."""
+    return tf.switch_case(orientation - 1, [
+        lambda: image, lambda: image[:, ::-1], lambda: image[::-1, ::-1], lambda: image[::-1],
+        lambda: tf.transpose(image, (1, 0, 2)), lambda: tf.image.rot90(image, k=3),
+        lambda: tf.transpose(image[::-1, ::-1], (1, 0, 2)), lambda: tf.image.rot90(image, k=1)])
 
 
 def _decoded_png(data):

@@ -35,7 +35,15 @@ import numpy as np
 import tensorflow as tf
 
 from .cider import CiderD
-from .decoding import CaptionDecoder, DecodingSetting, bad_endings, caption_ids, decode, sample_captions
+from .decoding import (
+    CaptionDecoder,
+    DecodingSetting,
+    bad_endings,
+    caption_ids,
+    decode,
+    floored_log,
+    sample_captions,
+)
 from .files import atomic_path, read_json, write_json
 from .record import Baseline
 from .training import WEIGHTS_FILE
@@ -101,7 +109,7 @@ def reinforce_step(model, optimizer, start_id):
             probs = model((features, inputs), training=False)                # (N, T, V)
             picked = tf.gather(probs, sequences, batch_dims=2)                 # (N, T)
             real = tf.cast(sequences > 0, tf.float32)
-            log_probs = tf.math.log(tf.maximum(picked, 1e-12)) * real
+            log_probs = floored_log(picked) * real
             loss = -tf.reduce_sum(advantage[:, None] * log_probs) / tf.reduce_sum(real)
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
