@@ -39,8 +39,8 @@ def tflite(converter, run):
         model = converter.convert()
     except Exception as e:  # the converter raises its own types; any means "does not convert"
         lines = str(e).strip().splitlines()
-        return {"converts": False, "why": next((line.strip() for line in lines if "ops:" in line),
-                                               lines[-1])[:400]}
+        named = [line.strip() for line in lines if line.strip().startswith("Custom ops:")]
+        return {"converts": False, "why": (named or lines[-1:])[0][:400]}
     found = {"converts": True, "megabytes": round(len(model) / 1e6, 2)}
     try:
         found |= run(tf.lite.Interpreter(model_content=model).get_signature_runner())
