@@ -141,16 +141,20 @@ def _search_graph(decoder, kind):
             return (t + 1, words, sequences, seen, scores,
                     done | tf.equal(words, vocab.end_id), tuple(state))
 
+        def unfinished(t, words, sequences, seen, scores, done, state):
+            return (t < steps) & ~tf.reduce_all(done)
+
         _, _, sequences, seen, scores, _, _ = tf.while_loop(
-            lambda t, *rest: (t < steps) & ~tf.reduce_all(rest[4]),
-            step, (tf.constant(0), tf.fill((count,), vocab.start_id),
+            unfinished, step, (tf.constant(0), tf.fill((count,), vocab.start_id),
                    tf.zeros((count, steps), tf.int32),
                    tf.zeros((count, steps, positions), tf.float32),
                    tf.tile(first_scores, [images]), tf.zeros((count,), tf.bool), state))
         if kind.sample:
             return sequences, seen, scores
+        # Each image's winner: the best score per length ** length_penalty, where a caption's
+        # length counts its words and <end>.
         lengths = tf.math.count_nonzero(sequences != vocab.pad_id, axis=1, dtype=tf.float64)
-        normalised = scores / lengths ** kind.length_penalty      # words and <end>, per image:
+        normalised = scores / lengths ** kind.length_penalty                    # (N,)
         winners = tf.math.top_k(tf.reshape(normalised, (-1, rows)), 1)[1][:, 0]  # (n,)
         chosen = tf.range(images) * rows + winners
         return tuple(tf.gather(x, chosen) for x in (sequences, seen, normalised))
