@@ -193,10 +193,12 @@ def decode(decoder, features, setting=DEFAULT_DECODING, images_per_batch=None):
     no beam repeats one of its n-grams. A caption never says <pad>, <start> or <unk>, and one
     still open after `max_length` words gets its <end> there. Greedy search is width 1."""
     per_batch = images_per_batch or max(1, ROWS_PER_STEP // setting.beam_width)
-    search = compiled_search(decoder, setting.search, features.shape[1:])
-    return [caption for first in range(0, len(features), per_batch)
-            for caption in _captions(search(features[first:first + per_batch], _NO_SEED),
-                                     decoder.vocab)]
+    captions = []
+    for first in range(0, len(features), per_batch):  # features: an array, or FeatureRows
+        batch = np.asarray(features[first:first + per_batch], "float32")
+        search = compiled_search(decoder, setting.search, batch.shape[1:])
+        captions += _captions(search(batch, _NO_SEED), decoder.vocab)
+    return captions
 
 
 # The seed of a search that draws nothing (beam search).
@@ -211,6 +213,7 @@ def sample_captions(decoder, features, samples, rng):
     BAD_ENDINGS word. `rng`: a numpy Generator, the one source of randomness (it gives the
     search's seed)."""
     kind = SearchKind(samples, sample=True, avoid_bad_endings=True)
+    features = np.asarray(features, "float32")
     search = compiled_search(decoder, kind, features.shape[1:])
     return _captions(search(features, rng.integers(2 ** 62, size=2)), decoder.vocab)
 
