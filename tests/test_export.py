@@ -67,8 +67,7 @@ def test_an_exported_ensemble_captions_as_its_captioner_does(sample_training, tm
             for seed in (0, 1)]
     greedy = utils.DecodingSetting(1, 0.0, 2)
     folder = utils.export_captioner(runs, tmp_path / "ensemble", greedy)
-    decoder, _, config = utils.load_decoder(runs)
-    captioner = utils.Captioner(decoder, utils.encoder_for_run(config), config)
+    captioner = utils.Captioner.from_run(runs)
     photos = []
     for i, image in enumerate(np.random.default_rng(0).integers(0, 256, (4, 90, 120, 3))):
         photos.append(tmp_path / f"photo{i}.png")

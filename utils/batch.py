@@ -138,8 +138,7 @@ def main(argv=None):
     to_do = [path for path in photos if str(path) not in done]
     print(f"{len(photos)} photos, {len(photos) - len(to_do)} already in {args.out}"
           + (f", {others} other files left out" if others else ""), file=sys.stderr)
-    decoder, _, config = utils.load_decoder(args.run)
-    captioner = utils.Captioner(decoder, utils.encoder_for_run(config, args.weights_file), config)
+    captioner = utils.Captioner.from_run(args.run, args.weights_file)
     as_csv = args.out.suffix.lower() == ".csv"
     unreadable = 0
     args.out.parent.mkdir(parents=True, exist_ok=True)

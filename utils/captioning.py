@@ -15,7 +15,7 @@ from .decoding import DEFAULT_DECODING, CaptionDecoder, Ensemble, decode
 from .encoders import Encoder, encoder_spec, weights_tag
 from .images import ImageError, load_image
 from .record import FeatureKind, RunConfig, RunConfigError
-from .runs import load_run
+from .runs import load_decoder, run_folders
 
 __all__ = ["RANDOM_ENCODER_NOTE", "NoEncoderError", "why_no_encoder", "encoder_for_run",
            "Captioner", "caption_image", "caption_pixels", "caption_image_files"]
@@ -73,9 +73,10 @@ class Captioner:
     config: RunConfig
 
     @classmethod
-    def from_run(cls, run_dir, weights_file=None):
-        model, vocab, config = load_run(run_dir)
-        return cls(CaptionDecoder(model, vocab), encoder_for_run(config, weights_file), config)
+    def from_run(cls, run_or_runs, weights_file=None):
+        """A run folder's captioner; a list of folders: their ensemble's (utils.load_decoder)."""
+        decoder, _, config = load_decoder(run_folders(run_or_runs))
+        return cls(decoder, encoder_for_run(config, weights_file), config)
 
 
 def caption_image(captioner, image, setting=DEFAULT_DECODING):

@@ -25,12 +25,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from .captioning import encoder_for_run
+from .captioning import Captioner
 from .decoding import DEFAULT_DECODING
 from .encoders import encoder_spec
 from .files import atomic_folder, write_json
 from .images import DECODE_SIZE
-from .runs import load_decoder
+from .runs import run_folders
 from .search import compiled_search
 
 __all__ = ["export_captioner", "CAPTIONER_RECORD", "ExportedCaptioner", "read_photo"]
@@ -80,16 +80,16 @@ def export_captioner(run_or_runs, folder, setting=DEFAULT_DECODING):
     """Write the run (a folder) or runs (a list: one ensemble) with `setting` as a SavedModel in
     `folder`, replaced whole only once written; returns `folder`. A run trained on features made
     elsewhere cannot encode a photo: NoEncoderError says so."""
-    runs = [run_or_runs] if isinstance(run_or_runs, (str, Path)) else list(run_or_runs)
-    decoder, _, config = load_decoder(runs)
-    module = ExportedCaptioner(decoder, encoder_for_run(config), config, setting)
+    captioner = Captioner.from_run(run_or_runs)
+    module = ExportedCaptioner(captioner.decoder, captioner.encoder, captioner.config, setting)
+    source = captioner.config.features
     with atomic_folder(folder) as written:
         tf.saved_model.save(module, str(written), signatures={
             "serving_default": module.caption.get_concrete_function()})
         write_json(written / CAPTIONER_RECORD, {
-            "runs": [Path(run).name for run in runs], "decoding": setting.slug,
-            "encoder": config.features.encoder, "weights": config.features.weights,
-            "input_size": config.features.input_size, "vocabulary": config.vocabulary,
+            "runs": [run.name for run in run_folders(run_or_runs)], "decoding": setting.slug,
+            "encoder": source.encoder, "weights": source.weights,
+            "input_size": source.input_size, "vocabulary": captioner.config.vocabulary,
             "inputs": "photos: tf.string [n], JPEG or PNG bytes",
             "outputs": "captions: tf.string [n]; scores: float32 [n]"})
     return folder

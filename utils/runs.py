@@ -23,7 +23,7 @@ from .self_critical import self_critical_finished, self_critical_started
 from .training import WEIGHTS_FILE, training_finished
 from .vocabulary import Vocabulary
 
-__all__ = ["save_run", "read_run", "is_trained", "require_run_folder", "load_run",
+__all__ = ["run_folders", "save_run", "read_run", "is_trained", "require_run_folder", "load_run",
            "load_decoder", "FeatureMismatchError", "check_features", "evaluation_folder"]
 
 # What a run kept until December 2026 instead of WEIGHTS_FILE: the whole Keras model.
@@ -156,6 +156,11 @@ def _weights_of_model_file(model, path):
                                    keras.ops.reshape(source.variance, (-1,)))
         else:
             layer.set_weights(source.get_weights())
+
+
+def run_folders(run_or_runs):
+    """One run folder, or a list of them (an ensemble), as a list of Paths."""
+    return [Path(run_or_runs)] if isinstance(run_or_runs, (str, Path)) else list(map(Path, run_or_runs))
 
 
 def load_decoder(run_dirs):
