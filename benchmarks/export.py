@@ -71,14 +71,13 @@ def main():
 
         whole = tflite(tf.lite.TFLiteConverter.from_saved_model(str(folder)), lambda runner: {
             "runs": runner(photos=np.array(data[:1], dtype=object)) is not None})
-        module = utils.ExportedCaptioner(captioner.decoder, captioner.encoder, captioner.config,
-                                         utils.DEFAULT_DECODING)
-        size = module.size
+        module = utils.ExportedCaptioner(captioner, utils.DEFAULT_DECODING)
+        size = module.sizes[0]  # the shipped run reads one table
 
         @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
                      autograph=False)
         def from_pixels(pixels):
-            features = module.encoder(module.spec.preprocess(pixels), training=False)
+            features = module.encoders[0](module.specs[0].preprocess(pixels), training=False)
             return module.search(features, tf.zeros(2, tf.int64))[0]
 
         def timed(runner):

@@ -214,13 +214,16 @@ def spread(values):
 
 def arguments(doc, results, full_results, tune_help, full_help):
     """The command line the quality benchmarks share (`--tune` where `tune_help` says what it
-    tunes); read it with `parse`."""
+    tunes, `--full` where `full_help` says what it is); read it with `parse`."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, at most 3 epochs")
     parser.add_argument("--seeds", type=int, default=3)
     if tune_help:  # a benchmark with something to tune
         parser.add_argument("--tune", action="store_true", help=tune_help)
-    parser.add_argument("--full", action="store_true", help=full_help)
+    if full_help:  # a benchmark of the subset, or with --full of the whole split
+        parser.add_argument("--full", action="store_true", help=full_help)
+    else:  # a benchmark of the whole split only
+        parser.set_defaults(full=True)
     parser.add_argument("--out", help=f"where every score is written (default {results.name}, "
                                       f"with --full {full_results.name})")
     parser.add_argument("--runs", help="keep each run's folder in this one: an interrupted "

@@ -19,6 +19,9 @@ GRIDS = SHARED / "features" / "efficientnet_lite0_spatial.npz"
 # The same network's pooled features of every train and dev photo of the official split (from
 # 224-px copies, squashed whole; the test split's are withheld), for the full-split benchmarks.
 TRAINVAL = SHARED / "features" / "flickr8k_trainval_efficientnet_lite0.npz"
+# Each network's pooled features of those photos (the same order, made alike), by encoder.
+TRAINVAL_BY_ENCODER = {"efficientnet_lite0": TRAINVAL, "efficientnet_lite2": SHARED / "features"
+                       / "flickr8k_trainval_efficientnet_lite2.npz"}
 
 
 def shared_dir():
@@ -31,15 +34,21 @@ def shared_dir():
 
 class SharedData:
     """The shared subset's features (with `grid`, its grids of positions; with `full`, the whole
-    official split's pooled features) and captions, each prepared once per cleaning option."""
+    official split's pooled features, of each of `encoders` side by side) and captions, each
+    prepared once per cleaning option."""
 
-    def __init__(self, grid=False, full=False):
+    def __init__(self, grid=False, full=False, encoders=("efficientnet_lite0",)):
         if grid and full:
             raise ValueError("the whole split has pooled features only, no grids")
-        self.path = TRAINVAL if full else GRIDS if grid else FEATURES
-        self.names, features = utils.load_features(shared_dir() / "features" / self.path.name,
-                                                   grid=grid)
-        self.features = np.asarray(features, "float32")
+        if not full and encoders != ("efficientnet_lite0",):
+            raise ValueError("only the whole split has features of other encoders")
+        paths = [TRAINVAL_BY_ENCODER[e] for e in encoders] if full else [GRIDS if grid else FEATURES]
+        self.path, self.encoders = paths[0], encoders
+        tables = [utils.load_features(shared_dir() / "features" / p.name, grid=grid) for p in paths]
+        if any(names != tables[0][0] for names, _ in tables):
+            raise ValueError(f"{', '.join(p.name for p in paths)}: not the same photos in one order")
+        self.names = tables[0][0]
+        self.features = np.concatenate([np.asarray(f, "float32") for _, f in tables], axis=-1)
         self.images_dir, self.captions_file, self.split_files = utils.find_dataset_files(SHARED)
         if full:  # features-only: their names stand for the photos, none of which is read
             self.images_dir = None

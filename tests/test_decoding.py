@@ -361,6 +361,30 @@ def test_an_ensemble_decodes_as_one_model_does():
     assert batched != utils.decode(alone.members[0], images, beam(3, 1.0, 2))  # the others count
 
 
+def test_members_of_other_encoders_read_their_own_table():
+    """Members of other feature sizes (other encoders) read the ensemble's input as tables side
+    by side, each its own: the same captions as the oracle's loop, and as each member given only
+    its table where the ensemble has one member."""
+    sizes = [6, 9, 6]  # two encoders: members 0 and 2 read the first, member 1 the second
+    members = [random_decoder(20, 8, feature_dim=size, seed=seed)[1]
+               for seed, size in enumerate(sizes)]
+    decoder = utils.Ensemble(members, reads=[0, 1, 0])
+    assert decoder.table_widths == (6, 9)
+    rng = np.random.default_rng(5)
+    tables = [rng.normal(size=(5, 6)), rng.normal(size=(5, 9))]
+    images = np.concatenate(tables, axis=1).astype("float32")
+    for setting in (greedy(2), beam(3, 1.0, 2)):
+        assert_same_captions(utils.decode(decoder, images, setting),
+                             oracle.beam_search(decoder, images, setting))
+    second = utils.Ensemble([members[1]], reads=[0])
+    assert (utils.decode(second, tables[1].astype("float32"))
+            == utils.decode(members[1], tables[1].astype("float32")))
+    with pytest.raises(ValueError, match="members reading table 0 differ in feature size"):
+        utils.Ensemble(members, reads=[0, 0, 1])
+    with pytest.raises(ValueError, match="tables must be numbered 0, 1"):
+        utils.Ensemble(members, reads=[0, 2, 0])
+
+
 def test_an_ensemble_of_two_vocabularies_is_refused():
     with pytest.raises(ValueError, match="share one vocabulary"):
         utils.Ensemble([random_decoder(20, 8)[1], random_decoder(21, 8)[1]])

@@ -133,7 +133,7 @@ def test_evaluation_on_external_features_and_a_split_file(shared_flickr8k, tmp_p
     executed = json.loads((tmp_path / NOTEBOOKS["05"].name).read_text())
     printed = "".join("".join(o.get("text", "")) for c in executed["cells"]
                       for o in c.get("outputs", []))
-    assert utils.why_no_encoder(config) in printed
+    assert utils.why_no_encoder(config.features) in printed
     assert "efficientnet_lite0_imagenet.npz), so it cannot encode a new photo" in printed
     evaluation = utils.read_evaluation(run_dir, names_file)
     assert evaluation.images == len(chosen) == 40

@@ -21,6 +21,13 @@ def run_dir(sample_training, tmp_path_factory):
     return train_sample_run(tmp_path_factory.mktemp("runs") / "shapes", sample_training, epochs=2)
 
 
+@pytest.fixture(scope="module")
+def run_other(sample_training, tmp_path_factory):
+    """Another seed's run on the same features."""
+    return train_sample_run(tmp_path_factory.mktemp("runs") / "shapes", sample_training, seed=1,
+                            epochs=2)
+
+
 @pytest.fixture
 def run_copy(run_dir, tmp_path):
     """A copy of the run that a test may damage."""
@@ -126,35 +133,34 @@ def test_a_run_from_before_records_still_loads_and_captions(run_copy, sample_roo
         utils.load_run(run_copy)
 
 
-def test_encoder_for_run_says_what_it_cannot_rebuild(run_dir, tmp_path):
-    config = utils.load_run(run_dir)[2]
-    assert utils.encoder_for_run(config).input_shape == (None, 75, 75, 3)
-    external = dataclasses.replace(config, features=utils.FeatureSource("external", "x.npz", 7))
+def test_encoder_of_says_what_it_cannot_rebuild(run_dir, tmp_path):
+    source = utils.load_run(run_dir)[2].features
+    assert utils.encoder_of(source).input_shape == (None, 75, 75, 3)
+    external = utils.FeatureSource("external", "x.npz", 7)
     with pytest.raises(utils.NoEncoderError, match="^This run was trained on features made outside "
                                                    "this repository \\(x.npz\\), so it cannot"):
-        utils.encoder_for_run(external)
+        utils.encoder_of(external)
     # Features made elsewhere by a network its maker names (FEATURES_ENCODER): rebuilt, its size
     # checked against the features'.
-    declared = dataclasses.replace(config, features=utils.FeatureSource(
-        "external", "x.npz", 7, "efficientnet_lite0", "imagenet", 224))
+    declared = utils.FeatureSource("external", "x.npz", 7, "efficientnet_lite0", "imagenet", 224)
     assert utils.why_no_encoder(declared) is None
     with pytest.raises(utils.RunConfigError, match="efficientnet_lite0 makes 1280 values an "
                                                    "image, but this run's features \\(x.npz\\) have 7"):
-        utils.encoder_for_run(declared)
-    from_file = dataclasses.replace(config, features=dataclasses.replace(
-        config.features, weights="file-0123456789"))
+        utils.encoder_of(declared)
+    from_file = dataclasses.replace(source, weights="file-0123456789")
     with pytest.raises(ValueError, match="used a weights file \\(file-0123456789\\): pass its path"):
-        utils.encoder_for_run(from_file)
+        utils.encoder_of(from_file)
     other = tmp_path / "other.weights.h5"
     other.write_bytes(b"not the weights the run was trained with")
     with pytest.raises(ValueError, match=f"pass its path; {other} is another file"):
-        utils.encoder_for_run(from_file, other)
+        utils.encoder_of(from_file, weights_file=other)
 
 
-def test_runs_of_one_vocabulary_and_features_decode_as_one_ensemble(run_dir, run_copy,
-                                                                    sample_training, tmp_path):
-    """Two runs load as one Ensemble, its evaluation kept apart from either run's; a run of
-    other features is refused, named beside the first."""
+def test_runs_of_one_vocabulary_and_dataset_decode_as_one_ensemble(run_dir, run_copy, run_other,
+                                                                   sample_training, tmp_path):
+    """Two runs load as one Ensemble, its evaluation kept apart from either run's; a run of other
+    features of the same photos reads its own table beside the others'; a run of other photos is
+    refused, named beside the first."""
     features = sample_training[3][:5]
     single, vocab, config = utils.load_decoder([run_dir])
     assert isinstance(single, utils.CaptionDecoder) and config == utils.read_run(run_dir)[1]
@@ -177,10 +183,19 @@ def test_runs_of_one_vocabulary_and_features_decode_as_one_ensemble(run_dir, run
     record["features"]["path"] = "/elsewhere/the same features.npz"  # where they lay: no matter
     (run_copy / "config.json").write_text(json.dumps(record))
     assert isinstance(utils.load_decoder([run_dir, run_copy])[0], utils.Ensemble)
-    record["features"]["fingerprint"] = "0123456789abcdef"  # other content
+    # Other features of the same photos (another encoder's): a table of their own, side by side.
+    record["features"]["fingerprint"] = "0123456789abcdef"
+    (run_copy / "config.json").write_text(json.dumps(record))
+    across, _, _ = utils.load_decoder([run_dir, run_copy, run_other])
+    assert across.reads == (0, 1, 0) and across.table_widths == (features.shape[1],) * 2
+    assert across.sources == (config.features, utils.read_run(run_copy)[1].features)
+    side_by_side = np.concatenate([features, features], axis=1)
+    assert utils.decode(across, side_by_side) == utils.decode(
+        utils.Ensemble([single, single, utils.load_decoder([run_other])[0]]), features)
+    record["dataset"] = "flickr30k"  # other photos
     (run_copy / "config.json").write_text(json.dumps(record))
     with pytest.raises(utils.RunConfigError,
-                       match=f"{run_copy} cannot join {run_dir} in an ensemble: not the same features"):
+                       match=f"{run_copy} cannot join {run_dir} in an ensemble: not the same dataset"):
         utils.load_decoder([run_dir, run_copy])
 
 
@@ -396,7 +411,7 @@ if history == "busy":  # other models made first, one of them while the run load
 captioner = utils.Captioner.from_run(run)
 if history == "busy":
     other.join()
-weights = hashlib.sha1(b"".join(np.asarray(w).tobytes() for w in captioner.encoder.weights))
+weights = hashlib.sha1(b"".join(np.asarray(w).tobytes() for w in captioner.encoders[0].weights))
 print(json.dumps([weights.hexdigest(), utils.caption_image(captioner, photo).text]))
 """
 
@@ -423,7 +438,7 @@ def test_a_photo_gets_the_same_caption_in_every_fresh_process(run_dir, tmp_path)
     weights, caption = json.loads(done.stdout.strip().splitlines()[-1])
     captioner = utils.Captioner.from_run(run_dir)
     assert weights == hashlib.sha1(b"".join(np.asarray(w).tobytes()
-                                            for w in captioner.encoder.weights)).hexdigest()
+                                            for w in captioner.encoders[0].weights)).hexdigest()
     assert caption == utils.caption_image(captioner, photo).text
 
 

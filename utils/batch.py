@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import utils  # TensorFlow's modules through the package: its start-up lines hidden
 
-from .images import ImageError, load_image
+from .images import ImageError
 
 __all__ = ["PHOTO_SUFFIXES", "BATCH_SIZE", "FIELDS", "photo_files", "written_files", "main"]
 
@@ -78,10 +78,10 @@ def _lines(records, as_csv):
     return buffer.getvalue()
 
 
-def _read(path, size):
-    """(the photo as load_image reads it, None) or (None, why it cannot be read)."""
+def _read(path, captioner):
+    """(the photo as the captioner's encoders read it, None) or (None, why it cannot be read)."""
     try:
-        return load_image(path, size), None
+        return captioner.read(path), None
     except (ImageError, OSError) as e:  # OSError: a file that vanished or cannot be opened
         return None, str(e)
 
@@ -89,16 +89,15 @@ def _read(path, size):
 def _caption_batch(captioner, paths, setting, readers):
     """One record per path: its caption and score, or why it could not be read. The photos are
     read by `readers` (a thread pool: Pillow decodes without holding the GIL)."""
-    pixels, records = [], {}
-    size = captioner.config.features.input_size
-    for path, (image, why) in zip(paths, readers.map(lambda p: _read(p, size), paths)):
+    photos, records = [], {}
+    for path, (photo, why) in zip(paths, readers.map(lambda p: _read(p, captioner), paths)):
         if why is None:
-            pixels.append((path, image))
+            photos.append((path, photo))
         else:
             records[path] = {"file": str(path), "caption": "", "score": None, "error": why}
-    if pixels:
-        for (path, _), caption in zip(pixels, utils.caption_pixels(captioner, [p for _, p in pixels],
-                                                             setting)):
+    if photos:
+        for (path, _), caption in zip(photos, utils.caption_photos(captioner, [p for _, p in photos],
+                                                                   setting)):
             records[path] = {"file": str(path), "caption": caption.text,
                              "score": round(caption.score, 4), "error": None}
     return [records[path] for path in paths]

@@ -8,17 +8,17 @@ they cannot encode a photo, and what to do instead.
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
+from PIL import Image
 
 from .decoding import DEFAULT_DECODING, CaptionDecoder, Ensemble, decode
 from .encoders import Encoder, encoder_spec, weights_tag
-from .images import ImageError, load_image
+from .images import ImageError, decode_image, load_image
 from .record import FeatureKind, RunConfig, RunConfigError
-from .runs import load_decoder, run_folders
+from .runs import feature_sources, load_decoder, run_folders
 
-__all__ = ["RANDOM_ENCODER_NOTE", "NoEncoderError", "why_no_encoder", "encoder_for_run",
-           "Captioner", "caption_image", "caption_pixels", "caption_image_files"]
+__all__ = ["RANDOM_ENCODER_NOTE", "NoEncoderError", "why_no_encoder", "encoder_of", "Captioner",
+           "caption_image", "caption_photos", "caption_image_files"]
 
 # Why a sample run's captions can name a wrong shape or colour while its BLEU-4 looks excellent.
 RANDOM_ENCODER_NOTE = (
@@ -32,23 +32,24 @@ class NoEncoderError(ValueError):
     """A run that cannot encode a new photo: its message says why, and what to do instead."""
 
 
-def why_no_encoder(config):
-    """Why a run cannot caption a new photo, in one sentence with what to do instead; None when
-    it can (its features came from notebook 02's cache, whose encoder is rebuilt)."""
-    if config.features.kind != FeatureKind.EXTERNAL or config.features.encoder:
+def why_no_encoder(source):
+    """Why features of this FeatureSource (a run record's) cannot be made again for a new photo,
+    in one sentence with what to do instead; None when they can (notebook 02's cache, or features
+    whose network was named)."""
+    if source.kind != FeatureKind.EXTERNAL or source.encoder:
         return None
     return (f"This run was trained on features made outside this repository "
-            f"({Path(config.features.path).name}), so it cannot encode a new photo the same way: "
+            f"({Path(source.path).name}), so it cannot encode a new photo the same way: "
             "it captions the images whose features you give it (FEATURES in notebook 05). To "
             "caption your own photos, train a run on features of notebook 02, or name the "
             "network that made these (FEATURES_ENCODER in notebook 04).")
 
 
-def encoder_for_run(config, weights_file=None):
-    """The CNN that made a run's features, so a new photo is encoded exactly like the training
-    ones. Random weights are rebuilt from their seed; a weights file must be given again."""
-    source = config.features
-    why = why_no_encoder(config)
+def encoder_of(source, grid=False, weights_file=None):
+    """The CNN that made features of this FeatureSource (with `grid`, its grids), so that a new
+    photo is encoded exactly like the training ones. Random weights are rebuilt from their seed;
+    a weights file must be given again."""
+    why = why_no_encoder(source)
     if why:
         raise NoEncoderError(why)
     if source.weights.startswith("file-") and (
@@ -56,7 +57,7 @@ def encoder_for_run(config, weights_file=None):
         raise ValueError(f"this run's encoder used a weights file ({source.weights}): pass its "
                          "path" + (f"; {weights_file} is another file" if weights_file else ""))
     weights = {"random": None, "imagenet": "imagenet"}.get(source.weights, weights_file)
-    cnn = Encoder(source.encoder, weights, source.input_size).build(grid=config.model.reads_grid)
+    cnn = Encoder(source.encoder, weights, source.input_size).build(grid=grid)
     if cnn.output_shape[-1] != source.dim:  # a declared encoder (FEATURES_ENCODER) that did not
         raise RunConfigError(f"{source.encoder} makes {cnn.output_shape[-1]} values an image, "
                              f"but this run's features ({Path(source.path).name}) have "
@@ -67,31 +68,53 @@ def encoder_for_run(config, weights_file=None):
 @dataclass
 class Captioner:
     """A run (or an Ensemble of runs) ready to caption new photos: its decoder, and the encoder
-    that made its features."""
+    of each table of its input (an ensemble across encoders has one table per encoder)."""
     decoder: CaptionDecoder | Ensemble
-    encoder: keras.Model
+    encoders: tuple  # keras.Model, one per feature_sources(decoder, config)
     config: RunConfig
 
     @classmethod
     def from_run(cls, run_or_runs, weights_file=None):
         """A run folder's captioner; a list of folders: their ensemble's (utils.load_decoder)."""
         decoder, _, config = load_decoder(run_folders(run_or_runs))
-        return cls(decoder, encoder_for_run(config, weights_file), config)
+        return cls.of(decoder, config, weights_file)
+
+    @classmethod
+    def of(cls, decoder, config, weights_file=None):
+        """The captioner of a decoder loaded with its first run's `config`; NoEncoderError for
+        features made elsewhere by a network nobody named."""
+        return cls(decoder, tuple(encoder_of(source, config.model.reads_grid, weights_file)
+                                  for source in feature_sources(decoder, config)), config)
+
+    @property
+    def sources(self):
+        return feature_sources(self.decoder, self.config)
+
+    def read(self, image):
+        """An image (a path, an open file or a decoded image) as each encoder reads it: one
+        `load_image` at each table's input size. Raises ImageError, naming the image."""
+        decoded = image if isinstance(image, Image.Image) else decode_image(image)  # once
+        return tuple(load_image(decoded, source.input_size) for source in self.sources)
+
+    def features(self, photos):
+        """The features of photos as `read` gives them: [n, the tables' widths summed]."""
+        tables = [encoder.predict(encoder_spec(source.encoder).preprocess(
+                      np.stack([photo[t] for photo in photos])), verbose=0)
+                  for t, (source, encoder) in enumerate(zip(self.sources, self.encoders))]
+        return np.concatenate(tables, axis=-1)
 
 
 def caption_image(captioner, image, setting=DEFAULT_DECODING):
     """The `Caption` of one image (a path, an open file or a decoded image), read and scaled by the
     same `load_image` and `preprocess` as the feature cache, with its maps if the run attends.
     Raises ImageError, naming the image, for anything unusable."""
-    return caption_pixels(captioner, [load_image(image, captioner.config.features.input_size)],
-                          setting)[0]
+    return caption_photos(captioner, [captioner.read(image)], setting)[0]
 
 
-def caption_pixels(captioner, pixels, setting=DEFAULT_DECODING):
-    """The `Caption`s of images read by `load_image` at the run's input size ([n, size, size, 3]),
-    encoded in one batch and decoded together."""
-    pixels = encoder_spec(captioner.config.features.encoder).preprocess(np.stack(pixels))
-    return decode(captioner.decoder, captioner.encoder.predict(pixels, verbose=0), setting)
+def caption_photos(captioner, photos, setting=DEFAULT_DECODING):
+    """The `Caption`s of photos as `captioner.read` gives them, encoded in one batch and decoded
+    together."""
+    return decode(captioner.decoder, captioner.features(photos), setting)
 
 
 def caption_image_files(captioner, paths, setting=DEFAULT_DECODING):

@@ -120,19 +120,32 @@ class Ensemble:
     step their next-word probabilities are averaged (probabilities, not log-probabilities: a word
     one member rules out is not ruled out), the ensemble of caption models since Vinyals et al.
     2015. It decodes wherever a CaptionDecoder does, the members' steps inside one compiled search.
-    The members must share the vocabulary, which is checked here, and read the same features,
-    which utils.load_decoder checks from their run records. Attention maps are not averaged: an
-    ensemble gives none."""
+    The members must share the vocabulary, which is checked here. Members may read different
+    features of the same photos (another encoder's): `reads` gives each member's table, an index
+    into the tables the ensemble's input holds side by side on its last axis (`table_widths`
+    values each); without it every member reads the one table. utils.load_decoder groups runs
+    into tables by their records. Attention maps are not averaged: an ensemble gives none."""
     attends = False
 
-    def __init__(self, decoders):
-        self.members, self.vocab = tuple(decoders), decoders[0].vocab
+    def __init__(self, decoders, reads=None, sources=None):
+        """`sources`: what made each table (the runs' FeatureSources), where they are known."""
+        self.members, self.vocab, self.sources = tuple(decoders), decoders[0].vocab, sources
         if any(member.vocab != self.vocab for member in self.members):
             raise ValueError("an ensemble's models must share one vocabulary")
+        self.reads = tuple(reads or [0] * len(self.members))
+        widths = {}  # each table's width: the feature size of the members that read it
+        for member, table in zip(self.members, self.reads):
+            width = member.model.config.feature_dim
+            if widths.setdefault(table, width) != width:
+                raise ValueError(f"members reading table {table} differ in feature size")
+        if sorted(widths) != list(range(len(widths))):
+            raise ValueError(f"reads {self.reads}: tables must be numbered 0, 1, ... in order")
+        self.table_widths = tuple(widths[t] for t in range(len(widths)))
 
     def start(self, features):
-        """(contexts, states): each member's own, in member order."""
-        starts = [member.start(features) for member in self.members]
+        """(contexts, states): each member's own, in member order, from its own table."""
+        tables = tf.split(features, self.table_widths, axis=-1)  # [B, ..., width] each
+        starts = [member.start(tables[table]) for member, table in zip(self.members, self.reads)]
         return tuple(context for context, _ in starts), tuple(state for _, state in starts)
 
     def step(self, contexts, words, states):

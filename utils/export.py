@@ -49,26 +49,32 @@ JPEG_SCALES = (8, 4, 2, 1)  # the reduced sizes libjpeg decodes at (1/8 ... 1), 
 
 
 class ExportedCaptioner(tf.Module):
-    """What the SavedModel holds: the encoder, the decoder's models, the words and the search."""
+    """What the SavedModel holds: the encoders, the decoder's models, the words and the search."""
 
-    def __init__(self, decoder, encoder, config, setting):
+    def __init__(self, captioner, setting):
         super().__init__(name="captioner")
-        self.encoder = encoder
+        self.encoders = list(captioner.encoders)  # one per table of the decoder's input
+        self.sizes = [source.input_size for source in captioner.sources]
+        self.specs = [encoder_spec(source.encoder) for source in captioner.sources]
+        decoder = captioner.decoder
         members = getattr(decoder, "members", (decoder,))
         self.models = [member.model for member in members]  # tracked: their weights are saved
         self.words = tf.constant(decoder.vocab.words)
         self.end_id = decoder.vocab.end_id
-        self.size = config.features.input_size
-        self.spec = encoder_spec(config.features.encoder)
-        self.search = compiled_search(decoder, setting.search, encoder.output_shape[1:])
+        width = sum(encoder.output_shape[-1] for encoder in self.encoders)
+        self.search = compiled_search(decoder, setting.search,
+                                      (*self.encoders[0].output_shape[1:-1], width))
 
     @tf.function(input_signature=[tf.TensorSpec((None,), tf.string, name="photos")],
                  autograph=False)
     def caption(self, photos):
         """{"captions": [n] strings, "scores": [n] float32} for encoded photos [n]."""
-        pixels = tf.map_fn(lambda data: read_photo(data, self.size), photos,
-                           fn_output_signature=tf.TensorSpec((self.size, self.size, 3), tf.float32))
-        features = self.encoder(self.spec.preprocess(pixels), training=False)
+        tables = []
+        for encoder, size, spec in zip(self.encoders, self.sizes, self.specs):
+            pixels = tf.map_fn(lambda data, size=size: read_photo(data, size), photos,
+                               fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
+            tables.append(encoder(spec.preprocess(pixels), training=False))
+        features = tf.concat(tables, axis=-1)                                  # (n, ..., width)
         ids, _, scores = self.search(features, tf.zeros(2, tf.int64))           # (n, steps)
         said = tf.math.cumsum(tf.cast(tf.equal(ids, self.end_id), tf.int32), axis=1) == 0
         words = tf.ragged.boolean_mask(tf.gather(self.words, ids), said)       # before <end>
@@ -81,15 +87,15 @@ def export_captioner(run_or_runs, folder, setting=DEFAULT_DECODING):
     `folder`, replaced whole only once written; returns `folder`. A run trained on features made
     elsewhere cannot encode a photo: NoEncoderError says so."""
     captioner = Captioner.from_run(run_or_runs)
-    module = ExportedCaptioner(captioner.decoder, captioner.encoder, captioner.config, setting)
-    source = captioner.config.features
+    module = ExportedCaptioner(captioner, setting)
     with atomic_folder(folder) as written:
         tf.saved_model.save(module, str(written), signatures={
             "serving_default": module.caption.get_concrete_function()})
         write_json(written / CAPTIONER_RECORD, {
             "runs": [run.name for run in run_folders(run_or_runs)], "decoding": setting.slug,
-            "encoder": source.encoder, "weights": source.weights,
-            "input_size": source.input_size, "vocabulary": captioner.config.vocabulary,
+            "encoders": [{"encoder": source.encoder, "weights": source.weights,
+                          "input_size": source.input_size} for source in captioner.sources],
+            "vocabulary": captioner.config.vocabulary,
             "inputs": "photos: tf.string [n], JPEG or PNG bytes",
             "outputs": "captions: tf.string [n]; scores: float32 [n]"})
     return folder

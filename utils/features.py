@@ -18,7 +18,8 @@ from .files import portable_path, read_json, resolve_path
 from .record import FeatureKind, FeatureSource
 
 __all__ = ["cache_dir", "find_feature_cache", "CacheRecord", "feature_source",
-           "features_fingerprint", "has_grids", "load_features", "FeatureRows", "finished_cache"]
+           "features_fingerprint", "has_grids", "load_features", "load_feature_tables",
+           "SideBySide", "FeatureRows", "finished_cache"]
 
 
 def cache_dir(features_root, encoder):
@@ -163,6 +164,34 @@ def _check_rows(path, names, features):
         bad = [names[i] for i in np.flatnonzero(~finite)]
         raise ValueError(f"{path}: features of {len(bad)} images are not finite (NaN or "
                          f"infinite), e.g. {bad[0]!r}: extract them again")
+
+
+def load_feature_tables(paths, grid=False):
+    """(names, features) of one features path (`load_features`), or of several of the same photos
+    (an ensemble across encoders reads one each): the names that every one holds, in the first's
+    order, and their features side by side (`SideBySide`, read only when indexed)."""
+    if len(paths) == 1:
+        return load_features(paths[0], grid)
+    loaded = [load_features(path, grid) for path in paths]
+    rows = [{name: i for i, name in enumerate(names)} for names, _ in loaded]
+    names = [name for name in loaded[0][0] if all(name in row for row in rows)]
+    return names, SideBySide([(table, np.array([row[n] for n in names], "int64"))
+                              for (_, table), row in zip(loaded, rows)])
+
+
+class SideBySide:
+    """Several tables of features of the same images as one: indexed by an array of image
+    positions, it reads those rows of each table and lays them side by side on the last axis."""
+
+    def __init__(self, parts):
+        self.parts = parts  # (table, each image's row in it), per table
+
+    def __len__(self):
+        return len(self.parts[0][1])
+
+    def __getitem__(self, images):
+        return np.concatenate([np.asarray(table[rows[images]], "float32")
+                               for table, rows in self.parts], axis=-1)
 
 
 class FeatureRows:

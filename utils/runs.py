@@ -24,7 +24,7 @@ from .training import WEIGHTS_FILE, training_finished
 from .vocabulary import Vocabulary
 
 __all__ = ["run_folders", "save_run", "read_run", "is_trained", "require_run_folder", "load_run",
-           "load_decoder", "FeatureMismatchError", "check_features", "evaluation_folder"]
+           "load_decoder", "feature_sources", "FeatureMismatchError", "check_features", "evaluation_folder"]
 
 # What a run kept until December 2026 instead of WEIGHTS_FILE: the whole Keras model.
 OLD_MODEL_FILE = "model.keras"
@@ -166,26 +166,38 @@ def run_folders(run_or_runs):
 def load_decoder(run_dirs):
     """(decoder, vocabulary, the first run's RunConfig) of finished runs: one run's
     CaptionDecoder, or several runs' Ensemble. An ensemble's runs must speak one vocabulary and
-    read the same features (made alike, from one file, pooled or grids): a run that does not is
-    refused, named beside the first."""
+    have trained on one dataset's photos; each reads its own features (a run of another encoder
+    reads that encoder's: the Ensemble's `sources` say what made each of its tables), with grids
+    of as many positions or none. A run that does not fit is refused, named beside the first."""
     first, *others = map(Path, run_dirs)
     where = [os.path.realpath(d) for d in (first, *others)]
     twice = [d for d, real in zip(others, where[1:]) if where.count(real) > 1]
     if twice:
         raise RunConfigError(f"{twice[0]} is in the ensemble twice: it would count double")
     model, vocab, config = load_run(first)
-    decoders = [CaptionDecoder(model, vocab)]
+    decoders, sources, reads = [CaptionDecoder(model, vocab)], [config.features], [0]
     for run_dir in others:
         other_model, other_vocab, other = load_run(run_dir)
         for what, mine, theirs in [("vocabulary", config.vocabulary, other.vocabulary),
-                                   ("features", config.features, other.features),
-                                   ("reading of grids", config.model.reads_grid,
-                                    other.model.reads_grid)]:
+                                   ("dataset", config.dataset, other.dataset),
+                                   ("grid positions", config.model.positions,
+                                    other.model.positions)]:
             if mine != theirs:
                 raise RunConfigError(f"{run_dir} cannot join {first} in an ensemble: not the same "
                                      f"{what} ({theirs} against {mine})")
+        if other.features not in sources:  # features of their own: a table of their own
+            sources.append(other.features)
+        reads.append(sources.index(other.features))
         decoders.append(CaptionDecoder(other_model, other_vocab))
-    return (decoders[0] if not others else Ensemble(decoders)), vocab, config
+    if not others:
+        return decoders[0], vocab, config
+    return Ensemble(decoders, reads, tuple(sources)), vocab, config
+
+
+def feature_sources(decoder, config):
+    """What made each table of a decoder's input (FeatureSources): one run's features, or an
+    ensemble's tables side by side, each read by the members of that table."""
+    return getattr(decoder, "sources", None) or (config.features,)
 
 
 class FeatureMismatchError(RunConfigError):
@@ -200,32 +212,50 @@ CHECK_ROWS, MIN_CHECK_ROWS, MIN_CORRELATION = 1000, 20, 0.4
 
 
 def check_features(decoder, config, path, features):
-    """Refuse to decode `features` (read from `path`) with a run, or every run of an ensemble,
-    trained on features of another kind: a cache whose record names another encoder, or any table
-    whose mean per dimension does not follow the training features' (kept in each model's
-    Normalization layer), which a table made by another network of the same size does not. Fewer
-    than MIN_CHECK_ROWS images cannot tell, and pass."""
-    made = CacheRecord.read(path) if Path(path).is_dir() else None
-    source = config.features
-    if made and source.encoder and (made.encoder, made.weights, made.input_size) != (
-            source.encoder, source.weights, source.input_size):
-        raise FeatureMismatchError(
-            f"{path}: made by {made.encoder} ({made.weights}, {made.input_size} px), but the run "
-            f"was trained on {source.encoder} ({source.weights}, {source.input_size} px) features")
+    """Refuse to decode `features` (read from `path`; an ensemble across encoders: one path per
+    table, the tables side by side) with a run, or every run of an ensemble, trained on features
+    of another kind: a cache whose record names another encoder, or any table whose mean per
+    dimension does not follow the training features' (kept in each model's Normalization layer),
+    which a table made by another network of the same size does not. Fewer than MIN_CHECK_ROWS
+    images cannot tell, and pass."""
+    sources, paths = feature_sources(decoder, config), _as_list(path)
+    if len(paths) != len(sources):
+        raise ValueError(f"{len(paths)} features paths for {len(sources)} tables: an ensemble "
+                         "across encoders reads one table of each encoder's features")
+    for source, path in zip(sources, paths):
+        made = CacheRecord.read(path) if Path(path).is_dir() else None
+        if made and source.encoder and (made.encoder, made.weights, made.input_size) != (
+                source.encoder, source.weights, source.input_size):
+            raise FeatureMismatchError(
+                f"{path}: made by {made.encoder} ({made.weights}, {made.input_size} px), but the "
+                f"run was trained on {source.encoder} ({source.weights}, {source.input_size} px) "
+                "features")
     if len(features) < MIN_CHECK_ROWS:
         return
     rows = np.linspace(0, len(features) - 1, min(len(features), CHECK_ROWS)).astype(int)
     sample = np.asarray(features[np.unique(rows)][:], "float64")  # FeatureRows read on slicing
     mean = sample.reshape(-1, sample.shape[-1]).mean(0)  # grids: every position
-    for member in getattr(decoder, "members", [decoder]):
+    widths = getattr(decoder, "table_widths", (len(mean),))
+    if sum(widths) != len(mean):
+        raise FeatureMismatchError(f"{paths[0]}: {len(mean)} values an image, but the runs read "
+                                   f"{sum(widths)}: another network made them")
+    means = np.split(mean, np.cumsum(widths)[:-1])  # each table's
+    for member, table in zip(getattr(decoder, "members", [decoder]),
+                             getattr(decoder, "reads", [0])):
         trained = np.ravel(keras.ops.convert_to_numpy(member.model.feature_norm.mean))
-        correlation = np.corrcoef(mean, trained)[0, 1] if len(trained) == len(mean) else -1
+        given, source = means[table], sources[table]
+        correlation = np.corrcoef(given, trained)[0, 1] if len(trained) == len(given) else -1
         if not correlation >= MIN_CORRELATION:
             raise FeatureMismatchError(
-                f"{path}: not the kind of features the run was trained on "
-                f"({source.encoder or Path(source.path).name}): their mean per dimension "
-                f"correlates {correlation:.2f} with its training features' (its own give 0.9 or "
-                "more). Another network made them? Give the run features of its own encoder.")
+                f"{paths[table]}: not the kind of features the run was "
+                f"trained on ({source.encoder or Path(source.path).name}): their mean per "
+                f"dimension correlates {correlation:.2f} with its training features' (its own "
+                "give 0.9 or more). Another network made them? Give the run features of its own "
+                "encoder.")
+
+
+def _as_list(path_or_paths):
+    return list(path_or_paths) if isinstance(path_or_paths, (list, tuple)) else [path_or_paths]
 
 
 # An ensemble's folder name is cut to this many characters of its runs' names, then made unique

@@ -1,0 +1,199 @@
+"""Which encoder: EfficientNet-Lite0, Lite2, or both side by side, on the whole split.
+
+    python benchmarks/encoders.py [--quick] [--seeds N] [--runs DIR] [--architectures NAME ...]
+    python benchmarks/encoders.py --tables
+
+Each of ARCHITECTURES trains with our defaults (the notebooks' `parameters` cells) on the whole
+official split (6,000 train, 1,000 dev photos) from the pooled features of each of FEATURES:
+Lite0's 1,280 values an image, Lite2's 1,280 (the same photos' 224-px copies squashed to 260 px),
+and the two concatenated (2,560). Seeds 0 to N-1; each run picks its epoch by validation loss, is
+scored on the dev photos by the COCO evaluation greedily, with beam 3 (the papers') and with our
+default decoding, and is compared with merge on Lite0 by a paired bootstrap interval over the dev
+photos (every seed averaged). ENSEMBLES then decode merge runs as one (utils.Ensemble, each member
+reading its own encoder's features): seeds of one encoder against members that read different
+encoders, each against one merge run on Lite0 and against the seeds of one encoder
+(ACROSS_AGAINST). Beside the scores: each run's training seconds, and each encoder's extraction
+speed on this machine (images a second through the network, batches of 32, the best of three).
+
+Results in benchmarks/results/encoders-full.json (`--out`), written after each run; a run stored
+there (with today's settings) is read back, not trained again. The ensembles need the members'
+weights: give `--runs DIR` to keep each run's folder (a finished one is read back, an interrupted
+one resumes); without it only the runs trained by this call can join one. `--quick`: merge on Lite0
+and Lite2, one seed of at most 3 epochs, their ensemble, nothing written. Last line: one JSON
+object.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import our_recipe as recipe
+from architectures import DECODINGS, PUBLISHED
+
+import utils
+from shared_data import REPO, SharedData
+
+RESULTS = REPO / "benchmarks" / "results" / "encoders-full.json"
+# What each input is: the encoders whose pooled features it lays side by side.
+FEATURES = {"Lite0": ("efficientnet_lite0",), "Lite2": ("efficientnet_lite2",),
+            "Lite0 + Lite2": ("efficientnet_lite0", "efficientnet_lite2")}
+ARCHITECTURES = ("merge", "par-inject")  # merge, and the inject that tied with it on dev
+BASELINE = "merge, Lite0"  # what every run and ensemble is compared with
+# Ensembles of merge runs: each member (features, seed). Two and three members of one encoder's
+# seeds, and as many members that see the photo through different encoders.
+ENSEMBLES = {"Lite0, seeds 0 and 1": [("Lite0", 0), ("Lite0", 1)],
+             "Lite2, seeds 0 and 1": [("Lite2", 0), ("Lite2", 1)],
+             "Lite0 seed 0 and Lite2 seed 1": [("Lite0", 0), ("Lite2", 1)],
+             "Lite0, three seeds": [("Lite0", 0), ("Lite0", 1), ("Lite0", 2)],
+             "Lite2, three seeds": [("Lite2", 0), ("Lite2", 1), ("Lite2", 2)],
+             "Lite0, Lite2 and both (seeds 0, 1, 2)": [("Lite0", 0), ("Lite2", 1),
+                                                       ("Lite0 + Lite2", 2)],
+             "Lite0 and Lite2, six runs": [(f, s) for f in ("Lite0", "Lite2") for s in range(3)]}
+# Each ensemble across encoders against the seeds of one encoder with as many members.
+ACROSS_AGAINST = {"Lite0 seed 0 and Lite2 seed 1": "Lite2, seeds 0 and 1",
+                  "Lite0, Lite2 and both (seeds 0, 1, 2)": "Lite2, three seeds"}
+SPEED_BATCH = 32  # images a batch when extraction speed is timed (notebook 02's on a CPU)
+
+
+def extraction_speed(encoder_name):
+    """Images a second through an encoder's network on this machine (ImageNet weights, pooled),
+    the best of three timed batches."""
+    encoder = utils.Encoder(encoder_name)
+    cnn = encoder.build()
+    return round(max(utils.encoder_speed(cnn, encoder, SPEED_BATCH) for _ in range(3)), 1)
+
+
+def ensemble_input(members):
+    """(the tables an ensemble's input lays side by side, each member's table index): one table
+    per distinct features, in the members' order."""
+    tables = list(dict.fromkeys(features for features, _ in members))
+    return tables, [tables.index(features) for features, _ in members]
+
+
+def make_report(results, references, speeds, args, default):
+    """Every run and ensemble: scores per decoding (mean and spread over seeds), training time,
+    the paired difference from merge on Lite0, and each ensemble across encoders against the
+    seeds of one."""
+    different = recipe.differences(results, references, DECODINGS, BASELINE)
+    against = {across: recipe.differences({k: results[k] for k in (across, seeds)}, references,
+                                          DECODINGS, seeds)
+               for across, seeds in ACROSS_AGAINST.items() if {across, seeds} <= set(results)}
+    entries = {name: recipe.summarise(runs)
+               | {"members": runs[0].get("members", 1),
+                  "captions_per_second": recipe.spread([r["captions_per_second"] for r in runs]),
+                  "difference_from_merge_lite0": {s.slug: different[s.slug].get(name)
+                                                  for s in DECODINGS}}
+               | ({"difference_from_seeds": {"seeds": ACROSS_AGAINST[name]} | {
+                   s.slug: against[name][s.slug][name] for s in DECODINGS}}
+                  if name in against else {})
+               for name, runs in results.items()}
+    return {"models": entries, "extraction_images_per_second": speeds,
+            "settings": {"defaults": default, "decodings": [s.slug for s in DECODINGS],
+                         "features": {k: list(v) for k, v in FEATURES.items()}},
+            "missing": different[DECODINGS[0].slug]["missing"],
+            "seeds": 1 if args.quick else args.seeds, "quick": args.quick}
+
+
+def main():
+    parser = recipe.arguments(__doc__, RESULTS, RESULTS, None, None)
+    parser.add_argument("--architectures", nargs="+", choices=ARCHITECTURES,
+                        default=list(ARCHITECTURES), help="train only these")
+    args = recipe.parse(parser, tables)
+    default = recipe.notebook_defaults() | ({"epochs": 3} if args.quick else {})
+    seeds = range(1 if args.quick else args.seeds)
+    features = {k: v for k, v in FEATURES.items() if not args.quick or k != "Lite0 + Lite2"}
+    architectures = ["merge"] if args.quick else args.architectures
+    ensembles = ({"Lite0 seed 0 and Lite2 seed 0": [("Lite0", 0), ("Lite2", 0)]} if args.quick
+                 else ENSEMBLES)
+    stored = recipe.stored_runs(args, defaults=default, decodings=[s.slug for s in DECODINGS])
+    results = dict(stored.get("runs", {}))
+    speeds = stored.get("extraction_images_per_second") or {
+        name: extraction_speed(name) for name in ("efficientnet_lite0", "efficientnet_lite2")}
+    data = {name: SharedData(full=True, encoders=encoders) for name, encoders in features.items()}
+    names, _, raw = data["Lite0"].split("val")
+    references = dict(zip(names, raw))
+    members = {}  # (features, seed) of merge: its decoder, when its weights are at hand
+
+    def save():  # as the results grow: a long benchmark can be cut short
+        if not args.quick:
+            utils.write_json(args.out, make_report(results, references, speeds, args, default)
+                             | {"runs": results})
+
+    # Seed by seed, each input in turn: a benchmark cut short has as many seeds of each.
+    for seed in seeds:
+        for architecture in architectures:
+            config = default | {"architecture": architecture}
+            for feature_name, shared in data.items():
+                name = f"{architecture}, {feature_name}"
+                runs = results.setdefault(name, [])
+                kept = recipe.read_back(runs, seed)
+                if kept and not (args.runs and architecture == "merge"):
+                    continue  # stored, and its weights not wanted (or not kept)
+                with recipe.run_folder(args.runs, name, config, seed) as run_dir:
+                    model, vocab, seconds, curve = recipe.train_ours(shared, config, seed, run_dir)
+                decoder = utils.CaptionDecoder(model, vocab)
+                if architecture == "merge":
+                    members[feature_name, seed] = decoder
+                if not kept:
+                    recipe.record(runs, name, seed, seconds, len(curve),
+                                  recipe.score(decoder, shared, False, DECODINGS), curve=curve,
+                                  captions_per_second=speed(decoder, shared))
+                    save()
+    for name, chosen in ensembles.items():
+        if not all(member in members for member in chosen):
+            continue  # a member's weights are not at hand (not trained, no --runs)
+        inputs, reads = ensemble_input(chosen)
+        shared = SharedData(full=True, encoders=sum((FEATURES[i] for i in inputs), ()))
+        decoder = utils.Ensemble([members[m] for m in chosen], reads)
+        alone = [recipe.read_back(results[f"merge, {f}"], s) for f, s in chosen]
+        results[name] = []
+        recipe.record(results[name], name, [s for _, s in chosen],
+                      sum(r["train_seconds"] for r in alone), [r["epochs"] for r in alone],
+                      recipe.score(decoder, shared, False, DECODINGS), members=len(chosen),
+                      captions_per_second=speed(decoder, shared))
+        save()
+    recipe.publish(args, make_report(results, references, speeds, args, default), results)
+
+
+def speed(decoder, shared):
+    """Captions a second of our default decoding over the dev photos."""
+    return round(recipe.captions_per_second(decoder, shared.split("val")[1],
+                                            utils.DEFAULT_DECODING), 1)
+
+
+def tables(report):
+    """docs/results.md's tables of a stored report: each model's dev scores with the papers'
+    beam 3 and our default decoding, CIDEr-D against merge on Lite0; then the extraction speeds."""
+    names = {"bleu4": "BLEU-4", "meteor": "METEOR", "cider_d": "CIDEr-D"}
+    header = (["model", "runs"] + [f"{label}: BLEU-4 / METEOR / CIDEr-D" for label in
+                                   ("beam 3", "ours")]
+              + [f"{label}: CIDEr-D minus one merge run on Lite0's" for label in
+                 ("beam 3", "ours")]
+              + ["training a run", "captions a second (ours)", "published (beam 3)"])
+    lines = [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
+    slugs = (DECODINGS[1].slug, utils.DEFAULT_DECODING.slug)
+    for name, entry in report["models"].items():
+        difference = entry["difference_from_merge_lite0"]
+        lines.append(recipe.markdown_row(
+            [name, str(entry["members"]) if entry["members"] > 1 else f"{len(entry['seeds'])} seeds"]
+            + [" / ".join(f"{entry[s][k]['mean']:.3f}" for k in names) for s in slugs]
+            + [recipe.gain_cell((difference[s] or {}).get("cider_d")) for s in slugs]
+            + [f"{entry['train_seconds']['mean']:.0f} s" if entry["members"] == 1 else "-",
+               f"{entry['captions_per_second']['mean']:.0f}",
+               PUBLISHED.get(name.split(",")[0], "-") if name.endswith("Lite0") else "-"]))
+    header = ["ensemble across encoders", "against", "decoding", "CIDEr-D difference",
+              "BLEU-4 difference"]
+    lines += ["", recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
+    for name, entry in report["models"].items():
+        against = entry.get("difference_from_seeds")
+        lines += [recipe.markdown_row(
+            [name, against["seeds"], utils.DecodingSetting.from_slug(s).label]
+            + [recipe.gain_cell(against[s][k]) for k in ("cider_d", "bleu4")])
+            for s in slugs if against]
+    header = ["encoder", "images a second (batches of 32, this CPU)"]
+    lines += ["", recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
+    lines += [recipe.markdown_row([name, f"{rate:.1f}"])
+              for name, rate in report["extraction_images_per_second"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
