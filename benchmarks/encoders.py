@@ -9,7 +9,9 @@ Lite0's 1,280 values an image, Lite2's 1,280 (the same photos' 224-px copies squ
 and the two concatenated (2,560). Seeds 0 to N-1; each run picks its epoch by validation loss, is
 scored on the dev photos by the COCO evaluation greedily, with beam 3 (the papers') and with our
 default decoding, and is compared with merge on Lite0 by a paired bootstrap interval over the dev
-photos (every seed averaged). ENSEMBLES then decode merge runs as one (utils.Ensemble, each member
+photos (every seed averaged). The runs on Lite0 are the architectures benchmark's
+(architectures-full.json, the same defaults and seeds), trained here only where an ensemble needs
+one's weights. ENSEMBLES then decode merge runs as one (utils.Ensemble, each member
 reading its own encoder's features): seeds of one encoder against members that read different
 encoders, each against one merge run on Lite0 and against the seeds of one encoder
 (ACROSS_AGAINST). Beside the scores: each run's training seconds, and each encoder's extraction
@@ -32,6 +34,7 @@ import utils
 from shared_data import REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "encoders-full.json"
+ARCHITECTURES_RESULTS = REPO / "benchmarks" / "results" / "architectures-full.json"  # on Lite0
 # What each input is: the encoders whose pooled features it lays side by side.
 FEATURES = {"Lite0": ("efficientnet_lite0",), "Lite2": ("efficientnet_lite2",),
             "Lite0 + Lite2": ("efficientnet_lite0", "efficientnet_lite2")}
@@ -39,18 +42,28 @@ ARCHITECTURES = ("merge", "par-inject")  # merge, and the inject that tied with 
 BASELINE = "merge, Lite0"  # what every run and ensemble is compared with
 # Ensembles of merge runs: each member (features, seed). Two and three members of one encoder's
 # seeds, and as many members that see the photo through different encoders.
-ENSEMBLES = {"Lite0, seeds 0 and 1": [("Lite0", 0), ("Lite0", 1)],
-             "Lite2, seeds 0 and 1": [("Lite2", 0), ("Lite2", 1)],
+# (Lite0's three seeds as one ensemble: benchmarks/ensemble.py.)
+ENSEMBLES = {"Lite2, seeds 0 and 1": [("Lite2", 0), ("Lite2", 1)],
              "Lite0 seed 0 and Lite2 seed 1": [("Lite0", 0), ("Lite2", 1)],
-             "Lite0, three seeds": [("Lite0", 0), ("Lite0", 1), ("Lite0", 2)],
              "Lite2, three seeds": [("Lite2", 0), ("Lite2", 1), ("Lite2", 2)],
              "Lite0, Lite2 and both (seeds 0, 1, 2)": [("Lite0", 0), ("Lite2", 1),
-                                                       ("Lite0 + Lite2", 2)],
-             "Lite0 and Lite2, six runs": [(f, s) for f in ("Lite0", "Lite2") for s in range(3)]}
+                                                       ("Lite0 + Lite2", 2)]}
 # Each ensemble across encoders against the seeds of one encoder with as many members.
 ACROSS_AGAINST = {"Lite0 seed 0 and Lite2 seed 1": "Lite2, seeds 0 and 1",
                   "Lite0, Lite2 and both (seeds 0, 1, 2)": "Lite2, three seeds"}
 SPEED_BATCH = 32  # images a batch when extraction speed is timed (notebook 02's on a CPU)
+
+
+def lite0_runs(default):
+    """The architectures benchmark's runs on the whole split (Lite0's features, our defaults,
+    seeds 0, 1, ...), by architecture, where they were made with today's defaults: the same
+    runs, not trained again (but where an ensemble needs one's weights)."""
+    if not ARCHITECTURES_RESULTS.is_file():
+        return {}
+    stored = utils.read_json(ARCHITECTURES_RESULTS)
+    if recipe.as_today(default, stored["settings"]["defaults"]) != default:
+        return {}
+    return {name: runs for name, runs in stored["runs"].items() if name in ARCHITECTURES}
 
 
 def extraction_speed(encoder_name):
@@ -105,12 +118,15 @@ def main():
                  else ENSEMBLES)
     stored = recipe.stored_runs(args, defaults=default, decodings=[s.slug for s in DECODINGS])
     results = dict(stored.get("runs", {}))
+    for architecture, runs in ({} if args.quick else lite0_runs(default)).items():
+        results.setdefault(f"{architecture}, Lite0", runs)  # the architectures benchmark's
     speeds = stored.get("extraction_images_per_second") or {
         name: extraction_speed(name) for name in ("efficientnet_lite0", "efficientnet_lite2")}
     data = {name: SharedData(full=True, encoders=encoders) for name, encoders in features.items()}
     names, _, raw = data["Lite0"].split("val")
     references = dict(zip(names, raw))
     members = {}  # (features, seed) of merge: its decoder, when its weights are at hand
+    needed = {member for chosen in ensembles.values() for member in chosen}
 
     def save():  # as the results grow: a long benchmark can be cut short
         if not args.quick:
@@ -125,7 +141,8 @@ def main():
                 name = f"{architecture}, {feature_name}"
                 runs = results.setdefault(name, [])
                 kept = recipe.read_back(runs, seed)
-                if kept and not (args.runs and architecture == "merge"):
+                wanted = architecture == "merge" and (feature_name, seed) in needed
+                if kept and not (args.runs and wanted):
                     continue  # stored, and its weights not wanted (or not kept)
                 with recipe.run_folder(args.runs, name, config, seed) as run_dir:
                     model, vocab, seconds, curve = recipe.train_ours(shared, config, seed, run_dir)

@@ -5,6 +5,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -109,6 +110,48 @@ def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8, archi
     utils.save_run(run_dir, config, vocab)
     utils.train_caption_model(model, data, run_dir, config.training, verbose=0)
     return run_dir
+
+
+# Runs on the shared photos' ImageNet features, each with the network that made them named, so
+# that it encodes a new photo: (features file, encoder, input size).
+SHARED_RUN_FEATURES = {"lite0": ("efficientnet_lite0_imagenet.npz", "efficientnet_lite0", 224),
+                       "lite2": ("efficientnet_lite2_imagenet_squash.npz", "efficientnet_lite2", 260)}
+
+
+@pytest.fixture(scope="session")
+def shared_runs(shared_flickr8k, tmp_path_factory):
+    """A small merge run on each of SHARED_RUN_FEATURES (the shared subset's official train
+    photos, two epochs), saved as notebook 04 saves one, and their captions prepared as notebook
+    01 prepares them: {"lite0": its folder, "lite2": its folder, "data": the DATA_DIR}."""
+    import warnings
+
+    import utils
+
+    images_dir, captions_file, split_files = utils.find_dataset_files(shared_flickr8k)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the token file names 8,090 images, not all here
+        prepared, _ = utils.prepare_dataset(captions_file, images_dir, split_files)
+    vocab = utils.build_vocabulary(utils.split_captions(prepared, "train"))
+    root = tmp_path_factory.mktemp("shared-runs")
+    runs = {"data": root / "data"}
+    prepared.save(utils.dataset_paths("shared8k", runs["data"])["captions"])
+    for key, (file, encoder, size) in SHARED_RUN_FEATURES.items():
+        path = shared_flickr8k / "features" / file
+        names, features = utils.load_features(path)
+        data = utils.CaptionData.encode(prepared, vocab, names, np.asarray(features, "float32"))
+        config = utils.RunConfig(
+            dataset="shared8k", vocabulary=vocab.fingerprint, embedding={}, data=data.counts(),
+            features=utils.FeatureSource("external", utils.portable_path(path), features.shape[1],
+                                         encoder, "imagenet", size,
+                                         utils.features_fingerprint(path)),
+            model=utils.ModelConfig(len(vocab), features.shape[1], units=128),
+            training=utils.TrainingConfig(epochs=2, patience=2))
+        model = utils.build_model(config.model, config.training,
+                                  feature_stats=data.feature_statistics())
+        runs[key] = root / f"shared8k-{encoder}"
+        utils.save_run(runs[key], config, vocab)
+        utils.train_caption_model(model, data, runs[key], config.training, verbose=0)
+    return runs
 
 
 def is_a_caption(shown, vocab):

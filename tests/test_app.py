@@ -392,6 +392,17 @@ def test_the_shipped_run_captions_a_real_photo(streamlit_server, chromium, share
     assert shared, (photo.name, caption, references)
 
 
+def test_a_lite2_run_captions_a_real_photo(streamlit_server, chromium, shared_runs, shared_flickr8k,
+                                          tmp_path):
+    """A run on EfficientNet-Lite2's features: the page reads a real photo at Lite2's 260 px
+    through that network and writes the run's caption of it."""
+    run = shutil.copytree(shared_runs["lite2"], tmp_path / "models" / shared_runs["lite2"].name)
+    chromium.get(streamlit_server(run.parent))
+    photo = sorted((shared_flickr8k / "Images").glob("*.jpg"))[0]
+    page = upload_and_read(chromium, photo, [expected_caption(run, photo)])
+    assert "efficientnet_lite2" in page
+
+
 def test_a_broken_run_folder_does_not_take_the_page_down(monkeypatch, models_dir, sample_root,
                                                           tmp_path):
     shutil.copytree(models_dir / "shapes-small", tmp_path / "good")

@@ -97,3 +97,20 @@ def test_a_file_holding_anything_but_tensors_is_refused(tmp_path):
         pickle.dump({"weight": Payload()}, f, protocol=2)
     with pytest.raises(pickle.UnpicklingError, match="refused: the file names posix.system"):
         utils.read_torch_file(path)
+
+
+def test_an_ensemble_across_encoders_reads_a_photo_at_each_size(shared_runs, shared_flickr8k):
+    """Runs on Lite0's and Lite2's features of the same photos caption a new photo as one: the
+    photo read at 224 px for one and 260 px for the other, each table equal to what the run
+    alone makes of it, and the caption the ensemble's of those tables side by side."""
+    both = utils.Captioner.from_run([shared_runs["lite0"], shared_runs["lite2"]])
+    alone = [utils.Captioner.from_run(shared_runs[key]) for key in ("lite0", "lite2")]
+    assert [s.input_size for s in both.sources] == [224, 260]
+    photos = sorted((shared_flickr8k / "Images").glob("*.jpg"))[:3]
+    read = [both.read(photo) for photo in photos]
+    assert [table.shape for table in read[0]] == [(224, 224, 3), (260, 260, 3)]
+    features = both.features(read)
+    expected = np.concatenate([one.features([one.read(p) for p in photos]) for one in alone], 1)
+    np.testing.assert_array_equal(features, expected)
+    captions = [utils.caption_image(both, photo) for photo in photos]
+    assert captions == utils.decode(both.decoder, expected)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 import utils
-from conftest import SHIPPED_RUN, train_sample_run
+from conftest import SHIPPED_RUN
 
 # A public-domain photo (U.S. Navy, 1984) that matplotlib installs with its sample data.
 PUBLIC_DOMAIN_PHOTO = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
@@ -62,18 +62,20 @@ def test_the_exported_shipped_run_captions_photos_as_caption_image_does(shared_f
     assert record["runs"] == [SHIPPED_RUN.name] and record["decoding"] == "beam5-lp1-nr2"
 
 
-def test_an_exported_ensemble_captions_as_its_captioner_does(sample_training, tmp_path):
-    runs = [train_sample_run(tmp_path / f"run{seed}", sample_training, seed=seed, epochs=3)
-            for seed in (0, 1)]
+def test_an_exported_ensemble_across_encoders_captions_as_its_captioner_does(shared_runs,
+                                                                             shared_flickr8k,
+                                                                             tmp_path):
+    """Runs on Lite0's and Lite2's features as one exported model: each photo read at 224 and at
+    260 px inside the graph, through both networks, and decoded as one ensemble."""
+    runs = [shared_runs["lite0"], shared_runs["lite2"]]
     greedy = utils.DecodingSetting(1, 0.0, 2)
     folder = utils.export_captioner(runs, tmp_path / "ensemble", greedy)
     captioner = utils.Captioner.from_run(runs)
-    photos = []
-    for i, image in enumerate(np.random.default_rng(0).integers(0, 256, (4, 90, 120, 3))):
-        photos.append(tmp_path / f"photo{i}.png")
-        photos[-1].write_bytes(photo_bytes(Image.fromarray(image.astype("uint8")), "PNG"))
+    photos = [*sorted((shared_flickr8k / "Images").glob("*.jpg"))[:3], PUBLIC_DOMAIN_PHOTO]
     assert exported_captions(folder, photos)["captions"] == [
         utils.caption_image(captioner, path, greedy).text for path in photos]
+    record = utils.read_json(folder / utils.CAPTIONER_RECORD)
+    assert [e["encoder"] for e in record["encoders"]] == ["efficientnet_lite0", "efficientnet_lite2"]
 
 
 def test_a_photo_is_read_in_the_graph_exactly_as_load_image_reads_it():

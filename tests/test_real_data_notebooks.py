@@ -225,3 +225,30 @@ def test_notebook_01_prepares_flickr8k_from_each_layout(layout, shared_flickr8k,
                 for s, f in utils.SPLIT_FILE_NAMES.items()}
     assert all(n in official[info["split"]] for n, info in prepared.images.items())
     assert all(len(info["references"]) == 5 for info in prepared.images.values())
+
+
+def test_an_ensemble_across_encoders_in_notebook_05(shared_runs, shared_flickr8k, tmp_path):
+    """Runs on Lite0's and on Lite2's features of the same photos, one ensemble in notebook 05:
+    each reads its own features file (side by side), the dev photos' captions are the
+    Ensemble's of those tables, and a photo of your own is read by both networks."""
+    runs = [shared_runs["lite0"], shared_runs["lite2"]]
+    photo = shared_flickr8k / "Images" / OWN_PHOTO
+    executed = json.loads(run_notebook(
+        "05", tmp_path, DATA_DIR=str(shared_runs["data"]), MODELS_DIR=str(tmp_path / "models"),
+        RUN_DIR=str(runs[0]), ENSEMBLE=[str(runs[1])], SPLIT="val", BEAM_WIDTHS=[3],
+        IMAGE=str(photo)).read_text())
+    printed = "".join("".join(o.get("text", "")) for c in executed["cells"]
+                      for o in c.get("outputs", []))
+    assert "efficientnet_lite0 (imagenet) and efficientnet_lite2 (imagenet) features" in printed
+    decoder, _, config = utils.load_decoder(runs)
+    names, table = utils.load_feature_tables([source.path for source in decoder.sources])
+    evaluation = utils.read_evaluation(utils.evaluation_folder(tmp_path / "models", runs), "val")
+    beam = utils.DecodingSetting(3, 1.0, 2)
+    written = evaluation.result(beam).captions
+    row = {name: i for i, name in enumerate(names)}
+    dev = list(written)
+    assert len(dev) > 100
+    expected = utils.decode(decoder, utils.FeatureRows(table, [row[n] for n in dev]), beam)
+    assert [written[n] for n in dev] == [c.text for c in expected]
+    captioner = utils.Captioner.from_run(runs)
+    assert f"{photo}: {utils.caption_image(captioner, photo, beam).shown}" in printed
