@@ -28,7 +28,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import our_recipe as recipe
-from architectures import DECODINGS, PUBLISHED
+from architectures import DECODINGS, PUBLISHED, mean_speed
 
 import utils
 from shared_data import REPO, SharedData
@@ -91,7 +91,7 @@ def make_report(results, references, speeds, args, default):
                for across, seeds in ACROSS_AGAINST.items() if {across, seeds} <= set(results)}
     entries = {name: recipe.summarise(runs)
                | {"members": runs[0].get("members", 1),
-                  "captions_per_second": recipe.spread([r["captions_per_second"] for r in runs]),
+                  "captions_per_second": mean_speed(runs),
                   "difference_from_merge_lite0": {s.slug: different[s.slug].get(name)
                                                   for s in DECODINGS}}
                | ({"difference_from_seeds": {"seeds": ACROSS_AGAINST[name]} | {
@@ -172,30 +172,34 @@ def main():
 
 
 def speed(decoder, shared):
-    """Captions a second of our default decoding over the dev photos."""
-    return round(recipe.captions_per_second(decoder, shared.split("val")[1],
-                                            utils.DEFAULT_DECODING), 1)
+    """Captions a second over the dev photos, greedy and with our default decoding, by slug (as
+    the architectures benchmark stores them)."""
+    return {s.slug: round(recipe.captions_per_second(decoder, shared.split("val")[1], s), 1)
+            for s in (DECODINGS[0], utils.DEFAULT_DECODING)}
 
 
 def tables(report):
     """docs/results.md's tables of a stored report: each model's dev scores with the papers'
-    beam 3 and our default decoding, CIDEr-D against merge on Lite0; then the extraction speeds."""
+    beam 3 and our default decoding, CIDEr-D against merge on Lite0, training time (an ensemble:
+    its speed); each ensemble across encoders against seeds of one; the extraction speeds."""
     names = {"bleu4": "BLEU-4", "meteor": "METEOR", "cider_d": "CIDEr-D"}
-    header = (["model", "runs"] + [f"{label}: BLEU-4 / METEOR / CIDEr-D" for label in
-                                   ("beam 3", "ours")]
+    header = (["model", "runs", "epochs"]
+              + [f"{label}: BLEU-4 / METEOR / CIDEr-D" for label in ("beam 3", "ours")]
               + [f"{label}: CIDEr-D minus one merge run on Lite0's" for label in
                  ("beam 3", "ours")]
-              + ["training a run", "captions a second (ours)", "published (beam 3)"])
+              + ["training a run, or captions a second (ours)", "published (beam 3)"])
     lines = [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     slugs = (DECODINGS[1].slug, utils.DEFAULT_DECODING.slug)
     for name, entry in report["models"].items():
-        difference = entry["difference_from_merge_lite0"]
+        difference, alone = entry["difference_from_merge_lite0"], entry["members"] == 1
+        seeds = len(entry["seeds"])
         lines.append(recipe.markdown_row(
-            [name, str(entry["members"]) if entry["members"] > 1 else f"{len(entry['seeds'])} seeds"]
+            [name, f"{seeds} seed{'s' * (seeds > 1)}" if alone else f"{entry['members']} as one",
+             ", ".join(map(str, entry["epochs"])) if alone else "-"]
             + [" / ".join(f"{entry[s][k]['mean']:.3f}" for k in names) for s in slugs]
             + [recipe.gain_cell((difference[s] or {}).get("cider_d")) for s in slugs]
-            + [f"{entry['train_seconds']['mean']:.0f} s" if entry["members"] == 1 else "-",
-               f"{entry['captions_per_second']['mean']:.0f}",
+            + [f"{entry['train_seconds']['mean']:.0f} s" if alone else
+               f"{entry['captions_per_second'][utils.DEFAULT_DECODING.slug]:.0f} captions/s",
                PUBLISHED.get(name.split(",")[0], "-") if name.endswith("Lite0") else "-"]))
     header = ["ensemble across encoders", "against", "decoding", "CIDEr-D difference",
               "BLEU-4 difference"]
@@ -209,7 +213,7 @@ def tables(report):
     header = ["encoder", "images a second (batches of 32, this CPU)"]
     lines += ["", recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     lines += [recipe.markdown_row([name, f"{rate:.1f}"])
-              for name, rate in report["extraction_images_per_second"].items()]
+              for name, rate in (report["extraction_images_per_second"] or {}).items()]
     return "\n".join(lines)
 
 
