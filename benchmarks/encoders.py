@@ -124,7 +124,7 @@ def main():
     data = {name: SharedData(full=True, encoders=encoders) for name, encoders in features.items()}
     names, _, raw = data["Lite0"].split("val")
     references = dict(zip(names, raw))
-    members = {}  # (features, seed) of merge: its decoder, when its weights are at hand
+    members = {}  # (features, seed) of merge: (its decoder, its record), its weights at hand
     needed = {member for chosen in ensembles.values() for member in chosen}
 
     def save():  # as the results grow: a long benchmark can be cut short
@@ -146,20 +146,24 @@ def main():
                 with recipe.run_folder(args.runs, name, config, seed) as run_dir:
                     model, vocab, seconds, curve = recipe.train_ours(shared, config, seed, run_dir)
                 decoder = utils.CaptionDecoder(model, vocab)
-                if architecture == "merge":
-                    members[feature_name, seed] = decoder
+                if kept and len(curve) != kept["epochs"]:  # another run than the stored one
+                    name = f"{name}, trained again"  # (for its weights): scored on its own
+                    runs = results.setdefault(name, [])
+                    kept = recipe.read_back(runs, seed)
                 if not kept:
                     recipe.record(runs, name, seed, seconds, len(curve),
                                   recipe.score(decoder, shared, False, DECODINGS), curve=curve,
                                   captions_per_second=speed(decoder, shared))
                     save()
+                if architecture == "merge":
+                    members[feature_name, seed] = decoder, recipe.read_back(runs, seed)
     for name, chosen in ensembles.items():
         if not all(member in members for member in chosen):
             continue  # a member's weights are not at hand (not trained, no --runs)
         inputs, reads = ensemble_input(chosen)
         shared = SharedData(full=True, encoders=sum((FEATURES[i] for i in inputs), ()))
-        decoder = utils.Ensemble([members[m] for m in chosen], reads)
-        alone = [recipe.read_back(results[f"merge, {f}"], s) for f, s in chosen]
+        decoder = utils.Ensemble([members[m][0] for m in chosen], reads)
+        alone = [members[m][1] for m in chosen]
         results[name] = []
         recipe.record(results[name], name, [s for _, s in chosen],
                       sum(r["train_seconds"] for r in alone), [r["epochs"] for r in alone],
