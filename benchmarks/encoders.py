@@ -1,6 +1,7 @@
 """Which encoder: EfficientNet-Lite0, Lite2, or both side by side, on the whole split.
 
     python benchmarks/encoders.py [--quick] [--seeds N] [--runs DIR] [--architectures NAME ...]
+                                  [--features NAME ...]
     python benchmarks/encoders.py --tables
 
 Each of ARCHITECTURES trains with our defaults (the notebooks' `parameters` cells) on the whole
@@ -20,7 +21,8 @@ speed on this machine (images a second through the network, batches of 32, the b
 Results in benchmarks/results/encoders-full.json (`--out`), written after each run; a run stored
 there (with today's settings) is read back, not trained again. The ensembles need the members'
 weights: give `--runs DIR` to keep each run's folder (a finished one is read back, an interrupted
-one resumes); without it only the runs trained by this call can join one. `--quick`: merge on Lite0
+one resumes); without it only the runs trained by this call can join one. `--features` trains on
+those inputs only (the others' stored runs stay, and their kept folders still join ensembles). `--quick`: merge on Lite0
 and Lite2, one seed of at most 3 epochs, their ensemble, nothing written. Last line: one JSON
 object.
 """
@@ -46,11 +48,11 @@ BASELINE = "merge, Lite0"  # what every run and ensemble is compared with
 ENSEMBLES = {"Lite2, seeds 0 and 1": [("Lite2", 0), ("Lite2", 1)],
              "Lite0 seed 0 and Lite2 seed 1": [("Lite0", 0), ("Lite2", 1)],
              "Lite2, three seeds": [("Lite2", 0), ("Lite2", 1), ("Lite2", 2)],
-             "Lite0, Lite2 and both (seeds 0, 1, 2)": [("Lite0", 0), ("Lite2", 1),
-                                                       ("Lite0 + Lite2", 2)]}
+             "Lite0 seed 0, Lite2 seed 1 and both seed 0": [("Lite0", 0), ("Lite2", 1),
+                                                            ("Lite0 + Lite2", 0)]}
 # Each ensemble across encoders against the seeds of one encoder with as many members.
 ACROSS_AGAINST = {"Lite0 seed 0 and Lite2 seed 1": "Lite2, seeds 0 and 1",
-                  "Lite0, Lite2 and both (seeds 0, 1, 2)": "Lite2, three seeds"}
+                  "Lite0 seed 0, Lite2 seed 1 and both seed 0": "Lite2, three seeds"}
 SPEED_BATCH = 32  # images a batch when extraction speed is timed (notebook 02's on a CPU)
 
 
@@ -109,6 +111,8 @@ def main():
     parser = recipe.arguments(__doc__, RESULTS, RESULTS, None, None)
     parser.add_argument("--architectures", nargs="+", choices=ARCHITECTURES,
                         default=list(ARCHITECTURES), help="train only these")
+    parser.add_argument("--features", nargs="+", choices=FEATURES, default=list(FEATURES),
+                        help="train only on these inputs; the others' stored runs are kept")
     args = recipe.parse(parser, tables)
     default = recipe.notebook_defaults() | ({"epochs": 3} if args.quick else {})
     seeds = range(1 if args.quick else args.seeds)
@@ -141,6 +145,8 @@ def main():
                 runs = results.setdefault(name, [])
                 kept = recipe.read_back(runs, seed)
                 wanted = architecture == "merge" and (feature_name, seed) in needed
+                if feature_name not in args.features and not (kept and args.runs and wanted):
+                    continue  # not trained by this call (an ensemble may read its folder back)
                 if kept and not (args.runs and wanted):
                     continue  # stored, and its weights not wanted (or not kept)
                 with recipe.run_folder(args.runs, name, config, seed) as run_dir:
