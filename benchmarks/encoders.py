@@ -22,9 +22,9 @@ Results in benchmarks/results/encoders-full.json (`--out`), written after each r
 there (with today's settings) is read back, not trained again. The ensembles need the members'
 weights: give `--runs DIR` to keep each run's folder (a finished one is read back, an interrupted
 one resumes); without it only the runs trained by this call can join one. `--features` trains on
-those inputs only (the others' stored runs stay, and their kept folders still join ensembles). `--quick`: merge on Lite0
-and Lite2, one seed of at most 3 epochs, their ensemble, nothing written. Last line: one JSON
-object.
+those inputs only (the others' stored runs stay, and their kept folders still join ensembles).
+`--quick`: merge on Lite0 and Lite2, one seed of at most 3 epochs, their ensemble, nothing
+written. Last line: one JSON object.
 """
 import os
 
