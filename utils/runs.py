@@ -159,7 +159,7 @@ def _weights_of_model_file(model, path):
 
 
 def run_folders(run_or_runs):
-    """One run folder, or a list of them (an ensemble), as a list of Paths."""
+    """One path (a run folder, a features file), or a list of them (an ensemble), as Paths."""
     return [Path(run_or_runs)] if isinstance(run_or_runs, (str, Path)) else list(map(Path, run_or_runs))
 
 
@@ -218,7 +218,7 @@ def check_features(decoder, config, path, features):
     dimension does not follow the training features' (kept in each model's Normalization layer),
     which a table made by another network of the same size does not. Fewer than MIN_CHECK_ROWS
     images cannot tell, and pass."""
-    sources, paths = feature_sources(decoder, config), _as_list(path)
+    sources, paths = feature_sources(decoder, config), run_folders(path)  # one path or a list
     if len(paths) != len(sources):
         raise ValueError(f"{len(paths)} features paths for {len(sources)} tables: an ensemble "
                          "across encoders reads one table of each encoder's features")
@@ -252,10 +252,6 @@ def check_features(decoder, config, path, features):
                 f"dimension correlates {correlation:.2f} with its training features' (its own "
                 "give 0.9 or more). Another network made them? Give the run features of its own "
                 "encoder.")
-
-
-def _as_list(path_or_paths):
-    return list(path_or_paths) if isinstance(path_or_paths, (list, tuple)) else [path_or_paths]
 
 
 # An ensemble's folder name is cut to this many characters of its runs' names, then made unique
