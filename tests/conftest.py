@@ -87,6 +87,32 @@ def sample_grid_training(sample_training, sample_root, tmp_path_factory):
     return prepared, vocab, names, np.asarray(grids, "float32")
 
 
+def sample_source(features):
+    """What made sample_training's features (or, for a grid, sample_grid_training's), as a run's
+    record keeps it."""
+    import utils
+
+    return utils.FeatureSource("cache", "sample features", features.shape[-1], "inceptionv3",
+                               "random", GRID_INPUT_SIZE if features.ndim == 3 else 75)
+
+
+def sample_run_config(sample_training, data, seed=0, units=64, epochs=8, architecture="merge",
+                      **training):
+    """The record of a small run on the sample (`data`: its CaptionData), as train_sample_run
+    trains it; `training`: more TrainingConfig fields (a student's teachers)."""
+    import utils
+
+    _, vocab, _, features = sample_training
+    return utils.RunConfig(
+        dataset="sample", vocabulary=vocab.fingerprint, embedding={}, data=data.counts(),
+        features=sample_source(features),
+        model=utils.ModelConfig(len(vocab), features.shape[-1], architecture, units=units,
+                                dropout=0.2, train_embedding=False,
+                                positions=features.shape[1] if features.ndim == 3 else None),
+        training=utils.TrainingConfig(epochs=epochs, patience=epochs, seed=seed,
+                                      learning_rate=3e-3, label_smoothing=0.0, **training))
+
+
 def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8, architecture="merge"):
     """A small real run on the sample's shapes (random InceptionV3 at 75x75, or for attention at
     GRID_INPUT_SIZE with sample_grid_training's grids, so a photo can be encoded again), saved as
@@ -94,22 +120,35 @@ def train_sample_run(run_dir, sample_training, seed=0, units=64, epochs=8, archi
     import utils
 
     prepared, vocab, names, features = sample_training
-    architecture, grid = split_kind(architecture)
     data = utils.CaptionData.encode(prepared, vocab, names, features)
-    config = utils.RunConfig(
-        dataset="sample", vocabulary=vocab.fingerprint, embedding={}, data=data.counts(),
-        features=utils.FeatureSource("cache", "sample features", features.shape[-1],
-                                     "inceptionv3", "random", GRID_INPUT_SIZE if grid else 75),
-        model=utils.ModelConfig(len(vocab), features.shape[-1], architecture, units=units,
-                                dropout=0.2, train_embedding=False,
-                                positions=features.shape[1] if grid else None),
-        training=utils.TrainingConfig(epochs=epochs, patience=epochs, seed=seed,
-                                      learning_rate=3e-3, label_smoothing=0.0))
+    config = sample_run_config(sample_training, data, seed, units, epochs,
+                               split_kind(architecture)[0])
     model = utils.build_model(config.model, config.training,
                               feature_stats=data.feature_statistics())
     utils.save_run(run_dir, config, vocab)
     utils.train_caption_model(model, data, run_dir, config.training, verbose=0)
     return run_dir
+
+
+def stop_after(epochs):
+    """A Keras callback that interrupts training like a kernel restart at the end of the
+    `epochs`-th epoch it sees begin, after the checkpoints; its `started` counts the epochs begun.
+    (Made here, not at import: conftest does not load Keras for tests that need none.)"""
+    import keras
+
+    class Stop(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.started = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.started == epochs:
+                raise KeyboardInterrupt("simulated interruption")
+
+    return Stop()
 
 
 # Runs on the shared photos' ImageNet features, each with the network that made them named, so

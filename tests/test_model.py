@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import utils
-from conftest import model_kinds, split_kind
+from conftest import model_kinds, split_kind, stop_after
 
 V, F = 30, 12
 
@@ -387,28 +387,13 @@ def test_training_is_reproducible(sample_training, tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
 
 
-class StopAfter(keras.callbacks.Callback):
-    """Interrupts training like a kernel restart at the end of an epoch, after the checkpoints."""
-
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs, self.started = epochs, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.started == self.epochs:
-            raise KeyboardInterrupt("simulated interruption")
-
-
 def test_interrupted_training_resumes(sample_training, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        fit(sample_training, run, 4, extra_callbacks=[StopAfter(2)])
+        fit(sample_training, run, 4, extra_callbacks=[stop_after(2)])
     assert (run / utils.WEIGHTS_FILE).is_file()
     assert [h["epoch"] for h in utils.read_history(run)] == [0, 1]
-    counter = StopAfter(99)
+    counter = stop_after(99)
     _, history = fit(sample_training, run, 4, extra_callbacks=[counter])
     assert counter.started == 2  # epochs 3 and 4 only
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
@@ -434,7 +419,7 @@ def test_expand_prefixes_pre_pads_every_prefix():
 
 def interrupted_run(sample_training, run, epochs=3):
     with pytest.raises(KeyboardInterrupt):
-        fit(sample_training, run, 5, extra_callbacks=[StopAfter(epochs)])
+        fit(sample_training, run, 5, extra_callbacks=[stop_after(epochs)])
     return run / "backup" / "latest.weights.h5"
 
 
@@ -446,7 +431,7 @@ def truncate(path):
 def test_a_damaged_checkpoint_falls_back_to_the_one_before(sample_training, tmp_path):
     latest = interrupted_run(sample_training, tmp_path / "run")
     truncate(latest)  # the interruption hit while it was written
-    counter = StopAfter(99)
+    counter = stop_after(99)
     _, history = fit(sample_training, tmp_path / "run", 5, extra_callbacks=[counter])
     assert counter.started == 3  # epochs 3 (again), 4 and 5
     assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
@@ -480,7 +465,7 @@ def test_a_resumed_run_gives_the_uninterrupted_runs_figures(model_changes, sampl
     order, and the dropout masks at their first. The Transformer has dropout in its blocks too."""
     _, whole = fit(sample_training, tmp_path / "whole", 6, seed=1, model_changes=model_changes)
     with pytest.raises(KeyboardInterrupt):
-        fit(sample_training, tmp_path / "cut", 6, seed=1, extra_callbacks=[StopAfter(3)],
+        fit(sample_training, tmp_path / "cut", 6, seed=1, extra_callbacks=[stop_after(3)],
             model_changes=model_changes)
     _, resumed = fit(sample_training, tmp_path / "cut", 6, seed=1, model_changes=model_changes)
     assert [(h["epoch"], h["loss"], h["val_loss"], h["learning_rate"]) for h in resumed] == [
@@ -506,10 +491,10 @@ def test_an_epoch_whose_history_row_was_lost_is_trained_again(sample_training, t
     3 again from the checkpoint before it, and ends with the uninterrupted run's figures."""
     _, whole = fit(sample_training, tmp_path / "whole", 5, seed=1)
     with pytest.raises(KeyboardInterrupt):
-        fit(sample_training, tmp_path / "cut", 5, seed=1, extra_callbacks=[StopAfter(3)])
+        fit(sample_training, tmp_path / "cut", 5, seed=1, extra_callbacks=[stop_after(3)])
     history = tmp_path / "cut" / "history.csv"
     history.write_text("".join(history.read_text().splitlines(keepends=True)[:-1]))  # epoch 3's
-    counter = StopAfter(99)
+    counter = stop_after(99)
     with pytest.warns(UserWarning, match="epoch 3 was trained but its row is lost; it is trained "
                                          "again"):
         _, resumed = fit(sample_training, tmp_path / "cut", 5, seed=1, extra_callbacks=[counter])

@@ -369,6 +369,27 @@ def test_notebook_02_extracts_in_shards_and_joins_them(executed, tmp_path):
         data / "sample" / "prepared" / "captions.json").images)
 
 
+def test_notebook_04_trains_a_student_of_the_run_it_trained(executed, tmp_path):
+    """TEACHERS = [the run the pipeline trained], at both levels: the notebook says what the
+    teachers gave, shows the distillation loss, and the student's record names its teacher by
+    its weights' digest; the student then joins its teacher in an ensemble like any run."""
+    teacher = executed["workdir"] / "models" / "sample-inceptionv3"
+    out = tmp_path / "04.ipynb"
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "04_train_model.ipynb"), str(out), cwd=str(REPO),
+        progress_bar=False, parameters={
+            "DATA_DIR": str(executed["workdir"] / "data"), "MODELS_DIR": str(tmp_path / "models"),
+            "RUN_NAME": "student", "EPOCHS": 2, "TEACHERS": [str(teacher)],
+            "DISTILLATION_WEIGHT": 0.5, "TEACHER_CAPTIONS": True})
+    text = printed(json.loads(out.read_text()))
+    assert f"1 teacher(s), decoding as one: {teacher}" in text
+    assert "the teachers' captions of 300 training photos join their references" in text
+    assert "towards_teachers" in text  # utils.DistillationLoss.call, shown
+    student = tmp_path / "models" / "student"
+    assert utils.read_run(student)[1].training.teachers == (utils.weights_digest(teacher),)
+    assert isinstance(utils.load_decoder([student, teacher])[0], utils.Ensemble)
+
+
 def test_the_attention_model_runs_through_the_notebooks_and_shows_where_it_looked(executed,
                                                                                  tmp_path):
     """Notebooks 02, 04 and 05 again with ATTENTION's settings, from the captions, vocabulary and

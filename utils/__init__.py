@@ -30,6 +30,7 @@
     evaluation  stage 5: `evaluate` (decode, score, diagnose, a control), its results file, and
                 a run's scores as the app shows them
     runs        a run folder: saved before training, loaded, runs joined as an ensemble
+    distillation  stage 4 with teachers: finished runs teach a student, word and sequence level
     captioning  new photos captioned with a run: its encoder rebuilt, then its decoder
     export      a run or an ensemble as one SavedModel: photo bytes in, captions out
     run_archive a run in one file: exported, and imported from a path or an address
@@ -58,7 +59,8 @@ from .vocabulary import *
 
 LAZY_MODULES = ("encoders", "efficientnet_lite", "features", "extraction", "pipeline",
                 "architectures", "training", "cider", "self_critical", "seed_recipe", "search",
-                "decoding", "metrics", "evaluation", "runs", "captioning", "export", "run_archive")
+                "decoding", "metrics", "evaluation", "runs", "distillation", "captioning", "export",
+                "run_archive")
 
 
 def _public_names(module_name):

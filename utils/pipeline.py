@@ -129,7 +129,7 @@ class _GraphTable:
 
 
 def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0, bucket_width=4,
-                    epochs=(0, 1)):
+                    epochs=(0, 1), teachers=None):
     """Batches of ((features, input tokens), target tokens), padded only to each batch's longest.
 
     Inputs are a caption without its last token, targets the caption shifted by one: the model
@@ -140,10 +140,16 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
     drawn from (seed, epoch) alone, so that a run resumed at epoch k sees what an uninterrupted
     run would (fit it with steps_per_epoch=batch_count(...)).
 
-    `features`, `rows` and `tokens` may be memory-mapped (`np.load(..., mmap_mode="r")`): they
-    are then read batch by batch, and memory grows with the batch, not with the dataset.
+    `teachers` (word ids [M, T - 1, k], their probabilities [M, T - 1, k]: utils.distillation)
+    says what a student's teachers say at each target position; each target is then [reference
+    id, k ids, k probabilities] (utils.DistillationLoss reads them).
+
+    `features`, `rows`, `tokens` and `teachers` may be memory-mapped (`np.load(...,
+    mmap_mode="r")`): they are then read batch by batch, and memory grows with the batch, not with
+    the dataset.
     """
-    table, rows_table, tokens_table = map(_GraphTable, (features, rows, tokens))
+    table = _GraphTable(features)
+    caption_tables = [_GraphTable(t) for t in (rows, tokens, *(teachers or ()))]
     count = len(tokens)
     boundaries = _bucket_boundaries(tokens, bucket_width) if bucket_width else None
 
@@ -152,18 +158,22 @@ def caption_dataset(features, rows, tokens, batch_size=64, shuffle=True, seed=0,
         if shuffle:  # a permutation computed index by index: nothing of the dataset's size
             order = order.map(lambda i: tf.random.experimental.index_shuffle(
                 i, tf.stack([tf.constant(seed, tf.int64), epoch]), count - 1))
-        data = order.map(lambda i: (rows_table.gather(i), tokens_table.gather(i))).unbatch()
+        data = order.map(lambda i: tuple(t.gather(i) for t in caption_tables)).unbatch()
         if not bucket_width:
             return data.batch(batch_size)
         return data.bucket_by_sequence_length(
-            lambda row, caption: tf.reduce_sum(tf.cast(caption > 0, tf.int32)),
+            lambda row, caption, *taught: tf.reduce_sum(tf.cast(caption > 0, tf.int32)),
             boundaries, [batch_size] * (len(boundaries) + 1))
 
-    def to_inputs(row, caption):
+    def to_inputs(row, caption, *taught):
         length = tf.reduce_max(tf.reduce_sum(tf.cast(caption > 0, tf.int32), axis=1))
         caption = caption[:, :length]
         image = tf.cast(table.gather(row), tf.float32)                           # (B, F)
-        return (image, caption[:, :-1]), caption[:, 1:]
+        targets = caption[:, 1:]                                                 # (B, T)
+        if taught:  # ids and probabilities: (B, T, k) each
+            said = [tf.cast(t[:, :length - 1], tf.float32) for t in taught]
+            targets = tf.concat([tf.cast(targets, tf.float32)[..., None], *said], -1)  # (B, T, 1+2k)
+        return (image, caption[:, :-1]), targets
 
     first, end = epochs
     batches = (tf.data.Dataset.range(first, end).flat_map(one_epoch)
@@ -202,6 +212,7 @@ class CaptionData:
     features: np.ndarray  # [images, F]
     train: tuple          # (image rows [M], tokens [M, T])
     val: tuple
+    teachers: tuple = None  # a student's: (train, val), each what utils.with_teacher_targets gives
 
     @classmethod
     def encode(cls, prepared, vocab, names, features, directory=None):
@@ -219,5 +230,8 @@ class CaptionData:
 
     def datasets(self, batch_size, seed=0, epochs=(0, 1)):
         """(shuffled training batches of `epochs` (first, end), validation batches in order)."""
-        return (caption_dataset(self.features, *self.train, batch_size, seed=seed, epochs=epochs),
-                caption_dataset(self.features, *self.val, batch_size, shuffle=False))
+        train_taught, val_taught = self.teachers or (None, None)
+        return (caption_dataset(self.features, *self.train, batch_size, seed=seed, epochs=epochs,
+                                teachers=train_taught),
+                caption_dataset(self.features, *self.val, batch_size, shuffle=False,
+                                teachers=val_taught))

@@ -4,6 +4,7 @@
 their usual names; `prepare_dataset` reads them (`utils.captions`), splits the images and keeps
 each one's cleaned captions and raw references in one `PreparedDataset` file.
 """
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,14 @@ class PreparedDataset:
         except KeyError:
             raise ValueError("captions.json was written before raw references were kept: run "
                              "notebooks/01_prepare_captions.ipynb again") from None
+
+    def with_captions(self, extra):
+        """This dataset with one more training caption for each photo `extra` names ({name:
+        clean caption}; an empty caption adds nothing), such as a teacher's; references and the
+        other photos unchanged."""
+        images = {name: info | {"captions": info["captions"] + [extra[name]]}
+                  if extra.get(name) else info for name, info in self.images.items()}
+        return dataclasses.replace(self, images=images)
 
     def save(self, path):
         images_dir = self.images_dir and portable_path(self.images_dir)

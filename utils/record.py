@@ -102,6 +102,14 @@ class TrainingConfig:
     self_critical_learning_rate: float = 5e-5  # Adam's, in the second phase
     self_critical_samples: int = 5            # captions sampled per image and step
     self_critical_baseline: Baseline = Baseline.SAMPLES  # what a sample's reward is compared with
+    # Distillation (utils.distillation): finished runs teach this one, as one ensemble.
+    teachers: tuple = ()                   # their weights' digests (utils.weights_digest), in order
+    distillation_weight: float = 0.0       # share of each word's loss taken from the teachers'
+                                           # next-word distribution (word level); 0: none
+    distillation_temperature: float = 1.0  # both distributions flattened by it (Hinton et al.)
+    distillation_top_k: int = 16           # the teachers' likeliest words kept at each position
+    teacher_captions: bool = False         # their captions of the training photos as one more
+                                           # reference each (sequence level)
 
     def __post_init__(self):
         """The second phase's settings, checked now: a misspelt one would otherwise be found
@@ -113,10 +121,27 @@ class TrainingConfig:
                              f"choose one of {', '.join(Baseline)}") from None
         if self.self_critical_epochs < 0 or self.self_critical_learning_rate <= 0:
             raise ValueError("self-critical epochs must be 0 or more, its learning rate above 0")
+        self._check_distillation()
         least = 2 if self.self_critical_baseline == Baseline.SAMPLES else 1
         if self.self_critical_samples < least:
             raise ValueError(f"the {self.self_critical_baseline} baseline needs at least {least} "
                              f"samples an image, not {self.self_critical_samples}")
+
+    def _check_distillation(self):
+        """Teachers with nothing to teach, or teaching without teachers, refused by name."""
+        object.__setattr__(self, "teachers", tuple(self.teachers))  # as read from JSON: a list
+        teaching = self.distillation_weight > 0 or self.teacher_captions
+        if self.teachers and not teaching:
+            raise ValueError("teachers are given, but neither a distillation weight above 0 (word "
+                             "level) nor teacher captions (sequence level): set one or both")
+        if teaching and not self.teachers:
+            raise ValueError("a distillation weight or teacher captions need teachers: the run "
+                             "folders whose ensemble teaches this run")
+        if not 0 <= self.distillation_weight <= 1:
+            raise ValueError(f"the distillation weight is a share, 0 to 1, not "
+                             f"{self.distillation_weight}")
+        if self.distillation_temperature <= 0 or self.distillation_top_k < 1:
+            raise ValueError("the distillation temperature must be above 0, its top k 1 or more")
 
 
 @dataclass(frozen=True)
@@ -190,7 +215,10 @@ ADDED_LATER = {"model.positions": None, "model.attention_regularization": 1.0,
                "model.blocks": 2, "model.heads": 4, "model.memory_slots": 4,
                "training.min_gain": 0.0, "training.self_critical_epochs": 0,
                "training.self_critical_learning_rate": 5e-5, "training.self_critical_samples": 5,
-               "training.self_critical_baseline": "samples", "features.fingerprint": None}
+               "training.self_critical_baseline": "samples", "features.fingerprint": None,
+               "training.teachers": [], "training.distillation_weight": 0.0,
+               "training.distillation_temperature": 1.0, "training.distillation_top_k": 16,
+               "training.teacher_captions": False}
 
 
 def _record(cls, data, path, where=""):
@@ -221,7 +249,8 @@ def _record(cls, data, path, where=""):
 # What a JSON value of each annotated type may be (a bool is no number, though Python says so).
 _JSON_TYPES = {int: lambda v: type(v) is int, float: lambda v: type(v) in (int, float),
                bool: lambda v: type(v) is bool, str: lambda v: type(v) is str,
-               dict: lambda v: type(v) is dict}
+               dict: lambda v: type(v) is dict,
+               tuple: lambda v: type(v) is list and all(type(x) is str for x in v)}
 
 
 def _typed(field_, value, path, name):

@@ -1,10 +1,11 @@
 """Stage 4: training a caption model, resumable, and saved with what a run needs later.
 
 `build_model` makes the model of a run's `ModelConfig` (`utils.architectures`) seeded and compiled
-as its `TrainingConfig` says; `train_caption_model` fits it on `CaptionData` (`utils.pipeline`)
-with the best weights kept in `model.weights.h5`, early stopping, a learning-rate schedule, a CSV
-history and BackupAndRestore: an interrupted run resumes at its last finished epoch and ends
-exactly as an uninterrupted one would. `distribution_strategy` spreads training over the GPUs.
+as its `TrainingConfig` says; `train_caption_model` fits it on `CaptionData` (`utils.pipeline`; a
+student's with what its teachers say, `utils.distillation`) with the best weights kept in
+`model.weights.h5`, early stopping, a learning-rate schedule, a CSV history and BackupAndRestore:
+an interrupted run resumes at its last finished epoch and ends exactly as an uninterrupted one
+would. `distribution_strategy` spreads training over the GPUs.
 """
 import csv
 import shutil
@@ -24,7 +25,8 @@ from .pipeline import batch_count
 from .record import TrainingConfig
 
 __all__ = ["WEIGHTS_FILE", "PLATEAU_MIN_GAIN", "build_model", "compile_model",
-           "SmoothedCaptionLoss", "BestModelCheckpoint", "RandomStateBackup", "ReplayedCounters",
+           "SmoothedCaptionLoss", "DistillationLoss", "BestModelCheckpoint", "RandomStateBackup",
+           "ReplayedCounters",
            "read_history", "training_finished", "check_training_state", "STRATEGIES", "distribution_strategy",
            "train_caption_model"]
 
@@ -57,22 +59,65 @@ class SmoothedCaptionLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         log_probs = ops.log(ops.clip(y_pred, 1e-7, 1.0))
-        target = ops.expand_dims(ops.cast(y_true, "int32"), -1)
+        return _mean_over_real_words(self.word_losses(y_true, log_probs), y_true)
+
+    def word_losses(self, targets, log_probs):
+        """Each position's smoothed cross-entropy [B, T], padding included."""
+        target = ops.expand_dims(ops.cast(targets, "int32"), -1)
         nll = -ops.squeeze(ops.take_along_axis(log_probs, target, axis=-1), -1)
-        per_word = (1 - self.smoothing) * nll - self.smoothing * ops.mean(log_probs, axis=-1)
-        real = ops.cast(ops.not_equal(y_true, 0), per_word.dtype)
-        # Scaled so that Keras's mean over all positions is the mean over the real tokens.
-        return per_word * real * ops.cast(ops.size(real), real.dtype) / ops.maximum(ops.sum(real), 1)
+        return (1 - self.smoothing) * nll - self.smoothing * ops.mean(log_probs, axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "smoothing": self.smoothing}
 
 
+def _mean_over_real_words(per_word, targets):
+    """Per-position losses [B, T] scaled so that Keras's mean over all positions is the mean over
+    the real tokens (targets not 0)."""
+    real = ops.cast(ops.not_equal(targets, 0), per_word.dtype)
+    return per_word * real * ops.cast(ops.size(real), real.dtype) / ops.maximum(ops.sum(real), 1)
+
+
+@keras.saving.register_keras_serializable(package="utils")
+class DistillationLoss(SmoothedCaptionLoss):
+    """Word-level distillation (Hinton et al. 2015): each word's loss is (1 - `weight`) x the
+    smoothed cross-entropy against the reference word, plus `weight` x `temperature`^2 x the
+    cross-entropy of the student's distribution, flattened by `temperature`, against the
+    teachers' (flattened alike, their top words only: utils.distillation). The targets pack, at
+    each position, [reference id, k teacher word ids, their k probabilities] (utils.pipeline)."""
+
+    def __init__(self, smoothing=0.1, weight=0.5, temperature=1.0, **kwargs):
+        super().__init__(smoothing, **kwargs)
+        self.weight, self.temperature = weight, temperature
+
+    def call(self, y_true, y_pred):
+        k = (y_true.shape[-1] - 1) // 2
+        targets = y_true[..., 0]                                               # (B, T)
+        teacher_ids = ops.cast(y_true[..., 1:1 + k], "int32")                  # (B, T, k)
+        teacher_probs = y_true[..., 1 + k:]                                    # (B, T, k)
+        log_probs = ops.log(ops.clip(y_pred, 1e-7, 1.0))                       # (B, T, V)
+        flattened = ops.log_softmax(log_probs / self.temperature, axis=-1)
+        towards_teachers = -ops.sum(
+            teacher_probs * ops.take_along_axis(flattened, teacher_ids, axis=-1), -1)  # (B, T)
+        per_word = ((1 - self.weight) * self.word_losses(targets, log_probs)
+                    + self.weight * self.temperature ** 2 * towards_teachers)
+        return _mean_over_real_words(per_word, targets)
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight, "temperature": self.temperature}
+
+
 def compile_model(model, training=TrainingConfig()):
     """Adam and cross-entropy over the real tokens only (padding targets, id 0, ignored), with
-    sparse targets: never a one-hot matrix. Also compiles the prefix formulation."""
-    loss = (SmoothedCaptionLoss(training.label_smoothing) if training.label_smoothing
-            else keras.losses.SparseCategoricalCrossentropy(ignore_class=0))
+    sparse targets: never a one-hot matrix; for a student, the distillation loss. Also compiles
+    the prefix formulation."""
+    if training.distillation_weight:  # its targets carry the teachers' words (utils.distillation)
+        loss = DistillationLoss(training.label_smoothing, training.distillation_weight,
+                                training.distillation_temperature)
+    elif training.label_smoothing:
+        loss = SmoothedCaptionLoss(training.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(ignore_class=0)
     model.compile(optimizer=keras.optimizers.Adam(training.learning_rate, clipnorm=5.0), loss=loss,
                   jit_compile=training.xla)
     return model
@@ -243,6 +288,9 @@ def train_caption_model(model, data, run_dir, training=TrainingConfig(), extra_c
     run_dir = Path(run_dir)
     if training_finished(run_dir):
         return read_history(run_dir)
+    if training.distillation_weight and data.teachers is None:
+        raise ValueError("a distillation weight above 0 needs what the teachers say at each word: "
+                         "give the data utils.with_teacher_targets(...) first")
     run_dir.mkdir(parents=True, exist_ok=True)
     check_training_state(run_dir)
     first, history = resumed_epoch(run_dir), read_history(run_dir)
