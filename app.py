@@ -143,9 +143,10 @@ def show_run(name, real):
 
 
 @st.cache_resource(show_spinner="Loading the run: model, vocabulary and encoder...")
-def load_captioner(run_dir):
-    """A run's `utils.Captioner`, built once per run folder and shared by every request."""
-    captioner = utils.Captioner.from_run(run_dir)
+def load_captioner(run_or_runs):
+    """A run's `utils.Captioner` (a tuple of runs: their ensemble's), built once and shared by
+    every request."""
+    captioner = utils.Captioner.from_run(run_or_runs)
     # A first caption traces the encoder and the decoding step: the user's first photo is then
     # as quick as every later one.
     blank = io.BytesIO()
@@ -215,6 +216,13 @@ def main():
 
     with st.sidebar:  # by default one run, trained on real photos where there is one
         chosen = st.multiselect("Runs (side by side)", runs, default=real[:1] or runs[:1])
+        together = len(chosen) > 1 and st.checkbox("As one ensemble", key="ensemble")
+        if together:
+            st.caption(f"One caption from all {len(chosen)} runs: their next-word probabilities "
+                       f"averaged at every word, so each caption costs about as long as the "
+                       f"{len(chosen)} runs one after another (the time is shown under it). "
+                       "Usually better captions than any one of them; they must share a "
+                       "vocabulary.")
         method = st.radio("Decoding", ["beam search", "greedy"])
         width = st.slider("Beam width", 2, 10, DEFAULT.beam_width) if method == "beam search" else 1
         penalty = st.slider("Length penalty (0: total log-probability; 1: per word)", 0.0, 2.0,
@@ -232,10 +240,14 @@ def main():
         st.info("Choose at least one run in the sidebar.")
         return
 
+    if together:  # one captioner of all the chosen runs
+        wanted = {f"ensemble of {' + '.join(chosen)}": tuple(str(MODELS_DIR / n) for n in chosen)}
+    else:
+        wanted = {name: str(MODELS_DIR / name) for name in chosen}
     captioners = {}
-    for name in chosen:
+    for name, run_or_runs in wanted.items():
         try:
-            captioners[name] = load_captioner(str(MODELS_DIR / name))
+            captioners[name] = load_captioner(run_or_runs)
         except utils.NoEncoderError as e:  # not broken: made for other work
             st.info(f"Run {plain(name)}: {plain(str(e))}")
         except Exception as e:  # any failure of one run's files; the other runs still caption
