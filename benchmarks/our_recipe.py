@@ -38,10 +38,11 @@ def notebook_defaults():
     model = utils.config_from_parameters(utils.ModelConfig, values, vocab_size=0, feature_dim=0,
                                          embedding_dim=values["DIM"])
     training = utils.config_from_parameters(utils.TrainingConfig, values)
-    return ({"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
-             "glove": True}
-            | {f: getattr(model, f) for f in MODEL_FIELDS}
-            | {f: getattr(training, f) for f in TRAINING_FIELDS})
+    defaults = ({"drop_one_letter": values["DROP_ONE_LETTER"], "min_count": values["MIN_COUNT"],
+                 "glove": True}
+                | {f: getattr(model, f) for f in MODEL_FIELDS}
+                | {f: getattr(training, f) for f in TRAINING_FIELDS})
+    return json.loads(json.dumps(defaults))  # as a results file keeps them: a tuple as a list
 
 
 class DevCurve(keras.callbacks.Callback):
