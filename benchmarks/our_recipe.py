@@ -83,11 +83,13 @@ def run_configs(config, vocab, data, seed=0):
                                               **{f: config[f] for f in TRAINING_FIELDS})
 
 
-def train_ours(shared, config, seed, run_dir):
+def train_ours(shared, config, seed, run_dir, data=None):
     """The notebook 04 path, with the dev curve (DevCurve) kept: returns (best model, vocabulary,
     training seconds, the curve: one entry per epoch). A `run_dir` that holds an interrupted run
-    of the same configuration and seed resumes it."""
-    vocab, data = shared.captions(config["min_count"], config["drop_one_letter"])
+    of the same configuration and seed resumes it. `data`: the CaptionData to train on instead
+    of the shared captions (a student's, with what its teachers say)."""
+    vocab, captions = shared.captions(config["min_count"], config["drop_one_letter"])
+    data = data or captions
     model_config, training = run_configs(config, vocab, data, seed)
     embedding = shared.embedding(vocab, seed) if config["glove"] else None
     model = utils.build_model(model_config, training, embedding, data.feature_statistics())

@@ -250,7 +250,7 @@ def _record(cls, data, path, where=""):
 _JSON_TYPES = {int: lambda v: type(v) is int, float: lambda v: type(v) in (int, float),
                bool: lambda v: type(v) is bool, str: lambda v: type(v) is str,
                dict: lambda v: type(v) is dict,
-               tuple: lambda v: type(v) is list and all(type(x) is str for x in v)}
+               tuple: lambda v: type(v) in (list, tuple) and all(type(x) is str for x in v)}
 
 
 def _typed(field_, value, path, name):
