@@ -151,17 +151,21 @@ def stop_after(epochs):
     return Stop()
 
 
-# Runs on the shared photos' ImageNet features, each with the network that made them named, so
-# that it encodes a new photo: (features file, encoder, input size).
-SHARED_RUN_FEATURES = {"lite0": ("efficientnet_lite0_imagenet.npz", "efficientnet_lite0", 224),
-                       "lite2": ("efficientnet_lite2_imagenet_squash.npz", "efficientnet_lite2", 260)}
+# Runs on the shared photos' ImageNet features, each with the network(s) that made them named, so
+# that it encodes a new photo: (features files, side by side when several; encoder).
+SHARED_RUN_FEATURES = {
+    "lite0": (["efficientnet_lite0_imagenet.npz"], "efficientnet_lite0"),
+    "lite2": (["efficientnet_lite2_imagenet_squash.npz"], "efficientnet_lite2"),
+    "both": (["efficientnet_lite0_imagenet.npz", "efficientnet_lite2_imagenet_squash.npz"],
+             "efficientnet_lite0+efficientnet_lite2")}
 
 
 @pytest.fixture(scope="session")
 def shared_runs(shared_flickr8k, tmp_path_factory):
     """A small merge run on each of SHARED_RUN_FEATURES (the shared subset's official train
-    photos, two epochs), saved as notebook 04 saves one, and their captions prepared as notebook
-    01 prepares them: {"lite0": its folder, "lite2": its folder, "data": the DATA_DIR}."""
+    photos, two epochs; "both" on Lite0's and Lite2's features side by side, written to one
+    .npz), saved as notebook 04 saves one, and their captions prepared as notebook 01 prepares
+    them: {"lite0": its folder, "lite2": ..., "both": ..., "data": the DATA_DIR}."""
     import warnings
 
     import utils
@@ -174,20 +178,24 @@ def shared_runs(shared_flickr8k, tmp_path_factory):
     root = tmp_path_factory.mktemp("shared-runs")
     runs = {"data": root / "data"}
     prepared.save(utils.dataset_paths("shared8k", runs["data"])["captions"])
-    for key, (file, encoder, size) in SHARED_RUN_FEATURES.items():
-        path = shared_flickr8k / "features" / file
-        names, features = utils.load_features(path)
-        data = utils.CaptionData.encode(prepared, vocab, names, np.asarray(features, "float32"))
+    for key, (files, encoder) in SHARED_RUN_FEATURES.items():
+        tables = [utils.load_features(shared_flickr8k / "features" / file) for file in files]
+        assert all(list(names) == list(tables[0][0]) for names, _ in tables)  # one order
+        names = tables[0][0]
+        features = np.concatenate([np.asarray(f, "float32") for _, f in tables], axis=1)
+        path = shared_flickr8k / "features" / files[0]
+        if len(files) > 1:
+            path = root / f"{key}.npz"
+            np.savez(path, names=np.asarray(names), features=features)
+        data = utils.CaptionData.encode(prepared, vocab, names, features)
         config = utils.RunConfig(
             dataset="shared8k", vocabulary=vocab.fingerprint, embedding={}, data=data.counts(),
-            features=utils.FeatureSource("external", utils.portable_path(path), features.shape[1],
-                                         encoder, "imagenet", size,
-                                         utils.features_fingerprint(path)),
+            features=utils.feature_source(path, encoder),
             model=utils.ModelConfig(len(vocab), features.shape[1], units=128),
             training=utils.TrainingConfig(epochs=2, patience=2))
         model = utils.build_model(config.model, config.training,
                                   feature_stats=data.feature_statistics())
-        runs[key] = root / f"shared8k-{encoder}"
+        runs[key] = root / f"shared8k-{key}"
         utils.save_run(runs[key], config, vocab)
         utils.train_caption_model(model, data, runs[key], config.training, verbose=0)
     return runs

@@ -114,3 +114,30 @@ def test_an_ensemble_across_encoders_reads_a_photo_at_each_size(shared_runs, sha
     np.testing.assert_array_equal(features, expected)
     captions = [utils.caption_image(both, photo) for photo in photos]
     assert captions == utils.decode(both.decoder, expected)
+
+
+def test_a_run_on_both_networks_features_side_by_side_encodes_a_photo_with_both(shared_runs,
+                                                                                shared_flickr8k):
+    """A run on Lite0's and Lite2's pooled features side by side (one table of 2,560 values,
+    FEATURES_ENCODER "efficientnet_lite0+efficientnet_lite2") encodes a new photo with both
+    networks, each at its own size: its features are the Lite0 and Lite2 runs' side by side,
+    and its caption the run's of them."""
+    both = utils.Captioner.from_run(shared_runs["both"])
+    alone = [utils.Captioner.from_run(shared_runs[key]) for key in ("lite0", "lite2")]
+    assert [(s.encoder, s.input_size, s.dim) for s in both.sources] == [
+        ("efficientnet_lite0", 224, 1280), ("efficientnet_lite2", 260, 1280)]
+    photos = sorted((shared_flickr8k / "Images").glob("*.jpg"))[:3]
+    features = both.features([both.read(photo) for photo in photos])
+    expected = np.concatenate([one.features([one.read(p) for p in photos]) for one in alone], 1)
+    np.testing.assert_array_equal(features, expected)
+    assert [utils.caption_image(both, photo) for photo in photos] == utils.decode(both.decoder,
+                                                                                   expected)
+
+
+def test_features_side_by_side_must_be_the_named_networks_pooled_features(shared_flickr8k):
+    one_network = shared_flickr8k / "features" / "efficientnet_lite0_imagenet.npz"
+    with pytest.raises(ValueError, match=r"not efficientnet_lite0 and efficientnet_lite2's pooled "
+                                         r"features side by side \(1280 \+ 1280 values"):
+        utils.feature_source(one_network, "efficientnet_lite0+efficientnet_lite2")
+    with pytest.raises(ValueError, match="unknown encoder 'lite9'"):
+        utils.feature_source(one_network, "efficientnet_lite0+lite9")

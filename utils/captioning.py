@@ -5,6 +5,7 @@ by the run's own network (its weights named in the record: ImageNet's, a seeded 
 or a weights file given again), then decoded. Runs trained on features made elsewhere say why
 they cannot encode a photo, and what to do instead.
 """
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,12 +13,13 @@ import numpy as np
 from PIL import Image
 
 from .decoding import DEFAULT_DECODING, CaptionDecoder, Ensemble, decode
-from .encoders import Encoder, encoder_spec, weights_tag
+from .encoders import Encoder, encoder_spec, side_by_side, weights_tag
 from .images import ImageError, decode_image, load_image
 from .record import FeatureKind, RunConfig, RunConfigError
 from .runs import feature_sources, load_decoder, run_folders
 
-__all__ = ["RANDOM_ENCODER_NOTE", "NoEncoderError", "why_no_encoder", "encoder_of", "Captioner",
+__all__ = ["RANDOM_ENCODER_NOTE", "NoEncoderError", "why_no_encoder", "encoder_of", "encoded_parts",
+           "Captioner",
            "caption_image", "caption_photos", "caption_image_files"]
 
 # Why a sample run's captions can name a wrong shape or colour while its BLEU-4 looks excellent.
@@ -65,12 +67,32 @@ def encoder_of(source, grid=False, weights_file=None):
     return cnn
 
 
+def encoded_parts(source):
+    """The FeatureSources a new photo is encoded by, one per network: pooled features of several
+    networks side by side (an encoder named "a+b", utils.SIDE_BY_SIDE) are each network's share
+    of the vector, in order, each read at that network's own input size; any other source is
+    itself alone."""
+    names = side_by_side(source.encoder) if source.encoder else ()
+    if len(names) < 2:
+        return (source,)
+    return tuple(dataclasses.replace(source, encoder=name, dim=encoder_spec(name).dim,
+                                     input_size=encoder_spec(name).input_size) for name in names)
+
+
+def _photo_sources(decoder, config):
+    """What a photo is encoded by for a decoder's input, in order: each table's source
+    (feature_sources), split into its networks (encoded_parts)."""
+    return tuple(part for source in feature_sources(decoder, config)
+                 for part in encoded_parts(source))
+
+
 @dataclass
 class Captioner:
-    """A run (or an Ensemble of runs) ready to caption new photos: its decoder, and the encoder
-    of each table of its input (an ensemble across encoders has one table per encoder)."""
+    """A run (or an Ensemble of runs) ready to caption new photos: its decoder, and the encoders
+    of its input (one per table; an ensemble across encoders has one table per encoder, a run on
+    several networks' features side by side one encoder per network)."""
     decoder: CaptionDecoder | Ensemble
-    encoders: tuple  # keras.Model, one per feature_sources(decoder, config)
+    encoders: tuple  # keras.Model, one per `sources`
     config: RunConfig
 
     @classmethod
@@ -84,20 +106,21 @@ class Captioner:
         """The captioner of a decoder loaded with its first run's `config`; NoEncoderError for
         features made elsewhere by a network nobody named."""
         return cls(decoder, tuple(encoder_of(source, config.model.reads_grid, weights_file)
-                                  for source in feature_sources(decoder, config)), config)
+                                  for source in _photo_sources(decoder, config)), config)
 
     @property
     def sources(self):
-        return feature_sources(self.decoder, self.config)
+        """What each encoder makes of a photo (one FeatureSource each, in the input's order)."""
+        return _photo_sources(self.decoder, self.config)
 
     def read(self, image):
         """An image (a path, an open file or a decoded image) as each encoder reads it: one
-        `load_image` at each table's input size. Raises ImageError, naming the image."""
+        `load_image` at each encoder's input size. Raises ImageError, naming the image."""
         decoded = image if isinstance(image, Image.Image) else decode_image(image)  # once
         return tuple(load_image(decoded, source.input_size) for source in self.sources)
 
     def features(self, photos):
-        """The features of photos as `read` gives them: [n, the tables' widths summed]."""
+        """The features of photos as `read` gives them: [n, the encoders' widths summed]."""
         tables = [encoder.predict(encoder_spec(source.encoder).preprocess(
                       np.stack([photo[t] for photo in photos])), verbose=0)
                   for t, (source, encoder) in enumerate(zip(self.sources, self.encoders))]

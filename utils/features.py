@@ -66,16 +66,26 @@ def feature_source(path, encoder=None):
     """The `FeatureSource` of a finished cache (from its meta.json) or of an external `.npz`.
     `encoder`: the ENCODERS network, with its ImageNet weights at its own input size, that made
     an `.npz`'s features from photos squashed whole to that size (as `utils.load_image` reads
-    them), when its maker says so: a run on them can then encode a new photo the same way."""
+    them), when its maker says so: a run on them can then encode a new photo the same way.
+    Several networks' pooled features side by side name each ("efficientnet_lite0+
+    efficientnet_lite2", utils.SIDE_BY_SIDE): each reads a photo at its own size."""
     path = Path(path)
     if path.suffix == ".npz":
-        dim = _npz_shape(path, "features")[-1]  # of a vector, or of each position of a grid
+        shape = _npz_shape(path, "features")
+        dim = shape[-1]  # of a vector, or of each position of a grid
         if encoder is None:
             return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim,
                                  fingerprint=features_fingerprint(path))
-        from .encoders import encoder_spec  # TensorFlow only where an encoder is named
-        return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim, encoder.lower(),
-                             "imagenet", encoder_spec(encoder).input_size,
+        from .encoders import SIDE_BY_SIDE, encoder_spec, side_by_side  # TensorFlow: where named
+        names = side_by_side(encoder)
+        dims = [encoder_spec(name).dim for name in names]
+        if len(names) > 1 and (len(shape) != 2 or sum(dims) != dim):
+            raise ValueError(f"{path}: not {' and '.join(names)}'s pooled features side by side "
+                             f"({' + '.join(map(str, dims))} values an image): its features "
+                             f"are {list(shape[1:])} an image")
+        size = encoder_spec(names[0]).input_size if len(names) == 1 else None  # each its own
+        return FeatureSource(FeatureKind.EXTERNAL, portable_path(path), dim,
+                             SIDE_BY_SIDE.join(names), "imagenet", size,
                              features_fingerprint(path))
     meta = CacheRecord.read(path)
     if meta is None:
