@@ -155,13 +155,14 @@ def main():
 
     with (tempfile.TemporaryDirectory() if args.runs is None
           else contextlib.nullcontext(args.runs)) as runs_dir:
+        teacher_seeds = range(2) if args.quick else seeds
         folders = train_teachers(shared, default, TEACHERS[:1] if args.quick else TEACHERS,
-                                 range(2) if args.quick else seeds, runs_dir, results)
+                                 teacher_seeds, runs_dir, results)
         teachers = utils.load_teachers(folders, vocab, utils.read_run(folders[0])[1].features,
                                        shared.features.shape[1:], f"{runs_dir}/students")
         if not results.get(ENSEMBLE):
             results[ENSEMBLE] = []
-            recipe.record(results[ENSEMBLE], ENSEMBLE, list(seeds), 0, [],
+            recipe.record(results[ENSEMBLE], ENSEMBLE, list(teacher_seeds), 0, [],
                           recipe.score(teachers, shared, False, DECODINGS),
                           members=len(folders), captions_per_second=speed(teachers, shared))
         save()
