@@ -87,6 +87,7 @@ def make_report(results, references, speeds, args, default):
     """Every run and ensemble: scores per decoding (mean and spread over seeds), training time,
     the paired difference from merge on Lite0, and each ensemble across encoders against the
     seeds of one."""
+    results = {name: runs for name, runs in results.items() if runs}  # none yet: no entry
     different = recipe.differences(results, references, DECODINGS, BASELINE)
     against = {across: recipe.differences({k: results[k] for k in (across, seeds)}, references,
                                           DECODINGS, seeds)
