@@ -28,6 +28,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import our_recipe as recipe
+from architectures import mean_speed
 
 import utils
 from shared_data import REPO, SharedData, shared_dir
@@ -112,8 +113,7 @@ def make_report(results, references, teacher_seconds, args, default):
     entries = {}
     for name, runs in results.items():
         entries[name] = recipe.summarise(runs) | {
-            "members": runs[0].get("members", 1), "captions_per_second": runs[0].get(
-                "captions_per_second"),
+            "members": runs[0].get("members", 1), "captions_per_second": mean_speed(runs),
             "difference_from_merge": {s.slug: from_merge[s.slug].get(name) for s in DECODINGS},
             "difference_from_ensemble": {s.slug: from_ensemble[s.slug].get(name)
                                          for s in DECODINGS}}
