@@ -228,7 +228,8 @@ def main():
         penalty = st.slider("Length penalty (0: total log-probability; 1: per word)", 0.0, 2.0,
                             DEFAULT.length_penalty, 0.25) if method == "beam search" else 0.0
         no_repeat = DEFAULT.no_repeat_ngram if st.checkbox(
-            f"No {DEFAULT.no_repeat_ngram} words in a row twice in a caption", value=True) else 0
+            f"No {DEFAULT.no_repeat_ngram} words in a row twice in a caption", value=True,
+            key="no_repeat") else 0
         setting = utils.DecodingSetting(width, penalty, no_repeat)
         for name in chosen:
             show_run(name, real)

@@ -143,29 +143,10 @@ def test_upload_is_captioned_by_each_run_side_by_side(monkeypatch, models_dir, s
     at.sidebar.radio[0].set_value("greedy").run()
     assert captions(at) == [expected_caption(models_dir / run, photo, greedy)
                                    for run in ("shapes-large", "shapes-small")]
-    at.sidebar.checkbox[0].uncheck().run()
+    at.sidebar.checkbox(key="no_repeat").uncheck().run()
     free = utils.DecodingSetting(1, 0.0, 0)
     assert captions(at) == [expected_caption(models_dir / run, photo, free)
                                    for run in ("shapes-large", "shapes-small")]
-
-
-ENSEMBLE_COST = "each caption costs about as long as the 2 runs one after another"
-
-
-def test_the_chosen_runs_caption_as_one_ensemble(monkeypatch, models_dir, sample_root):
-    """Two runs chosen, "As one ensemble" ticked: the sidebar says what it costs, and the page
-    writes one caption, the runs' Ensemble's."""
-    at = app(monkeypatch, models_dir)
-    assert not [c for c in at.sidebar.checkbox if c.key == "ensemble"]  # one run: no ensemble
-    at.sidebar.multiselect[0].set_value(["shapes-large", "shapes-small"]).run()
-    at.sidebar.checkbox(key="ensemble").check().run()
-    assert any(ENSEMBLE_COST in c.value for c in at.sidebar.caption)
-    photo = sorted((sample_root / "Images").iterdir())[1]
-    at.file_uploader[0].upload(photo.name, photo.read_bytes(), "image/png").run()
-    assert not at.exception and not at.error
-    assert texts(at.main, "run") == ["ensemble of shapes-large + shapes-small"]
-    assert captions(at) == [expected_caption([models_dir / "shapes-large",
-                                              models_dir / "shapes-small"], photo)]
 
 
 def test_a_run_on_real_photos_is_the_default_and_the_sample_points_to_it(monkeypatch, models_dir,
@@ -376,9 +357,14 @@ def test_upload_in_a_real_browser(streamlit_server, chromium, models_dir, sample
         assert noise not in terminal, terminal[-3000:]
 
 
-def test_an_ensemble_chosen_in_a_real_browser(streamlit_server, chromium, models_dir, sample_root):
-    """In Chromium: a second run added to the sidebar's choice, "As one ensemble" ticked, a
-    photo uploaded: the page shows the cost and the ensemble's one caption."""
+ENSEMBLE_COST = "each caption costs about as long as the 2 runs one after another"
+
+
+def test_an_ensemble_chosen_in_a_real_browser(streamlit_server, chromium, models_dir, sample_root,
+                                              tmp_path):
+    """In Chromium: one run chosen by default, no ensemble offered; a second run added to the
+    sidebar's choice, "As one ensemble" ticked, a photo uploaded: the page shows the cost and
+    one caption, the two runs' Ensemble's."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -386,9 +372,10 @@ def test_an_ensemble_chosen_in_a_real_browser(streamlit_server, chromium, models
     chromium.get(streamlit_server(models_dir))
     choice = '[data-testid="stSidebar"] [data-testid="stMultiSelect"] input'
     WebDriverWait(chromium, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, choice))
+    tick = "//label[contains(., 'As one ensemble')]"
+    assert not chromium.find_elements(By.XPATH, tick)  # one run chosen: nothing to join
     chromium.find_element(By.CSS_SELECTOR, choice).send_keys("shapes-small", Keys.ENTER,
                                                             Keys.ESCAPE)  # the list closed
-    tick = "//label[contains(., 'As one ensemble')]"
     WebDriverWait(chromium, 60).until(lambda d: d.find_elements(By.XPATH, tick))
     chromium.find_element(By.XPATH, tick).click()
     photo = sorted((sample_root / "Images").iterdir())[1]
@@ -396,6 +383,7 @@ def test_an_ensemble_chosen_in_a_real_browser(streamlit_server, chromium, models
     page = upload_and_read(chromium, photo, ["ensemble of shapes-large + shapes-small",
                                              expected_caption(runs, photo)])
     assert ENSEMBLE_COST in page.replace("\n", " ")
+    assert chromium.save_screenshot(str(tmp_path / "ensemble.png"))
 
 
 # Words a caption shares with any reference by grammar alone: they say nothing of the photo.
