@@ -17,24 +17,23 @@ epoch and the teachers are frozen, so it never changes, and computing it on the 
 every teacher's forward pass in every step of every epoch. Whole, it would not fit on disk
 (Flickr8k: 30,000 captions x 37 positions x 2,532 words, 5.6 GB in float16), so each position
 keeps the teachers' `distillation_top_k` likeliest words and their probabilities, renormalised
-over those words (`teacher_targets`; docs/results.md says how much of the distribution they hold).
+over those words (`teacher_targets`).
 
 Teachers must speak the student's vocabulary and have read the student's very features (the
 same FeatureSource, grid positions alike): they are checked by name (`load_teachers`). The
 student's record keeps each teacher's weights digest, not where the teacher lay.
 """
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from .decoding import DEFAULT_DECODING, decode
-from .download import progress_bar
+from .download import file_sha256, progress_bar
 from .files import atomic_path, read_json, write_json
 from .pipeline import CaptionData
 from .record import RunConfigError
-from .runs import load_decoder, read_run, require_run_folder, run_folders
+from .runs import load_decoder, read_run, run_folders
 from .training import WEIGHTS_FILE
 
 __all__ = ["TEACHER_CAPTIONS_FILE", "TEACHER_TARGETS_FOLDER", "weights_digest", "load_teachers",
@@ -49,11 +48,7 @@ PHOTOS_PER_DECODE = 250  # training photos the teachers caption between two prog
 def weights_digest(run_dir):
     """What a teacher is, as its student's record keeps it: the first 16 hex digits of the
     SHA-256 of its best weights."""
-    digest = hashlib.sha256()
-    with open(Path(run_dir) / WEIGHTS_FILE, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(Path(run_dir) / WEIGHTS_FILE)[:16]
 
 
 def load_teachers(run_dirs, vocab, features, image_shape, student_dir):
@@ -64,7 +59,6 @@ def load_teachers(run_dirs, vocab, features, image_shape, student_dir):
     by name."""
     run_dirs = run_folders(run_dirs)
     for run_dir in run_dirs:
-        require_run_folder(run_dir)
         if run_dir.resolve() == Path(student_dir).resolve():
             raise RunConfigError(f"{run_dir} is the student's own run folder: a run cannot teach "
                                  "itself (set RUN_NAME to a new folder for the student)")

@@ -36,8 +36,8 @@ def progress_bar(**options):
     box), redrawn every PROGRESS_INTERVAL_S at most. `options`: tqdm's."""
     return tqdm(file=sys.stdout, mininterval=PROGRESS_INTERVAL_S, **options)
 
-__all__ = ["DownloadError", "FetchPolicy", "TRUSTED", "PUBLIC", "download_file", "safe_file_name",
-           "check_zip", "extract_zip"]
+__all__ = ["DownloadError", "FetchPolicy", "TRUSTED", "PUBLIC", "download_file", "file_sha256",
+           "safe_file_name", "check_zip", "extract_zip"]
 
 
 class DownloadError(RuntimeError):
@@ -249,7 +249,7 @@ def download_file(url, dest, timeout=15, chunk_size=1 << 20, policy=TRUSTED, sha
         raise DownloadError(f"{url}: connection closed after {received} of {total} bytes "
                             f"(kept in {part}); {hint}",
                             f"the connection closed after {received} of {total} bytes")
-    found = sha256 and _sha256(part)
+    found = sha256 and file_sha256(part)
     if found and found != sha256.lower():
         part.unlink()
         raise DownloadError(f"{url}: the file's SHA-256 is {found}, not {sha256}: deleted; run "
@@ -265,7 +265,8 @@ def _too_slow(url, part, policy):
                          f"refused: took longer than {policy.deadline_s:g} s")
 
 
-def _sha256(path):
+def file_sha256(path):
+    """The SHA-256 of a file's bytes (hex), read a megabyte at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
