@@ -167,11 +167,12 @@ def main():
                           members=len(folders), captions_per_second=speed(teachers, shared))
         save()
         digests = [utils.weights_digest(folder) for folder in folders]
-        for level in levels:
-            name = f"student, {level} level"
-            runs = results.setdefault(name, [])
-            config = default | {"architecture": "merge", "teachers": digests} | LEVELS[level]
-            for seed in seeds:
+        # Seed by seed, each level in turn: a benchmark cut short has as many seeds of each.
+        for seed in seeds:
+            for level in levels:
+                name = f"student, {level} level"
+                runs = results.setdefault(name, [])
+                config = default | {"architecture": "merge", "teachers": digests} | LEVELS[level]
                 if recipe.read_back(runs, seed):
                     continue
                 data, seconds = student_data(shared, default, teachers, level, runs_dir)

@@ -14,9 +14,10 @@ photos (every seed averaged). The runs on Lite0 are the architectures benchmark'
 (architectures-full.json, the same defaults and seeds), trained here only where an ensemble needs
 one's weights. ENSEMBLES then decode merge runs as one (utils.Ensemble, each member
 reading its own encoder's features): seeds of one encoder against members that read different
-encoders, each against one merge run on Lite0 and against the seeds of one encoder
-(ACROSS_AGAINST). Beside the scores: each run's training seconds, and each encoder's extraction
-speed on this machine (images a second through the network, batches of 32, the best of three).
+encoders. Every model is compared with one merge run on Lite0, and each of AGAINST with the models
+that differ from it in one thing (the encoder, the architecture, the members' encoders). Beside
+the scores: each run's training seconds, and each encoder's extraction speed on this machine
+(images a second through the network, batches of 32, the best of three).
 
 Results in benchmarks/results/encoders-full.json (`--out`), written after each run; a run stored
 there (with today's settings) is read back, not trained again. The ensembles need the members'
@@ -50,9 +51,13 @@ ENSEMBLES = {"Lite2, seeds 0 and 1": [("Lite2", 0), ("Lite2", 1)],
              "Lite2, three seeds": [("Lite2", 0), ("Lite2", 1), ("Lite2", 2)],
              "Lite0 seed 0, Lite2 seed 1 and both seed 0": [("Lite0", 0), ("Lite2", 1),
                                                             ("Lite0 + Lite2", 0)]}
-# Each ensemble across encoders against the seeds of one encoder with as many members.
-ACROSS_AGAINST = {"Lite0 seed 0 and Lite2 seed 1": "Lite2, seeds 0 and 1",
-                  "Lite0 seed 0, Lite2 seed 1 and both seed 0": "Lite2, three seeds"}
+# Paired comparisons beside BASELINE: each model minus those that differ from it in one thing
+# (its encoder, its architecture; an ensemble across encoders: the seeds of one, as many members).
+AGAINST = {"par-inject, Lite2": ("par-inject, Lite0", "merge, Lite2"),
+           "merge, Lite0 + Lite2": ("merge, Lite2",),
+           "par-inject, Lite0 + Lite2": ("par-inject, Lite2", "merge, Lite0 + Lite2"),
+           "Lite0 seed 0 and Lite2 seed 1": ("Lite2, seeds 0 and 1",),
+           "Lite0 seed 0, Lite2 seed 1 and both seed 0": ("Lite2, three seeds",)}
 SPEED_BATCH = 32  # images a batch when extraction speed is timed (notebook 02's on a CPU)
 
 
@@ -76,6 +81,12 @@ def extraction_speed(encoder_name):
     return round(max(utils.encoder_speed(cnn, encoder, SPEED_BATCH) for _ in range(3)), 1)
 
 
+def extraction(names):
+    """Each encoder's extraction speed, and the machine it was measured on."""
+    return {"machine": recipe.machine(),
+            "images_per_second": {name: extraction_speed(name) for name in names}}
+
+
 def ensemble_input(members):
     """(the tables an ensemble's input lays side by side, each member's table index): one table
     per distinct features, in the members' order."""
@@ -85,23 +96,24 @@ def ensemble_input(members):
 
 def make_report(results, references, speeds, args, default):
     """Every run and ensemble: scores per decoding (mean and spread over seeds), training time,
-    the paired difference from merge on Lite0, and each ensemble across encoders against the
-    seeds of one."""
+    the paired difference from merge on Lite0, and each model of AGAINST minus those it is set
+    against."""
     results = {name: runs for name, runs in results.items() if runs}  # none yet: no entry
     different = recipe.differences(results, references, DECODINGS, BASELINE)
-    against = {across: recipe.differences({k: results[k] for k in (across, seeds)}, references,
-                                          DECODINGS, seeds)
-               for across, seeds in ACROSS_AGAINST.items() if {across, seeds} <= set(results)}
+    against = {name: {other: recipe.differences({other: results[other], name: results[name]},
+                                                references, DECODINGS, other)
+                      for other in others if other in results}
+               for name, others in AGAINST.items() if name in results}
     entries = {name: recipe.summarise(runs)
                | {"members": runs[0].get("members", 1),
                   "captions_per_second": mean_speed(runs),
                   "difference_from_merge_lite0": {s.slug: different[s.slug].get(name)
                                                   for s in DECODINGS}}
-               | ({"difference_from_seeds": {"seeds": ACROSS_AGAINST[name]} | {
-                   s.slug: against[name][s.slug][name] for s in DECODINGS}}
-                  if name in against else {})
+               | ({"difference_from": {other: {s.slug: pair[s.slug][name] for s in DECODINGS}
+                                       for other, pair in against[name].items()}}
+                  if against.get(name) else {})
                for name, runs in results.items()}
-    return {"models": entries, "extraction_images_per_second": speeds,
+    return {"models": entries, "extraction": speeds,
             "settings": {"defaults": default, "decodings": [s.slug for s in DECODINGS],
                          "features": {k: list(v) for k, v in FEATURES.items()}},
             "missing": different[DECODINGS[0].slug]["missing"],
@@ -125,7 +137,7 @@ def main():
     results = dict(stored.get("runs", {}))
     for architecture, runs in ({} if args.quick else lite0_runs(default)).items():
         results.setdefault(f"{architecture}, Lite0", runs)  # the architectures benchmark's
-    speeds = stored.get("extraction_images_per_second")  # measured again at the end
+    speeds = stored.get("extraction")  # measured again at the end
     data = {name: SharedData(full=True, encoders=encoders) for name, encoders in features.items()}
     names, _, raw = data["Lite0"].split("val")
     references = dict(zip(names, raw))
@@ -178,7 +190,7 @@ def main():
                       captions_per_second=speed(decoder, shared))
         save()
     # Timed last, after the trainings: what else shares the machine then is up to whoever runs it.
-    speeds = {name: extraction_speed(name) for name in ("efficientnet_lite0", "efficientnet_lite2")}
+    speeds = extraction(("efficientnet_lite0", "efficientnet_lite2"))
     recipe.publish(args, make_report(results, references, speeds, args, default), results)
 
 
@@ -192,7 +204,7 @@ def speed(decoder, shared):
 def tables(report):
     """docs/results.md's tables of a stored report: each model's dev scores with the papers'
     beam 3 and our default decoding, CIDEr-D against merge on Lite0, training time (an ensemble:
-    its speed); each ensemble across encoders against seeds of one; the extraction speeds."""
+    its speed); the paired comparisons of AGAINST; the extraction speeds."""
     names = {"bleu4": "BLEU-4", "meteor": "METEOR", "cider_d": "CIDEr-D"}
     header = (["model", "runs", "epochs"]
               + [f"{label}: BLEU-4 / METEOR / CIDEr-D" for label in ("beam 3", "ours")]
@@ -212,19 +224,20 @@ def tables(report):
             + [f"{entry['train_seconds']['mean']:.0f} s" if alone else
                f"{entry['captions_per_second'][utils.DEFAULT_DECODING.slug]:.0f} captions/s",
                PUBLISHED.get(name.split(",")[0], "-") if name.endswith("Lite0") else "-"]))
-    header = ["ensemble across encoders", "against", "decoding", "CIDEr-D difference",
-              "BLEU-4 difference"]
+    header = ["model", "minus", "decoding", "CIDEr-D difference", "BLEU-4 difference"]
     lines += ["", recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     for name, entry in report["models"].items():
-        against = entry.get("difference_from_seeds")
         lines += [recipe.markdown_row(
-            [name, against["seeds"], utils.DecodingSetting.from_slug(s).label]
-            + [recipe.gain_cell(against[s][k]) for k in ("cider_d", "bleu4")])
-            for s in slugs if against]
-    header = ["encoder", "images a second (batches of 32, this CPU)"]
+            [name, other, utils.DecodingSetting.from_slug(s).label]
+            + [recipe.gain_cell(pair[s][k]) for k in ("cider_d", "bleu4")])
+            for other, pair in entry.get("difference_from", {}).items() for s in slugs]
+    speeds = report.get("extraction") or {"machine": {}, "images_per_second": {}}
+    machine = speeds["machine"]
+    header = ["encoder", f"images a second (batches of 32; {machine.get('cpu')}, "
+                         f"{machine.get('cores')} cores)"]
     lines += ["", recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     lines += [recipe.markdown_row([name, f"{rate:.1f}"])
-              for name, rate in (report["extraction_images_per_second"] or {}).items()]
+              for name, rate in speeds["images_per_second"].items()]
     return "\n".join(lines)
 
 

@@ -5,6 +5,8 @@ import argparse
 import ast
 import contextlib
 import json
+import os
+import platform
 import re
 import sys
 import tempfile
@@ -205,9 +207,24 @@ def summarise(runs):
            "train_seconds": spread([r["train_seconds"] for r in runs]),
            "epochs": [r["epochs"] for r in runs]}
     for slug in runs[0]["scores"]:
-        out[slug] = {k: spread([r["scores"][slug][k] for r in runs])
-                     for k in (*SCORES, "distinct_captions") if k in runs[0]["scores"][slug]}
+        scores = [r["scores"][slug] for r in runs]
+        out[slug] = {k: spread([s[k] for s in scores])
+                     for k in (*SCORES, "distinct_captions") if k in scores[0]}
+        out[slug]["words_a_caption"] = spread([mean_words(s["captions"].values()) for s in scores])
     return out
+
+
+def machine():
+    """The processor and cores a time was measured on: the same benchmark's speeds have differed
+    about threefold between sessions' 2-core machines (docs/results.md)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    models = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.is_file() else []
+    return {"cpu": models[0] if models else platform.machine(), "cores": os.cpu_count()}
+
+
+def mean_words(captions):
+    """The mean length of captions (each a sentence of space-separated words), in words."""
+    return float(np.mean([len(caption.split()) for caption in captions]))
 
 
 def spread(values):
@@ -261,8 +278,8 @@ def publish(args, report, runs):
 
 def record(runs, name, seed, seconds, epochs, scores, **measured):
     """One trained run's figures appended to `runs` (with anything else `measured`: our runs'
-    dev curve), and a line of its BLEU-4 and CIDEr-D per decoding on stderr, so that a long
-    benchmark shows progress."""
+    dev curve; and the machine, which its seconds depend on), and a line of its BLEU-4 and
+    CIDEr-D per decoding on stderr, so that a long benchmark shows progress."""
     runs.append({"seed": seed, "train_seconds": seconds, "epochs": epochs, "scores": scores,
-                 **measured})
+                 "machine": machine(), **measured})
     print(name, seed, {k: (v["bleu4"], v["cider_d"]) for k, v in scores.items()}, file=sys.stderr)

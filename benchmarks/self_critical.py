@@ -61,11 +61,12 @@ def bad_endings(scores):
 def tables(report):
     """docs/results.md's table of a stored report: per model and decoding, BLEU-4, METEOR and
     CIDEr-D before and after the phase (every seed averaged), the CIDEr-D gain with its paired
-    interval, relative, and the bad endings before and after (summed over seeds); then the
-    greedy captions after the phase against our default decoding's before it."""
+    interval, relative, the bad endings before and after (summed over seeds) and the captions'
+    mean length in words; then the greedy captions after the phase against our default
+    decoding's before it; then the dev references' mean length."""
     header = ["model", "decoding", "seeds", "BLEU-4 before / after", "METEOR before / after",
               "CIDEr-D before / after", "CIDEr-D gain (95% paired interval)", "relative",
-              "bad endings before / after"]
+              "bad endings before / after", "words a caption before / after"]
     lines = [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     for architecture, groups in report["self_critical"].items():
         before = groups["before"]
@@ -75,21 +76,27 @@ def tables(report):
             name = architecture + ("" if group == "after, samples baseline" else f", {group}")
             lines += [_row(name, utils.DecodingSetting.from_slug(slug).label, after,
                            after["difference_from_before"][slug],
-                           f"{before['bad_endings'][slug]} / {after['bad_endings'][slug]}")
+                           [f"{before['bad_endings'][slug]} / {after['bad_endings'][slug]}",
+                            " / ".join(f"{g[slug]['words_a_caption']['mean']:.1f}"
+                                       for g in (before, after))])
                       for slug in report["settings"]["decodings"]]
             lines.append(_row(architecture, "greedy after, against our default before", after,
-                              after["greedy_against_default_before"], ""))
+                              after["greedy_against_default_before"], ["", ""]))
+    words = report["data"].get("reference_words_a_caption")
+    if words:
+        lines += ["", f"The dev references: {words:.1f} words a caption."]
     return "\n".join(lines)
 
 
-def _row(name, decoding, after, difference, bad):
-    """One row of `tables`: a paired difference's scores before / after, gain and relative."""
+def _row(name, decoding, after, difference, counts):
+    """One row of `tables`: a paired difference's scores before / after, gain and relative,
+    then `counts` (bad endings, words) as they are."""
     cider = difference["cider_d"]
     return recipe.markdown_row(
         [name, decoding, str(len(after["seeds"]))]
         + [f"{difference[k]['first']:.3f} / {difference[k]['second']:.3f}"
            for k in ("bleu4", "meteor", "cider_d")]
-        + [recipe.gain_cell(cider), f"{cider['gain'] / cider['first']:+.0%}", bad])
+        + [recipe.gain_cell(cider), f"{cider['gain'] / cider['first']:+.0%}", *counts])
 
 
 def main():
@@ -181,7 +188,10 @@ def make_report(shared, settings, runs, args):
     return {"self_critical": report, "settings": settings,
             "data": {"features": f"{shared.path.name} ({shared.features.shape[1]}-d)",
                      "train_images": len(shared.prepared().names("train")),
-                     "dev_images": len(names)},
+                     "dev_images": len(names),
+                     "reference_words_a_caption": round(recipe.mean_words(
+                         " ".join(tokens) for n in names
+                         for tokens in shared.prepared().images[n]["references"]), 2)},
             "seeds": 1 if args.quick else args.seeds, "quick": args.quick}
 
 
