@@ -12,10 +12,12 @@ scored on the dev photos by the COCO evaluation greedily, with beam 3 (the paper
 default decoding, and is compared with merge on Lite0 by a paired bootstrap interval over the dev
 photos (every seed averaged). The runs on Lite0 are the architectures benchmark's
 (architectures-full.json, the same defaults and seeds), trained here only where an ensemble needs
-one's weights. ENSEMBLES then decode merge runs as one (utils.Ensemble, each member
+one's weights, and merge's and par-inject's six runs as one are the ensemble benchmark's
+(ensemble-full.json): ELSEWHERE. ENSEMBLES then decode merge runs as one (utils.Ensemble, each member
 reading its own encoder's features): seeds of one encoder against members that read different
 encoders. Every model is compared with one merge run on Lite0, and each of AGAINST with the models
-that differ from it in one thing (the encoder, the architecture, the members' encoders). Beside
+that differ from it in one thing (the encoder, the architecture, the members' encoders), the
+best single model also with the six-run ensemble. Beside
 the scores: each run's training seconds, and each encoder's extraction speed on this machine
 (images a second through the network, batches of 32, the best of three).
 
@@ -24,7 +26,8 @@ there (with today's settings) is read back, not trained again. The ensembles nee
 weights: give `--runs DIR` to keep each run's folder (a finished one is read back, an interrupted
 one resumes); without it only the runs trained by this call can join one. `--features` trains on
 those inputs only (the others' stored runs stay, and their kept folders still join ensembles).
-`--quick`: merge on Lite0 and Lite2, one seed of at most 3 epochs, their ensemble, nothing
+A call that trains nothing (all stored) scores the report again and keeps the stored extraction
+speeds. `--quick`: merge on Lite0 and Lite2, one seed of at most 3 epochs, their ensemble, nothing
 written. Last line: one JSON object.
 """
 import os
@@ -36,13 +39,20 @@ from architectures import DECODINGS, PUBLISHED, mean_speed
 import utils
 from shared_data import REPO, SharedData
 
-RESULTS = REPO / "benchmarks" / "results" / "encoders-full.json"
-ARCHITECTURES_RESULTS = REPO / "benchmarks" / "results" / "architectures-full.json"  # on Lite0
+RESULTS_DIR = REPO / "benchmarks" / "results"
+RESULTS = RESULTS_DIR / "encoders-full.json"
 # What each input is: the encoders whose pooled features it lays side by side.
 FEATURES = {"Lite0": ("efficientnet_lite0",), "Lite2": ("efficientnet_lite2",),
             "Lite0 + Lite2": ("efficientnet_lite0", "efficientnet_lite2")}
 ARCHITECTURES = ("merge", "par-inject")  # merge, and the inject that tied with it on dev
 BASELINE = "merge, Lite0"  # what every run and ensemble is compared with
+SIX_RUNS = "merge and par-inject, Lite0, six as one"  # the best ensemble: issue 49's goal
+# Rows of the other whole-split benchmarks on Lite0, read back where they were made with today's
+# defaults (not trained again, but where an ensemble needs a run's weights): our name, (their
+# results file, their name).
+ELSEWHERE = {"merge, Lite0": ("architectures-full.json", "merge"),
+             "par-inject, Lite0": ("architectures-full.json", "par-inject"),
+             SIX_RUNS: ("ensemble-full.json", "merge and par-inject")}
 # Ensembles of merge runs: each member (features, seed). Two and three members of one encoder's
 # seeds, and as many members that see the photo through different encoders.
 # (Lite0's three seeds as one ensemble: benchmarks/ensemble.py.)
@@ -52,25 +62,27 @@ ENSEMBLES = {"Lite2, seeds 0 and 1": [("Lite2", 0), ("Lite2", 1)],
              "Lite0 seed 0, Lite2 seed 1 and both seed 0": [("Lite0", 0), ("Lite2", 1),
                                                             ("Lite0 + Lite2", 0)]}
 # Paired comparisons beside BASELINE: each model minus those that differ from it in one thing
-# (its encoder, its architecture; an ensemble across encoders: the seeds of one, as many members).
+# (its encoder, its architecture; an ensemble across encoders: the seeds of one, as many members);
+# the best single model also against the six runs as one (how much of their gain it keeps).
 AGAINST = {"par-inject, Lite2": ("par-inject, Lite0", "merge, Lite2"),
            "merge, Lite0 + Lite2": ("merge, Lite2",),
-           "par-inject, Lite0 + Lite2": ("par-inject, Lite2", "merge, Lite0 + Lite2"),
+           "par-inject, Lite0 + Lite2": ("par-inject, Lite2", "merge, Lite0 + Lite2", SIX_RUNS),
            "Lite0 seed 0 and Lite2 seed 1": ("Lite2, seeds 0 and 1",),
            "Lite0 seed 0, Lite2 seed 1 and both seed 0": ("Lite2, three seeds",)}
 SPEED_BATCH = 32  # images a batch when extraction speed is timed (notebook 02's on a CPU)
 
 
-def lite0_runs(default):
-    """The architectures benchmark's runs on the whole split (Lite0's features, our defaults,
-    seeds 0, 1, ...), by architecture, where they were made with today's defaults: the same
-    runs, not trained again (but where an ensemble needs one's weights)."""
-    if not ARCHITECTURES_RESULTS.is_file():
-        return {}
-    stored = utils.read_json(ARCHITECTURES_RESULTS)
-    if recipe.as_today(default, stored["settings"]["defaults"]) != default:
-        return {}
-    return {name: runs for name, runs in stored["runs"].items() if name in ARCHITECTURES}
+def read_elsewhere(default):
+    """The rows of ELSEWHERE whose benchmark used today's defaults, by our name. (The ensemble
+    benchmark stores one speed, our default decoding's: by its slug here, as ours are.)"""
+    rows = {}
+    for name, (file, theirs) in ELSEWHERE.items():
+        stored = utils.read_json(RESULTS_DIR / file) if (RESULTS_DIR / file).is_file() else None
+        if stored and recipe.as_today(default, stored["settings"]["defaults"]) == default:
+            rows[name] = [run | ({"captions_per_second": {utils.DEFAULT_DECODING.slug: speed}}
+                                 if isinstance(speed := run.get("captions_per_second"), float)
+                                 else {}) for run in stored["runs"][theirs]]
+    return rows
 
 
 def extraction_speed(encoder_name):
@@ -109,7 +121,7 @@ def make_report(results, references, speeds, args, default):
                   "captions_per_second": mean_speed(runs),
                   "difference_from_merge_lite0": {s.slug: different[s.slug].get(name)
                                                   for s in DECODINGS}}
-               | ({"difference_from": {other: {s.slug: pair[s.slug][name] for s in DECODINGS}
+               | ({"difference_from": {other: {s.slug: pair[s.slug].get(name) for s in DECODINGS}
                                        for other, pair in against[name].items()}}
                   if against.get(name) else {})
                for name, runs in results.items()}
@@ -135,14 +147,15 @@ def main():
                  else ENSEMBLES)
     stored = recipe.stored_runs(args, defaults=default, decodings=[s.slug for s in DECODINGS])
     results = dict(stored.get("runs", {}))
-    for architecture, runs in ({} if args.quick else lite0_runs(default)).items():
-        results.setdefault(f"{architecture}, Lite0", runs)  # the architectures benchmark's
+    for name, runs in ({} if args.quick else read_elsewhere(default)).items():
+        results.setdefault(name, runs)
     speeds = stored.get("extraction")  # measured again at the end
     data = {name: SharedData(full=True, encoders=encoders) for name, encoders in features.items()}
     names, _, raw = data["Lite0"].split("val")
     references = dict(zip(names, raw))
     members = {}  # (features, seed) of merge: (its decoder, its record), its weights at hand
     needed = {member for chosen in ensembles.values() for member in chosen}
+    trained = False  # by this call: a call that trains nothing keeps the stored speeds
 
     def save():  # as the results grow: a long benchmark can be cut short
         if not args.quick:
@@ -164,6 +177,7 @@ def main():
                     continue  # stored, and its weights not wanted (or not kept)
                 with recipe.run_folder(args.runs, name, config, seed) as run_dir:
                     model, vocab, seconds, curve = recipe.train_ours(shared, config, seed, run_dir)
+                trained = True
                 decoder = utils.CaptionDecoder(model, vocab)
                 if kept and len(curve) != kept["epochs"]:  # another run than the stored one
                     name = f"{name}, trained again"  # (for its weights): scored on its own
@@ -190,7 +204,8 @@ def main():
                       captions_per_second=speed(decoder, shared))
         save()
     # Timed last, after the trainings: what else shares the machine then is up to whoever runs it.
-    speeds = extraction(("efficientnet_lite0", "efficientnet_lite2"))
+    if trained or not speeds:
+        speeds = extraction(("efficientnet_lite0", "efficientnet_lite2"))
     recipe.publish(args, make_report(results, references, speeds, args, default), results)
 
 
@@ -219,7 +234,8 @@ def tables(report):
         lines.append(recipe.markdown_row(
             [name, f"{seeds} seed{'s' * (seeds > 1)}" if alone else f"{entry['members']} as one",
              ", ".join(map(str, entry["epochs"])) if alone else "-"]
-            + [" / ".join(f"{entry[s][k]['mean']:.3f}" for k in names) for s in slugs]
+            + [" / ".join(f"{entry[s][k]['mean']:.3f}" for k in names) if s in entry else "-"
+               for s in slugs]
             + [recipe.gain_cell((difference[s] or {}).get("cider_d")) for s in slugs]
             + [f"{entry['train_seconds']['mean']:.0f} s" if alone else
                f"{entry['captions_per_second'][utils.DEFAULT_DECODING.slug]:.0f} captions/s",
@@ -230,7 +246,8 @@ def tables(report):
         lines += [recipe.markdown_row(
             [name, other, utils.DecodingSetting.from_slug(s).label]
             + [recipe.gain_cell(pair[s][k]) for k in ("cider_d", "bleu4")])
-            for other, pair in entry.get("difference_from", {}).items() for s in slugs]
+            for other, pair in entry.get("difference_from", {}).items() for s in slugs
+            if pair[s]]
     speeds = report.get("extraction") or {"machine": {}, "images_per_second": {}}
     machine = speeds["machine"]
     header = ["encoder", f"images a second (batches of 32; {machine.get('cpu')}, "

@@ -176,15 +176,18 @@ def captions_per_second(decoder, features, setting):
 def differences(results, references, decodings, baseline):
     """Each configuration's captions against the `baseline` configuration's, per decoding: scores,
     gains and paired bootstrap intervals over images (utils.compare_statistics, every seed
-    averaged). `references`: the dev images' raw references, by name."""
+    averaged). `references`: the dev images' raw references, by name. A configuration not
+    decoded one way (another benchmark's row) is left out of that decoding's."""
     names = list(references)
     out = {}
     for setting in decodings:
         grouped, missing = utils.grouped_statistics(list(references.values()), {
             name: [[run["scores"][setting.slug]["captions"][n] for n in names] for run in runs]
-            for name, runs in results.items()})
+            for name, runs in results.items()
+            if all(setting.slug in run["scores"] for run in runs)})
         out[setting.slug] = {name: utils.compare_statistics(grouped[baseline], statistics)
-                             for name, statistics in grouped.items() if name != baseline}
+                             for name, statistics in grouped.items()
+                             if name != baseline and baseline in grouped}
         out[setting.slug]["missing"] = missing
     return out
 
