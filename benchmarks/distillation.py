@@ -13,8 +13,9 @@ temperature and top k), the sequence level (the teachers' captions of the traini
 one more reference each) or both (`--levels`); what the teachers say is computed once per
 level and shared by that level's students. Every model is scored on the dev photos by the COCO
 evaluation, greedy, with the papers' beam 3 and our default decoding; paired bootstrap
-intervals over the dev photos against one merge run (the teachers' merge seeds) and against the
-teachers' ensemble; training seconds (the teachers' work apart), captions a second. The goal
+intervals over the dev photos against one merge run (the teachers' merge seeds), against the
+teachers' ensemble and against the best single model (par-inject on Lite0 + Lite2, read from
+encoders-full.json); training seconds (the teachers' work apart), captions a second. The goal
 (issue 49): a student that keeps two thirds of the ensemble's CIDEr-D gain over one merge run,
 at one model's speed. Results in benchmarks/results/distillation-full.json (or `--out`),
 written after each run; a seed stored there (with today's settings) is read back. `--quick`:
@@ -44,6 +45,9 @@ LEVELS = {"word": {"distillation_weight": WEIGHT},
           "sequence": {"teacher_captions": True},
           "both": {"distillation_weight": WEIGHT, "teacher_captions": True}}
 BASELINE, ENSEMBLE = "merge", "teachers' ensemble"  # the rows students are compared with
+BEST_SINGLE = "par-inject, Lite0 + Lite2"  # and the best single model of encoders.py, read back
+# What each model's CIDEr-D is set against (paired): the key of the difference, and the row.
+AGAINST = {"merge": BASELINE, "ensemble": ENSEMBLE, "best_single": BEST_SINGLE}
 
 
 def save_record(run_dir, shared, config, vocab, data, seed):
@@ -105,18 +109,16 @@ def speed(decoder, shared):
 
 
 def make_report(results, references, teacher_seconds, args, default):
-    """Every model's scores (mean and spread over seeds), its paired difference from one merge
-    run and from the teachers' ensemble, and each student's share of the ensemble's gain."""
-    from_merge = recipe.differences(results, references, DECODINGS, BASELINE)
-    from_ensemble = recipe.differences(
-        {k: v for k, v in results.items() if k not in TEACHERS}, references, DECODINGS, ENSEMBLE)
+    """Every model's scores (mean and spread over seeds), its paired difference from each row of
+    AGAINST there is, and its share of the teachers' ensemble's gain over one merge run."""
+    paired = {key: recipe.differences(results, references, DECODINGS, row)
+              for key, row in AGAINST.items() if row in results}
     entries = {}
     for name, runs in results.items():
         entries[name] = recipe.summarise(runs) | {
-            "members": runs[0].get("members", 1), "captions_per_second": mean_speed(runs),
-            "difference_from_merge": {s.slug: from_merge[s.slug].get(name) for s in DECODINGS},
-            "difference_from_ensemble": {s.slug: from_ensemble[s.slug].get(name)
-                                         for s in DECODINGS}}
+            "members": runs[0].get("members", 1), "captions_per_second": mean_speed(runs)} | {
+            f"difference_from_{key}": {s.slug: pairs[s.slug].get(name) for s in DECODINGS}
+            for key, pairs in paired.items()}
     ensemble = {s.slug: (entries.get(ENSEMBLE) or {}).get("difference_from_merge", {}).get(s.slug)
                 for s in DECODINGS}
     for entry in entries.values():
@@ -143,6 +145,8 @@ def main():
     stored = recipe.stored_runs(args, defaults=default, decodings=[s.slug for s in DECODINGS],
                                 levels=LEVELS)
     results, teacher_seconds = dict(stored.get("runs", {})), stored.get("teacher_seconds", {})
+    elsewhere = {} if args.quick else recipe.read_elsewhere(
+        {BEST_SINGLE: ("encoders-full.json", BEST_SINGLE)}, default)
     shared = SharedData(full=True)
     names, _, raw = shared.split("val")
     references = dict(zip(names, raw))
@@ -150,8 +154,8 @@ def main():
 
     def save():  # as the results grow: a long benchmark can be cut short
         if not args.quick:
-            utils.write_json(args.out, make_report(results, references, teacher_seconds, args,
-                                                   default) | {"runs": results})
+            utils.write_json(args.out, make_report(results | elsewhere, references, teacher_seconds,
+                                                   args, default) | {"runs": results})
 
     with (tempfile.TemporaryDirectory() if args.runs is None
           else contextlib.nullcontext(args.runs)) as runs_dir:
@@ -186,8 +190,8 @@ def main():
                               recipe.score(decoder, shared, False, DECODINGS),
                               captions_per_second=speed(decoder, shared))
                 save()
-    recipe.publish(args, make_report(results, references, teacher_seconds, args, default),
-                   results)
+    recipe.publish(args, make_report(results | elsewhere, references, teacher_seconds, args,
+                                     default), results)
 
 
 def tables(report):
@@ -197,7 +201,8 @@ def tables(report):
     ours, beam3 = utils.DEFAULT_DECODING.slug, DECODINGS[1].slug
     header = (["model", "runs", "beam 3: BLEU-4 / METEOR / CIDEr-D",
                "ours: BLEU-4 / METEOR / CIDEr-D", "CIDEr-D minus one merge run (ours)",
-               "CIDEr-D minus the teachers' ensemble (ours)", "share of the ensemble's gain",
+               "CIDEr-D minus the teachers' ensemble (ours)",
+               "CIDEr-D minus par-inject on Lite0 + Lite2 (ours)", "share of the ensemble's gain",
                "training a run", "captions a second (ours)"])
     lines = [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     for name, entry in report["models"].items():
@@ -207,8 +212,8 @@ def tables(report):
             [name, f"{seeds} seed{'s' * (seeds > 1)}" if alone else f"{entry['members']} as one"]
             + [" / ".join(f"{entry[s][k]['mean']:.3f}" for k in ("bleu4", "meteor", "cider_d"))
                for s in (beam3, ours)]
-            + [recipe.gain_cell((entry[f"difference_from_{against}"][ours] or {}).get("cider_d"))
-               for against in ("merge", "ensemble")]
+            + [recipe.gain_cell((entry.get(f"difference_from_{key}", {}).get(ours) or {})
+                                .get("cider_d")) for key in AGAINST]
             + ["" if share is None else f"{share:.0%}",
                f"{entry['train_seconds']['mean']:.0f} s" if alone else "-",
                f"{entry['captions_per_second'][ours]:.0f}"]))

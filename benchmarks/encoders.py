@@ -37,10 +37,9 @@ import our_recipe as recipe
 from architectures import DECODINGS, PUBLISHED, mean_speed
 
 import utils
-from shared_data import REPO, SharedData
+from shared_data import SharedData
 
-RESULTS_DIR = REPO / "benchmarks" / "results"
-RESULTS = RESULTS_DIR / "encoders-full.json"
+RESULTS = recipe.RESULTS_DIR / "encoders-full.json"
 # What each input is: the encoders whose pooled features it lays side by side.
 FEATURES = {"Lite0": ("efficientnet_lite0",), "Lite2": ("efficientnet_lite2",),
             "Lite0 + Lite2": ("efficientnet_lite0", "efficientnet_lite2")}
@@ -70,19 +69,6 @@ AGAINST = {"par-inject, Lite2": ("par-inject, Lite0", "merge, Lite2"),
            "Lite0 seed 0 and Lite2 seed 1": ("Lite2, seeds 0 and 1",),
            "Lite0 seed 0, Lite2 seed 1 and both seed 0": ("Lite2, three seeds",)}
 SPEED_BATCH = 32  # images a batch when extraction speed is timed (notebook 02's on a CPU)
-
-
-def read_elsewhere(default):
-    """The rows of ELSEWHERE whose benchmark used today's defaults, by our name. (The ensemble
-    benchmark stores one speed, our default decoding's: by its slug here, as ours are.)"""
-    rows = {}
-    for name, (file, theirs) in ELSEWHERE.items():
-        stored = utils.read_json(RESULTS_DIR / file) if (RESULTS_DIR / file).is_file() else None
-        if stored and recipe.as_today(default, stored["settings"]["defaults"]) == default:
-            rows[name] = [run | ({"captions_per_second": {utils.DEFAULT_DECODING.slug: speed}}
-                                 if isinstance(speed := run.get("captions_per_second"), float)
-                                 else {}) for run in stored["runs"][theirs]]
-    return rows
 
 
 def extraction_speed(encoder_name):
@@ -147,7 +133,7 @@ def main():
                  else ENSEMBLES)
     stored = recipe.stored_runs(args, defaults=default, decodings=[s.slug for s in DECODINGS])
     results = dict(stored.get("runs", {}))
-    for name, runs in ({} if args.quick else read_elsewhere(default)).items():
+    for name, runs in ({} if args.quick else recipe.read_elsewhere(ELSEWHERE, default)).items():
         results.setdefault(name, runs)
     speeds = stored.get("extraction")  # measured again at the end
     data = {name: SharedData(full=True, encoders=encoders) for name, encoders in features.items()}

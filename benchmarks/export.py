@@ -72,19 +72,21 @@ def main():
         whole = tflite(tf.lite.TFLiteConverter.from_saved_model(str(folder)), lambda runner: {
             "runs": runner(photos=np.array(data[:1], dtype=object)) is not None})
         module = utils.ExportedCaptioner(captioner, utils.DEFAULT_DECODING)
-        size = module.sizes[0]  # the shipped run reads one table
+        pixels_in = [tf.TensorSpec((None, size, size, 3), tf.float32) for size in module.sizes]
 
-        @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
-                     autograph=False)
-        def from_pixels(pixels):
-            features = module.encoders[0](module.specs[0].preprocess(pixels), training=False)
+        @tf.function(input_signature=pixels_in, autograph=False)
+        def from_pixels(*pixels):  # a batch of photos at each encoder's size, one per encoder
+            features = tf.concat([encoder(spec.preprocess(batch), training=False)  # [n, dim] each
+                                  for encoder, spec, batch in zip(module.encoders, module.specs,
+                                                                  pixels)], axis=-1)
             return module.search(features, tf.zeros(2, tf.int64))[0]
 
         def timed(runner):
-            pixels = utils.load_image(photos[0], size)[None]
-            runner(pixels=pixels)
+            inputs = {name: utils.load_image(photos[0], int(detail["shape"][1]))[None]
+                      for name, detail in runner.get_input_details().items()}
+            runner(**inputs)
             started = time.perf_counter()
-            runner(pixels=pixels)
+            runner(**inputs)
             return {"runs": True, "seconds_a_photo": round(time.perf_counter() - started, 3)}
 
         pixels_graph = tflite(tf.lite.TFLiteConverter.from_concrete_functions(

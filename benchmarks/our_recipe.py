@@ -28,6 +28,7 @@ SCORES = (*utils.COMPARED_SCORES, "nltk_bleu4")  # summarised over seeds
 GREEDY = utils.DecodingSetting(1, 0.0, 0)  # the decoding of the per-epoch dev curve
 CURVE_FILE = "dev_curve.json"  # a benchmark run folder's per-epoch seconds, loss and dev scores
 SETTINGS_FILE = "benchmark_settings.json"  # the configuration a kept run folder was trained with
+RESULTS_DIR = REPO / "benchmarks" / "results"  # every benchmark's stored results
 
 
 def notebook_defaults():
@@ -109,6 +110,20 @@ def as_today(config, kept):
     added = {field.split(".")[1]: value for field, value in utils.ADDED_LATER.items()
              if field.split(".")[1] in config}
     return added | kept
+
+
+def read_elsewhere(elsewhere, default):
+    """Rows of other benchmarks' stored results whose benchmark used today's defaults, by our
+    name: `elsewhere` maps our name to (their results file, their name). (The ensemble benchmark
+    stores one speed, our default decoding's: by its slug here, as ours are.)"""
+    rows = {}
+    for name, (file, theirs) in elsewhere.items():
+        stored = utils.read_json(RESULTS_DIR / file) if (RESULTS_DIR / file).is_file() else None
+        if stored and as_today(default, stored["settings"]["defaults"]) == default:
+            rows[name] = [run | ({"captions_per_second": {utils.DEFAULT_DECODING.slug: speed}}
+                                 if isinstance(speed := run.get("captions_per_second"), float)
+                                 else {}) for run in stored["runs"][theirs]]
+    return rows
 
 
 def stored_runs(args, **settings):

@@ -90,9 +90,9 @@ def write_table(readme, rows, scores, n_images):
         f"photos, by the COCO evaluation, it scores BLEU-4 {ours['bleu4']:.3f}, METEOR "
         f"{ours['meteor']:.3f}, CIDEr-D {ours['cider_d']:.3f}; with beam 3, as the papers decode "
         f"(and the same rules: {BEAM_3.label}), {beam3['bleu4']:.3f} / {beam3['meteor']:.3f} / "
-        f"{beam3['cider_d']:.3f}. The dev split also chose the defaults, so these are not test "
-        "figures. The photos are Flickr's, not ours to publish: the script draws them with their "
-        "captions in `outputs/real_captions.png`. On another processor a caption may differ "
+        f"{beam3['cider_d']:.3f}. The dev split also chose this model and its settings, so these "
+        "are not test figures. The photos are Flickr's, not ours to publish: the script draws "
+        "them with their captions in `outputs/real_captions.png`. On another processor a caption may differ "
         "where two words score within float rounding; `--check` lists any difference.",
         "",
         "| photo | our caption | a reference caption |",

@@ -5,7 +5,6 @@ import threading
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -179,14 +178,9 @@ def shared_runs(shared_flickr8k, tmp_path_factory):
     runs = {"data": root / "data"}
     prepared.save(utils.dataset_paths("shared8k", runs["data"])["captions"])
     for key, (files, encoder) in SHARED_RUN_FEATURES.items():
-        tables = [utils.load_features(shared_flickr8k / "features" / file) for file in files]
-        assert all(list(names) == list(tables[0][0]) for names, _ in tables)  # one order
-        names = tables[0][0]
-        features = np.concatenate([np.asarray(f, "float32") for _, f in tables], axis=1)
-        path = shared_flickr8k / "features" / files[0]
-        if len(files) > 1:
-            path = root / f"{key}.npz"
-            np.savez(path, names=np.asarray(names), features=features)
+        paths = [shared_flickr8k / "features" / file for file in files]
+        path = paths[0] if len(paths) == 1 else utils.save_side_by_side(paths, root / f"{key}.npz")
+        names, features = utils.load_features(path)
         data = utils.CaptionData.encode(prepared, vocab, names, features)
         config = utils.RunConfig(
             dataset="shared8k", vocabulary=vocab.fingerprint, embedding={}, data=data.counts(),

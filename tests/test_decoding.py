@@ -1,6 +1,5 @@
 """Stage 5: incremental decoding agrees with the full model; greedy and beam search are right."""
 import itertools
-from pathlib import Path
 
 import decoding_oracle as oracle
 import keras
@@ -396,10 +395,12 @@ def test_the_shipped_run_writes_the_oracles_captions_for_the_dev_photos(shared_f
     the one legitimate difference; it is shown with both captions' scores, and none occurs."""
     from conftest import SHIPPED_RUN
     decoder, vocab, config = utils.load_decoder([SHIPPED_RUN])
-    names, table = utils.load_features(shared_flickr8k / "features" / Path(config.features.path).name)
+    names, table = utils.load_feature_tables(  # its features: Lite0's and Lite2's side by side
+        [shared_flickr8k / "features" / f"flickr8k_trainval_efficientnet_{encoder}.npz"
+         for encoder in ("lite0", "lite2")])
     row = {name: i for i, name in enumerate(names)}
     dev = utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt")
-    images = np.asarray(table[[row[name] for name in dev]], "float32")
+    images = table[np.array([row[name] for name in dev])]  # [1000, 2560] float32
     assert len(images) == 1000
     for setting in EVERY_SETTING:
         compiled = utils.decode(decoder, images, setting)

@@ -141,3 +141,24 @@ def test_features_side_by_side_must_be_the_named_networks_pooled_features(shared
         utils.feature_source(one_network, "efficientnet_lite0+efficientnet_lite2")
     with pytest.raises(ValueError, match="unknown encoder 'lite9'"):
         utils.feature_source(one_network, "efficientnet_lite0+lite9")
+
+
+def test_features_side_by_side_are_written_of_the_same_photos_only(shared_flickr8k, tmp_path):
+    """utils.save_side_by_side: one table of each photo's vectors in the files' order; a photo
+    missing from one file, or another order, is refused by name, and nothing is written."""
+    lite0, lite2 = (shared_flickr8k / "features" / name for name in
+                    ("efficientnet_lite0_imagenet.npz", "efficientnet_lite2_imagenet_squash.npz"))
+    names, features = utils.load_features(lite0)
+    both = utils.load_features(utils.save_side_by_side([lite0, lite2], tmp_path / "both.npz"))
+    assert both[0] == names
+    np.testing.assert_array_equal(both[1], np.concatenate([features, utils.load_features(lite2)[1]],
+                                                          axis=1))
+    fewer, reordered = tmp_path / "fewer.npz", tmp_path / "reordered.npz"
+    np.savez(fewer, names=np.asarray(names[1:]), features=features[1:])
+    np.savez(reordered, names=np.asarray(names[::-1]), features=features[::-1])
+    with pytest.raises(ValueError, match=f"not of the same photos: 1 in one only, e.g. '{names[0]}'"):
+        utils.save_side_by_side([lite0, fewer], tmp_path / "refused.npz")
+    with pytest.raises(ValueError, match="reordered.npz holds the photos of .* in another order"):
+        utils.save_side_by_side([lite0, reordered], tmp_path / "refused.npz")
+    assert not (tmp_path / "refused.npz").exists()
+

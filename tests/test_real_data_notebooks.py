@@ -194,7 +194,9 @@ def test_notebook_05_gives_back_the_shipped_runs_dev_scores(shared_flickr8k, tmp
     alone, then notebook 05. Every decoding's recorded scores come back to 3 decimals."""
     run_dir = tmp_path / "models" / SHIPPED_RUN.name
     shutil.copytree(SHIPPED_RUN, run_dir, ignore=shutil.ignore_patterns("evaluation-*"))
-    features = str(shared_flickr8k / "features" / "flickr8k_trainval_efficientnet_lite0.npz")
+    features = str(utils.save_side_by_side(  # its README's first command
+        [shared_flickr8k / "features" / f"flickr8k_trainval_efficientnet_{encoder}.npz"
+         for encoder in ("lite0", "lite2")], tmp_path / "both.npz"))
     common = {"DATASET": "flickr8k_full", "DATA_DIR": str(tmp_path / "data")}
     run_notebook("01", tmp_path, **common, FEATURES=features,
                  CAPTIONS_FILE=str(shared_flickr8k / "Flickr8k.token.txt"),

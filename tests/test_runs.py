@@ -461,20 +461,21 @@ def test_features_of_another_kind_are_refused_by_name(run_dir, sample_training, 
         utils.check_features(decoder, config, cache, features)
 
 
-def test_the_shipped_run_refuses_another_encoders_features(shared_flickr8k):
-    """EfficientNet-Lite2's features have the size of Lite0's; the shipped run (Lite0) decodes
-    Lite0's dev features and refuses Lite2's of the same photos, naming the file."""
+def test_the_shipped_run_refuses_features_of_other_networks(shared_flickr8k):
+    """The shipped run reads Lite0's and Lite2's pooled features side by side (2,560 values a
+    photo): it decodes those of the dev photos, and refuses, naming the file, Lite0's alone (the
+    wrong size) and the two side by side in the other order (the right size, the wrong kind)."""
     decoder, _, config = utils.load_decoder([SHIPPED_RUN])
-    for encoder in ("lite0", "lite2"):
-        path = shared_flickr8k / "features" / f"flickr8k_trainval_efficientnet_{encoder}.npz"
-        names, features = utils.load_features(path)
-        dev = set(utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt"))
-        rows = features[[i for i, name in enumerate(names) if name in dev]]
-        if encoder == "lite0":
-            utils.check_features(decoder, config, path, rows)
-        else:
-            with pytest.raises(utils.FeatureMismatchError, match=f"{path.name}: not the kind"):
-                utils.check_features(decoder, config, path, rows)
+    dev = set(utils.read_split_file(shared_flickr8k / "Flickr_8k.devImages.txt"))
+    lite0, lite2 = ([f for n, f in zip(*utils.load_features(
+        shared_flickr8k / "features" / f"flickr8k_trainval_efficientnet_{encoder}.npz")) if n in dev]
+        for encoder in ("lite0", "lite2"))
+    utils.check_features(decoder, config, "both.npz", np.concatenate([lite0, lite2], axis=1))
+    with pytest.raises(utils.FeatureMismatchError, match="lite0.npz: 1280 values an image, but "
+                                                         "the runs read 2560"):
+        utils.check_features(decoder, config, "lite0.npz", np.asarray(lite0))
+    with pytest.raises(utils.FeatureMismatchError, match="swapped.npz: not the kind"):
+        utils.check_features(decoder, config, "swapped.npz", np.concatenate([lite2, lite0], axis=1))
 
 
 def test_nothing_that_ships_holds_an_absolute_path():

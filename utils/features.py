@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import portable_path, read_json, resolve_path
+from .files import atomic_path, portable_path, read_json, resolve_path
 from .record import FeatureKind, FeatureSource
 
 __all__ = ["cache_dir", "find_feature_cache", "CacheRecord", "feature_source",
            "features_fingerprint", "has_grids", "load_features", "load_feature_tables",
-           "SideBySide", "FeatureRows", "finished_cache"]
+           "SideBySide", "save_side_by_side", "FeatureRows", "finished_cache"]
 
 
 def cache_dir(features_root, encoder):
@@ -202,6 +202,26 @@ class SideBySide:
     def __getitem__(self, images):
         return np.concatenate([np.asarray(table[rows[images]], "float32")
                                for table, rows in self.parts], axis=-1)
+
+
+def save_side_by_side(paths, out):
+    """Several `.npz` tables of pooled features of the same photos, in one order, written as one
+    `.npz` (atomically) with each photo's vectors side by side in `paths`' order: the features of
+    a run on several networks (FEATURES_ENCODER "efficientnet_lite0+efficientnet_lite2"). A photo
+    missing from any table is refused, named, never dropped. Returns `out`."""
+    tables = [load_features(path) for path in paths]
+    first = tables[0][0]
+    for path, (names, _) in zip(paths[1:], tables[1:]):
+        unmatched = sorted(set(names) ^ set(first))
+        if unmatched:
+            raise ValueError(f"{path} and {paths[0]} are not of the same photos: {len(unmatched)} "
+                             f"in one only, e.g. {unmatched[0]!r}")
+        if names != first:
+            raise ValueError(f"{path} holds the photos of {paths[0]} in another order")
+    features = np.concatenate([table for _, table in tables], axis=1)  # [images, sum of dims]
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, names=np.asarray(first), features=features)
+    return Path(out)
 
 
 class FeatureRows:

@@ -235,7 +235,7 @@ def check_features(decoder, config, path, features):
     rows = np.linspace(0, len(features) - 1, min(len(features), CHECK_ROWS)).astype(int)
     sample = np.asarray(features[np.unique(rows)][:], "float64")  # FeatureRows read on slicing
     mean = sample.reshape(-1, sample.shape[-1]).mean(0)  # grids: every position
-    widths = getattr(decoder, "table_widths", (len(mean),))
+    widths = getattr(decoder, "table_widths", None) or (decoder.model.feature_norm.mean.shape[-1],)
     if sum(widths) != len(mean):
         raise FeatureMismatchError(f"{paths[0]}: {len(mean)} values an image, but the runs read "
                                    f"{sum(widths)}: another network made them")

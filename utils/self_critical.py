@@ -160,11 +160,13 @@ def _load_checkpoint(path, model, optimizer):
 
 def _dev_row(decoder, features, dev, scorer, epoch, **logged):
     """Epoch `epoch`'s row: its greedy dev captions' CIDEr-D (the reward's scorer, with the dev
-    references' own document frequencies, as the evaluation has them) and bad endings."""
+    references' own document frequencies, as the evaluation has them), bad endings and mean
+    length in words (the reward can shorten captions)."""
     captions = decode(decoder, features, GREEDY)
     scores = [scorer.scores(refs, caption_ids([c]))[0] for refs, c in zip(dev.references, captions)]
     return {"epoch": epoch, **logged, "dev_cider_d": round(float(np.mean(scores)), 5),
-            "bad_endings": bad_endings([c.text for c in captions])}
+            "bad_endings": bad_endings([c.text for c in captions]),
+            "dev_words": round(float(np.mean([len(c.text.split()) for c in captions])), 2)}
 
 
 def train_self_critical(model, vocab, features, train, dev, run_dir, training, report=None):
