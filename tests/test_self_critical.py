@@ -230,6 +230,8 @@ def test_the_phase_keeps_its_best_dev_epoch_and_the_first_phases_weights(
         mean = np.mean([scorer.scores(refs, np.array([c.ids or (0,)]))[0]
                         for refs, c in zip(dev.references, captions)])
         assert mean == pytest.approx(expected["dev_cider_d"], abs=1e-5)
+        words = np.mean([len(c.text.split()) for c in captions])
+        assert words == pytest.approx(expected["dev_words"], abs=0.005)  # the length it learns
     assert (run_dir / utils.DOCUMENT_FREQUENCIES).is_file()
     assert second_phase(run_dir, sample_training, 3, baseline=baseline)[0] == history  # finished
 
