@@ -35,6 +35,7 @@ DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy, as the phase selects 
              utils.DecodingSetting(3, 0.0, 0),   # beam 3, as Tanti et al. decode
              utils.DEFAULT_DECODING]             # ours
 EPOCHS = 10  # of the second phase, unless --epochs
+CHECKPOINTS = (10, 20, 30)  # epochs within which the phase's best dev score is also reported
 
 
 def phase(shared, config, seed, xe_model, runs_dir, name):
@@ -51,6 +52,22 @@ def phase(shared, config, seed, xe_model, runs_dir, name):
                                             training)
         xe_model.load_weights(f"{run_dir}/{utils.WEIGHTS_FILE}")
     return xe_model, history
+
+
+def best_within(runs, epochs):
+    """The phase's best dev CIDEr-D (greedy, its own scorer) within each of CHECKPOINTS epochs
+    (and all of them), mean over seeds, with the greedy captions' mean length at that epoch where
+    the history has it: what a shorter phase would have kept."""
+    runs = [r for r in runs if "history" in r]
+    out = {}
+    for last in sorted({n for n in CHECKPOINTS if n < epochs} | {epochs}) if runs else ():
+        best = [max((e for e in r["history"] if e["epoch"] <= last), key=lambda e: e["dev_cider_d"])
+                for r in runs]
+        out[str(last)] = {"dev_cider_d": round(float(np.mean([e["dev_cider_d"] for e in best])), 4),
+                          "epochs": [e["epoch"] for e in best]} | (
+            {"dev_words": round(float(np.mean([e["dev_words"] for e in best])), 2)}
+            if all("dev_words" in e for e in best) else {})
+    return out
 
 
 def bad_endings(scores):
@@ -82,6 +99,15 @@ def tables(report):
                       for slug in report["settings"]["decodings"]]
             lines.append(_row(architecture, "greedy after, against our default before", after,
                               after["greedy_against_default_before"], ["", ""]))
+    for architecture, groups in report["self_critical"].items():
+        for group, after in groups.items():
+            within = after.get("best_dev_cider_d_within")
+            if within:
+                lines += ["", f"{architecture}, {group}: the best dev CIDEr-D of greedy captions "
+                          "(the phase's own scorer, mean of the seeds) within " + "; ".join(
+                              f"{n} epochs {w['dev_cider_d']:.3f} (epochs {w['epochs']}"
+                              + (f", {w['dev_words']:.1f} words)" if "dev_words" in w else ")")
+                              for n, w in within.items())]
     words = report["data"].get("reference_words_a_caption")
     if words:
         lines += ["", f"The dev references: {words:.1f} words a caption."]
@@ -177,6 +203,7 @@ def make_report(shared, settings, runs, args):
                                     for s in DECODINGS},
                     "best_epochs": [int(max(r["history"], key=lambda e: e["dev_cider_d"])["epoch"])
                                     for r in group_runs if "history" in r],
+                    "best_dev_cider_d_within": best_within(group_runs, settings["epochs"]),
                     "seconds_per_epoch": round(float(np.mean(
                         [e["seconds"] for r in group_runs for e in r["history"][1:]])), 1)
                     if group != "before" else None,

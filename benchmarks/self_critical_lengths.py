@@ -7,8 +7,9 @@ The merge runs that `self_critical.py --full --runs DIR` keeps there, every seed
 first phase (`merge-seedN`) and the phase after it (`merge-self-critical-samples-seedN`, its best
 dev epoch). Each is decoded on the 1,000 dev photos greedily and with beam 5 (no repeated 2-gram)
 at each of LENGTH_PENALTIES, and scored by the COCO evaluation: BLEU-4, METEOR, CIDEr-D and the
-captions' mean length, before and after the phase, with the paired interval of the phase's gain
-over the dev photos (every seed averaged). If the phase's beam captions lose because the search
+captions' mean length, before and after the phase, with the paired intervals over the dev
+photos (every seed averaged) of each decoding's gain over the same decoding before the phase
+and over our default decoding before it. If the phase's beam captions lose because the search
 finds short ones, a stronger length penalty gives their length and score back. Results in
 benchmarks/results/self-critical-lengths.json (or `--out`). Last line: one JSON object.
 """
@@ -50,21 +51,30 @@ def decode_seed(shared, runs_dir, seed):
 
 
 def make_report(runs, references, epochs):
-    """Each phase's scores (mean over seeds) and its paired gain over the first phase's."""
+    """The scores before and after the phase (mean over seeds), and the paired gain of each
+    decoding after it over the same decoding before it and over our default decoding before it."""
     groups = {when: [{"seed": r["seed"], "train_seconds": 0, "epochs": 0, "scores": r[when]}
                      for r in runs] for when in ("before", "after")}
     different = recipe.differences(groups, references, DECODINGS, "before")
+    ours = utils.DEFAULT_DECODING.slug  # each decoding after the phase against ours before it
+    against_ours = {s.slug: recipe.differences(
+        {"before": [g | {"scores": {s.slug: g["scores"][ours]}} for g in groups["before"]],
+         "after": groups["after"]}, references, [s], "before")[s.slug]["after"]
+        for s in DECODINGS}
     return {"models": {when: recipe.summarise(group) for when, group in groups.items()},
             "difference": {s.slug: different[s.slug].get("after") for s in DECODINGS},
+            "difference_from_ours_before": against_ours,
             "settings": {"decodings": [s.slug for s in DECODINGS], "phase_epochs": epochs},
             "seeds": [r["seed"] for r in runs]}
 
 
 def tables(report):
     """docs/results.md's table: per decoding, CIDEr-D and mean length before and after the phase,
-    the paired gain, BLEU-4 and METEOR after."""
+    the paired gain, the gain over our default decoding before the phase, BLEU-4 and METEOR
+    after."""
     header = ["decoding", "CIDEr-D before / after", "CIDEr-D gain (95% paired interval)",
-              "BLEU-4 / METEOR after", "words a caption before / after"]
+              "CIDEr-D after minus our default decoding before", "BLEU-4 / METEOR after",
+              "words a caption before / after"]
     lines = [recipe.markdown_row(header), recipe.markdown_row(["---"] * len(header))]
     before, after = report["models"]["before"], report["models"]["after"]
     for slug in report["settings"]["decodings"]:
@@ -72,6 +82,7 @@ def tables(report):
             [utils.DecodingSetting.from_slug(slug).label,
              f"{before[slug]['cider_d']['mean']:.3f} / {after[slug]['cider_d']['mean']:.3f}",
              recipe.gain_cell(report["difference"][slug]["cider_d"]),
+             recipe.gain_cell(report["difference_from_ours_before"][slug]["cider_d"]),
              f"{after[slug]['bleu4']['mean']:.3f} / {after[slug]['meteor']['mean']:.3f}",
              f"{before[slug]['words_a_caption']['mean']:.1f} / "
              f"{after[slug]['words_a_caption']['mean']:.1f}"]))
