@@ -148,6 +148,11 @@ def read_back(stored, seed):
     return next((run for run in stored if run["seed"] == seed), None)
 
 
+def kept_folder(runs_dir, name, seed):
+    """The folder in `runs_dir` where run_folder keeps the run `name` of this seed."""
+    return Path(runs_dir) / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-seed{seed}"
+
+
 @contextlib.contextmanager
 def run_folder(runs_dir, name, config, seed):
     """Where a benchmark run trains: a temporary folder, or in `runs_dir` a kept one named after
@@ -158,7 +163,7 @@ def run_folder(runs_dir, name, config, seed):
         with tempfile.TemporaryDirectory() as folder:
             yield folder
         return
-    folder = Path(runs_dir) / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-seed{seed}"
+    folder = kept_folder(runs_dir, name, seed)
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / SETTINGS_FILE
     if settings.is_file() and as_today(config, utils.read_json(settings)) != config:

@@ -132,16 +132,22 @@ def main():
     parser.add_argument("--architectures", nargs="+", default=["merge"],
                         choices=utils.ARCHITECTURES)
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="of the second phase")
+    parser.add_argument("--start", help="instead of the architectures: the finished first-phase "
+                                        "runs kept in --runs under this name (say 'student, both "
+                                        "level', distillation.py's), their settings read there")
     args = recipe.parse(parser, tables)
+    if args.start and not args.runs:
+        parser.error("--start reads its runs in --runs")
     seeds = range(1 if args.quick else args.seeds)
     shared, default = SharedData(full=args.full), recipe.notebook_defaults()
     settings = {"first_phase": default, "epochs": 1 if args.quick else args.epochs,
-                "decodings": [s.slug for s in DECODINGS]}
+                "decodings": [s.slug for s in DECODINGS]} | ({"start": args.start} if args.start
+                                                            else {})
     # A seed stored so far (with today's settings) is read back, not trained again.
     stored = recipe.stored_runs(args, **settings).get("runs", {})
     runs = dict(stored)  # each architecture's, in turn, replaced by its seeds read back or run
     baselines = list(utils.Baseline) if args.tune else [utils.Baseline.SAMPLES]
-    for architecture in args.architectures:
+    for architecture in [args.start] if args.start else args.architectures:
         first = default | {"architecture": architecture} | ({"epochs": 3} if args.quick else {})
         runs[architecture] = groups = {
             "before": [], **{f"after, {b} baseline": [] for b in baselines}}
@@ -153,6 +159,9 @@ def main():
                 for group in ("before", *wanted):
                     groups[group].append(kept[group])
                 continue
+            if args.start:  # the kept run's own settings: a student's teachers and levels
+                first = utils.read_json(recipe.kept_folder(args.runs, architecture, seed)
+                                        / recipe.SETTINGS_FILE)
             with recipe.run_folder(args.runs, architecture, first, seed) as run_dir:
                 model, vocab, seconds, curve = recipe.train_ours(shared, first, seed, run_dir)
             scores = recipe.score(utils.CaptionDecoder(model, vocab), shared, False, DECODINGS)
