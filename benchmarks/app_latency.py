@@ -18,10 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
-import numpy as np  # noqa: E402  (after TF_CPP_MIN_LOG_LEVEL, which TensorFlow reads once)
+import numpy as np  # after TF_CPP_MIN_LOG_LEVEL, which TensorFlow reads once
 
-import utils  # noqa: E402
-from utils import Captioner  # noqa: E402  (loads TensorFlow now, before the clock starts)
+import utils
+from utils import Captioner  # loads TensorFlow now, before the clock starts
 
 
 def main():

@@ -42,12 +42,14 @@ name.
 import os
 import time
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import keras
 import numpy as np
 import our_recipe as recipe
 
-import utils
 from shared_data import GRIDS, REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "architectures.json"

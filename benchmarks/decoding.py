@@ -24,11 +24,13 @@ import sys
 import time
 from functools import partial
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import numpy as np
 import seed_recipe
 
-import utils
 from shared_data import REPO, SHARED, TRAINVAL, shared_dir
 
 sys.path.insert(0, str(REPO / "tests"))

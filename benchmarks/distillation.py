@@ -27,11 +27,13 @@ import os
 import tempfile
 import time
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import our_recipe as recipe
 from architectures import mean_speed
 
-import utils
 from shared_data import REPO, SharedData, shared_dir
 
 RESULTS = REPO / "benchmarks" / "results" / "distillation-full.json"

@@ -32,11 +32,13 @@ written. Last line: one JSON object.
 """
 import os
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import our_recipe as recipe
 from architectures import DECODINGS, PUBLISHED, mean_speed
 
-import utils
 from shared_data import SharedData
 
 RESULTS = recipe.RESULTS_DIR / "encoders-full.json"

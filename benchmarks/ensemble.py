@@ -18,10 +18,12 @@ merge runs of 3 epochs and their ensemble, nothing written. Last line: one JSON 
 """
 import os
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import our_recipe as recipe
 
-import utils
 from shared_data import REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "ensemble.json"

@@ -16,11 +16,13 @@ import json
 import os
 import time
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import numpy as np
 import our_recipe as recipe
 
-import utils
 from shared_data import SharedData
 
 ROUNDS = 5  # turns each architecture takes; the median round is reported

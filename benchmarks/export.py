@@ -17,11 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import numpy as np
 import tensorflow as tf
 
-import utils
 from shared_data import REPO, shared_dir
 
 SHIPPED_RUN = REPO / "models" / "flickr8k-pretrained"

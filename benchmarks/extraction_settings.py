@@ -15,7 +15,10 @@ import os
 import statistics
 import time
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import keras
 import numpy as np
 

@@ -40,11 +40,13 @@ deviation over seeds of every score.
 import os
 from pathlib import Path
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import our_recipe as recipe
 import seed_recipe
 
-import utils
 from shared_data import REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "quality.json"

@@ -22,11 +22,13 @@ object.
 """
 import os
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import numpy as np
 import our_recipe as recipe
 
-import utils
 from shared_data import REPO, SharedData
 
 RESULTS = REPO / "benchmarks" / "results" / "self-critical.json"

@@ -16,10 +16,12 @@ benchmarks/results/self-critical-lengths.json (or `--out`). Last line: one JSON 
 import os
 from pathlib import Path
 
+import utils
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+utils.hide_tensorflow_startup_lines()  # before an import below loads TensorFlow (utils/startup.py)
 import our_recipe as recipe
 
-import utils
 from shared_data import SharedData
 
 RESULTS = recipe.RESULTS_DIR / "self-critical-lengths.json"
