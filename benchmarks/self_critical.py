@@ -11,7 +11,9 @@ keeps, read back when it is finished), then `--epochs` epochs of the second phas
 of the first phase's best weights. Both models are scored on the dev images by the COCO
 evaluation, greedy, with beam 3 and with our default decoding; the second phase's gain is a
 paired bootstrap interval over the dev images (every seed averaged), and captions ending on a
-BAD_ENDINGS word are counted before and after. `--tune` also runs the phase with the greedy
+BAD_ENDINGS word are counted before and after; with `--full`, the greedy captions after the
+phase are also set against the best single model's in our default decoding (par-inject on Lite0
++ Lite2, read from encoders-full.json). `--tune` also runs the phase with the greedy
 caption's reward as the baseline (the first seed only). `--full`: the whole official split
 (6,000 train, 1,000 dev photos, pooled features). Results in benchmarks/results/
 self-critical.json (self-critical-full.json, or `--out`), written after each seed; a seed
@@ -38,6 +40,9 @@ DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy, as the phase selects 
              utils.DEFAULT_DECODING]             # ours
 EPOCHS = 10  # of the second phase, unless --epochs
 CHECKPOINTS = (10, 20, 30)  # epochs within which the phase's best dev score is also reported
+# The best single model of encoders.py (its results file, its name), read back: greedy captions
+# after the phase are set against its captions in our default decoding.
+BEST_SINGLE = ("encoders-full.json", "par-inject, Lite0 + Lite2")
 
 
 def phase(shared, config, seed, xe_model, runs_dir, name):
@@ -82,7 +87,7 @@ def tables(report):
     CIDEr-D before and after the phase (every seed averaged), the CIDEr-D gain with its paired
     interval, relative, the bad endings before and after (summed over seeds) and the captions'
     mean length in words; then the greedy captions after the phase against our default
-    decoding's before it; then the dev references' mean length."""
+    decoding's before it and the best single model's; then the dev references' mean length."""
     header = ["model", "decoding", "seeds", "BLEU-4 before / after", "METEOR before / after",
               "CIDEr-D before / after", "CIDEr-D gain (95% paired interval)", "relative",
               "bad endings before / after", "words a caption before / after"]
@@ -101,6 +106,9 @@ def tables(report):
                       for slug in report["settings"]["decodings"]]
             lines.append(_row(architecture, "greedy after, against our default before", after,
                               after["greedy_against_default_before"], ["", ""]))
+            if "greedy_against_best_single" in after:
+                lines.append(_row(architecture, f"greedy after, against {BEST_SINGLE[1]} (ours)",
+                                  after, after["greedy_against_best_single"], ["", ""]))
     for architecture, groups in report["self_critical"].items():
         for group, after in groups.items():
             within = after.get("best_dev_cider_d_within")
@@ -186,14 +194,25 @@ def main():
     recipe.publish(args, make_report(shared, settings, runs, args), runs)
 
 
+def greedy_against(baseline, runs, references):
+    """The greedy captions of `runs` against `baseline`'s runs in our default decoding: their
+    paired difference (every seed of each averaged)."""
+    greedy, ours = DECODINGS[0].slug, utils.DEFAULT_DECODING.slug
+    as_greedy = [{"scores": {greedy: r["scores"][ours]}} for r in baseline]
+    return recipe.differences({"baseline": as_greedy, "runs": runs}, references, DECODINGS[:1],
+                              "baseline")[greedy]["runs"]
+
+
 def make_report(shared, settings, runs, args):
     """The benchmark's report on the `runs` so far, by architecture and group: each group's scores
     over its seeds, bad endings, the phase's best epochs and seconds an epoch, each phase's
     paired difference from the cross-entropy runs of its own seeds, per decoding, and its greedy
-    captions' from those runs' captions in our default decoding."""
+    captions' from those runs' captions in our default decoding (and, on the whole split, from
+    BEST_SINGLE's)."""
     names, _, raw = shared.split("val")
     references = dict(zip(names, raw))
-    greedy = DECODINGS[0].slug
+    best = (recipe.read_elsewhere({"best": BEST_SINGLE}, settings["first_phase"]).get("best")
+            if args.full and not args.quick else None)  # its runs decoded the whole split's dev
     report = {}
     for architecture, groups in runs.items():
         groups = {k: v for k, v in groups.items() if v}
@@ -202,11 +221,12 @@ def make_report(shared, settings, runs, args):
         different = {group: recipe.differences({"before": paired[group], group: groups[group]},
                                                references, DECODINGS, "before")
                      for group in paired}
-        # What the phase is for, decoding greedily, against the first phase's best: our default.
-        against_default = {group: recipe.differences(
-            {"before": [{"scores": {greedy: r["scores"][utils.DEFAULT_DECODING.slug]}}
-                        for r in paired[group]], group: groups[group]},
-            references, DECODINGS[:1], "before")[greedy][group] for group in paired}
+        # What the phase is for, decoding greedily, against the first phase's best (and the best
+        # single model) in our default decoding.
+        against_default = {group: greedy_against(paired[group], groups[group], references)
+                           for group in paired}
+        against_best = {group: greedy_against(best, groups[group], references)
+                        for group in paired} if best else {}
         report[architecture] = {
             group: {**recipe.summarise(group_runs),
                     "bad_endings": {s.slug: int(np.sum([r["bad_endings"][s.slug]
@@ -222,6 +242,7 @@ def make_report(shared, settings, runs, args):
                                                different.get(group, {}).items() if group in d}}
             | ({"greedy_against_default_before": against_default[group]}
                if group in against_default else {})
+            | ({"greedy_against_best_single": against_best[group]} if group in against_best else {})
             for group, group_runs in groups.items()}
     return {"self_critical": report, "settings": settings,
             "data": {"features": f"{shared.path.name} ({shared.features.shape[1]}-d)",
