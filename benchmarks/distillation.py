@@ -47,7 +47,7 @@ LEVELS = {"word": {"distillation_weight": WEIGHT},
           "sequence": {"teacher_captions": True},
           "both": {"distillation_weight": WEIGHT, "teacher_captions": True}}
 BASELINE, ENSEMBLE = "merge", "teachers' ensemble"  # the rows students are compared with
-BEST_SINGLE = "par-inject, Lite0 + Lite2"  # and the best single model of encoders.py, read back
+BEST_SINGLE = recipe.BEST_SINGLE[1]  # and the best single model, read back
 # What each model's CIDEr-D is set against (paired): the key of the difference, and the row.
 AGAINST = {"merge": BASELINE, "ensemble": ENSEMBLE, "best_single": BEST_SINGLE}
 
@@ -148,7 +148,7 @@ def main():
                                 levels=LEVELS)
     results, teacher_seconds = dict(stored.get("runs", {})), stored.get("teacher_seconds", {})
     elsewhere = {} if args.quick else recipe.read_elsewhere(
-        {BEST_SINGLE: ("encoders-full.json", BEST_SINGLE)}, default)
+        {BEST_SINGLE: recipe.BEST_SINGLE}, default)
     shared = SharedData(full=True)
     names, _, raw = shared.split("val")
     references = dict(zip(names, raw))

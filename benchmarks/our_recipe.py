@@ -29,6 +29,9 @@ GREEDY = utils.DecodingSetting(1, 0.0, 0)  # the decoding of the per-epoch dev c
 CURVE_FILE = "dev_curve.json"  # a benchmark run folder's per-epoch seconds, loss and dev scores
 SETTINGS_FILE = "benchmark_settings.json"  # the configuration a kept run folder was trained with
 RESULTS_DIR = REPO / "benchmarks" / "results"  # every benchmark's stored results
+# The best single model on dev (encoders.py's row, the shipped run): its results file and name,
+# read back by the benchmarks that compare with it.
+BEST_SINGLE = ("encoders-full.json", "par-inject, Lite0 + Lite2")
 
 
 def notebook_defaults():

@@ -40,9 +40,6 @@ DECODINGS = [utils.DecodingSetting(1, 0.0, 0),   # greedy, as the phase selects 
              utils.DEFAULT_DECODING]             # ours
 EPOCHS = 10  # of the second phase, unless --epochs
 CHECKPOINTS = (10, 20, 30)  # epochs within which the phase's best dev score is also reported
-# The best single model of encoders.py (its results file, its name), read back: greedy captions
-# after the phase are set against its captions in our default decoding.
-BEST_SINGLE = ("encoders-full.json", "par-inject, Lite0 + Lite2")
 
 
 def phase(shared, config, seed, xe_model, runs_dir, name):
@@ -107,7 +104,7 @@ def tables(report):
             lines.append(_row(architecture, "greedy after, against our default before", after,
                               after["greedy_against_default_before"], ["", ""]))
             if "greedy_against_best_single" in after:
-                lines.append(_row(architecture, f"greedy after, against {BEST_SINGLE[1]} (ours)",
+                lines.append(_row(architecture, f"greedy after, against {recipe.BEST_SINGLE[1]} (ours)",
                                   after, after["greedy_against_best_single"], ["", ""]))
     for architecture, groups in report["self_critical"].items():
         for group, after in groups.items():
@@ -208,10 +205,10 @@ def make_report(shared, settings, runs, args):
     over its seeds, bad endings, the phase's best epochs and seconds an epoch, each phase's
     paired difference from the cross-entropy runs of its own seeds, per decoding, and its greedy
     captions' from those runs' captions in our default decoding (and, on the whole split, from
-    BEST_SINGLE's)."""
+    recipe.BEST_SINGLE's)."""
     names, _, raw = shared.split("val")
     references = dict(zip(names, raw))
-    best = (recipe.read_elsewhere({"best": BEST_SINGLE}, settings["first_phase"]).get("best")
+    best = (recipe.read_elsewhere({"best": recipe.BEST_SINGLE}, settings["first_phase"]).get("best")
             if args.full and not args.quick else None)  # its runs decoded the whole split's dev
     report = {}
     for architecture, groups in runs.items():
